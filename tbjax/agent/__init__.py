@@ -1,0 +1,1 @@
+"""Distributional PPO pieces: networks, normalisation, quantiles, PopArt."""

@@ -1,0 +1,348 @@
+"""Typed configuration: frozen dataclasses loaded from YAML with ``--set a.b=c`` overrides.
+
+Every problem is reported as one :class:`~tbjax.errors.InputError` that names the key, the value
+and what to change; an unknown key suggests the nearest valid one (``ppo.learnig_rate`` → "did you
+mean ppo.learning_rate?"). Fields split into static shapes (hashable, part of the compiled
+program) and continuous values (traced float leaves of ``HParams``; DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from tbjax.errors import InputError
+
+SLOWEST_INDICATOR_WINDOW = 26  # MACD slow EMA; tbjax.data.features.SLOWEST_WINDOW must agree
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    processed_dir: str = "data/sample/processed"
+    symbols: Optional[list[str]] = None  # None: every <SYMBOL>.feather in processed_dir
+    train_start: Any = "2000-03-01"
+    train_end: Any = "2009-12-31"
+    val_start: Any = "2010-01-01"
+    val_end: Any = "2011-06-30"
+    test_start: Any = "2011-07-01"
+    test_end: Any = "2013-03-31"
+    embargo_bars: Optional[int] = None  # None: the warm-up length
+    bars_per_year: Optional[float] = None  # None: inferred from timestamps
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    columns: Optional[list[str]] = None  # None: every raw feature column of the processed files
+    std_floor: float = 1e-8
+    clip: float = 10.0
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    window_size: int = 32
+    episode_len: int = 256
+    action_mode: str = "discrete"
+    position_levels: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    min_position: float = -1.0
+    max_position: float = 1.0
+    symbol_sampling: str = "uniform"
+    fee_bps: float = 1.0
+    half_spread_bps: float = 1.0
+    slippage_k: float = 0.0
+    impact_coef: float = 0.0
+    borrow_bps_per_bar: float = 0.0
+    turnover_penalty: float = 0.0
+    equity_floor: float = 0.5
+    capital: float = 100_000.0
+    liquidity_seasonality: Optional[str] = None  # JSON file of 168 hour-of-week multipliers
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    n_envs: int = 256
+    n_steps: int = 64
+    n_epochs: int = 4
+    n_minibatches: int = 4
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    num_quantiles: int = 32
+    non_crossing: bool = True
+    shared_torso: bool = False
+    huber_kappa: float = 1.0
+    obs_clip: float = 10.0
+    learning_rate: float = 3e-4
+    lr_schedule: str = "linear"
+    lr_min: float = 0.0
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    cvar_alpha: float = 0.1
+    cvar_weight: float = 0.0
+    popart_beta: float = 3e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_env_steps: int = 2_000_000
+    updates_per_chunk: int = 10
+    eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
+    seed: int = 0
+    precision: str = "float32"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    deterministic: bool = True
+    w_val: float = 0.5
+    w_choppy: float = 0.3
+    w_trend: float = 0.2
+    regime_bars: int = 1500
+    regime_seed: int = 2024
+
+
+@dataclass(frozen=True)
+class HPOConfig:
+    n_trials: int = 20
+    timeout: Optional[float] = None
+    batch: int = 1
+    sampler_seed: int = 0
+    pruner: str = "successive_halving"
+    objective_every: int = 1
+    storage: Optional[str] = None
+    study_name: str = "tbjax"
+    space: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    runs_dir: str = "runs"
+    run_name: Optional[str] = None
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    hpo: HPOConfig = field(default_factory=HPOConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def batch_size(self) -> int:
+        return self.ppo.n_envs * self.ppo.n_steps
+
+    @property
+    def n_updates(self) -> int:
+        """Whole chunks of updates covering ``total_env_steps`` (at least one chunk)."""
+        per_chunk = self.batch_size * self.train.updates_per_chunk
+        return max(1, math.ceil(self.train.total_env_steps / per_chunk)) * self.train.updates_per_chunk
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], path + ".")
+    return keys
+
+
+def _unknown_key(path: str) -> InputError:
+    known = _all_keys(Config)
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"valid sections: {', '.join(f.name for f in dataclasses.fields(Config))}"
+    return InputError(f"unknown config key '{path}': {hint}")
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check ``value`` against a field's type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config key '{path}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config key '{path}' must be a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"config key '{path}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise InputError(f"config key '{path}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"config key '{path}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"config key '{path}' must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InputError(f"config key '{path}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    if not isinstance(raw, dict):
+        raise InputError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown_key(f"{prefix}{key}")
+    kwargs = {}
+    for name in names & raw.keys():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, raw[name] or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``a.b=c`` override to a nested dict; the value is parsed as YAML (``1e-4``, ``[1,2]``)."""
+    if "=" not in assignment:
+        raise InputError(f"--set '{assignment}' must look like section.key=value, e.g. --set ppo.learning_rate=1e-4")
+    path, text = assignment.split("=", 1)
+    parts = path.strip().split(".")
+    if path.strip() not in _all_keys(Config):
+        raise _unknown_key(path.strip())
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (or defaults when ``path`` is None), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config file '{p}' not found: pass an existing YAML file, e.g. --config configs/base.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise InputError(f"config file '{p}' is not valid YAML{where}: fix the syntax") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"config file '{p}' must hold a mapping of sections (data:, env:, ppo:, ...)")
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    cfg = _build(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and cross-field rules, each with a message that says what to change."""
+    e, p, t, ev = cfg.env, cfg.ppo, cfg.train, cfg.eval
+    for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles"):
+        _check(getattr(p, name) >= 1, f"ppo.{name} must be >= 1, got {getattr(p, name)}")
+    _check(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes),
+           f"ppo.hidden_sizes must be a non-empty list of positive widths, got {p.hidden_sizes}")
+    _check((p.n_steps * p.n_envs) % p.n_minibatches == 0,
+           f"ppo.n_steps * ppo.n_envs = {p.n_steps * p.n_envs} is not divisible by ppo.n_minibatches = "
+           f"{p.n_minibatches}: choose n_minibatches dividing {p.n_steps * p.n_envs} (e.g. a power of two)")
+    _check(p.learning_rate > 0, f"ppo.learning_rate must be > 0, got {p.learning_rate}")
+    _check(0 <= p.lr_min <= p.learning_rate, f"ppo.lr_min must lie in [0, learning_rate], got {p.lr_min}")
+    _check(p.lr_schedule in ("constant", "linear"), f"ppo.lr_schedule must be 'constant' or 'linear', got '{p.lr_schedule}'")
+    _check(0 < p.gamma <= 1, f"ppo.gamma must lie in (0, 1], got {p.gamma}")
+    _check(0 <= p.gae_lambda <= 1, f"ppo.gae_lambda must lie in [0, 1], got {p.gae_lambda}")
+    _check(0 < p.clip_eps < 1, f"ppo.clip_eps must lie in (0, 1), got {p.clip_eps}")
+    _check(p.ent_coef >= 0 and p.vf_coef >= 0, "ppo.ent_coef and ppo.vf_coef must be >= 0")
+    _check(p.max_grad_norm > 0, f"ppo.max_grad_norm must be > 0, got {p.max_grad_norm}")
+    _check(0 < p.cvar_alpha < 1, f"ppo.cvar_alpha must lie in (0, 1), got {p.cvar_alpha}")
+    _check(p.cvar_weight >= 0, f"ppo.cvar_weight must be >= 0, got {p.cvar_weight}")
+    _check(0 < p.popart_beta <= 1, f"ppo.popart_beta must lie in (0, 1], got {p.popart_beta}")
+    _check(p.huber_kappa > 0 and p.obs_clip > 0, "ppo.huber_kappa and ppo.obs_clip must be > 0")
+
+    _check(e.window_size >= SLOWEST_INDICATOR_WINDOW,
+           f"env.window_size = {e.window_size} is below the slowest indicator window "
+           f"({SLOWEST_INDICATOR_WINDOW} bars, MACD's slow EMA): set env.window_size >= {SLOWEST_INDICATOR_WINDOW}")
+    _check(e.episode_len >= 1, f"env.episode_len must be >= 1, got {e.episode_len}")
+    _check(e.action_mode in ("discrete", "continuous"), f"env.action_mode must be 'discrete' or 'continuous', got '{e.action_mode}'")
+    levels = e.position_levels
+    _check(len(levels) >= 2 and all(math.isfinite(v) for v in levels) and list(levels) == sorted(set(levels)),
+           f"env.position_levels must be at least two finite, sorted, distinct target positions, got {levels}")
+    _check(e.min_position < e.max_position, f"env.min_position must be < env.max_position, got {e.min_position} >= {e.max_position}")
+    _check(e.symbol_sampling in ("uniform", "length"), f"env.symbol_sampling must be 'uniform' or 'length', got '{e.symbol_sampling}'")
+    for name in ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar", "turnover_penalty"):
+        _check(getattr(e, name) >= 0, f"env.{name} must be >= 0, got {getattr(e, name)}")
+    _check(0 <= e.equity_floor < 1, f"env.equity_floor must lie in [0, 1) (a fraction of starting equity), got {e.equity_floor}")
+    _check(e.capital > 0, f"env.capital must be > 0, got {e.capital}")
+
+    _check(t.total_env_steps >= 1 and t.updates_per_chunk >= 1 and t.eval_every >= 1,
+           "train.total_env_steps, train.updates_per_chunk and train.eval_every must be >= 1")
+    _check(t.precision in ("float32", "bfloat16"), f"train.precision must be 'float32' or 'bfloat16', got '{t.precision}'")
+    _check(min(ev.w_val, ev.w_choppy, ev.w_trend) >= 0, "eval.w_val, eval.w_choppy and eval.w_trend must be >= 0")
+    _check(ev.regime_bars >= 200, f"eval.regime_bars must be >= 200, got {ev.regime_bars}")
+    if cfg.data.embargo_bars is not None:
+        _check(cfg.data.embargo_bars >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
+    if cfg.data.bars_per_year is not None:
+        _check(cfg.data.bars_per_year > 0, f"data.bars_per_year must be > 0, got {cfg.data.bars_per_year}")
+    _check(cfg.hpo.batch >= 1 and cfg.hpo.n_trials >= 1, "hpo.batch and hpo.n_trials must be >= 1")
+    _check(cfg.hpo.pruner in ("successive_halving", "median", "hyperband", "patient", "none"),
+           f"hpo.pruner must be one of successive_halving, median, hyperband, patient, none; got '{cfg.hpo.pruner}'")

@@ -1,0 +1,1 @@
+"""Market data: raw klines, causal features, splits, MarketData."""

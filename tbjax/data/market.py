@@ -1,0 +1,97 @@
+"""MarketData: every symbol's bars and features as one read-only pytree of device arrays.
+
+Built once per run from the processed tables (after roles are assigned and the train-fitted
+FeaturePipeline has produced the ``<name>_z`` columns). Symbols of different length are padded to
+the longest one; ``lengths`` and the per-role row ranges say which rows are real. The env only ever
+reads rows inside one role's range, which is what keeps train episodes out of val/test rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+from flax import struct
+
+ROLE_TRAIN, ROLE_VAL, ROLE_TEST = 0, 1, 2
+ROLE_NAMES = ("train", "val", "test")
+
+
+@struct.dataclass
+class MarketData:
+    """Padded arrays over S symbols and T bars (float32 / int32 / bool).
+
+    features:     [S, T, F] z-scored causal features (row t uses bars <= t only)
+    open, close:  [S, T] prices; an action decided on bar t's close fills at open[t+1]
+    volatility:   [S, T] per-bar volatility estimate known at bar t's close (slippage scale)
+    volume:       [S, T] traded volume in base units (market-impact participation)
+    tradable:     [S, T] False on zero-volume bars, after gaps and in no-trade windows
+    hour_of_week: [S, T] 0..167 UTC (liquidity seasonality)
+    role_start, role_end: [S, 3] first row and one-past-last row of train/val/test per symbol
+    lengths:      [S] number of real rows per symbol
+    """
+
+    features: jnp.ndarray
+    open: jnp.ndarray
+    close: jnp.ndarray
+    volatility: jnp.ndarray
+    volume: jnp.ndarray
+    tradable: jnp.ndarray
+    hour_of_week: jnp.ndarray
+    role_start: jnp.ndarray
+    role_end: jnp.ndarray
+    lengths: jnp.ndarray
+    symbols: tuple = struct.field(pytree_node=False, default=())
+    feature_names: tuple = struct.field(pytree_node=False, default=())
+
+    @property
+    def n_symbols(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[2]
+
+
+def market_data_from_arrays(
+    symbols: list[str],
+    features: list[np.ndarray],
+    open_: list[np.ndarray],
+    close: list[np.ndarray],
+    volatility: list[np.ndarray],
+    volume: list[np.ndarray],
+    tradable: list[np.ndarray],
+    hour_of_week: list[np.ndarray],
+    role_ranges: list[list[tuple[int, int]]],
+    feature_names: list[str],
+) -> MarketData:
+    """Pad per-symbol NumPy arrays to a common length and move them to the device.
+
+    ``role_ranges[s]`` holds three (start, end) row ranges (train, val, test); end is exclusive.
+    Padding rows repeat the last real price (so no division by zero) and are never tradable.
+    """
+    n_sym = len(symbols)
+    t_max = max(len(c) for c in close)
+    n_feat = features[0].shape[1] if n_sym else 0
+
+    def pad(arrs, fill_last: bool, dtype):
+        out = np.zeros((n_sym, t_max) + arrs[0].shape[1:], dtype=dtype)
+        for i, a in enumerate(arrs):
+            out[i, : len(a)] = a
+            if fill_last and len(a) < t_max:
+                out[i, len(a):] = a[-1]
+        return out
+
+    return MarketData(
+        features=jnp.asarray(pad(features, False, np.float32)),
+        open=jnp.asarray(pad(open_, True, np.float32)),
+        close=jnp.asarray(pad(close, True, np.float32)),
+        volatility=jnp.asarray(pad(volatility, False, np.float32)),
+        volume=jnp.asarray(pad(volume, False, np.float32)),
+        tradable=jnp.asarray(pad(tradable, False, np.bool_)),
+        hour_of_week=jnp.asarray(pad(hour_of_week, False, np.int32)),
+        role_start=jnp.asarray(np.array([[r[0] for r in rr] for rr in role_ranges], np.int32).reshape(n_sym, 3)),
+        role_end=jnp.asarray(np.array([[r[1] for r in rr] for rr in role_ranges], np.int32).reshape(n_sym, 3)),
+        lengths=jnp.asarray(np.array([len(c) for c in close], np.int32)),
+        symbols=tuple(symbols),
+        feature_names=tuple(feature_names),
+    )

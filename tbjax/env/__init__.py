@@ -1,0 +1,1 @@
+"""Pure-JAX market environment and its NumPy/Gymnasium twin."""
