@@ -1,0 +1,62 @@
+"""Config: YAML + overrides, unknown keys with suggestions, types, ranges and cross-field rules."""
+
+import pytest
+
+from tbjax.config import Config, dump_config, load_config
+from tbjax.errors import InputError
+
+
+def test_base_yaml_loads_and_round_trips(tmp_path):
+    cfg = load_config("configs/base.yaml")
+    assert isinstance(cfg, Config)
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["ppo.learning_rate=1e-4", "env.position_levels=[-1, 0, 1]", "ppo.non_crossing=false"])
+    assert cfg.ppo.learning_rate == pytest.approx(1e-4)
+    assert cfg.env.position_levels == [-1.0, 0.0, 1.0]
+    assert cfg.ppo.non_crossing is False
+
+
+def test_n_updates_covers_budget_in_whole_chunks():
+    cfg = load_config(None, ["ppo.n_envs=8", "ppo.n_steps=16", "train.updates_per_chunk=3", "train.total_env_steps=1000"])
+    # 1000 steps / (128 per update * 3 per chunk) = 2.6 → 3 chunks → 9 updates
+    assert cfg.n_updates == 9
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("ppo.learnig_rate=1", "did you mean ppo.learning_rate?"),
+    ("env.windw_size=32", "did you mean env.window_size?"),
+    ("ppo.n_envs=abc", "'ppo.n_envs' must be an integer"),
+    ("ppo.non_crossing=3", "'ppo.non_crossing' must be true or false"),
+    ("ppo.n_minibatches=7", "not divisible by ppo.n_minibatches = 7"),
+    ("env.window_size=10", "set env.window_size >= 26"),
+    ("ppo.gamma=1.5", "ppo.gamma must lie in (0, 1]"),
+    ("env.position_levels=[1, 0]", "sorted, distinct"),
+    ("ppo.cvar_alpha=0", "ppo.cvar_alpha must lie in (0, 1)"),
+    ("nothing", "must look like section.key=value"),
+])
+def test_bad_values_have_one_clear_message(override, fragment):
+    with pytest.raises(InputError) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\n  learnig_rate: 0.1\n")
+    with pytest.raises(InputError, match="did you mean ppo.learning_rate"):
+        load_config(path)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(bad)
