@@ -1,0 +1,133 @@
+"""Validation and test: walk each symbol's split from start to end with FROZEN statistics.
+
+Unlike training (random episodes), evaluation starts every symbol at the first decision bar of the
+split (``role_start + window_size - 1``) and steps bar by bar to the last bar that still has a next
+bar to fill on, with the same cost model as training. The policy is deterministic by default
+(argmax / mean). Observation statistics are an input here and never an output: evaluation cannot
+change them (DESIGN.md invariant 3).
+
+The per-bar strategy return is ``equity_t / equity_{t-1} - 1`` (net of every cost), the position is
+the target held over the bar (the action's level, or the previous position when the fill bar is not
+tradable). Baselines over the same bars: buy-and-hold (close-to-close returns of the asset, no
+costs) and flat (zero returns).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tbjax.data.market import ROLE_NAMES, MarketData
+from tbjax.env import market as market_env
+from tbjax.metrics import buy_and_hold_returns, pooled_metrics, risk_metrics
+
+CORE_BASELINE_KEYS = ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
+                      "cvar_5", "var_5")
+
+
+def split_walk(market: MarketData, role: int, window_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """First decision bar and number of decisions per symbol for a split (host side)."""
+    start = np.asarray(market.role_start)[:, role] + window_size - 1
+    end = np.asarray(market.role_end)[:, role]
+    n = np.maximum(end - 1 - start, 0)  # decision t needs bar t+1 inside the split
+    return start.astype(np.int32), n.astype(np.int32)
+
+
+@partial(jax.jit, static_argnames=("policy_apply", "n_steps", "deterministic"))
+def _walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, n_steps, deterministic):
+    """Scan ``n_steps`` decisions for all symbols at once; steps past a symbol's split are masked."""
+
+    def one_symbol(sym, t0, n_sym):
+        state = market_env.reset_at(env_params, market, sym, t0)
+
+        def body(state, i):
+            obs = market_env.observe(state, env_params, market)
+            action = policy_apply(params, obs_stats, obs[None], deterministic)[0]
+            new_state, reward, _, _, info = market_env.market_step(state, action, env_params, market)
+            valid = i < n_sym
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_state, state)
+            out = dict(equity=info["equity"], tradable=info["tradable"] & valid, action=action, valid=valid,
+                       bar=info["bar"])
+            return state, out
+
+        _, outs = jax.lax.scan(body, state, jnp.arange(n_steps))
+        return outs
+
+    return jax.vmap(one_symbol)(jnp.arange(market.n_symbols), start, n_valid)
+
+
+def _target_positions(actions: np.ndarray, tradable: np.ndarray, env_params) -> np.ndarray:
+    if env_params.action_mode == "discrete":
+        target = np.asarray(env_params.position_levels, np.float64)[actions.astype(int)]
+    else:
+        lo, hi = float(env_params.min_position), float(env_params.max_position)
+        target = lo + (np.clip(actions.reshape(len(actions), -1)[:, 0], -1, 1) + 1) / 2 * (hi - lo)
+    # forward-fill the last tradable target (flat before the first tradable bar)
+    last = np.maximum.accumulate(np.where(tradable, np.arange(len(target)), -1))
+    return np.where(last >= 0, target[np.maximum(last, 0)], 0.0)
+
+
+def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, role: int,
+             bars_per_year: float, time_ms: dict[str, np.ndarray] | None = None,
+             deterministic: bool = True) -> tuple[dict, dict]:
+    """Evaluate a policy on one split of every symbol; returns (eval dict, series for the report).
+
+    ``time_ms[symbol]`` gives the bar open times (for the report's dates and pooling); without it
+    bar indices are used.
+    """
+    start, n_valid = split_walk(market, role, env_params.window_size)
+    n_steps = int(n_valid.max())
+    if n_steps == 0:
+        raise ValueError(f"split '{ROLE_NAMES[role]}' has no decision bars")
+    params_eval = env_params.replace(role=role, episode_len=n_steps + 1, equity_floor=jnp.float32(0.0))
+    outs = _walk(policy_apply, params, obs_stats, params_eval, market, jnp.asarray(start), jnp.asarray(n_valid),
+                 n_steps, deterministic)
+    outs = jax.tree_util.tree_map(np.asarray, outs)
+    close = np.asarray(market.close)
+    per_symbol, series, pooled_in, bh_in = {}, {}, {}, {}
+    for s, sym in enumerate(market.symbols):
+        n = int(n_valid[s])
+        equity = np.concatenate([[1.0], outs["equity"][s, :n].astype(np.float64)])
+        returns = equity[1:] / equity[:-1] - 1.0
+        positions = _target_positions(outs["action"][s, :n], outs["tradable"][s, :n], env_params)
+        bars = np.arange(start[s] + 1, start[s] + 1 + n)  # the bar each return is marked on
+        bh = buy_and_hold_returns(close[s, start[s]: start[s] + n + 1].astype(np.float64))
+        times = time_ms[sym][bars] if time_ms is not None else bars.astype(np.int64)
+        per_symbol[sym] = risk_metrics(returns, positions, bars_per_year)
+        series[sym] = {"time_ms": times, "equity": equity[1:], "buy_and_hold_equity": np.cumprod(1 + bh),
+                       "position": positions, "returns": returns}
+        pooled_in[sym] = (times, returns, positions)
+        bh_in[sym] = (times, bh, np.ones_like(bh))
+    flat_in = {k: (t, np.zeros_like(r), np.zeros_like(r)) for k, (t, r, _) in pooled_in.items()}
+    result = {
+        "split": ROLE_NAMES[role],
+        "bars_per_year": bars_per_year,
+        "deterministic": deterministic,
+        "pooled": pooled_metrics(pooled_in, bars_per_year),
+        "per_symbol": per_symbol,
+        "baselines": {
+            "buy_and_hold": {k: v for k, v in pooled_metrics(bh_in, bars_per_year).items()},
+            "flat": {k: v for k, v in pooled_metrics(flat_in, bars_per_year).items()},
+        },
+    }
+    return result, series
+
+
+def finite_or_zero(x: float) -> float:
+    """Sortino is undefined (NaN) for a series without losses, e.g. a flat policy; count it as 0."""
+    return float(x) if x is not None and math.isfinite(float(x)) else 0.0
+
+
+def regime_objective(val_sortino: float, choppy_sortino: float, trend_sortino: float,
+                     w_val: float, w_choppy: float, w_trend: float) -> float:
+    """objective = w_val·Sortino(val) + w_choppy·Sortino(CHOPPY_FLAT) + w_trend·Sortino(STRONG_TREND).
+
+    The seed system's ObjectiveScorePruningCallback with weights 0.5 / 0.3 / 0.2 (ALGORITHMS.md).
+    Undefined Sortino values count as 0 so a flat policy scores 0, not NaN.
+    """
+    return (w_val * finite_or_zero(val_sortino) + w_choppy * finite_or_zero(choppy_sortino)
+            + w_trend * finite_or_zero(trend_sortino))

@@ -1,0 +1,189 @@
+"""From a Config to everything a run needs: data, roles, fitted features, MarketData, trainer inputs.
+
+Shared by ``tbjax.train``, ``tbjax.hpo``, ``tbjax.evaluate`` and the benchmarks so that they all
+read the data, split it and fit the FeaturePipeline in exactly one way:
+
+processed/<SYMBOL>.feather → roles by time (embargo after each boundary) → FeaturePipeline fit on
+train rows only → ``<name>_z`` columns → MarketData (all roles, one device copy) plus the synthetic
+CHOPPY_FLAT / STRONG_TREND markets of the regime objective, transformed with the same pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.feather as feather
+
+from tbjax.config import Config
+from tbjax.data import features as feats
+from tbjax.data.market import MarketData, market_data_from_arrays
+from tbjax.data.export import file_sha256
+from tbjax.data.pipeline import FeaturePipeline
+from tbjax.data.splits import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges, split_bounds
+from tbjax.data.synthetic import generate_klines
+from tbjax.env import market as market_env
+from tbjax.errors import InputError
+from tbjax.metrics import infer_bars_per_year
+from tbjax.trainer import HParams, TrainerSpec, make_hparams
+
+BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
+REGIME_MARKETS = {"choppy": "CHOPPY_FLAT", "trend": "STRONG_TREND"}
+
+
+@dataclass
+class Experiment:
+    """Everything derived from the config and the processed data; built once per process."""
+
+    cfg: Config
+    symbols: list[str]
+    tables: dict[str, dict[str, np.ndarray]]
+    roles: dict[str, np.ndarray]
+    bounds: SplitBounds
+    pipeline: FeaturePipeline
+    market: MarketData
+    regimes: dict[str, MarketData]
+    bars_per_year: float
+    timeframe_ms: int
+    raw_features: list[str]
+    data_hashes: dict[str, str] = field(default_factory=dict)
+
+
+def prepare_hint(cfg: Config) -> str:
+    return (f"run `python -m tbjax.prepare --raw-dir <folder of raw kline files> --out {cfg.data.processed_dir}` "
+            "first (the shipped sample: --raw-dir data/sample/raw)")
+
+
+def load_processed(cfg: Config) -> tuple[dict[str, dict[str, np.ndarray]], list[str], dict[str, str]]:
+    """Read ``<SYMBOL>.feather`` files and the manifest's feature list; one clear error when missing."""
+    folder = Path(cfg.data.processed_dir)
+    if not folder.is_dir():
+        raise InputError(f"processed data folder '{folder}' does not exist: {prepare_hint(cfg)}")
+    files = sorted(folder.glob("*.feather"))
+    if cfg.data.symbols:
+        wanted = {s.upper() for s in cfg.data.symbols}
+        missing = wanted - {f.stem.upper() for f in files}
+        if missing:
+            raise InputError(f"data.symbols names {sorted(missing)} but '{folder}' has no such <SYMBOL>.feather: "
+                             f"available {[f.stem for f in files]}; fix data.symbols or re-run prepare")
+        files = [f for f in files if f.stem.upper() in wanted]
+    if not files:
+        raise InputError(f"no <SYMBOL>.feather files in '{folder}': {prepare_hint(cfg)}")
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    tables, hashes = {}, {}
+    for f in files:
+        try:
+            table = feather.read_table(f)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise InputError(f"cannot read processed file '{f}' ({type(exc).__name__}): re-run prepare") from None
+        cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        for c in BAR_COLUMNS + ("tradable",):
+            if c not in cols:
+                raise InputError(f"processed file '{f}' lacks column '{c}': re-run `python -m tbjax.prepare`")
+        tables[f.stem.upper()] = cols
+        hashes[f.stem.upper()] = file_sha256(f)
+    available = manifest.get("feature_names") or [c for c in next(iter(tables.values())) if c not in BAR_COLUMNS]
+    columns = list(cfg.features.columns or available)
+    for sym, cols in tables.items():
+        for c in columns:
+            if c not in cols:
+                raise InputError(f"feature '{c}' (features.columns) is missing from {sym}'s processed file: "
+                                 f"available {available}")
+    return tables, columns, hashes
+
+
+def _regime_market(cfg: Config, pipeline: FeaturePipeline, regime: str, seed: int, timeframe_ms: int,
+                   columns: list[str]) -> MarketData:
+    warm = feats.warmup_bars(cfg.env.window_size)
+    bars = generate_klines(cfg.eval.regime_bars + warm, timeframe_ms, seed=seed, regime=regime)
+    raw = feats.compute_features(bars)
+    table = {**{k: np.asarray(v) for k, v in bars.items()}, **raw}
+    table = {k: v[warm:] for k, v in table.items()}
+    table["tradable"] = table["volume"] > 0
+    n = len(table["close"])
+    return _market_from_tables(cfg, pipeline, {regime: table}, {regime: [(0, 0), (0, n), (0, n)]}, columns)
+
+
+def _market_from_tables(cfg, pipeline, tables, ranges, columns) -> MarketData:
+    syms = list(tables)
+    z = [pipeline.transform({c: tables[s][c] for c in columns}) for s in syms]
+    zf = [np.stack([zi[f"{c}_z"] for c in columns], axis=1).astype(np.float32) for zi in z]
+    return market_data_from_arrays(
+        symbols=syms,
+        features=zf,
+        open_=[tables[s]["open"] for s in syms],
+        close=[tables[s]["close"] for s in syms],
+        volatility=[np.nan_to_num(feats.parkinson_volatility_per_bar(tables[s]["high"], tables[s]["low"])) for s in syms],
+        volume=[tables[s]["volume"] for s in syms],
+        tradable=[np.asarray(tables[s]["tradable"], bool) for s in syms],
+        hour_of_week=[feats.hour_of_week(np.asarray(tables[s]["open_time"], np.int64)) for s in syms],
+        role_ranges=[ranges[s] for s in syms],
+        feature_names=[f"{c}_z" for c in columns],
+    )
+
+
+def build_experiment(cfg: Config, with_regimes: bool = True, pipeline: FeaturePipeline | None = None) -> Experiment:
+    """Load, split, fit (or reuse a saved ``pipeline``) and build MarketData plus the regime markets."""
+    tables, columns, hashes = load_processed(cfg)
+    d = cfg.data
+    bounds = split_bounds(d.train_start, d.train_end, d.val_start, d.val_end, d.test_start, d.test_end)
+    embargo = d.embargo_bars if d.embargo_bars is not None else feats.warmup_bars(cfg.env.window_size)
+    roles = {s: assign_roles(np.asarray(t["open_time"], np.int64), bounds, embargo, s) for s, t in tables.items()}
+    syms = list(tables)
+    if pipeline is None:
+        pipeline = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)
+        pipeline.fit([tables[s] for s in syms], [roles[s] == ROLE_TRAIN for s in syms])
+    ranges = {s: role_ranges(roles[s]) for s in syms}
+    market = _market_from_tables(cfg, pipeline, tables, ranges, columns)
+    times = np.asarray(tables[syms[0]]["open_time"], np.int64)
+    timeframe_ms = int(np.median(np.diff(times))) if len(times) > 1 else 3_600_000
+    bpy = d.bars_per_year or infer_bars_per_year(times)
+    regimes = {}
+    if with_regimes:
+        for i, (key, regime) in enumerate(REGIME_MARKETS.items()):
+            regimes[key] = _regime_market(cfg, pipeline, regime, cfg.eval.regime_seed + i, timeframe_ms, columns)
+    exp = Experiment(cfg, syms, tables, roles, bounds, pipeline, market, regimes, float(bpy), timeframe_ms,
+                     columns, hashes)
+    market_env.check_data(env_params_from_config(cfg, ROLE_TRAIN), market)
+    return exp
+
+
+def env_params_from_config(cfg: Config, role: int = ROLE_TRAIN, **static_overrides):
+    e = cfg.env
+    mult = None
+    if e.liquidity_seasonality:
+        mult = market_env.load_liquidity_multipliers(e.liquidity_seasonality)
+    kwargs = dict(
+        window_size=e.window_size, episode_len=e.episode_len, action_mode=e.action_mode,
+        position_levels=tuple(e.position_levels), symbol_sampling=e.symbol_sampling, role=role,
+        fee_bps=e.fee_bps, half_spread_bps=e.half_spread_bps, slippage_k=e.slippage_k,
+        impact_coef=e.impact_coef, borrow_bps_per_bar=e.borrow_bps_per_bar,
+        turnover_penalty=e.turnover_penalty, min_position=e.min_position, max_position=e.max_position,
+        equity_floor=e.equity_floor, capital=e.capital,
+    )
+    if mult is not None:
+        kwargs["liquidity_multipliers"] = mult
+    kwargs.update(static_overrides)
+    return market_env.make_env_params(**kwargs)
+
+
+def spec_from_config(cfg: Config, n_groups: int) -> TrainerSpec:
+    p, t = cfg.ppo, cfg.train
+    return TrainerSpec(
+        n_envs=p.n_envs, n_steps=p.n_steps, n_epochs=p.n_epochs, n_minibatches=p.n_minibatches,
+        updates_per_chunk=t.updates_per_chunk, total_updates=cfg.n_updates,
+        hidden_sizes=tuple(p.hidden_sizes), num_quantiles=p.num_quantiles, non_crossing=p.non_crossing,
+        shared_torso=p.shared_torso, huber_kappa=p.huber_kappa, obs_clip=p.obs_clip,
+        lr_schedule=p.lr_schedule, precision=t.precision, n_groups=max(1, n_groups),
+    )
+
+
+HPARAM_FIELDS = ("learning_rate", "lr_min", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef",
+                 "max_grad_norm", "cvar_alpha", "cvar_weight", "popart_beta")
+
+
+def hparams_from_config(cfg: Config, env_params) -> HParams:
+    return make_hparams(env_params, **{k: getattr(cfg.ppo, k) for k in HPARAM_FIELDS})
