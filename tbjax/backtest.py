@@ -80,10 +80,13 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
     bar indices are used.
     """
     start, n_valid = split_walk(market, role, env_params.window_size)
-    n_steps = int(n_valid.max())
-    if n_steps == 0:
+    if int(n_valid.max()) == 0:
         raise ValueError(f"split '{ROLE_NAMES[role]}' has no decision bars")
-    params_eval = env_params.replace(role=role, episode_len=n_steps + 1, equity_floor=jnp.float32(0.0))
+    # one scan length for every split of this market, so val and test share one compiled walk
+    n_steps = max(int(split_walk(market, r, env_params.window_size)[1].max()) for r in range(len(ROLE_NAMES)))
+    # episode_len stays as in training (it scales the bars-in-position feature); the walk ignores
+    # the time-limit flag and only stops at the end of the split
+    params_eval = env_params.replace(role=role, equity_floor=jnp.float32(0.0))
     outs = _walk(policy_apply, params, obs_stats, params_eval, market, jnp.asarray(start), jnp.asarray(n_valid),
                  n_steps, deterministic)
     outs = jax.tree_util.tree_map(np.asarray, outs)

@@ -44,7 +44,7 @@ class Experiment:
     bounds: SplitBounds
     pipeline: FeaturePipeline
     market: MarketData
-    regimes: dict[str, MarketData]
+    regimes: MarketData | None  # symbols CHOPPY_FLAT, STRONG_TREND (see REGIME_MARKETS)
     bars_per_year: float
     timeframe_ms: int
     raw_features: list[str]
@@ -95,19 +95,26 @@ def load_processed(cfg: Config) -> tuple[dict[str, dict[str, np.ndarray]], list[
     return tables, columns, hashes
 
 
-def _regime_market(cfg: Config, pipeline: FeaturePipeline, regime: str, seed: int, timeframe_ms: int,
-                   columns: list[str]) -> MarketData:
+def regime_market(cfg: Config, pipeline: FeaturePipeline, timeframe_ms: int, columns: list[str]) -> MarketData:
+    """The objective's synthetic CHOPPY_FLAT and STRONG_TREND markets as two symbols of one MarketData.
+
+    Fixed seeds (``eval.regime_seed``), the run's timeframe, the same causal features and warm-up,
+    transformed with the run's train-fitted pipeline; every row is in the val and test roles.
+    """
     warm = feats.warmup_bars(cfg.env.window_size)
-    bars = generate_klines(cfg.eval.regime_bars + warm, timeframe_ms, seed=seed, regime=regime)
-    raw = feats.compute_features(bars)
-    table = {**{k: np.asarray(v) for k, v in bars.items()}, **raw}
-    table = {k: v[warm:] for k, v in table.items()}
-    table["tradable"] = table["volume"] > 0
-    n = len(table["close"])
-    return _market_from_tables(cfg, pipeline, {regime: table}, {regime: [(0, 0), (0, n), (0, n)]}, columns)
+    tables, ranges = {}, {}
+    for i, regime in enumerate(REGIME_MARKETS.values()):
+        bars = generate_klines(cfg.eval.regime_bars + warm, timeframe_ms, seed=cfg.eval.regime_seed + i, regime=regime)
+        table = {**{k: np.asarray(v) for k, v in bars.items()}, **feats.compute_features(bars)}
+        table = {k: v[warm:] for k, v in table.items()}
+        table["tradable"] = table["volume"] > 0
+        n = len(table["close"])
+        tables[regime], ranges[regime] = table, [(0, 0), (0, n), (0, n)]
+    return market_from_tables(cfg, pipeline, tables, ranges, columns)
 
 
-def _market_from_tables(cfg, pipeline, tables, ranges, columns) -> MarketData:
+def market_from_tables(cfg, pipeline, tables, ranges, columns) -> MarketData:
+    """Processed per-symbol tables → MarketData with the run's pipeline (the one bars → device path)."""
     syms = list(tables)
     z = [pipeline.transform({c: tables[s][c] for c in columns}) for s in syms]
     zf = [np.stack([zi[f"{c}_z"] for c in columns], axis=1).astype(np.float32) for zi in z]
@@ -137,14 +144,11 @@ def build_experiment(cfg: Config, with_regimes: bool = True, pipeline: FeaturePi
         pipeline = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)
         pipeline.fit([tables[s] for s in syms], [roles[s] == ROLE_TRAIN for s in syms])
     ranges = {s: role_ranges(roles[s]) for s in syms}
-    market = _market_from_tables(cfg, pipeline, tables, ranges, columns)
+    market = market_from_tables(cfg, pipeline, tables, ranges, columns)
     times = np.asarray(tables[syms[0]]["open_time"], np.int64)
     timeframe_ms = int(np.median(np.diff(times))) if len(times) > 1 else 3_600_000
     bpy = d.bars_per_year or infer_bars_per_year(times)
-    regimes = {}
-    if with_regimes:
-        for i, (key, regime) in enumerate(REGIME_MARKETS.items()):
-            regimes[key] = _regime_market(cfg, pipeline, regime, cfg.eval.regime_seed + i, timeframe_ms, columns)
+    regimes = regime_market(cfg, pipeline, timeframe_ms, columns) if with_regimes else None
     exp = Experiment(cfg, syms, tables, roles, bounds, pipeline, market, regimes, float(bpy), timeframe_ms,
                      columns, hashes)
     market_env.check_data(env_params_from_config(cfg, ROLE_TRAIN), market)
@@ -187,3 +191,47 @@ HPARAM_FIELDS = ("learning_rate", "lr_min", "gamma", "gae_lambda", "clip_eps", "
 
 def hparams_from_config(cfg: Config, env_params) -> HParams:
     return make_hparams(env_params, **{k: getattr(cfg.ppo, k) for k in HPARAM_FIELDS})
+
+
+def evaluate_with_objective(exp: Experiment, policy_apply, params, obs_stats, env_params, role: int = ROLE_VAL):
+    """Backtest ``role`` of the run's data with frozen statistics, plus the regime objective.
+
+    Returns (objective, eval dict with "objective" and "regime_sortino", report series). The one
+    definition of the objective shared by training (best checkpoint) and HPO (what it maximises).
+    """
+    from tbjax.backtest import backtest, regime_objective
+
+    det = exp.cfg.eval.deterministic
+    time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in exp.tables.items()}
+    result, series = backtest(policy_apply, params, obs_stats, exp.market, env_params, role, exp.bars_per_year,
+                              time_ms=time_ms, deterministic=det)
+    regime_sortino = {}
+    if exp.regimes is not None:
+        res, _ = backtest(policy_apply, params, obs_stats, exp.regimes, env_params, ROLE_VAL, exp.bars_per_year,
+                          deterministic=det)
+        regime_sortino = {key: res["per_symbol"][name]["sortino"] for key, name in REGIME_MARKETS.items()}
+    e = exp.cfg.eval
+    value = regime_objective(result["pooled"]["sortino"], regime_sortino.get("choppy", 0.0),
+                             regime_sortino.get("trend", 0.0), e.w_val, e.w_choppy, e.w_trend)
+    result["objective"] = value
+    result["regime_sortino"] = regime_sortino
+    return value, result, series
+
+
+_TRAINERS: dict = {}
+
+
+def trainer_for(spec: TrainerSpec):
+    """One compiled trainer per static signature and device count, shared within the process.
+
+    Runs, HPO trials and tests with the same shapes reuse its compiled init / train_chunk /
+    policy_apply (and the backtest walk, whose cache keys on policy_apply) instead of recompiling.
+    """
+    import jax
+
+    from tbjax.trainer import MarketEnv, make_mesh, make_trainer
+
+    key = (spec, jax.device_count())
+    if key not in _TRAINERS:
+        _TRAINERS[key] = make_trainer(spec, MarketEnv(), mesh=make_mesh() if jax.device_count() > 1 else None)
+    return _TRAINERS[key]

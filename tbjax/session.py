@@ -17,15 +17,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tbjax.backtest import backtest, finite_or_zero, regime_objective
+from tbjax.backtest import backtest, finite_or_zero
 from tbjax.checkpoint import RunCheckpoints
 from tbjax.config import Config, config_to_dict
 from tbjax.data.export import export_dataset
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
-from tbjax.experiment import build_experiment, env_params_from_config, hparams_from_config, spec_from_config
+from tbjax.experiment import build_experiment, evaluate_with_objective, trainer_for, env_params_from_config, hparams_from_config, spec_from_config
 from tbjax.metrics import json_safe
-from tbjax.trainer import MarketEnv, NonFiniteUpdateError, make_mesh, make_trainer, raise_if_nonfinite
+from tbjax.trainer import NonFiniteUpdateError, raise_if_nonfinite
 
 SUM_KEYS = ("episode/count",)
 LAST_KEYS = ("nan_guard_count", "lr", "popart/mu", "popart/sigma", "popart/holdout_ev", "ev/ema")
@@ -53,8 +53,7 @@ class TrainingSession:
         self.env_params = env_params_from_config(cfg, ROLE_TRAIN)
         self.hparams = hparams_from_config(cfg, self.env_params)
         self.spec = spec_from_config(cfg, n_groups=len(self.exp.symbols))
-        mesh = make_mesh() if jax.device_count() > 1 else None
-        self.trainer = make_trainer(self.spec, MarketEnv(), mesh=mesh)
+        self.trainer = trainer_for(self.spec)
         self.ckpt = RunCheckpoints(self.run_dir)
         self.update = 0
         self.best_objective = -math.inf
@@ -67,25 +66,15 @@ class TrainingSession:
                                self.exp.data_hashes)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, carry, role: int, market=None, time_ms=None):
-        market = self.exp.market if market is None else market
-        return backtest(self.trainer.policy_apply, carry.params, carry.obs_stats, market, self.env_params, role,
-                        self.exp.bars_per_year, time_ms=time_ms if market is not self.exp.market else self.time_ms,
-                        deterministic=self.cfg.eval.deterministic)
+    def evaluate(self, carry, role: int):
+        """Backtest one split of the run's data with the carry's frozen statistics."""
+        return backtest(self.trainer.policy_apply, carry.params, carry.obs_stats, self.exp.market, self.env_params,
+                        role, self.exp.bars_per_year, time_ms=self.time_ms, deterministic=self.cfg.eval.deterministic)
 
     def objective(self, carry, role: int = ROLE_VAL) -> tuple[float, dict, dict]:
         """Regime objective on ``role`` plus the synthetic CHOPPY_FLAT / STRONG_TREND markets."""
-        split_eval, series = self.evaluate(carry, role)
-        regime_sortino = {}
-        for key, market in self.exp.regimes.items():
-            res, _ = self.evaluate(carry, ROLE_VAL, market=market, time_ms=None)
-            regime_sortino[key] = res["pooled"]["sortino"]
-        e = self.cfg.eval
-        value = regime_objective(split_eval["pooled"]["sortino"], regime_sortino.get("choppy", 0.0),
-                                 regime_sortino.get("trend", 0.0), e.w_val, e.w_choppy, e.w_trend)
-        split_eval["objective"] = value
-        split_eval["regime_sortino"] = regime_sortino
-        return value, split_eval, series
+        return evaluate_with_objective(self.exp, self.trainer.policy_apply, carry.params, carry.obs_stats,
+                                       self.env_params, role)
 
     # ------------------------------------------------------------------ training
     def _log(self, row: dict, tb) -> None:
