@@ -1,0 +1,156 @@
+"""Training throughput of the fused loop (rollout + distributional PPO update) on the market env.
+
+For each n_envs: one compiled ``train_chunk`` (compile and a warm-up call excluded) is timed over
+``updates`` updates; env-steps/s = n_envs * n_steps * updates / seconds (best of ``repeats``; the
+machine may be shared). The two phases are also timed alone (jit of the rollout, jit of the PPO
+update on a batch of the same size) to say which one dominates.
+
+Update GFLOP/s: XLA's cost analysis counts a while loop's body once, so the flops of one update
+are taken from a loop-free program, one SGD minibatch step (forward, backward, clip, Adam),
+times n_epochs * n_minibatches, and divided by the measured time of the PPO update phase. The
+matmul peak is the best time of a 2048 x 2048 float32 ``jnp.dot`` (2 n^3 flops).
+
+    python benchmarks/train_throughput.py          # 4 symbols x 20,000 bars x 16 features, window 32
+    python benchmarks/train_throughput.py --quick  # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from env_throughput import synthetic_market  # same synthetic MarketData as the env benchmark
+from tbjax.agent import ppo
+from tbjax.env import market
+from tbjax.trainer import MarketEnv, TrainerSpec, make_hparams, make_trainer
+
+RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+
+
+def best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    return 2.0 * n**3 / best_time(lambda: dot(a, b), repeats) / 1e9
+
+
+def flops_of(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def measure(n_envs: int, args, data, env_params) -> dict:
+    spec = TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
+                       updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
+                       holdout_size=1024, n_groups=data.n_symbols)
+    trainer = make_trainer(spec, MarketEnv())
+    hp = make_hparams(env_params)
+    carry = trainer.init(jax.random.PRNGKey(0), hp, data)
+    carry, _ = trainer.train_chunk(carry, hp, data)  # compile + warm-up
+    jax.block_until_ready(carry)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        carry, metrics = trainer.train_chunk(carry, hp, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    per_update = min(times) / args.updates
+
+    # Phase timings: the rollout alone and the PPO update alone on a batch of the same size.
+    rollout = jax.jit(trainer._rollout)
+    roll_args = (carry.params, carry.obs_stats, carry.popart, carry.env_state, carry.last_obs,
+                 carry.rng, hp, data)
+    out = rollout(*roll_args)
+    jax.block_until_ready(out)
+    rollout_s = best_time(lambda: rollout(*roll_args), args.repeats)
+    traj = out[0]
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+    batch = ppo.PPOBatch(obs=flat(traj.obs), action=flat(traj.action), log_prob=flat(traj.log_prob),
+                         advantage=flat(out[1]), target=flat(out[2]), tradable=flat(traj.tradable))
+    kw = dict(apply_fn=trainer._apply, action_mode=trainer._mode, huber_kappa=1.0,
+              n_epochs=spec.n_epochs, n_minibatches=spec.n_minibatches)
+    update = jax.jit(lambda p, o, b, k: ppo.ppo_update(p, o, b, k, hp, hp.learning_rate, **kw))
+    jax.block_until_ready(update(carry.params, carry.opt_state, batch, carry.rng))
+    update_s = best_time(lambda: update(carry.params, carry.opt_state, batch, carry.rng), args.repeats)
+
+    mb = jax.tree_util.tree_map(lambda x: x[: x.shape[0] // spec.n_minibatches], batch)
+    one_step = dict(kw, n_epochs=1, n_minibatches=1)
+    step = jax.jit(lambda p, o, b, k: ppo.ppo_update(p, o, b, k, hp, hp.learning_rate, **one_step))
+    step_flops = flops_of(step.lower(carry.params, carry.opt_state, mb, carry.rng).compile())
+    update_flops = step_flops * spec.n_epochs * spec.n_minibatches
+    return {
+        "n_envs": n_envs,
+        "steps_per_s": n_envs * spec.n_steps / per_update,
+        "update_gflops": update_flops / update_s / 1e9,
+        "seconds_per_update": per_update,
+        "rollout_s": rollout_s,
+        "ppo_update_s": update_s,
+        "update_gflop": update_flops / 1e9,
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny run (seconds)")
+    p.add_argument("--n-envs", type=int, nargs="*", default=None)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if args.quick:
+        shape, n_envs, args.n_steps, args.updates, args.repeats = (2, 2000, 8), [64], 16, 1, 1
+        window, episode_len = 8, 64
+    else:
+        shape, n_envs, args.n_steps, args.updates, args.repeats = (4, 20000, 16), [256, 1024, 4096], 64, 2, 2
+        window, episode_len = 32, 256
+    n_envs = args.n_envs or n_envs
+    data = synthetic_market(*shape, seed=0)
+    env_params = market.make_env_params(window_size=window, episode_len=episode_len)
+    market.check_data(env_params, data)
+
+    peak = matmul_peak_gflops(1024 if args.quick else 2048)
+    device = f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{jax.device_count()}"
+    results = []
+    print(f"device {device}; matmul peak {peak:.1f} GFLOP/s")
+    print(f"{'n_envs':>7} {'env-steps/s':>12} {'s/update':>9} {'rollout s':>10} {'update s':>9} "
+          f"{'GFLOP/upd':>10} {'GFLOP/s':>8} {'% peak':>7}")
+    for n in n_envs:
+        r = measure(n, args, data, env_params)
+        r["matmul_peak_gflops"] = peak
+        results.append(r)
+        print(f"{n:>7} {r['steps_per_s']:>12,.0f} {r['seconds_per_update']:>9.3f} {r['rollout_s']:>10.3f} "
+              f"{r['ppo_update_s']:>9.3f} {r['update_gflop']:>10.2f} {r['update_gflops']:>8.1f} "
+              f"{100 * r['update_gflops'] / peak:>6.1f}%", flush=True)
+    report = {"device": device, "quick": args.quick,
+              "config": {"symbols_bars_features": list(shape), "window": window, "n_steps": args.n_steps,
+                         "n_epochs": 4, "n_minibatches": 4, "hidden_sizes": [64, 64], "num_quantiles": 32},
+              "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Learner configuration split into traced hyperparameters and static structure.
+
+DESIGN.md invariant 4: everything continuous is a float32 leaf of :class:`HParams`, so a new
+Optuna trial with new values reuses the compiled trainer, and a leading trial axis can be
+vmapped (the rejax split of traced vs static fields). Everything that fixes a shape or the
+program's structure lives in the frozen, hashable :class:`TrainerSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from tbjax.errors import InputError
+
+# Defaults of make_hparams, with the reason for each.
+HPARAM_DEFAULTS: dict[str, float] = {
+    "learning_rate": 3e-4,  # Adam step of PPO (Schulman et al. 2017; PureJaxRL default)
+    "lr_min": 0.0,  # end point of the linear decay (lr_schedule="linear")
+    "gamma": 0.99,  # discount per decision (bar)
+    "gae_lambda": 0.95,  # GAE bias/variance trade-off (Schulman et al. 2016)
+    "clip_eps": 0.2,  # PPO ratio clip
+    "ent_coef": 0.01,  # entropy bonus, keeps the first policy near uniform long enough to explore
+    "vf_coef": 0.5,  # weight of the quantile-Huber critic loss
+    "max_grad_norm": 0.5,  # global-norm gradient clip
+    "cvar_alpha": 0.1,  # tail probability of CVaR_alpha (worst 10 % of returns)
+    "cvar_weight": 0.0,  # 0 = risk-neutral PPO; > 0 adds the Rockafellar-Uryasev CVaR term
+    "popart_beta": 3e-4,  # PopArt moment step per update (van Hasselt et al. 2016 used 1e-4..3e-4)
+}
+
+LR_SCHEDULES = ("constant", "linear")
+PRECISIONS = ("float32", "bfloat16")
+
+
+@flax.struct.dataclass
+class HParams:
+    """Continuous hyperparameters: every leaf a float32 scalar (or the env's params pytree)."""
+
+    learning_rate: jax.Array
+    lr_min: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    clip_eps: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    max_grad_norm: jax.Array
+    cvar_alpha: jax.Array
+    cvar_weight: jax.Array
+    popart_beta: jax.Array
+    env: Any = None
+
+
+def make_hparams(env_params: Any = None, **floats: float) -> HParams:
+    """HParams with the documented defaults (HPARAM_DEFAULTS) overridden by ``floats``.
+
+    Raises InputError for an unknown name or a value outside its valid range.
+    """
+    unknown = sorted(set(floats) - set(HPARAM_DEFAULTS))
+    if unknown:
+        raise InputError(
+            f"hyperparameters: unknown name(s) {', '.join(unknown)}; "
+            f"valid names are {', '.join(HPARAM_DEFAULTS)}"
+        )
+    values = {**HPARAM_DEFAULTS, **floats}
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
+            raise InputError(f"hyperparameters.{name}: got {value}; use a finite number")
+    _check_range(values, "gamma", 0.0, 1.0)
+    _check_range(values, "gae_lambda", 0.0, 1.0)
+    _check_range(values, "popart_beta", 0.0, 1.0)
+    _check_range(values, "cvar_alpha", 1e-6, 1.0, low_open=False)
+    for name in ("learning_rate", "lr_min", "clip_eps", "ent_coef", "vf_coef", "cvar_weight"):
+        _check_range(values, name, 0.0, math.inf)
+    _check_range(values, "max_grad_norm", 1e-12, math.inf)
+    arrays = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+    return HParams(env=env_params, **arrays)
+
+
+def _check_range(values, name, low, high, low_open=False):
+    value = values[name]
+    if not isinstance(value, (int, float)):
+        return  # traced / array values are the caller's responsibility (e.g. stacked trials)
+    if value < low or value > high or (low_open and value == low):
+        raise InputError(f"hyperparameters.{name}: got {value}; use a value in [{low}, {high}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSpec:
+    """Static structure of the trainer: shapes and program layout only (hashable).
+
+    n_envs x n_steps transitions per update, split into n_minibatches for each of n_epochs;
+    updates_per_chunk updates are fused in one compiled call; total_updates sets the length of
+    the linear learning-rate decay. holdout_size transitions of the initial policy are kept to
+    track the critic's EV on a fixed set (clamped to n_envs * n_steps). n_groups is the number of
+    symbols for the grouped EV.
+    """
+
+    n_envs: int = 256
+    n_steps: int = 64
+    n_epochs: int = 4
+    n_minibatches: int = 4
+    updates_per_chunk: int = 10
+    total_updates: int = 100
+    hidden_sizes: tuple = (64, 64)
+    num_quantiles: int = 32
+    non_crossing: bool = True
+    shared_torso: bool = False
+    huber_kappa: float = 1.0
+    obs_clip: float = 10.0
+    lr_schedule: str = "constant"
+    precision: str = "float32"
+    popart_sigma_min: float = 1e-4
+    holdout_size: int = 1024
+    n_groups: int = 1
+
+    def validate(self, n_devices: int = 1) -> None:
+        """Raise InputError naming the field and the fix for an inconsistent spec."""
+        for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "updates_per_chunk",
+                     "total_updates", "num_quantiles", "holdout_size", "n_groups"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"trainer.{name}: got {getattr(self, name)}; use an integer >= 1")
+        batch = self.n_envs * self.n_steps
+        if batch % self.n_minibatches:
+            raise InputError(
+                f"trainer.n_minibatches: {self.n_minibatches} does not divide the batch "
+                f"n_envs*n_steps = {batch}; choose a divisor of {batch}"
+            )
+        if self.n_envs % n_devices:
+            raise InputError(
+                f"trainer.n_envs: {self.n_envs} is not divisible by the {n_devices} devices of "
+                f"the mesh; use a multiple of {n_devices}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(
+                f"trainer.lr_schedule: got {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise InputError(
+                f"trainer.precision: got {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.huber_kappa <= 0 or self.obs_clip <= 0 or self.popart_sigma_min <= 0:
+            raise InputError(
+                "trainer.huber_kappa, trainer.obs_clip and trainer.popart_sigma_min must be > 0; "
+                f"got {self.huber_kappa}, {self.obs_clip}, {self.popart_sigma_min}"
+            )
+
+    @property
+    def compute_dtype(self):
+        return jnp.bfloat16 if self.precision == "bfloat16" else jnp.float32
