@@ -1,0 +1,142 @@
+"""HPO throughput: trials per hour with B = 1 (one trial per compiled call) vs B = 8 (vmapped).
+
+    python benchmarks/hpo_throughput.py [--quick] [--trials N] [--out benchmarks/results/hpo_throughput.json]
+
+Both sweeps run the same trials (the same enqueued hyperparameters, pruning off, so every trial
+spends the full per-trial budget) on a synthetic market (tbjax.synth + tbjax.prepare in a temp
+folder) through :class:`tbjax.hpo_runner.TrialRunner`, each with a fresh runner so each pays its
+own compilation. Trials per hour = trials / sweep wall time × 3600, compile included.
+
+Compile share: JAX reports the duration of every trace, MLIR lowering and XLA compilation
+(``jax.monitoring`` events ``/jax/core/compile/*``); each event is turned into its time interval and
+the union of the intervals is taken (a nested jit's trace lies inside its caller's, so a plain sum
+would count it twice). Share = that union / sweep wall time, for the B = 1 sweep (the
+``compile_share`` field) and the B = 8 sweep. Goals (2-core CPU): compile share < 5 % of a
+20-trial sweep; B = 8 ≥ 2× the trials/hour of B = 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import yaml  # noqa: E402
+
+from tbjax import prepare, synth  # noqa: E402
+from tbjax.config import load_config  # noqa: E402
+from tbjax.experiment import build_experiment  # noqa: E402
+from tbjax.hpo_runner import TrialRunner  # noqa: E402
+from tbjax.search_space import build_search_space, user_set_keys  # noqa: E402
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_intervals: list[tuple[float, float]] = []
+
+
+def _on_event(event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        end = time.perf_counter()
+        _intervals.append((end - duration, end))
+
+
+def compile_seconds(since: float) -> float:
+    """Length of the union of compile intervals that end after ``since``."""
+    spans = sorted((max(a, since), b) for a, b in _intervals if b > since)
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in spans:
+        if cur_b is None or a > cur_b:
+            if cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    return total + (cur_b - cur_a if cur_b is not None else 0.0)
+
+
+def make_config(folder: Path, quick: bool) -> Path:
+    raw, processed = folder / "raw", folder / "processed"
+    synth.main(["--out", str(raw), "--symbols", "4", "--bars", "3000", "--seed", "7"])
+    prepare.main(["--raw-dir", str(raw), "--out", str(processed)])
+    n_envs, n_steps, updates = (16, 16, 4) if quick else (64, 64, 20)
+    body = {
+        "data": {"processed_dir": str(processed), "train_start": "2020-01-01", "train_end": "2020-03-20",
+                 "val_start": "2020-03-21", "val_end": "2020-04-05", "test_start": "2020-04-06",
+                 "test_end": "2020-05-06"},
+        "env": {"episode_len": 64},
+        "ppo": {"n_envs": n_envs, "n_steps": n_steps, "n_minibatches": 4, "n_epochs": 2, "hidden_sizes": [64, 64],
+                "num_quantiles": 16},
+        "train": {"total_env_steps": n_envs * n_steps * updates, "updates_per_chunk": updates // 2,
+                  "eval_every": updates // 2},
+        "eval": {"regime_bars": 300},
+        "hpo": {"pruner": "none", "space": {
+            "ppo.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}},
+        "output": {"tensorboard": False},
+    }
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def sweep(cfg, exp, space, params: list[dict], batch: int, run_dir: Path) -> dict:
+    runner = TrialRunner(cfg, exp, space, run_dir)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    for p in params:
+        study.enqueue_trial(p)
+    t0 = time.perf_counter()
+    runner.optimize(study, n_trials=len(params), batch=batch)
+    wall = time.perf_counter() - t0
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials())
+    comp = compile_seconds(t0)
+    return {"batch": batch, "trials": done, "wall_s": wall, "compile_s": comp, "compile_share": comp / wall,
+            "trials_per_hour": done / wall * 3600.0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny budget, 8 trials: checks that it runs")
+    ap.add_argument("--trials", type=int, default=None, help="trials per sweep (default 24; quick 8)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "hpo_throughput.json"))
+    args = ap.parse_args(argv)
+    n_trials = args.trials or (8 if args.quick else 24)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    rng = np.random.default_rng(0)
+    params = [{"ppo.learning_rate": float(10 ** rng.uniform(-5, -3)), "ppo.cvar_alpha": float(rng.uniform(0.01, 0.2)),
+               "ppo.cvar_weight": float(10 ** rng.uniform(-1, np.log10(2.0)))} for _ in range(n_trials)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = make_config(folder, args.quick)
+        cfg = load_config(path)
+        space = build_search_space(cfg, user_set_keys(path))
+        exp = build_experiment(cfg)
+        results = [sweep(cfg, exp, space, params, b, folder / f"b{b}") for b in (1, 8)]
+    b1, b8 = results
+    for r in results:
+        print(f"B={r['batch']}: {r['trials']} trials in {r['wall_s']:.1f} s -> {r['trials_per_hour']:.0f} trials/h; "
+              f"compile {r['compile_s']:.1f} s ({r['compile_share']:.1%})")
+    print(f"speed-up B=8 / B=1: {b8['trials_per_hour'] / b1['trials_per_hour']:.2f}x")
+    out = {"device": str(jax.devices()[0].device_kind) + f" x{jax.device_count()} ({jax.default_backend()}, "
+                     f"{os.cpu_count()} cores)",
+           "trials_per_hour_b1": b1["trials_per_hour"], "trials_per_hour_b8": b8["trials_per_hour"],
+           "compile_share": b1["compile_share"], "compile_share_b8": b8["compile_share"],
+           "n_trials": n_trials, "quick": args.quick, "sweeps": results,
+           "per_trial_updates": cfg.n_updates, "n_envs": cfg.ppo.n_envs, "n_steps": cfg.ppo.n_steps}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
