@@ -307,7 +307,9 @@ class TrialRunner:
             m.trial.set_user_attr("objective_series", json_safe(m.objective_series))
             if value > m.best_objective:
                 m.best_objective, m.best_update = value, update
-                m.best_carry = jax.device_get(carry)
+                # an explicit host COPY: on CPU device_get can return zero-copy views of the device
+                # buffers, and donating those buffers to the next train_chunk then blocks forever
+                m.best_carry = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), carry)
             if m.cfg.hpo.pruner != "none" and not is_last:
                 reason = self._objective_prunes(m.trial.study, update, value)
         if not is_last and reason is None and m.trial.should_prune():

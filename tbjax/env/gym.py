@@ -31,7 +31,7 @@ class MarketGymEnv(gymnasium.Env):
         self.params = params
         self.features = np.asarray(data.features, F32)
         self.open = np.asarray(data.open, F32)
-        self.close = np.asarray(data.close, F32)
+        self.close_price = np.asarray(data.close, F32)
         self.volatility = np.asarray(data.volatility, F32)
         self.volume = np.asarray(data.volume, F32)
         self.tradable = np.asarray(data.tradable, bool)
@@ -98,7 +98,7 @@ class MarketGymEnv(gymnasium.Env):
     def step(self, action):
         c, s, t = self.cost, self.symbol, self.bar
         p, equity, floor = self.position, self.equity, F32(GROWTH_FLOOR - 1.0)
-        close_t, open_n, close_n = self.close[s, t], self.open[s, t + 1], self.close[s, t + 1]
+        close_t, open_n, close_n = self.close_price[s, t], self.open[s, t + 1], self.close_price[s, t + 1]
         tradable = bool(self.tradable[s, t + 1])
 
         gap = (open_n - close_t) / close_t

@@ -1,0 +1,302 @@
+"""Shared setup of the benchmarks: one planted-signal market, the machine, and atomic JSON output.
+
+Every peer comparison (``vs_sb3``, ``learning_speed``, ``scaling``) must feed both learners the same
+data, so the market is built here once, the way ``tbjax.experiment`` builds a real run:
+
+    generate_klines(signal_rho) per symbol → compute_features (causal) → drop the warm-up rows
+    → roles by row index (train | embargo | val | embargo | test) → FeaturePipeline fit on TRAIN
+    rows only → ``<name>_z`` columns → MarketData.
+
+The planted signal z_t is visible at bar t through ``taker_buy_ratio`` (tbjax.data.synthetic); the
+next bar's return is r_{t+1} = sigma (rho z_t + sqrt(1 - rho^2) eps_{t+1}) in the NORMAL regime.
+
+Per-bar Sharpe here is mean(r) / std(r) (population std) over the per-bar net returns of every
+symbol's split walk CONCATENATED, the same rule :func:`tbjax.oracle.threshold_oracle` applies to
+its one series; the oracle is fed the concatenated symbols too, so all three figures (oracle,
+tbjax, SB3) are computed identically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tbjax.data import features as feats
+from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData, market_data_from_arrays
+from tbjax.data.pipeline import FeaturePipeline
+from tbjax.data.splits import ROLE_EMBARGO, role_ranges
+from tbjax.data.synthetic import generate_klines
+from tbjax.env import market as market_env
+from tbjax.metrics import json_safe
+from tbjax.oracle import threshold_oracle
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+HOUR_MS = 3_600_000
+HOURLY_BARS_PER_YEAR = 8760.0  # 24/7 hourly bars (ALGORITHMS.md "Risk metrics")
+SIGNAL_COLUMN = "taker_buy_ratio_z"
+LONG_SHORT = (-1.0, 0.0, 1.0)
+
+
+@dataclass
+class PlantedMarket:
+    """A synthetic market ready for both learners (arrays are host NumPy unless noted)."""
+
+    market: MarketData            # device pytree for the JAX env (and, via np.asarray, the twin)
+    symbols: list[str]
+    close: list[np.ndarray]       # per symbol, after the warm-up rows were dropped
+    signal: list[np.ndarray]      # per symbol, the z-scored taker_buy_ratio (what the agent sees)
+    ranges: list[list[tuple[int, int]]]  # per symbol: (start, end) of train, val, test
+    window_size: int
+    signal_rho: float
+    bars_per_year: float = HOURLY_BARS_PER_YEAR
+
+
+def planted_market(n_symbols: int = 4, n_bars: int = 20_000, signal_rho: float = 0.2, seed: int = 0,
+                   window_size: int = 32, val_frac: float = 0.15, test_frac: float = 0.15,
+                   regime: str | None = "NORMAL") -> PlantedMarket:
+    """Synthetic hourly symbols with a planted signal, split by row index with embargoes.
+
+    The embargo between consecutive splits is ``warmup_bars(window_size)`` rows, as in a real run.
+    ``regime="NORMAL"`` keeps the signal-to-noise ratio constant over time (None: Markov regimes).
+    """
+    warm = feats.warmup_bars(window_size)
+    tables, roles = [], []
+    for k in range(n_symbols):
+        bars = generate_klines(n_bars + warm, HOUR_MS, seed=seed, signal_rho=signal_rho, regime=regime,
+                               stream=k)
+        raw = feats.compute_features(bars)
+        table = {**{c: np.asarray(bars[c])[warm:] for c in ("open_time", "open", "high", "low", "close",
+                                                               "volume")},
+                 **{c: v[warm:] for c, v in raw.items()}}
+        n = len(table["close"])
+        n_val, n_test = int(n * val_frac), int(n * test_frac)
+        n_train = n - n_val - n_test - 2 * warm
+        if n_train < window_size + 2:
+            raise ValueError(f"n_bars={n_bars} is too short for window {window_size} and two embargoes")
+        role = np.full(n, ROLE_TRAIN, np.int8)
+        role[n_train:n_train + warm] = ROLE_EMBARGO
+        role[n_train + warm:n_train + warm + n_val] = ROLE_VAL
+        role[n_train + warm + n_val:n - n_test] = ROLE_EMBARGO
+        role[n - n_test:] = ROLE_TEST
+        tables.append(table)
+        roles.append(role)
+    columns = feats.feature_names(has_taker=True)
+    pipeline = FeaturePipeline(columns).fit(tables, [r == ROLE_TRAIN for r in roles])
+    z = [pipeline.transform(t) for t in tables]
+    ranges = [role_ranges(r) for r in roles]
+    symbols = [f"SYN{k}" for k in range(n_symbols)]
+    market = market_data_from_arrays(
+        symbols=symbols,
+        features=[np.stack([zi[f"{c}_z"] for c in columns], axis=1) for zi in z],
+        open_=[t["open"] for t in tables],
+        close=[t["close"] for t in tables],
+        volatility=[np.nan_to_num(feats.parkinson_volatility_per_bar(t["high"], t["low"])) for t in tables],
+        volume=[t["volume"] for t in tables],
+        tradable=[t["volume"] > 0 for t in tables],
+        hour_of_week=[feats.hour_of_week(t["open_time"]) for t in tables],
+        role_ranges=ranges,
+        feature_names=[f"{c}_z" for c in columns],
+    )
+    return PlantedMarket(market, symbols, [t["close"] for t in tables], [zi[SIGNAL_COLUMN] for zi in z],
+                         ranges, window_size, signal_rho)
+
+
+def env_params(pm: PlantedMarket, role: int = ROLE_TRAIN, fee_bps: float = 5.0, episode_len: int = 256,
+               position_levels: tuple = LONG_SHORT):
+    """Long-short discrete env whose ONLY cost is ``fee_bps`` per unit of traded notional.
+
+    Spread, slippage, impact and borrow are zero so the env's cost equals the oracle's
+    ``cost_bps * |Δposition|`` (ALGORITHMS.md "Planted-signal oracle").
+    """
+    return market_env.make_env_params(
+        window_size=pm.window_size, episode_len=episode_len, action_mode="discrete",
+        position_levels=tuple(position_levels), role=role, fee_bps=fee_bps, half_spread_bps=0.0,
+        slippage_k=0.0, impact_coef=0.0, borrow_bps_per_bar=0.0, turnover_penalty=0.0,
+        equity_floor=0.0, min_position=-1.0, max_position=1.0)
+
+
+def decision_bars(pm: PlantedMarket, symbol: int, role: int) -> np.ndarray:
+    """Decision bars of a split walk, as in ``tbjax.backtest.split_walk``: role_start + window - 1
+    up to role_end - 2 (decision t fills at t+1, which must lie inside the split)."""
+    start, end = pm.ranges[symbol][role]
+    return np.arange(start + pm.window_size - 1, end - 1)
+
+
+def oracle_sharpe(pm: PlantedMarket, role: int = ROLE_VAL, cost_bps: float = 5.0,
+                  long_only: bool = False) -> dict:
+    """``threshold_oracle`` over the concatenated decision bars of every symbol's split.
+
+    next_return[t] = close[t+1] / close[t] - 1, what a position filled at open[t+1] (= close[t] in
+    the synthetic market) earns over bar t+1.
+    """
+    signal, nxt = [], []
+    for s in range(len(pm.symbols)):
+        t = decision_bars(pm, s, role)
+        close = np.asarray(pm.close[s], np.float64)
+        signal.append(pm.signal[s][t])
+        nxt.append(close[t + 1] / close[t] - 1.0)
+    return threshold_oracle(np.concatenate(signal), np.concatenate(nxt), cost_bps, long_only=long_only)
+
+
+def per_bar_sharpe(returns: list[np.ndarray]) -> float:
+    """mean / std (population) of the concatenated per-bar net returns; 0 for a constant series."""
+    r = np.concatenate([np.asarray(x, np.float64) for x in returns])
+    std = float(np.std(r))
+    return float(np.mean(r)) / std if std > 1e-12 else 0.0
+
+
+# ------------------------------------------------------------------------------------ machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_string() -> str:
+    """The JAX device the figures came from, e.g. 'cpu (Intel Xeon ...)' or 'NVIDIA H100'."""
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
+    return str(getattr(dev, "device_kind", dev.platform))
+
+
+def machine_info() -> dict:
+    import jax
+
+    return {"cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "jax_backend": jax.default_backend(),
+            "jax_devices": [str(getattr(d, "device_kind", d.platform)) for d in jax.devices()],
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions(*names: str) -> dict:
+    """Installed versions of the named distributions (None when absent)."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as JSON atomically (temp file in the same folder, then rename): a reader never
+    sees half a file. NaN/inf become null (``tbjax.metrics.json_safe``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain fixed-width table on stdout."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------- both learners
+
+# PPO settings shared by both sides (Schulman et al. 2017 defaults; SB3's ent_coef default is 0,
+# set to tbjax's 0.01 so the two objectives match). Learning rate constant on both sides.
+PPO_SETTINGS = {"learning_rate": 3e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_eps": 0.2,
+                "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5}
+HIDDEN = (64, 64)
+
+
+@functools.lru_cache(maxsize=8)
+def tbjax_trainer(n_envs: int, n_steps: int, n_epochs: int, n_minibatches: int, updates_per_chunk: int,
+                  n_groups: int, total_updates: int = 1_000):
+    """The tbjax trainer over the market env with the shared widths (2 x 64) and a constant lr.
+
+    Cached per settings: benchmarks run in one process (tests, notebooks) reuse one compiled
+    trainer instead of compiling the same program again."""
+    from tbjax.trainer import MarketEnv, TrainerSpec, make_trainer
+
+    spec = TrainerSpec(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
+                       updates_per_chunk=updates_per_chunk, total_updates=total_updates,
+                       hidden_sizes=HIDDEN, lr_schedule="constant", n_groups=n_groups,
+                       holdout_size=min(1024, n_envs * n_steps))
+    return make_trainer(spec, MarketEnv())
+
+
+def tbjax_hparams(params):
+    from tbjax.trainer import make_hparams
+
+    return make_hparams(params, **PPO_SETTINGS)
+
+
+def host_market(market: MarketData) -> MarketData:
+    """A NumPy copy of MarketData for the Gymnasium twin (cheap to pickle into SubprocVecEnv)."""
+    import jax
+
+    return jax.tree_util.tree_map(np.asarray, market)
+
+
+def sb3_vec_env(market: MarketData, params, n_envs: int, vec: str, seed: int):
+    """n_envs twins in a DummyVecEnv or SubprocVecEnv, observations normalised by VecNormalize
+    (running mean/var like tbjax's RunningStats, clip 10; rewards NOT normalised)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+
+    from tbjax.env.gym import MarketGymEnv
+
+    host = host_market(market)
+    fns = [lambda: MarketGymEnv(host, params) for _ in range(n_envs)]
+    venv = SubprocVecEnv(fns) if vec == "subproc" else DummyVecEnv(fns)
+    venv.seed(seed)
+    return VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=PPO_SETTINGS["gamma"])
+
+
+def sb3_ppo(venv, n_steps: int, n_epochs: int, n_minibatches: int, seed: int, torch_threads: int = 1):
+    """SB3 PPO with the shared settings: 2 x 64 actor and critic, batch split in n_minibatches.
+
+    torch runs single-threaded by default: for 64-wide layers OpenMP's thread hand-offs cost more
+    than they save, and on a busy 2-core machine two spinning threads made SB3 10-100x slower
+    (measured; see docs/PERFORMANCE.md).
+    """
+    import torch
+    from stable_baselines3 import PPO
+
+    torch.set_num_threads(torch_threads)
+    s = PPO_SETTINGS
+    return PPO("MlpPolicy", venv, n_steps=n_steps, batch_size=venv.num_envs * n_steps // n_minibatches,
+               n_epochs=n_epochs, learning_rate=s["learning_rate"], gamma=s["gamma"],
+               gae_lambda=s["gae_lambda"], clip_range=s["clip_eps"], ent_coef=s["ent_coef"],
+               vf_coef=s["vf_coef"], max_grad_norm=s["max_grad_norm"],
+               policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}},
+               seed=seed, device="cpu", verbose=0)

@@ -1,0 +1,165 @@
+"""The benchmarks run on tiny settings and write valid JSON; their shared helpers give known answers.
+
+Figures (steps/s, seconds, ratios) are never asserted: they depend on the machine. The SB3 side
+is exercised only where stable-baselines3 is installed (the ``bench`` extra); the tbjax side
+always runs. vs_sb3 and learning_speed use the same tiny trainer settings, so in one process the
+second reuses the first's compiled trainer (``common.tbjax_trainer`` is cached).
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, learning_speed, run_all, scaling, vs_sb3  # noqa: E402
+from tbjax.backtest import split_walk  # noqa: E402
+from tbjax.data.market import ROLE_TRAIN, ROLE_VAL  # noqa: E402
+
+try:
+    import stable_baselines3  # noqa: F401
+    HAVE_SB3 = True
+except ImportError:
+    HAVE_SB3 = False
+
+
+@pytest.fixture(scope="module")
+def tiny_market():
+    return common.planted_market(2, 1_500, seed=0, window_size=8)
+
+
+def test_planted_market_splits_and_oracle_inputs(tiny_market):
+    pm = tiny_market
+    warm = 52  # warmup_bars(8) = max(2 * 26, 8): the embargo between splits
+    n = 1_500  # rows kept after the warm-up rows are dropped
+    n_val = n_test = int(n * 0.15)
+    n_train = n - n_val - n_test - 2 * warm
+    assert pm.ranges[0] == [(0, n_train), (n_train + warm, n_train + warm + n_val), (n - n_test, n)]
+    # decision bars agree with the backtest's split walk: first = start + window - 1, count = end - 1 - first
+    start, count = split_walk(pm.market, ROLE_VAL, pm.window_size)
+    bars = common.decision_bars(pm, 1, ROLE_VAL)
+    assert (bars[0], len(bars)) == (start[1], count[1])
+    # the signal column is taker_buy_ratio z-scored with TRAIN statistics: mean ~0, std ~1 on train rows
+    train = pm.signal[0][: n_train]
+    assert abs(train.mean()) < 0.1 and abs(train.std() - 1.0) < 0.1
+    # the planted signal predicts the next bar's return (rho = 0.2, diluted slightly by shocks)
+    close = pm.close[0]
+    corr = np.corrcoef(pm.signal[0][:-1], close[1:] / close[:-1] - 1.0)[0, 1]
+    assert 0.12 < corr < 0.28
+
+
+def test_oracle_matches_a_direct_simulation(tiny_market):
+    """oracle_sharpe == the best per-bar Sharpe over the threshold grid, simulated here directly."""
+    pm = tiny_market
+    got = common.oracle_sharpe(pm, ROLE_VAL, cost_bps=5.0)
+    sig = np.concatenate([pm.signal[s][common.decision_bars(pm, s, ROLE_VAL)] for s in range(2)])
+    nxt = np.concatenate([pm.close[s][t + 1] / pm.close[s][t] - 1.0
+                          for s in range(2) for t in [common.decision_bars(pm, s, ROLE_VAL)]])
+    pos = np.where(np.abs(sig) > got["threshold"], np.sign(sig), 0.0)
+    if got["mode"] == "keep":
+        for i in range(1, len(pos)):
+            pos[i] = pos[i] if abs(sig[i]) > got["threshold"] else pos[i - 1]
+    pnl = pos * nxt - 5e-4 * np.abs(np.diff(pos, prepend=0.0))
+    assert got["sharpe_per_bar"] == pytest.approx(pnl.mean() / pnl.std(), rel=1e-9)
+
+
+def test_per_bar_sharpe_concatenates_symbols():
+    # returns 0.01, 0.03 | -0.01, 0.01: mean 0.01, population std sqrt(mean of 0, 4, 4, 0 e-4) = sqrt(2) e-2
+    assert common.per_bar_sharpe([np.array([0.01, 0.03]), np.array([-0.01, 0.01])]) == pytest.approx(
+        1 / math.sqrt(2))
+    assert common.per_bar_sharpe([np.zeros(5)]) == 0.0
+
+
+def test_env_costs_are_the_fee_only(tiny_market):
+    p = common.env_params(tiny_market, role=ROLE_TRAIN, fee_bps=5.0)
+    assert float(p.fee_bps) == 5.0 and p.position_levels == (-1.0, 0.0, 1.0)
+    assert all(float(getattr(p, k)) == 0.0 for k in ("half_spread_bps", "slippage_k", "impact_coef",
+                                                     "borrow_bps_per_bar", "turnover_penalty"))
+
+
+def test_write_json_is_atomic_and_nan_safe(tmp_path):
+    path = common.write_json(tmp_path / "sub" / "x.json", {"a": float("nan"), "b": np.float32(2.5)})
+    assert json.loads(path.read_text()) == {"a": None, "b": 2.5}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def _check_json(path, keys):
+    data = json.loads(Path(path).read_text())
+    assert set(keys) <= set(data)
+    return data
+
+
+def test_vs_sb3_tiny(tmp_path):
+    out = tmp_path / "vs_sb3.json"
+    assert vs_sb3.main(["--tiny", "--out", str(out)]) == 0
+    data = _check_json(out, ["device", "tbjax_steps_per_s", "sb3_steps_per_s", "ratio", "versions", "settings"])
+    assert data["tbjax_steps_per_s"] > 0 and data["settings"]["tbjax"]["env_steps"] == 64 * 16
+    if HAVE_SB3:
+        assert data["sb3_steps_per_s"] > 0 and data["ratio"] > 0
+        assert data["settings"]["sb3"]["env_steps"] == 2 * 2 * 16  # 2 rollouts of 2 envs x 16 steps
+    else:
+        assert data["sb3_steps_per_s"] is None
+
+
+def test_learning_speed_tiny(tmp_path):
+    out = tmp_path / "learning_speed.json"
+    assert learning_speed.main(["--tiny", "--out", str(out)]) == 0
+    data = _check_json(out, ["device", "tbjax_seconds", "sb3_seconds", "ratio", "oracle_sharpe",
+                             "tbjax_reached", "sb3_reached"])
+    assert isinstance(data["tbjax_reached"], bool)
+    if not data["tbjax_reached"]:
+        assert data["tbjax_seconds"] == 1.0  # a side that misses reports its budget
+    assert data["tbjax"]["history"] and all(math.isfinite(h["val_sharpe_per_bar"]) for h in data["tbjax"]["history"])
+    if HAVE_SB3:
+        assert isinstance(data["sb3_reached"], bool) and data["sb3"]["history"]
+
+
+def test_sb3_twin_walk_matches_backtest_bars(tiny_market):
+    """The SB3-side validation walk covers exactly the backtest's decision bars per symbol."""
+    pytest.importorskip("stable_baselines3")
+    pm = tiny_market
+    params = common.env_params(pm, fee_bps=5.0, episode_len=64)
+    val = common.env_params(pm, role=ROLE_VAL, fee_bps=5.0, episode_len=64)
+    venv = common.sb3_vec_env(pm.market, params, 1, "dummy", 0)
+    model = common.sb3_ppo(venv, 16, 1, 1, 0)
+    returns = learning_speed.walk_twin_split(venv, model, pm, val)
+    _, count = split_walk(pm.market, ROLE_VAL, pm.window_size)
+    assert [len(r) for r in returns] == list(count)
+    assert all(np.all(np.isfinite(r)) for r in returns)
+
+
+def test_scaling_tiny_on_two_fake_devices(tmp_path):
+    out = tmp_path / "scaling.json"
+    assert scaling.main(["--tiny", "--devices", "2", "--out", str(out)]) == 0
+    data = _check_json(out, ["device", "kind", "results"])
+    (row,) = data["results"]
+    assert row["devices"] == 2 and row["env_axis_shards"] == 2 and row["finite_losses"]
+    assert "not a speed claim" in data["kind"]
+
+
+def test_run_all_reports_ok_failed_and_missing(tmp_path, monkeypatch):
+    good = tmp_path / "good.py"
+    good.write_text(f"import json; open({str(tmp_path / 'good.json')!r}, 'w').write(json.dumps("
+                    "{'device': 'cpu', 'results': [{'n_envs': 8, 'steps_per_s': 1.5}]}))\n")
+    silent = tmp_path / "silent.py"
+    silent.write_text("print('no json')\n")
+    crash = tmp_path / "crash.py"
+    crash.write_text("raise SystemExit(3)\n")
+    recs = [run_all.run_one(run_all.Benchmark(n, n, str(tmp_path / f"{n}.py"), quick_args=()), True, tmp_path)
+            for n in ("good", "silent", "crash", "absent")]
+    assert [r["status"] for r in recs] == ["ok", "no-json", "failed", "missing"]
+    text = run_all.write_summary(recs, True, tmp_path / "summary.md")
+    assert "| n_envs | steps_per_s |" in text and "| 8 | 1.5 |" in text and "`device`: cpu" in text
+    assert "CPU:" in text and "JAX backend:" in text and (tmp_path / "summary.md").read_text() == text
+
+
+def test_learning_milestones_are_first_crossings():
+    history = [{"seconds": 1.0, "val_sharpe_per_bar": 0.04}, {"seconds": 2.0, "val_sharpe_per_bar": 0.075},
+               {"seconds": 3.0, "val_sharpe_per_bar": 0.05}, {"seconds": 4.0, "val_sharpe_per_bar": 0.085}]
+    # oracle 0.1: 0.5 -> 0.05 first met at 2 s (0.075); 0.7 -> 0.07 at 2 s; 0.8 -> 0.08 at 4 s; 0.9 never
+    assert learning_speed.milestones(history, 0.1) == {"0.5": 2.0, "0.6": 2.0, "0.7": 2.0, "0.8": 4.0, "0.9": None}
