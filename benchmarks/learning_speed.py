@@ -59,7 +59,7 @@ def parse_args(argv):
     p.add_argument("--bars", type=int, default=20_000)
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--rho", type=float, default=0.2)
-    p.add_argument("--budget", type=float, default=600.0, help="seconds per learner")
+    p.add_argument("--budget", type=float, default=180.0, help="seconds per learner")
     p.add_argument("--target-frac", type=float, default=0.8)
     p.add_argument("--n-steps", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4)
