@@ -160,3 +160,32 @@ def test_resume_without_checkpoint_and_with_corrupt_checkpoint(finished_run, tmp
             f.write_bytes(b"garbage")
     assert run_train(broken, "--resume") == 2
     assert str(broken / "checkpoints") in _one_line_error(capsys)
+
+
+def test_sigint_finishes_the_chunk_saves_and_resumes(tmp_path):
+    """SIGINT mid-run: the running chunk finishes, the latest checkpoint is saved, exit 0, resumable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "tbjax.train", "--config", "configs/base.yaml", "--run-dir", str(run_dir), "--quiet"]
+    for s in TINY + ["train.total_env_steps=100000", "train.eval_every=1000"]:
+        argv += ["--set", s]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    done = [json.loads(line)["update"] for line in metrics.read_text().splitlines()]
+    assert done and done[-1] < 100000 // 128  # stopped early, on a chunk boundary
+    assert done[-1] % 2 == 0
+    assert (run_dir / "checkpoints" / "latest").is_dir()
