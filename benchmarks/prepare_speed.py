@@ -81,7 +81,7 @@ def child(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bars", type=int, default=1_000_000)
-    parser.add_argument("--results", default=str(REPO / "benchmarks/results/prepare_speed.json"))
+    parser.add_argument("--out", "--results", dest="results", default=str(REPO / "benchmarks/results/prepare_speed.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -1,4 +1,4 @@
-"""Run every benchmark and collect the figures in benchmarks/results/summary.md.
+"""Run every benchmark and collect the figures in benchmarks/results/summary.md (--quick: results/quick/).
 
 Each benchmark runs as its own subprocess (a crash or a hang in one cannot take the others
 down; each has a time limit) and writes benchmarks/results/<name>.json. A JSON that was not
@@ -64,6 +64,8 @@ def run_one(b: Benchmark, quick: bool, results_dir: Path) -> dict:
     script = Path(__file__).resolve().parent / b.script
     out = results_dir / f"{b.name}.json"
     args = list(b.quick_args if quick else b.full_args)
+    if results_dir != common.RESULTS_DIR:
+        args += ["--out", str(out)]
     cmd = [sys.executable, str(script), *args]
     record = {"name": b.name, "title": b.title, "command": f"python benchmarks/{b.script} {' '.join(args)}".strip()}
     if not script.is_file():
@@ -174,7 +176,9 @@ def write_summary(records: list[dict], quick: bool, path: Path) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results_dir = common.RESULTS_DIR  # where every script writes its JSON by default
+    # quick figures go to results/quick/ so they never overwrite the full run's JSON
+    results_dir = common.RESULTS_DIR / "quick" if args.quick else common.RESULTS_DIR
+    results_dir.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     chosen = [b for b in BENCHMARKS if (only is None or b.name in only) and (b.in_quick or not args.quick
                                                                              or only is not None)]
