@@ -22,7 +22,7 @@ from tbjax.data import features as feats
 from tbjax.data.market import MarketData, market_data_from_arrays
 from tbjax.data.export import file_sha256
 from tbjax.data.pipeline import FeaturePipeline
-from tbjax.data.splits import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges, split_bounds
+from tbjax.data.splits import ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges, split_bounds
 from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
 from tbjax.errors import InputError

@@ -23,7 +23,8 @@ from tbjax.config import Config, config_to_dict
 from tbjax.data.export import export_dataset
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
-from tbjax.experiment import build_experiment, evaluate_with_objective, trainer_for, env_params_from_config, hparams_from_config, spec_from_config
+from tbjax.experiment import (build_experiment, env_params_from_config, evaluate_with_objective, hparams_from_config,
+                              spec_from_config, trainer_for)
 from tbjax.metrics import json_safe
 from tbjax.trainer import NonFiniteUpdateError, raise_if_nonfinite
 
@@ -103,7 +104,8 @@ class TrainingSession:
         if resume:
             carry, meta = self.ckpt.restore("latest", carry)
             self.update = int(meta["update"])
-            self.best_objective = float(meta.get("best_objective", -math.inf) if meta.get("best_objective") is not None else -math.inf)
+            best = meta.get("best_objective")  # JSON has no -inf: None means "no evaluation yet"
+            self.best_objective = -math.inf if best is None else float(best)
             self._trim_log(self.update)
         elif self.write and (self.run_dir / "metrics.jsonl").exists():
             (self.run_dir / "metrics.jsonl").unlink()

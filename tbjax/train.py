@@ -12,18 +12,13 @@ continues from it and ends with the same metrics as an uninterrupted run (the ca
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tbjax.errors import InputError
-
-TIMING_FREE = "metrics.jsonl holds no wall-clock values, so two runs with one seed write identical files"
 
 
 def parse_args(argv):

@@ -71,7 +71,6 @@ def market_data_from_arrays(
     """
     n_sym = len(symbols)
     t_max = max(len(c) for c in close)
-    n_feat = features[0].shape[1] if n_sym else 0
 
     def pad(arrs, fill_last: bool, dtype):
         out = np.zeros((n_sym, t_max) + arrs[0].shape[1:], dtype=dtype)
