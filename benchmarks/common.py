@@ -300,3 +300,15 @@ def sb3_ppo(venv, n_steps: int, n_epochs: int, n_minibatches: int, seed: int, to
                vf_coef=s["vf_coef"], max_grad_norm=s["max_grad_norm"],
                policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}},
                seed=seed, device="cpu", verbose=0)
+
+
+def add_workload_args(p, ppo_shape: bool = True) -> None:
+    """The workload flags the peer benchmarks share, so every script describes the same work:
+    market size and window, and (``ppo_shape``) the rollout length, epochs and minibatches."""
+    p.add_argument("--symbols", type=int, default=4)
+    p.add_argument("--bars", type=int, default=20_000)
+    p.add_argument("--window", type=int, default=32)
+    if ppo_shape:
+        p.add_argument("--n-steps", type=int, default=64)
+        p.add_argument("--epochs", type=int, default=4)
+        p.add_argument("--minibatches", type=int, default=4)
