@@ -64,7 +64,7 @@ def flops_of(compiled) -> float:
 def measure(n_envs: int, args, data, env_params) -> dict:
     spec = TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
                        updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
-                       holdout_size=1024, n_groups=data.n_symbols)
+                       holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant")
     trainer = make_trainer(spec, MarketEnv())
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(0), hp, data)

@@ -3,7 +3,11 @@
 Every problem is reported as one :class:`~tbjax.errors.InputError` that names the key, the value
 and what to change; an unknown key suggests the nearest valid one (``ppo.learnig_rate`` → "did you
 mean ppo.learning_rate?"). Fields split into static shapes (hashable, part of the compiled
-program) and continuous values (traced float leaves of ``HParams``; DESIGN.md invariant 4).
+program) and continuous values (traced float leaves of ``HParams``; docs/DESIGN.md).
+
+This module is the ONLY place where defaults live: the env's cost defaults (tbjax.env.market),
+the learner's HParams and TrainerSpec defaults (tbjax.agent.hparams) are read from these
+dataclasses, and configs/base.yaml shows the same values (a test loads an empty YAML and compares).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    total_env_steps: int = 2_000_000
+    total_env_steps: int = 4_000_000
     updates_per_chunk: int = 10
     eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
     seed: int = 0
@@ -150,6 +154,11 @@ class Config:
         """Whole chunks of updates covering ``total_env_steps`` (at least one chunk)."""
         per_chunk = self.batch_size * self.train.updates_per_chunk
         return max(1, math.ceil(self.train.total_env_steps / per_chunk)) * self.train.updates_per_chunk
+
+
+def default_config() -> Config:
+    """Every default, as an empty YAML gives it (configs/base.yaml shows the same values)."""
+    return Config()
 
 
 # --------------------------------------------------------------------------- conversion
@@ -316,6 +325,13 @@ def validate(cfg: Config) -> None:
     _check(p.max_grad_norm > 0, f"ppo.max_grad_norm must be > 0, got {p.max_grad_norm}")
     _check(0 < p.cvar_alpha < 1, f"ppo.cvar_alpha must lie in (0, 1), got {p.cvar_alpha}")
     _check(p.cvar_weight >= 0, f"ppo.cvar_weight must be >= 0, got {p.cvar_weight}")
+    # With N quantiles the critic's tail has mass 1/N per quantile: below alpha = 1/N both VaR and
+    # CVaR are the lowest quantile, so alpha would only rescale ppo.cvar_weight (docs/ALGORITHMS.md).
+    _check(p.cvar_weight == 0 or p.cvar_alpha >= 1.0 / p.num_quantiles,
+           f"ppo.cvar_alpha = {p.cvar_alpha} is below 1/ppo.num_quantiles = 1/{p.num_quantiles} = "
+           f"{1.0 / p.num_quantiles:.4g}: the critic cannot resolve a thinner tail (VaR and CVaR would both be "
+           f"its lowest quantile); raise ppo.cvar_alpha to >= {1.0 / p.num_quantiles:.4g} or ppo.num_quantiles "
+           f"to >= {math.ceil(1.0 / p.cvar_alpha)}")
     _check(0 < p.popart_beta <= 1, f"ppo.popart_beta must lie in (0, 1], got {p.popart_beta}")
     _check(p.huber_kappa > 0 and p.obs_clip > 0, "ppo.huber_kappa and ppo.obs_clip must be > 0")
 

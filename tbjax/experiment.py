@@ -27,6 +27,7 @@ from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.metrics import infer_bars_per_year
+from tbjax.agent.hparams import HPARAM_DOCS
 from tbjax.trainer import HParams, TrainerSpec, make_hparams
 
 BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
@@ -185,36 +186,74 @@ def spec_from_config(cfg: Config, n_groups: int) -> TrainerSpec:
     )
 
 
-HPARAM_FIELDS = ("learning_rate", "lr_min", "gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef",
-                 "max_grad_norm", "cvar_alpha", "cvar_weight", "popart_beta")
+HPARAM_FIELDS = tuple(HPARAM_DOCS)  # the traced ppo.* keys
 
 
 def hparams_from_config(cfg: Config, env_params) -> HParams:
     return make_hparams(env_params, **{k: getattr(cfg.ppo, k) for k in HPARAM_FIELDS})
 
 
+def eval_key(cfg: Config, role: int):
+    """PRNG key of a stochastic evaluation (``eval.deterministic: false``) of ``role``.
+
+    Derived from ``train.seed`` and the role only, so training, HPO, ``tbjax.evaluate`` and the
+    report draw the same actions for the same checkpoint: a stochastic evaluation is seeded and
+    reproducible.
+    """
+    import jax
+
+    return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1000 + int(role))
+
+
+def evaluate_split(exp: Experiment, policy_apply, params, obs_stats, env_params, role: int = ROLE_VAL):
+    """Backtest one split of the run's data with FROZEN statistics: (eval dict, report series).
+
+    The one definition every caller uses (training's validation, HPO trials, ``tbjax.evaluate``):
+    bars are pooled across symbols by their open TIME, with the config's determinism and key.
+    """
+    from tbjax.backtest import backtest
+
+    time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in exp.tables.items()}
+    det = exp.cfg.eval.deterministic
+    return backtest(policy_apply, params, obs_stats, exp.market, env_params, role, exp.bars_per_year,
+                    time_ms=time_ms, deterministic=det, key=None if det else eval_key(exp.cfg, role))
+
+
+def regime_sortinos(exp: Experiment, policy_apply, params, obs_stats, env_params) -> dict[str, float]:
+    """Sortino of the policy on the synthetic CHOPPY_FLAT and STRONG_TREND markets ({} without them)."""
+    from tbjax.backtest import backtest
+
+    if exp.regimes is None:
+        return {}
+    det = exp.cfg.eval.deterministic
+    res, _ = backtest(policy_apply, params, obs_stats, exp.regimes, env_params, ROLE_VAL, exp.bars_per_year,
+                      deterministic=det, key=None if det else eval_key(exp.cfg, -1))
+    return {key: res["per_symbol"][name]["sortino"] for key, name in REGIME_MARKETS.items()}
+
+
+def objective_of(cfg: Config, split_sortino: float, regime_sortino: dict[str, float]) -> float:
+    """The regime objective from a split's pooled Sortino and the regime markets' Sortinos."""
+    from tbjax.backtest import regime_objective
+
+    e = cfg.eval
+    return regime_objective(split_sortino, regime_sortino.get("choppy", 0.0), regime_sortino.get("trend", 0.0),
+                            e.w_val, e.w_choppy, e.w_trend)
+
+
 def evaluate_with_objective(exp: Experiment, policy_apply, params, obs_stats, env_params, role: int = ROLE_VAL):
     """Backtest ``role`` of the run's data with frozen statistics, plus the regime objective.
 
-    Returns (objective, eval dict with "objective" and "regime_sortino", report series). The one
-    definition of the objective shared by training (best checkpoint) and HPO (what it maximises).
+    Returns (objective, eval dict with "objective" and "regime_sortino", report series). Built
+    from :func:`evaluate_split`, :func:`regime_sortinos` and :func:`objective_of`, the pieces HPO
+    calls separately (it backtests val at every report and the regime markets less often).
     """
-    from tbjax.backtest import backtest, regime_objective
-
-    det = exp.cfg.eval.deterministic
-    time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in exp.tables.items()}
-    result, series = backtest(policy_apply, params, obs_stats, exp.market, env_params, role, exp.bars_per_year,
-                              time_ms=time_ms, deterministic=det)
-    regime_sortino = {}
-    if exp.regimes is not None:
-        res, _ = backtest(policy_apply, params, obs_stats, exp.regimes, env_params, ROLE_VAL, exp.bars_per_year,
-                          deterministic=det)
-        regime_sortino = {key: res["per_symbol"][name]["sortino"] for key, name in REGIME_MARKETS.items()}
-    e = exp.cfg.eval
-    value = regime_objective(result["pooled"]["sortino"], regime_sortino.get("choppy", 0.0),
-                             regime_sortino.get("trend", 0.0), e.w_val, e.w_choppy, e.w_trend)
+    result, series = evaluate_split(exp, policy_apply, params, obs_stats, env_params, role)
+    regime_sortino = regime_sortinos(exp, policy_apply, params, obs_stats, env_params)
+    value = objective_of(exp.cfg, result["pooled"]["sortino"], regime_sortino)
     result["objective"] = value
     result["regime_sortino"] = regime_sortino
+    e = exp.cfg.eval
+    result["objective_weights"] = {"w_val": e.w_val, "w_choppy": e.w_choppy, "w_trend": e.w_trend}
     return value, result, series
 
 

@@ -154,6 +154,7 @@ def _nan_dict() -> dict[str, float]:
 
 def risk_metrics(
     returns: np.ndarray, positions: np.ndarray, bars_per_year: float,
+    traded: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All risk metrics of one strategy series; see the module docstring for each formula.
 
@@ -161,11 +162,17 @@ def risk_metrics(
         returns: per-bar simple net returns r_t of the strategy, shape [T].
         positions: position held over each bar, shape [T] (sign = side, magnitude = exposure).
         bars_per_year: N for annualisation (``infer_bars_per_year``).
+        traded: optional fraction of equity actually traded on each bar, shape [T], as the
+            market env charged it (``info["turnover"]``). A constant target position still
+            trades every bar, because prices move the held fraction away from the target and
+            the env rebalances it back (and pays for it); the target series does not show those
+            trades, so the backtest passes what the env charged.
 
     Returns:
         A dict with every key of ``METRIC_KEYS`` as a Python float:
-        ``turnover`` is mean |delta position| per bar and ``turnover_total`` the sum, with the
-        position before the first bar taken as 0; ``exposure`` the fraction of bars with a nonzero
+        ``turnover`` is the mean traded fraction per bar and ``turnover_total`` the sum: ``traded``
+        when given, else |delta position| with the position before the first bar taken as 0;
+        ``exposure`` the fraction of bars with a nonzero
         position; ``n_trades`` the number of position changes; ``n_round_trips``, ``win_rate``
         (share of trips with return > 0), ``profit_factor`` (sum of winning trip returns over the
         absolute sum of losing ones) and ``avg_trade_return`` per round trip
@@ -212,8 +219,14 @@ def risk_metrics(
         out["calmar"] = out["cagr"] / mdd
     out["var_5"], out["cvar_5"] = var_cvar(r)
     delta = np.abs(np.diff(np.concatenate([[0.0], p])))
-    out["turnover_total"] = float(delta.sum())
-    out["turnover"] = float(delta.mean())
+    if traded is not None:
+        traded = np.asarray(traded, dtype=np.float64).ravel()
+        if traded.shape != r.shape or not np.all(np.isfinite(traded)):
+            raise InputError(f"risk_metrics: traded has {traded.size} bars (or non-finite values) for "
+                             f"{r.size} returns: pass one finite traded fraction per return bar")
+    turnover = delta if traded is None else np.abs(traded)
+    out["turnover_total"] = float(turnover.sum())
+    out["turnover"] = float(turnover.mean())
     out["exposure"] = float(np.mean(p != 0))
     out["n_trades"] = float(np.count_nonzero(delta))
     trips = round_trip_returns(r, p)
@@ -280,28 +293,38 @@ def pooled_series(
         rets.append(r)
         poss.append(p)
     union = np.unique(np.concatenate(times))
-    ret_sum = np.zeros(union.size)
-    pos_sum = np.zeros(union.size)
+    return union, union_mean(union, times, rets), union_mean(union, times, poss)
+
+
+def union_mean(union: np.ndarray, times: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
+    """At each time of ``union``, the mean of ``values`` over the series that have a bar there."""
+    total = np.zeros(union.size)
     count = np.zeros(union.size)
-    for t, r, p in zip(times, rets, poss):
-        idx = np.searchsorted(union, t)
-        ret_sum[idx] += r
-        pos_sum[idx] += p
+    for t, v in zip(times, values):
+        idx = np.searchsorted(union, np.asarray(t, dtype=np.int64).ravel())
+        total[idx] += np.asarray(v, dtype=np.float64).ravel()
         count[idx] += 1
-    return union, ret_sum / count, pos_sum / count
+    return total / np.maximum(count, 1)
 
 
 def pooled_metrics(
     per_symbol: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], bars_per_year: float,
+    traded: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """``risk_metrics`` of the equal-weight pooled portfolio (``pooled_series``) plus n_symbols.
 
     Args:
         per_symbol: symbol -> (time_ms [T_s], returns [T_s], positions [T_s]).
         bars_per_year: N for annualisation.
+        traded: optional symbol -> fraction of that symbol's book traded per bar [T_s] (what the
+            env charged). The pooled portfolio holds each symbol in its own equal-weight book, so
+            its traded fraction at a time is the mean of the books' traded fractions there.
     """
-    _, r, p = pooled_series(per_symbol)
-    out = risk_metrics(r, p, bars_per_year)
+    union, r, p = pooled_series(per_symbol)
+    pooled_traded = None
+    if traded is not None:
+        pooled_traded = union_mean(union, [per_symbol[s][0] for s in per_symbol], [traded[s] for s in per_symbol])
+    out = risk_metrics(r, p, bars_per_year, traded=pooled_traded)
     out["n_symbols"] = float(len(per_symbol))
     return out
 

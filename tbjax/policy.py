@@ -3,15 +3,14 @@
 Everything comes from the run directory alone (the contract of ``tbjax.train``):
 config.yaml (env rules, network shape), feature_pipeline.json (the train-fitted z-scoring),
 dataset/manifest.json (the symbols it was trained on) and an orbax checkpoint (parameters and the
-FROZEN observation statistics; DESIGN.md invariant 3). No processed data folder is needed: the
+FROZEN observation statistics; docs/DESIGN.md, "Invariants"). No processed data folder is needed: the
 checkpoint template is built with ``jax.eval_shape(trainer.init, ...)`` over a zero MarketData of
 the right width, which traces the trainer without compiling or running it.
 
-``TradingPolicy.target_positions`` walks one symbol's processed bars exactly as
-:func:`tbjax.backtest.backtest` walks a split: ``reset_at`` on the first full window
+``TradingPolicy.target_positions`` walks one symbol's processed bars with the backtest's own
+acting loop (:func:`tbjax.backtest.walk`): a fresh account on the first full window
 (bar ``window_size - 1``), then per bar ``observe`` → deterministic policy → ``market_step`` with the
-run's env params and ``equity_floor`` 0 (as the backtest
-sets it; it scales the bars-in-position account feature), so the account features (position,
+run's env params and ``equity_floor`` 0 (as the backtest sets it), so the account features (position,
 unrealised PnL, drawdown) follow the policy's own simulated fills and costs. The reported target
 is the chosen level where the fill bar is tradable, else the previous target (the env ignores the
 action there) — the backtest's ``position`` series. The last bar has no fill bar yet: its entry
@@ -21,7 +20,6 @@ is the level chosen on that bar's close, i.e. the position to hold from the next
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -30,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
+from tbjax.backtest import WALK_ROLE, held_positions, walk
 from tbjax.config import Config, load_config
-from tbjax.data.market import ROLE_TEST, ROLE_TRAIN
+from tbjax.data.market import ROLE_TRAIN
 from tbjax.data.pipeline import FeaturePipeline
-from tbjax.env import market as market_env
 from tbjax.errors import InputError
 
 CHECKPOINT_KINDS = ("best", "latest")
@@ -60,20 +58,38 @@ def _as_columns(bars) -> dict[str, np.ndarray]:
     raise InputError(f"bars must be a dict of arrays, a pyarrow Table or a feather path, got {type(bars).__name__}")
 
 
-@partial(jax.jit, static_argnames=("policy_apply", "n_decisions"))
-def _walk(policy_apply, params, obs_stats, env_params, market, position, n_decisions: int):
-    """Decisions on bars window_size-1 .. window_size-2+n_decisions of symbol 0: (target, tradable)."""
-    state = market_env.reset_at(env_params, market, 0, env_params.window_size - 1)
-    state = state.replace(position=jnp.asarray(position, jnp.float32))
+def _check_bars(table: dict[str, np.ndarray], feature_columns: list[str]) -> None:
+    """Refuse bars the policy would silently mis-trade on: one message naming column, row and fix.
 
-    def body(state, _):
-        obs = market_env.observe(state, env_params, market)
-        action = policy_apply(params, obs_stats, obs[None], True)[0]
-        state, _, _, _, info = market_env.market_step(state, action, env_params, market)
-        return state, (market_env.target_position(action, env_params), info["tradable"])
-
-    _, (target, tradable) = jax.lax.scan(body, state, None, length=n_decisions)
-    return target, tradable
+    NaN/inf or non-positive prices, NaN/inf features or volume, and bar times that are not
+    strictly increasing (unsorted or duplicated bars) would otherwise flow into the observation
+    window and the simulated fills without an error.
+    """
+    times = np.asarray(table["open_time"])
+    try:
+        times = times.astype(np.int64)
+    except (TypeError, ValueError):
+        raise InputError("bars column 'open_time' must hold integer epoch milliseconds, as prepare writes it") from None
+    step = np.diff(times)
+    if np.any(step <= 0):
+        i = int(np.argmax(step <= 0)) + 1
+        what = "duplicated" if step[i - 1] == 0 else "out of order"
+        raise InputError(f"bars: open_time at row {i} ({times[i]}) is {what} after row {i - 1} ({times[i - 1]}): "
+                         "sort the bars by time and drop duplicates (python -m tbjax.prepare does both)")
+    for col in ("open", "high", "low", "close"):
+        v = np.asarray(table[col], np.float64)
+        bad = ~(np.isfinite(v) & (v > 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"bars: price column '{col}' at row {i} is {float(v[i])!r}; prices must be finite and "
+                             "positive: clean the bars with python -m tbjax.prepare")
+    for col in ["volume"] + list(feature_columns):
+        v = np.asarray(table[col], np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"bars: column '{col}' at row {i} is {float(v[i])!r}; it must be finite: pass processed "
+                             "bars from python -m tbjax.prepare (it drops the indicators' warm-up rows)")
 
 
 class TradingPolicy:
@@ -106,6 +122,7 @@ class TradingPolicy:
             raise InputError(f"bars hold {n} rows but the policy needs at least window_size = "
                              f"{self.window_size} to decide once: pass a longer history")
         table = {c: np.asarray(columns[c]) for c in needed}
+        _check_bars(table, self.feature_columns)
         table = {c: np.concatenate([v, v[-1:]]) for c, v in table.items()}  # padding row: never a fill
         table["tradable"][-1] = False
         table["volume"][-1] = 0
@@ -122,15 +139,14 @@ class TradingPolicy:
         """
         market, n = self._market(_as_columns(bars))
         n_decisions = n - self.window_size + 1
-        env_params = _env_params(self.config, role=ROLE_TEST, equity_floor=0.0)
-        target, tradable = _walk(self.trainer.policy_apply, self.params, self.obs_stats, env_params, market,
-                                 jnp.float32(position), n_decisions)
-        target = np.asarray(target, np.float64)
-        tradable = np.array(tradable, bool)  # a writable copy
+        env_params = _env_params(self.config, role=WALK_ROLE, equity_floor=0.0)
+        outs = walk(self.trainer.policy_apply, self.params, self.obs_stats, env_params, market,
+                    jnp.asarray([self.window_size - 1], jnp.int32), jnp.asarray([n_decisions], jnp.int32),
+                    jnp.asarray([position], jnp.float32), jax.random.PRNGKey(0), n_decisions, True)
+        target = np.asarray(outs["target"][0], np.float64)
+        tradable = np.array(outs["tradable"][0], bool)  # a writable copy
         tradable[-1] = True  # the last decision's fill bar is the next open, not yet in the data
-        # Forward-fill the last tradable target; before any, the position held on entry.
-        last = np.maximum.accumulate(np.where(tradable, np.arange(n_decisions), -1))
-        held = np.where(last >= 0, target[np.maximum(last, 0)], float(position))
+        held = held_positions(target, tradable, initial=position)
         out = np.full(n, np.nan)
         out[self.window_size - 1:] = held
         return out

@@ -6,7 +6,7 @@ and whether training converged, in one place. Numbers come from the eval JSON th
 ``tbjax.evaluate`` writes (``tbjax.metrics`` definitions); this module only formats and draws.
 
 Every file is written to a temporary name in its final folder and moved into place with
-``os.replace``, so an interrupted run never leaves a half-written PNG or page (DESIGN.md
+``os.replace``, so an interrupted run never leaves a half-written PNG or page (docs/DESIGN.md
 invariant 6). Matplotlib runs headless (Agg) and every figure is closed after saving.
 """
 
@@ -51,12 +51,19 @@ METRIC_LABELS = {
 }
 PER_SYMBOL_COLUMNS = ("n_bars", "total_return", "sharpe", "sortino", "max_drawdown", "cvar_5",
                       "turnover", "exposure", "n_trades", "win_rate")
-OBJECTIVE_NOTE = (
-    "The objective is the seed system's regime score, "
-    "0.5·Sortino(validation) + 0.3·Sortino(CHOPPY_FLAT) + 0.2·Sortino(STRONG_TREND) "
-    "(/work/shared/ALGORITHMS.md, \"Regime objective\"); higher is better and hyperparameter "
-    "search maximises it on validation only. Sortino here is the true Sortino even where fewer "
-    "than 20 bars are negative (the seed system then substituted Sharpe; the flag row shows it).")
+DEFAULT_OBJECTIVE_WEIGHTS = {"w_val": 0.5, "w_choppy": 0.3, "w_trend": 0.2}
+
+
+def objective_note(weights: dict | None = None) -> str:
+    """How the objective was computed, with the run's own weights (eval.w_val, w_choppy, w_trend)."""
+    w = {**DEFAULT_OBJECTIVE_WEIGHTS, **(weights or {})}
+    return (
+        "The objective is the regime score "
+        f"{w['w_val']:g}·Sortino(validation) + {w['w_choppy']:g}·Sortino(CHOPPY_FLAT) + "
+        f"{w['w_trend']:g}·Sortino(STRONG_TREND) (config keys eval.w_val, eval.w_choppy, eval.w_trend; "
+        "docs/ALGORITHMS.md, \"Regime objective\"); higher is better and hyperparameter "
+        "search maximises it on validation only. Sortino here is the true Sortino even where fewer "
+        "than 20 bars are negative (the seed system then substituted Sharpe; the flag row shows it).")
 
 
 def format_metric(key: str, value: Any) -> str:
@@ -264,7 +271,7 @@ def _split_section(split: str, ev: dict, plot_names: list[str]) -> list[str]:
                 for sym, m in per_symbol.items()]
         lines += ["Per symbol:", ""] + _table(header, rows) + [""]
     extras = {k: v for k, v in ev.items() if k not in ("pooled", "per_symbol", "baselines",
-                                                     "objective")}
+                                                     "objective", "objective_weights")}
     scalars = _flatten_scalars(extras)
     if scalars:
         lines += ["Other fields:", ""] + [f"- `{k}`: {v}" for k, v in scalars] + [""]
@@ -347,7 +354,8 @@ def write_report(run_dir: Path, evals: dict[str, dict],
             lines += [f"(plots show the first {MAX_SYMBOLS_PLOTTED} of {n_sym} symbols)", ""]
     lines += ["## Learning curves", ""]
     lines += [f"![learning curves](plots/{curves})", ""] if curves else ["No history to plot.", ""]
-    lines += ["## About the objective", "", OBJECTIVE_NOTE, ""]
+    weights = next((ev.get("objective_weights") for ev in evals.values() if ev.get("objective_weights")), None)
+    lines += ["## About the objective", "", objective_note(weights), ""]
     path = run_dir / "report.md"
     _atomic_write_text(path, "\n".join(lines))
     return path

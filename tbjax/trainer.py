@@ -18,7 +18,8 @@
 5. CVaR shaping of the policy advantage (ppo.cvar_policy_advantage), then n_epochs x
    n_minibatches SGD steps as nested scans.
 6. Guard: if any step saw a non-finite loss or gradient, or the new params / PopArt stats are not
-   finite, the whole update is discarded (params, opt state and PopArt stats selected back with
+   finite, the whole update is discarded (params, opt state, PopArt and observation statistics
+   selected back with
    ``jnp.where``) and ``nan_guard_count`` grows; ``raise_if_nonfinite`` turns that into an error on
    the host.
 
@@ -380,6 +381,7 @@ class Trainer:
         new_params = _select(ok, new_params, carry.params)
         new_opt = _select(ok, new_opt, carry.opt_state)
         popart = _select(ok, popart, carry.popart)
+        obs_stats = _select(ok, obs_stats, carry.obs_stats)  # a discarded update leaves no trace
         guard_count = carry.nan_guard_count + (~ok).astype(jnp.int32)
 
         ev = grouped_explained_variance(returns, traj.value, traj.symbol, s.n_groups, traj.tradable)

@@ -14,6 +14,41 @@ def test_base_yaml_loads_and_round_trips(tmp_path):
     assert load_config(path) == cfg
 
 
+def test_empty_yaml_gives_exactly_base_yaml(tmp_path):
+    # base.yaml's header promises "a missing key takes the default shown here".
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == load_config("configs/base.yaml")
+
+
+def test_every_layer_reads_its_defaults_from_the_config():
+    from tbjax.agent.hparams import HPARAM_DEFAULTS, TrainerSpec, make_hparams
+    from tbjax.env.market import make_env_params
+    from tbjax.experiment import env_params_from_config, hparams_from_config, spec_from_config
+
+    cfg = load_config(None)
+    bare_env, from_cfg = make_env_params(), env_params_from_config(cfg)
+    for name in ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar",
+                 "turnover_penalty", "min_position", "max_position", "equity_floor", "capital"):
+        assert float(getattr(bare_env, name)) == pytest.approx(getattr(cfg.env, name)), name
+        assert float(getattr(from_cfg, name)) == pytest.approx(getattr(cfg.env, name)), name
+    assert (bare_env.window_size, bare_env.episode_len, bare_env.position_levels) == (
+        cfg.env.window_size, cfg.env.episode_len, tuple(cfg.env.position_levels))
+    bare_hp, hp = make_hparams(), hparams_from_config(cfg, None)
+    for name in HPARAM_DEFAULTS:
+        assert float(getattr(bare_hp, name)) == pytest.approx(getattr(cfg.ppo, name)), name
+        assert float(getattr(hp, name)) == pytest.approx(getattr(cfg.ppo, name)), name
+    spec = spec_from_config(cfg, n_groups=1)
+    assert TrainerSpec() == spec
+
+
+def test_cvar_alpha_below_one_quantile_is_refused_when_it_matters():
+    with pytest.raises(InputError, match=r"ppo.cvar_alpha = 0.02 is below 1/ppo.num_quantiles = 1/32.*>= 50"):
+        load_config(None, ["ppo.cvar_alpha=0.02", "ppo.cvar_weight=0.5"])
+    assert load_config(None, ["ppo.cvar_alpha=0.02", "ppo.cvar_weight=0.0"]).ppo.cvar_alpha == 0.02
+    assert load_config(None, ["ppo.cvar_alpha=0.02", "ppo.cvar_weight=0.5", "ppo.num_quantiles=64"])
+
+
 def test_overrides_parse_yaml_values():
     cfg = load_config(None, ["ppo.learning_rate=1e-4", "env.position_levels=[-1, 0, 1]", "ppo.non_crossing=false"])
     assert cfg.ppo.learning_rate == pytest.approx(1e-4)

@@ -237,7 +237,7 @@ def test_same_key_same_trajectory_and_vmap_equals_loop(data):
 
 
 def test_auto_reset_returns_fresh_state_and_final_obs(data):
-    params = market.make_env_params(window_size=8, episode_len=3, fee_bps=5.0)
+    params = market.make_env_params(window_size=8, episode_len=3, fee_bps=5.0, slippage_k=0.05, impact_coef=0.01)
     state = market.reset_at(params, data, 1, 100)
     key = jax.random.PRNGKey(9)
     for k in range(3):
@@ -250,6 +250,20 @@ def test_auto_reset_returns_fresh_state_and_final_obs(data):
     np.testing.assert_array_equal(np.asarray(obs), np.asarray(market.observe(state, params, data)))
     np.testing.assert_allclose(float(info["final_equity"]), float(next_state.equity))
     np.testing.assert_allclose(float(info["episode_return"]), math.log(float(next_state.equity)), rtol=1e-5)
+
+
+def test_auto_reset_with_raw_per_env_keys_reaches_every_symbol(data):
+    # A caller passing PRNGKey(i) per env (raw keys, words (0, i)) must get uniform auto-resets,
+    # not symbol 0 for every env.
+    n = 4000
+    params = market.make_env_params(window_size=8, episode_len=1)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n))
+    states = jax.vmap(lambda s: market.reset_at(params, data, 0, 100 + s % 50))(jnp.arange(n))
+    actions = jnp.zeros(n, jnp.int32)
+    _, new, _, done, _ = jax.jit(jax.vmap(market.step, in_axes=(0, 0, 0, None, None)))(keys, states, actions, params, data)
+    assert bool(np.all(np.asarray(done)))
+    share = float(np.mean(np.asarray(new.symbol) == 1))
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / n), share
 
 
 def test_length_weighted_sampling_matches_row_counts(data):

@@ -22,7 +22,7 @@ from tbjax.trainer import TrainerSpec, make_hparams, make_mesh, make_trainer
 
 assert len(jax.devices()) == 4, jax.devices()
 spec = TrainerSpec(n_envs=16, n_steps=8, n_epochs=2, n_minibatches=2, updates_per_chunk=3,
-                   hidden_sizes=(16,), num_quantiles=8, holdout_size=32)
+                   hidden_sizes=(16,), num_quantiles=8, holdout_size=32, lr_schedule="constant")
 hp = make_hparams(make_known_params(), gamma=0.9, popart_beta=0.05, learning_rate=1e-3)
 out = {}
 for n_dev in (4, 1):

@@ -69,7 +69,8 @@ def tiny_run(tmp_path_factory):
                              exp.bars_per_year)
         return {sym: s["position"] for sym, s in series.items()}
 
-    return {"run": run, "exp": exp, "cfg": cfg, "best": reference(*best), "latest": reference(*latest)}
+    return {"run": run, "exp": exp, "cfg": cfg, "best": reference(*best), "latest": reference(*latest),
+            "trainer": trainer, "best_state": best, "env_params": env_params}
 
 
 def split_bars(exp, sym: str) -> dict[str, np.ndarray]:
@@ -150,3 +151,45 @@ def test_bad_bars_and_bad_run_dirs_raise_input_error(tiny_run, tmp_path):
         (empty_run / name).write_bytes((tiny_run["run"] / name).read_bytes())
     with pytest.raises(InputError, match="no best or latest checkpoint"):
         tbjax.load_policy(empty_run)
+
+
+@pytest.mark.parametrize("column, row, value, fragment", [
+    ("close", 40, np.nan, "price column 'close' at row 40"),
+    ("open", 3, -1.0, "price column 'open' at row 3"),
+    ("FEATURE", 50, np.inf, "at row 50 is inf"),
+    ("open_time", 45, "DUP", "row 45 .* is duplicated"),
+    ("open_time", 45, "SWAP", "row 45 .* is out of order"),
+])
+def test_target_positions_refuse_nan_prices_features_and_unsorted_times(tiny_run, column, row, value, fragment):
+    exp = tiny_run["exp"]
+    policy = tbjax.load_policy(tiny_run["run"])
+    bars = {k: np.array(v, copy=True) for k, v in split_bars(exp, exp.symbols[0]).items()}
+    if column == "FEATURE":
+        column = exp.raw_features[0]
+        bars[column] = bars[column].astype(np.float64)
+    if value == "DUP":
+        bars["open_time"][row] = bars["open_time"][row - 1]
+    elif value == "SWAP":
+        bars["open_time"][[row - 1, row]] = bars["open_time"][[row, row - 1]]
+    else:
+        bars[column] = bars[column].astype(np.float64)
+        bars[column][row] = value
+    with pytest.raises(InputError, match=fragment):
+        policy.target_positions(bars)
+
+
+def test_stochastic_evaluation_from_the_config_is_seeded_and_reproducible(tiny_run):
+    import dataclasses
+
+    from tbjax.experiment import evaluate_split
+
+    cfg = load_config(None, tiny_config(tiny_run["cfg"].data.processed_dir) + ["eval.deterministic=false"])
+    exp = dataclasses.replace(tiny_run["exp"], cfg=cfg)
+    args = (tiny_run["trainer"].policy_apply, *tiny_run["best_state"], tiny_run["env_params"], ROLE_TEST)
+    (first, s1), (second, s2) = evaluate_split(exp, *args), evaluate_split(exp, *args)
+    assert first["deterministic"] is False
+    assert first["pooled"] == second["pooled"]
+    for sym in exp.symbols:
+        np.testing.assert_array_equal(s1[sym]["position"], s2[sym]["position"])
+    # sampling differs from the argmax policy somewhere (an untrained policy is far from certain)
+    assert any(not np.array_equal(s1[sym]["position"], tiny_run["best"][sym]) for sym in exp.symbols)

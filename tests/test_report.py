@@ -121,3 +121,12 @@ def test_format_metric():
     assert format_metric("sortino_fallback", 1.0) == "yes"
     assert format_metric("calmar", None) == "n/a"
     assert format_metric("sortino", math.inf) == "n/a"
+
+
+def test_objective_note_shows_the_runs_own_weights():
+    from tbjax.report import objective_note
+
+    assert "0.5·Sortino(validation) + 0.3·Sortino(CHOPPY_FLAT) + 0.2·Sortino(STRONG_TREND)" in objective_note()
+    note = objective_note({"w_val": 1.0, "w_choppy": 0.0, "w_trend": 0.25})
+    assert "1·Sortino(validation) + 0·Sortino(CHOPPY_FLAT) + 0.25·Sortino(STRONG_TREND)" in note
+    assert "/work" not in note and "docs/ALGORITHMS.md" in note

@@ -45,12 +45,12 @@ def risk():
     runs = {}
     for name, hp in settings.items():
         carry = trainer.init(jax.random.PRNGKey(0), hp, None)
-        init_params = _host(carry.params)
+        init_params, init_obs_stats = _host(carry.params), _host(carry.obs_stats)
         chunks = []
         for _ in range(N_CHUNKS if name in ("neutral", "cvar") else 1):
             carry, metrics = trainer.train_chunk(carry, hp, None)
             chunks.append(_host(metrics))
-        runs[name] = {"init_params": init_params, "chunks": chunks, "carry": carry,
+        runs[name] = {"init_params": init_params, "init_obs_stats": init_obs_stats, "chunks": chunks, "carry": carry,
                       "p_safe": _p_safe(trainer, carry.params)}
     trace_count = trainer.trace_count
     cache_size = trainer.train_chunk._cache_size()
@@ -105,6 +105,8 @@ def test_nan_reward_is_skipped_and_raised(risk):
     np.testing.assert_array_equal(m["nan_guard_count"], np.arange(1, RISK_SPEC.updates_per_chunk + 1))
     # Every update was skipped: the parameters are exactly the initial ones.
     jax.tree_util.tree_map(np.testing.assert_array_equal, _host(run["carry"].params), run["init_params"])
+    # ... and so are the observation statistics: a discarded update merges none of its rollout.
+    jax.tree_util.tree_map(np.testing.assert_array_equal, _host(run["carry"].obs_stats), run["init_obs_stats"])
     with pytest.raises(NonFiniteUpdateError, match="update 0") as err:
         raise_if_nonfinite(m, update_offset=0)
     assert err.value.metric.startswith("loss/")
@@ -123,7 +125,7 @@ def test_absurd_learning_rate_trips_the_guard(risk):
 
 PHASES, GAMMA = 4, 0.9
 PHASE_SPEC = TrainerSpec(n_envs=32, n_steps=8, n_epochs=4, n_minibatches=4, updates_per_chunk=60,
-                         hidden_sizes=(32,), num_quantiles=8, holdout_size=64)
+                         hidden_sizes=(32,), num_quantiles=8, holdout_size=64, lr_schedule="constant")
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +170,7 @@ def test_market_env_smoke_learning():
     env_params = market.make_env_params(window_size=8, episode_len=16, fee_bps=5.0)
     market.check_data(env_params, data)
     spec = TrainerSpec(n_envs=16, n_steps=16, n_epochs=2, n_minibatches=2, updates_per_chunk=4,
-                       hidden_sizes=(16,), num_quantiles=8, holdout_size=64, n_groups=2)
+                       hidden_sizes=(16,), num_quantiles=8, holdout_size=64, n_groups=2, lr_schedule="constant")
     trainer = make_trainer(spec, MarketEnv())
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(1), hp, data)

@@ -1,6 +1,6 @@
 """Learner configuration split into traced hyperparameters and static structure.
 
-DESIGN.md invariant 4: everything continuous is a float32 leaf of :class:`HParams`, so a new
+docs/DESIGN.md ("Static vs traced"): everything continuous is a float32 leaf of :class:`HParams`, so a new
 Optuna trial with new values reuses the compiled trainer, and a leading trial axis can be
 vmapped (the rejax split of traced vs static fields). Everything that fixes a shape or the
 program's structure lives in the frozen, hashable :class:`TrainerSpec`.
@@ -16,22 +16,27 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tbjax.config import PPOConfig, TrainConfig, default_config
 from tbjax.errors import InputError
 
-# Defaults of make_hparams, with the reason for each.
-HPARAM_DEFAULTS: dict[str, float] = {
-    "learning_rate": 3e-4,  # Adam step of PPO (Schulman et al. 2017; PureJaxRL default)
-    "lr_min": 0.0,  # end point of the linear decay (lr_schedule="linear")
-    "gamma": 0.99,  # discount per decision (bar)
-    "gae_lambda": 0.95,  # GAE bias/variance trade-off (Schulman et al. 2016)
-    "clip_eps": 0.2,  # PPO ratio clip
-    "ent_coef": 0.01,  # entropy bonus, keeps the first policy near uniform long enough to explore
-    "vf_coef": 0.5,  # weight of the quantile-Huber critic loss
-    "max_grad_norm": 0.5,  # global-norm gradient clip
-    "cvar_alpha": 0.1,  # tail probability of CVaR_alpha (worst 10 % of returns)
-    "cvar_weight": 0.0,  # 0 = risk-neutral PPO; > 0 adds the Rockafellar-Uryasev CVaR term
-    "popart_beta": 3e-4,  # PopArt moment step per update (van Hasselt et al. 2016 used 1e-4..3e-4)
+_PPO, _TRAIN = PPOConfig(), TrainConfig()
+
+# The traced float hyperparameters and why each exists; their DEFAULTS are ppo.* in
+# tbjax/config.py (the one place defaults live), read below.
+HPARAM_DOCS: dict[str, str] = {
+    "learning_rate": "Adam step of PPO (Schulman et al. 2017)",
+    "lr_min": "end point of the linear decay (lr_schedule='linear')",
+    "gamma": "discount per decision (bar)",
+    "gae_lambda": "GAE bias/variance trade-off (Schulman et al. 2016)",
+    "clip_eps": "PPO ratio clip",
+    "ent_coef": "entropy bonus, keeps the first policy near uniform long enough to explore",
+    "vf_coef": "weight of the quantile-Huber critic loss",
+    "max_grad_norm": "global-norm gradient clip",
+    "cvar_alpha": "tail probability of CVaR_alpha",
+    "cvar_weight": "0 = risk-neutral PPO; > 0 adds the Rockafellar-Uryasev CVaR term",
+    "popart_beta": "PopArt moment step per update (van Hasselt et al. 2016)",
 }
+HPARAM_DEFAULTS: dict[str, float] = {name: float(getattr(PPOConfig(), name)) for name in HPARAM_DOCS}
 
 LR_SCHEDULES = ("constant", "linear")
 PRECISIONS = ("float32", "bfloat16")
@@ -93,6 +98,8 @@ def _check_range(values, name, low, high, low_open=False):
 class TrainerSpec:
     """Static structure of the trainer: shapes and program layout only (hashable).
 
+    Defaults are read from the config's defaults (tbjax/config.py), never written here.
+
     n_envs x n_steps transitions per update, split into n_minibatches for each of n_epochs;
     updates_per_chunk updates are fused in one compiled call; total_updates sets the length of
     the linear learning-rate decay. holdout_size transitions of the initial policy are kept to
@@ -100,20 +107,20 @@ class TrainerSpec:
     symbols for the grouped EV.
     """
 
-    n_envs: int = 256
-    n_steps: int = 64
-    n_epochs: int = 4
-    n_minibatches: int = 4
-    updates_per_chunk: int = 10
-    total_updates: int = 100
-    hidden_sizes: tuple = (64, 64)
-    num_quantiles: int = 32
-    non_crossing: bool = True
-    shared_torso: bool = False
-    huber_kappa: float = 1.0
-    obs_clip: float = 10.0
-    lr_schedule: str = "constant"
-    precision: str = "float32"
+    n_envs: int = _PPO.n_envs
+    n_steps: int = _PPO.n_steps
+    n_epochs: int = _PPO.n_epochs
+    n_minibatches: int = _PPO.n_minibatches
+    updates_per_chunk: int = _TRAIN.updates_per_chunk
+    total_updates: int = default_config().n_updates
+    hidden_sizes: tuple = tuple(_PPO.hidden_sizes)
+    num_quantiles: int = _PPO.num_quantiles
+    non_crossing: bool = _PPO.non_crossing
+    shared_torso: bool = _PPO.shared_torso
+    huber_kappa: float = _PPO.huber_kappa
+    obs_clip: float = _PPO.obs_clip
+    lr_schedule: str = _PPO.lr_schedule
+    precision: str = _TRAIN.precision
     popart_sigma_min: float = 1e-4
     holdout_size: int = 1024
     n_groups: int = 1

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tbjax.config import EnvConfig
 from tbjax.data.market import ROLE_NAMES, MarketData
 from tbjax.env.costs import settle_bar
 from tbjax.env.observation import N_ACCOUNT_FEATURES, account_features, assemble_observation, market_window
@@ -39,19 +40,12 @@ HOURS_PER_WEEK = 168
 ACTION_MODES = ("discrete", "continuous")
 SYMBOL_SAMPLINGS = ("uniform", "length")
 
-# Traced float fields and their defaults (units in the names; bps = 1e-4 of notional).
-FLOAT_DEFAULTS = {
-    "fee_bps": 4.0,              # exchange fee per unit of traded notional
-    "half_spread_bps": 1.0,      # half the bid-ask spread paid on each fill
-    "slippage_k": 0.05,          # slippage = slippage_k x bar volatility (fraction)
-    "impact_coef": 0.01,         # square-root impact: impact_coef x sqrt(participation)
-    "borrow_bps_per_bar": 0.0,   # borrow fee per bar on short exposure
-    "turnover_penalty": 0.0,     # reward shaping per unit |delta position| (not a real cost)
-    "min_position": 0.0,         # continuous action -1 maps here
-    "max_position": 1.0,         # continuous action +1 maps here
-    "equity_floor": 0.5,         # terminate when equity (initial 1.0) drops below this
-    "capital": 1e5,              # account size in quote currency (impact participation)
-}
+# Traced float fields (units in the names; bps = 1e-4 of notional). Their defaults are env.* in
+# tbjax/config.py, the one place defaults live.
+FLOAT_FIELDS = ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar",
+                "turnover_penalty", "min_position", "max_position", "equity_floor", "capital")
+_ENV_DEFAULTS = EnvConfig()
+FLOAT_DEFAULTS = {name: float(getattr(_ENV_DEFAULTS, name)) for name in FLOAT_FIELDS}
 
 
 def _f32(x: float) -> np.float32:
@@ -74,11 +68,11 @@ class EnvParams:
     capital: jnp.ndarray = _f32(FLOAT_DEFAULTS["capital"])
     liquidity_multipliers: jnp.ndarray = struct.field(
         default_factory=lambda: np.ones(HOURS_PER_WEEK, np.float32))
-    window_size: int = struct.field(pytree_node=False, default=32)
-    episode_len: int = struct.field(pytree_node=False, default=256)
-    action_mode: str = struct.field(pytree_node=False, default="discrete")
-    position_levels: tuple = struct.field(pytree_node=False, default=(0.0, 0.5, 1.0))
-    symbol_sampling: str = struct.field(pytree_node=False, default="uniform")
+    window_size: int = struct.field(pytree_node=False, default=_ENV_DEFAULTS.window_size)
+    episode_len: int = struct.field(pytree_node=False, default=_ENV_DEFAULTS.episode_len)
+    action_mode: str = struct.field(pytree_node=False, default=_ENV_DEFAULTS.action_mode)
+    position_levels: tuple = struct.field(pytree_node=False, default=tuple(_ENV_DEFAULTS.position_levels))
+    symbol_sampling: str = struct.field(pytree_node=False, default=_ENV_DEFAULTS.symbol_sampling)
     role: int = struct.field(pytree_node=False, default=0)
 
 
@@ -126,15 +120,15 @@ def make_env_params(**kwargs) -> EnvParams:
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InputError(f"unknown env setting(s) {unknown}; known settings: {sorted(known)}")
-    action_mode = kwargs.get("action_mode", "discrete")
+    action_mode = kwargs.get("action_mode", _ENV_DEFAULTS.action_mode)
     _check_choice("action_mode", action_mode, ACTION_MODES)
-    sampling = kwargs.get("symbol_sampling", "uniform")
+    sampling = kwargs.get("symbol_sampling", _ENV_DEFAULTS.symbol_sampling)
     _check_choice("symbol_sampling", sampling, SYMBOL_SAMPLINGS)
     role = kwargs.get("role", 0)
     _check_choice("role", role, (0, 1, 2))
-    levels = _check_levels(kwargs.get("position_levels", (0.0, 0.5, 1.0)))
+    levels = _check_levels(kwargs.get("position_levels", tuple(_ENV_DEFAULTS.position_levels)))
     for name in ("window_size", "episode_len"):
-        v = kwargs.get(name, 32 if name == "window_size" else 256)
+        v = kwargs.get(name, getattr(_ENV_DEFAULTS, name))
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise InputError(f"env.{name} = {v!r} must be a positive integer")
     floats = {}
@@ -162,8 +156,8 @@ def make_env_params(**kwargs) -> EnvParams:
     return EnvParams(
         **{k: jnp.asarray(v, jnp.float32) for k, v in floats.items()},
         liquidity_multipliers=jnp.asarray(mult, jnp.float32),
-        window_size=int(kwargs.get("window_size", 32)),
-        episode_len=int(kwargs.get("episode_len", 256)),
+        window_size=int(kwargs.get("window_size", _ENV_DEFAULTS.window_size)),
+        episode_len=int(kwargs.get("episode_len", _ENV_DEFAULTS.episode_len)),
         action_mode=action_mode,
         position_levels=levels,
         symbol_sampling=sampling,
@@ -237,7 +231,7 @@ class EnvState:
 
 
 def reset_at(params: EnvParams, data: MarketData, symbol, bar) -> EnvState:
-    """A fresh account on ``symbol`` deciding first at ``bar`` (evaluation walks a split with it).
+    """A fresh account on ``symbol`` deciding first at ``bar`` (episode starts use it).
 
     ``bar`` is clipped to [role_start + window_size - 1, role_end - 2] of ``params.role`` so the
     window and the first fill bar stay inside the role.
@@ -245,18 +239,20 @@ def reset_at(params: EnvParams, data: MarketData, symbol, bar) -> EnvState:
     symbol = jnp.asarray(symbol, jnp.int32)
     lo = data.role_start[symbol, params.role] + (params.window_size - 1)
     hi = data.role_end[symbol, params.role] - 2
-    bar = jnp.clip(jnp.asarray(bar, jnp.int32), lo, hi)
-    one, zero_f, zero_i = jnp.float32(1.0), jnp.float32(0.0), jnp.int32(0)
-    return EnvState(symbol=symbol, bar=bar, position=zero_f, equity=one, peak_equity=one,
+    return fresh_account(symbol, jnp.clip(jnp.asarray(bar, jnp.int32), lo, hi))
+
+
+def fresh_account(symbol, bar, position=0.0) -> EnvState:
+    """Equity 1 on ``symbol`` deciding first at ``bar``, holding ``position`` (no clipping).
+
+    The evaluation walk computes its first bar on the host from the split and calls this
+    directly, so its compiled program does not depend on which role it walks.
+    """
+    one, zero_i = jnp.float32(1.0), jnp.int32(0)
+    return EnvState(symbol=jnp.asarray(symbol, jnp.int32), bar=jnp.asarray(bar, jnp.int32),
+                    position=jnp.asarray(position, jnp.float32), equity=one, peak_equity=one,
                     entry_equity=one, bars_in_position=zero_i, episode_step=zero_i,
-                    episode_return=zero_f)
-
-
-def _key_bits(key) -> jnp.ndarray:
-    """The key's own words as uint32 random bits (raw uint32[2] keys or typed PRNG keys); see step."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return key.reshape(-1)[:2].astype(jnp.uint32)
+                    episode_return=jnp.float32(0.0))
 
 
 def _sample_start(bits, params: EnvParams, data: MarketData):
@@ -354,11 +350,10 @@ def step(key, state: EnvState, action, params: EnvParams, data: MarketData, retu
 
     info["symbol"], ["bar"] describe the decision just taken (before any reset);
     episode_return, episode_length and final_equity are meaningful where done.
-    The auto-reset draws its start from the words of ``key`` itself, not from a threefry call on
-    it: a per-env key made by ``jax.random.split`` / ``fold_in`` is already a threefry output, so
-    its words are uniform bits, and skipping the extra call saves about a quarter of the step on
-    CPU. Pass split keys (never a raw ``PRNGKey(seed)``, whose words are (0, seed)) and do not
-    reuse them elsewhere. :func:`reset` hashes its key properly and accepts any key.
+    The auto-reset draws its symbol and start bar with ``jax.random.bits(key)``, like
+    :func:`reset`, so any key works, ``PRNGKey(i)`` per env included. (An earlier version read the
+    key's raw words to save a hash per step; a raw ``PRNGKey(i)`` has words (0, i), which sent
+    every auto-reset to symbol 0.)
     ``return_final_obs`` (static Python flag; bind it with functools.partial before vmap) adds
     info["final_obs"], the observation of the pre-reset state so a trainer can bootstrap
     V(final_obs) on truncation. It costs a second window gather per step and, if a rollout keeps
@@ -366,7 +361,7 @@ def step(key, state: EnvState, action, params: EnvParams, data: MarketData, retu
     """
     next_state, reward, terminated, truncated, info = market_step(state, action, params, data)
     done = terminated | truncated
-    symbol, bar = _sample_start(_key_bits(key), params, data)
+    symbol, bar = _sample_start(jax.random.bits(key, (2,), jnp.uint32), params, data)
     fresh = reset_at(params, data, symbol, bar)
     state = jax.tree_util.tree_map(lambda f, n: jnp.where(done, f, n), fresh, next_state)
     if return_final_obs:
