@@ -22,7 +22,8 @@ from tbjax.data import features as feats
 from tbjax.data.market import MarketData, market_data_from_arrays
 from tbjax.data.export import file_sha256
 from tbjax.data.pipeline import FeaturePipeline
-from tbjax.data.splits import ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges, split_bounds
+from tbjax.data.splits import (ROLE_NAMES, ROLE_TEST, ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges,
+                               split_bounds)
 from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
@@ -133,13 +134,42 @@ def market_from_tables(cfg, pipeline, tables, ranges, columns) -> MarketData:
     )
 
 
+def embargo_of(cfg: Config) -> tuple[int, str]:
+    """Embargo rows between splits and the advice to give when they swallow a split."""
+    if cfg.data.embargo_bars is not None:
+        return cfg.data.embargo_bars, "lower data.embargo_bars"
+    warm = feats.warmup_bars(cfg.env.window_size)
+    return warm, (f"lower env.window_size (the embargo defaults to its warm-up, {warm} bars for "
+                  f"env.window_size = {cfg.env.window_size}) or set data.embargo_bars")
+
+
+def split_roles(cfg: Config, tables: dict[str, dict[str, np.ndarray]]) -> tuple[SplitBounds, dict[str, np.ndarray]]:
+    """The split bounds and every symbol's row roles: the one split used by train, HPO and check.
+
+    Beyond non-empty splits (``assign_roles``), every evaluated split must hold at least one
+    decision somewhere: ``env.window_size`` rows of history plus the bar the decision fills on.
+    """
+    d = cfg.data
+    bounds = split_bounds(d.train_start, d.train_end, d.val_start, d.val_end, d.test_start, d.test_end)
+    embargo, fix = embargo_of(cfg)
+    roles = {s: assign_roles(np.asarray(t["open_time"], np.int64), bounds, embargo, s, fix) for s, t in tables.items()}
+    window = cfg.env.window_size
+    for role in (ROLE_VAL, ROLE_TEST):
+        rows = {s: int(np.sum(r == role)) for s, r in roles.items()}
+        if max(rows.values()) < window + 1:
+            name = ROLE_NAMES[role]
+            raise InputError(
+                f"env.window_size = {window} is longer than every symbol's {name} split (at most "
+                f"{max(rows.values())} rows; a decision needs window_size + 1): lower env.window_size or "
+                f"widen data.{name}_start .. data.{name}_end")
+    return bounds, roles
+
+
 def build_experiment(cfg: Config, with_regimes: bool = True, pipeline: FeaturePipeline | None = None) -> Experiment:
     """Load, split, fit (or reuse a saved ``pipeline``) and build MarketData plus the regime markets."""
     tables, columns, hashes = load_processed(cfg)
     d = cfg.data
-    bounds = split_bounds(d.train_start, d.train_end, d.val_start, d.val_end, d.test_start, d.test_end)
-    embargo = d.embargo_bars if d.embargo_bars is not None else feats.warmup_bars(cfg.env.window_size)
-    roles = {s: assign_roles(np.asarray(t["open_time"], np.int64), bounds, embargo, s) for s, t in tables.items()}
+    bounds, roles = split_roles(cfg, tables)
     syms = list(tables)
     if pipeline is None:
         pipeline = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)

@@ -93,3 +93,24 @@ def test_role_ranges_rejects_split_blocks():
                                                                               (0, 0)]
     with pytest.raises(ValueError):
         role_ranges(np.array([ROLE_TRAIN, ROLE_VAL, ROLE_TRAIN]))
+
+
+def test_a_window_too_long_for_the_data_names_env_window_size_not_the_split():
+    from tbjax.config import load_config
+    from tbjax.experiment import load_processed, split_roles
+
+    # default embargo = warm-up of the window: the advice names env.window_size
+    cfg = load_config("configs/base.yaml", ["env.window_size=3000"])
+    tables = load_processed(cfg)[0]
+    with pytest.raises(InputError, match=r"val split is empty .*lower env.window_size \(the embargo defaults to its "
+                                         r"warm-up, 3000 bars for env.window_size = 3000\) or set data.embargo_bars"):
+        split_roles(cfg, tables)
+    # no embargo, but the window alone is longer than the split
+    cfg = load_config("configs/base.yaml", ["env.window_size=400", "data.embargo_bars=0"])
+    with pytest.raises(InputError, match=r"env.window_size = 400 is longer than every symbol's val split \(at most "
+                                         r"377 rows"):
+        split_roles(cfg, tables)
+    # an explicit embargo that swallows the split: the advice names data.embargo_bars
+    cfg = load_config("configs/base.yaml", ["data.embargo_bars=1000"])
+    with pytest.raises(InputError, match="lower data.embargo_bars"):
+        split_roles(cfg, tables)

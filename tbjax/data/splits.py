@@ -127,12 +127,14 @@ def split_bounds(train_start, train_end, val_start, val_end, test_start=None,
 
 
 def assign_roles(open_time_ms: np.ndarray, bounds: SplitBounds, embargo_bars: int,
-                 symbol: str) -> np.ndarray:
+                 symbol: str, embargo_fix: str = "reduce the embargo (data.embargo_bars)") -> np.ndarray:
     """Role of every row (int8): train / val / test by open time, the first ``embargo_bars`` rows of
     val and of test → embargo, rows in no range → outside.
 
     Raises :class:`InputError` naming the symbol, the split, its configured and the data's actual
-    date range when a split has no usable rows.
+    date range when a split has no usable rows. ``embargo_fix`` is the advice when the embargo
+    swallowed a split: the caller knows whether the embargo was set (``data.embargo_bars``) or
+    follows from ``env.window_size``.
     """
     t = np.asarray(open_time_ms, np.int64)
     roles = np.full(len(t), ROLE_OUTSIDE, np.int8)
@@ -156,7 +158,7 @@ def assign_roles(open_time_ms: np.ndarray, bounds: SplitBounds, embargo_bars: in
         why = (f"all {in_range} of its rows fall in the {embargo_bars}-bar embargo"
                if in_range else "no rows fall in it")
         if in_range:
-            fix = f"widen the {name} range or reduce the embargo"
+            fix = f"widen the {name} range or {embargo_fix}"
         elif role == ROLE_TEST and bounds.inferred_test:
             fix = "move val_end earlier or set test_start/test_end inside the data range"
         else:
