@@ -8,15 +8,25 @@ Each entry names a config key and a distribution::
 
 Two kinds of keys are searchable. Continuous learner settings (``ppo.<HParams field>`` and the
 reward-shaping ``env.turnover_penalty``) become traced HParams leaves, so a new trial reuses the
-compiled trainer (DESIGN.md invariant 4). Shape and structure settings (``ppo.n_envs``,
+compiled trainer (docs/DESIGN.md invariant 4). Shape and structure settings (``ppo.n_envs``,
 ``ppo.hidden_sizes``, ...) change the static TrainerSpec: trials are grouped per signature and
 each signature compiles once. Market costs (fees, spread, slippage, ...) describe the market,
 not the agent, and are not searchable: tuning them would fit the costs away.
 
 "Set by the user" means present in the YAML file or in ``--set`` (not a default): such a key is
 used as given and never suggested, even when the space lists it. Two risk keys are searched by
-default unless fixed that way: ``ppo.cvar_alpha`` in [0.01, 0.20] and ``ppo.cvar_weight`` in
-[0.1, 2.0] (log scale). Every problem in the space is an InputError before the first trial.
+default unless fixed that way: ``ppo.cvar_alpha`` in [1/ppo.num_quantiles, 0.20] and
+``ppo.cvar_weight`` in [0.1, 2.0] (log scale). Every problem in the space is an InputError before
+the first trial.
+
+The CVaR floor. The critic's N = ``ppo.num_quantiles`` quantiles carry mass 1/N each, so for
+alpha < 1/N both VaR_alpha and CVaR_alpha equal the lowest quantile and alpha only rescales
+``ppo.cvar_weight`` (the shaping term is weighted by cvar_weight / alpha; docs/ALGORITHMS.md).
+Searching there is wasted trials, so a user range for ``ppo.cvar_alpha`` must start at 1/N or
+above. When ``ppo.num_quantiles`` is searched too, the range must start at or above 1/N of the
+largest N searched, and a trial with a smaller N whose sampled alpha lies below its own 1/N runs
+with alpha raised to 1/N: the trial's config holds the value used and the user attr
+``adjusted`` says so (Optuna keeps the sampled value in ``params``).
 """
 
 from __future__ import annotations
@@ -40,8 +50,10 @@ STATIC_KEYS = ("ppo.n_envs", "ppo.n_steps", "ppo.n_epochs", "ppo.n_minibatches",
                "ppo.num_quantiles", "ppo.non_crossing", "ppo.shared_torso", "ppo.huber_kappa",
                "ppo.obs_clip", "ppo.lr_schedule", "env.episode_len")
 SEARCHABLE_KEYS = TRACED_KEYS + STATIC_KEYS
+CVAR_ALPHA_KEY, NUM_QUANTILES_KEY = "ppo.cvar_alpha", "ppo.num_quantiles"
+# "low" of ppo.cvar_alpha is 1/ppo.num_quantiles (the largest N searched), filled in per config
 DEFAULT_SPACE = {
-    "ppo.cvar_alpha": {"type": "float", "low": 0.01, "high": 0.20},
+    CVAR_ALPHA_KEY: {"type": "float", "low": None, "high": 0.20},
     "ppo.cvar_weight": {"type": "float", "low": 0.1, "high": 2.0, "log": True},
 }
 _SECTIONS = {"ppo": PPOConfig, "env": EnvConfig}
@@ -99,6 +111,7 @@ def _field_hint(key: str):
 class SearchSpace:
     params: tuple[ParamSpec, ...]
     fixed: tuple[str, ...]  # keys listed in the space (or default space) but set by the user
+    notes: tuple[str, ...] = ()  # how the space was adapted to the config; printed once by tbjax.hpo
 
     @property
     def keys(self) -> list[str]:
@@ -113,7 +126,35 @@ class SearchSpace:
 
     def apply(self, cfg: Config, values: dict[str, Any]) -> Config:
         """The trial's config: ``values`` written into their sections, then the config rules checked."""
-        return _validated(_replace(cfg, values))
+        return self.resolve(cfg, values)[0]
+
+    def resolve(self, cfg: Config, values: dict[str, Any]) -> tuple[Config, list[str]]:
+        """The trial's config plus a line for each value changed on the way (empty when none).
+
+        The one change: a searched ``ppo.cvar_alpha`` below 1/``ppo.num_quantiles`` of the trial is
+        raised to that floor (only possible when num_quantiles is searched too, or for an
+        enqueued value outside the range), so the trial runs a CVaR that alpha actually shapes.
+        """
+        trial_cfg = _replace(cfg, values)
+        notes = []
+        if CVAR_ALPHA_KEY in values:
+            trial_cfg, note = _raise_to_cvar_floor(trial_cfg)
+            notes += [note] if note else []
+        return _validated(trial_cfg), notes
+
+
+def cvar_floor(num_quantiles: int) -> float:
+    """The smallest meaningful ``ppo.cvar_alpha``: below 1/N, VaR and CVaR are the lowest quantile."""
+    return 1.0 / num_quantiles
+
+
+def _raise_to_cvar_floor(cfg: Config) -> tuple[Config, str | None]:
+    floor = cvar_floor(cfg.ppo.num_quantiles)
+    if cfg.ppo.cvar_alpha >= floor:
+        return cfg, None
+    note = (f"ppo.cvar_alpha {cfg.ppo.cvar_alpha:.4g} raised to 1/ppo.num_quantiles = 1/{cfg.ppo.num_quantiles} "
+            f"= {floor:.4g}: below it VaR and CVaR both equal the lowest quantile")
+    return dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, cvar_alpha=floor)), note
 
 
 def _replace(cfg: Config, values: dict[str, Any]) -> Config:
@@ -247,8 +288,13 @@ def parse_param(key: str, entry: Any) -> ParamSpec:
     return ParamSpec(key, kind, low=low, high=high, step=step, log=log)
 
 
-def _check_each_value(cfg: Config, spec: ParamSpec) -> None:
-    """Each end point / choice alone must give a valid config (minibatch divisibility checked jointly)."""
+def _check_each_value(cfg: Config, spec: ParamSpec, by_key: dict[str, ParamSpec]) -> None:
+    """Each end point / choice alone must give a valid config (minibatch divisibility checked jointly).
+
+    Partners that are searched too take a value that lets this one be judged alone: the largest
+    ``ppo.num_quantiles`` for a ``ppo.cvar_alpha`` value, the trial's raised alpha for a
+    ``ppo.num_quantiles`` value (see :meth:`SearchSpace.resolve`).
+    """
     shape_keys = ("ppo.n_envs", "ppo.n_steps", "ppo.n_minibatches")
     for value in spec.candidates():
         values = {spec.key: list(value) if isinstance(value, tuple) else value}
@@ -256,6 +302,10 @@ def _check_each_value(cfg: Config, spec: ParamSpec) -> None:
             values.update({"ppo.n_envs": value, "ppo.n_steps": 1})
         elif spec.key in shape_keys:
             values["ppo.n_minibatches"] = 1
+        elif spec.key == CVAR_ALPHA_KEY and NUM_QUANTILES_KEY in by_key:
+            values[NUM_QUANTILES_KEY] = max(by_key[NUM_QUANTILES_KEY].candidates())
+        elif spec.key == NUM_QUANTILES_KEY and CVAR_ALPHA_KEY in by_key:
+            values[CVAR_ALPHA_KEY] = max(cfg.ppo.cvar_alpha, cvar_floor(value))
         try:
             _validated(_replace(cfg, values))
         except InputError as exc:
@@ -276,20 +326,71 @@ def _divisibility_feasible(cfg: Config, by_key: dict[str, ParamSpec]) -> None:
                          "use powers of two for all three")
 
 
+def _searched_num_quantiles(cfg: Config, user_entries: dict, user_keys: set[str]) -> list[int]:
+    """The ``ppo.num_quantiles`` values trials can have: the config's, or those of its space entry."""
+    if NUM_QUANTILES_KEY in user_entries and NUM_QUANTILES_KEY not in user_keys:
+        return [int(n) for n in parse_param(NUM_QUANTILES_KEY, user_entries[NUM_QUANTILES_KEY]).candidates()]
+    return [cfg.ppo.num_quantiles]
+
+
+def _default_space(n_quantiles: list[int]) -> tuple[dict, list[str]]:
+    """DEFAULT_SPACE with ``ppo.cvar_alpha``'s low end at 1/N (N the largest ppo.num_quantiles).
+
+    When that floor reaches the default top (N <= 5) the default alpha range would be empty, so
+    alpha is not searched by default and a note says how to search it.
+    """
+    space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
+    floor = cvar_floor(max(n_quantiles))
+    alpha = space[CVAR_ALPHA_KEY]
+    if floor >= alpha["high"]:
+        del space[CVAR_ALPHA_KEY]
+        return space, [f"ppo.cvar_alpha is not searched by default: 1/ppo.num_quantiles = {floor:.4g} is not below "
+                       f"the default top {alpha['high']}; add hpo.space.ppo.cvar_alpha with low >= {floor:.4g} "
+                       "to search it"]
+    alpha["low"] = floor
+    return space, []
+
+
+def _check_cvar_floor(spec: ParamSpec, n_quantiles: list[int]) -> list[str]:
+    """A ``ppo.cvar_alpha`` range must start at 1/N or above (see the module docstring).
+
+    With ``ppo.num_quantiles`` searched the bound is 1/N of the largest N, and values between
+    that and a smaller N's floor are raised per trial: returned as a note to print.
+    """
+    low = min(spec.candidates())
+    floor, n_max = cvar_floor(max(n_quantiles)), max(n_quantiles)
+    if low < floor:
+        which = (f"1/ppo.num_quantiles = 1/{n_max}" if len(n_quantiles) == 1 else
+                 f"1/N for the largest ppo.num_quantiles searched (N = {n_max})")
+        raise InputError(f"hpo.space.{CVAR_ALPHA_KEY}: low end {low:.4g} is below {which} = {floor:.4g}: there VaR "
+                         "and CVaR both equal the lowest quantile and alpha only rescales ppo.cvar_weight; "
+                         f"start the range at {floor:.4g} or above (docs/ALGORITHMS.md)")
+    n_min = min(n_quantiles)
+    if low < cvar_floor(n_min):
+        return [f"ppo.cvar_alpha values below 1/ppo.num_quantiles of a trial (up to 1/{n_min} = "
+                f"{cvar_floor(n_min):.4g} when ppo.num_quantiles = {n_min}) are raised to that floor for the trial; "
+                "the trial's user attr 'adjusted' records it"]
+    return []
+
+
 def build_search_space(cfg: Config, user_keys: set[str]) -> SearchSpace:
     """Default risk space + ``cfg.hpo.space``, minus user-set keys, validated against ``cfg``."""
-    raw = dict(DEFAULT_SPACE)
     if not isinstance(cfg.hpo.space, dict):
         raise InputError("hpo.space must be a mapping of config keys to distributions")
-    for key, entry in cfg.hpo.space.items():
-        raw[str(key)] = entry
+    user_entries = {str(key): entry for key, entry in cfg.hpo.space.items()}
+    n_quantiles = _searched_num_quantiles(cfg, user_entries, user_keys)
+    raw, notes = _default_space(n_quantiles)
+    raw.update(user_entries)
     parsed = [parse_param(key, entry) for key, entry in raw.items()]  # every entry checked, fixed or not
     fixed = tuple(p.key for p in parsed if p.key in user_keys)
     params = tuple(p for p in parsed if p.key not in user_keys)
     if not params:
         raise InputError("hpo.space: every parameter is fixed by the config (YAML or --set), nothing to search; "
                          "add an entry to hpo.space for a key you do not set")
+    by_key = {p.key: p for p in params}
+    if CVAR_ALPHA_KEY in by_key:
+        notes += _check_cvar_floor(by_key[CVAR_ALPHA_KEY], n_quantiles)
     for p in params:
-        _check_each_value(cfg, p)
-    _divisibility_feasible(cfg, {p.key: p for p in params})
-    return SearchSpace(params, fixed)
+        _check_each_value(cfg, p, by_key)
+    _divisibility_feasible(cfg, by_key)
+    return SearchSpace(params, fixed, tuple(notes))

@@ -22,11 +22,10 @@ import yaml
 from optuna.trial import TrialState
 
 from tbjax import prepare, synth
-from tbjax.backtest import backtest
 from tbjax.checkpoint import RunCheckpoints
 from tbjax.config import load_config
 from tbjax.data.market import ROLE_VAL
-from tbjax.experiment import build_experiment, env_params_from_config
+from tbjax.experiment import build_experiment, env_params_from_config, evaluate_split
 from tbjax.errors import InputError
 from tbjax.hpo import main as hpo_main, make_storage, open_study
 from tbjax.hpo_runner import OBJECTIVE_PRUNE_STARTUP, TrialRunner
@@ -51,7 +50,7 @@ def _tiny_config(processed: Path) -> dict:
                  "test_end": "2020-03-03"},
         "env": {"episode_len": 32},
         "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
-                "num_quantiles": 8, "cvar_alpha": 0.05},
+                "num_quantiles": 8, "cvar_alpha": 0.25},  # alpha >= 1/num_quantiles (the CVaR floor)
         "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2},  # 4 updates, 2 evals
         "eval": {"regime_bars": 200},
         "hpo": {"n_trials": 3, "pruner": "none", "space": {
@@ -114,7 +113,7 @@ def test_sequential_trials_compile_once_and_record_results(setup, sequential):
         assert [u for u, _ in series] == [2, 4] and sorted(t.intermediate_values) == [2, 4]
         assert t.value == pytest.approx(max(v for _, v in series))
         trial_cfg = load_config(Path(t.user_attrs["run_dir"]) / "config.yaml")
-        assert trial_cfg.ppo.learning_rate == pytest.approx(lr) and trial_cfg.ppo.cvar_alpha == 0.05
+        assert trial_cfg.ppo.learning_rate == pytest.approx(lr) and trial_cfg.ppo.cvar_alpha == 0.25
 
 
 def test_saved_checkpoint_is_the_best_and_reproduces_val_metrics(setup, sequential):
@@ -128,8 +127,9 @@ def test_saved_checkpoint_is_the_best_and_reproduces_val_metrics(setup, sequenti
     carry, meta = ckpt.restore("best", template)
     ckpt.close()
     assert meta["update"] == t.user_attrs["best_update"] and meta["objective"] == pytest.approx(t.value)
-    result, _ = backtest(trainer.policy_apply, carry.params, carry.obs_stats, runner.exp.market,
-                         env_params_from_config(member.cfg, ROLE_VAL), ROLE_VAL, runner.exp.bars_per_year)
+    # the shared evaluation of every path (bars pooled by time), not a private backtest call
+    result, _ = evaluate_split(member.exp, trainer.policy_apply, carry.params, carry.obs_stats,
+                               env_params_from_config(member.cfg, ROLE_VAL), ROLE_VAL)
     assert result["pooled"]["sortino"] == pytest.approx(t.user_attrs["val_metrics"]["sortino"], rel=1e-6)
     assert t.intermediate_values[meta["update"]] == pytest.approx(result["pooled"]["sortino"], rel=1e-6)
 

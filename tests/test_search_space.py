@@ -1,5 +1,6 @@
 """YAML search space → Optuna suggestions: bounds honoured, user-set keys fixed, bad spaces rejected."""
 
+import dataclasses
 import math
 
 import optuna
@@ -122,3 +123,51 @@ def test_parse_int_range_enumerates_candidates():
     assert spec.candidates() == [8, 16, 24, 32]
     spec = parse_param("ppo.learning_rate", {"type": "float", "low": "1e-5", "high": 1e-3, "log": True})
     assert math.isclose(spec.low, 1e-5) and spec.log
+
+
+def test_default_cvar_alpha_range_starts_at_one_over_num_quantiles(tmp_path):
+    # below 1/N the CVaR of N equal-mass quantiles is the lowest quantile: alpha would only rescale the weight
+    cfg, keys = _config(tmp_path, {"ppo": {"num_quantiles": 16}, "hpo": {"space": {}}})
+    space = build_search_space(cfg, keys)
+    (alpha,) = [p for p in space.params if p.key == "ppo.cvar_alpha"]
+    assert alpha.low == 1 / 16 and alpha.high == 0.20 and space.notes == ()
+    assert all(d["ppo.cvar_alpha"] >= 1 / 16 for d in _samples(space))
+    assert DEFAULT_SPACE["ppo.cvar_alpha"]["high"] == 0.20
+
+
+def test_user_cvar_alpha_range_below_the_floor_is_an_error(tmp_path):
+    cfg, keys = _config(tmp_path, {"hpo": {"space": {
+        "ppo.cvar_alpha": {"type": "float", "low": 0.01, "high": 0.2}}}})
+    with pytest.raises(InputError) as err:
+        build_search_space(cfg, keys)
+    msg = str(err.value)
+    assert msg.startswith("hpo.space.ppo.cvar_alpha:") and "1/ppo.num_quantiles = 1/32 = 0.03125" in msg
+    # at the floor it is accepted
+    cfg, keys = _config(tmp_path, {"hpo": {"space": {
+        "ppo.cvar_alpha": {"type": "float", "low": 0.03125, "high": 0.2}}}})
+    assert build_search_space(cfg, keys).keys[0] == "ppo.cvar_alpha"
+
+
+def test_cvar_alpha_is_raised_per_trial_when_num_quantiles_is_searched(tmp_path):
+    body = {"hpo": {"space": {"ppo.num_quantiles": {"type": "categorical", "choices": [8, 32]},
+                              "ppo.cvar_alpha": {"type": "float", "low": 0.03125, "high": 0.2}}}}
+    cfg, keys = _config(tmp_path, body)
+    space = build_search_space(cfg, keys)
+    assert len(space.notes) == 1 and "raised to that floor" in space.notes[0] and "1/8" in space.notes[0]
+    trial_cfg, notes = space.resolve(cfg, {"ppo.num_quantiles": 8, "ppo.cvar_alpha": 0.05, "ppo.cvar_weight": 1.0})
+    assert trial_cfg.ppo.cvar_alpha == 0.125 and len(notes) == 1 and "raised to 1/ppo.num_quantiles" in notes[0]
+    trial_cfg, notes = space.resolve(cfg, {"ppo.num_quantiles": 32, "ppo.cvar_alpha": 0.05, "ppo.cvar_weight": 1.0})
+    assert trial_cfg.ppo.cvar_alpha == 0.05 and notes == []
+    # the bound for the range is 1/N of the largest N searched
+    body["hpo"]["space"]["ppo.cvar_alpha"]["low"] = 0.02
+    cfg, keys = _config(tmp_path, body)
+    with pytest.raises(InputError, match=r"hpo.space.ppo.cvar_alpha: .*largest ppo.num_quantiles searched \(N = 32\)"):
+        build_search_space(cfg, keys)
+
+
+def test_default_cvar_alpha_is_not_searched_when_its_floor_is_above_the_range(tmp_path):
+    cfg, keys = _config(tmp_path, {"hpo": {"space": {}}})
+    cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, num_quantiles=4, cvar_alpha=0.3))
+    space = build_search_space(cfg, keys)
+    assert space.keys == ["ppo.cvar_weight"]
+    assert len(space.notes) == 1 and "add hpo.space.ppo.cvar_alpha with low >= 0.25" in space.notes[0]
