@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     jax.monitoring.register_event_duration_secs_listener(_on_event)
     rng = np.random.default_rng(0)
-    params = [{"ppo.learning_rate": float(10 ** rng.uniform(-5, -3)), "ppo.cvar_alpha": float(rng.uniform(0.01, 0.2)),
+    params = [{"ppo.learning_rate": float(10 ** rng.uniform(-5, -3)), "ppo.cvar_alpha": float(rng.uniform(1 / 16, 0.2)),
                "ppo.cvar_weight": float(10 ** rng.uniform(-1, np.log10(2.0)))} for _ in range(n_trials)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -330,7 +330,7 @@ class Trainer:
             holdout_returns=returns.reshape(-1)[pick], holdout_mask=tradable[pick])
 
     def _initial_popart(self, traj: Transition, hp: HParams) -> PopArtStats:
-        """PopArt moments of the initial policy's discounted reward sums (bootstrap value 0).
+        """PopArt moments of the initial policy's (gamma*lambda)-discounted reward sums (GAE with V = 0).
 
         van Hasselt et al. (2016) start from (mu 0, sigma 1) and let beta adapt them; with raw
         trading rewards (log returns of order 1e-3) or a x1000 reward scale that takes thousands
