@@ -70,7 +70,7 @@ def child(folder: Path) -> None:
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    prepare.prepare(folder / "raw", folder / "out", fear_greed=str(folder / "fg.csv"),
+    prepare.prepare(folder / "raw", folder / "out", fear_greed=str(folder / "fg.csv"), latest="2200-01-01",
                     events=str(folder / "events.csv"), no_trade_windows=["00:00-00:05"],
                     log=lambda line: None)
     seconds = time.perf_counter() - start

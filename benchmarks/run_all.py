@@ -153,7 +153,7 @@ def write_summary(records: list[dict], quick: bool, path: Path) -> str:
         f"- CPU: {m['cpu_model']}, {m['cpu_cores']} cores",
         f"- JAX backend: {m['jax_backend']}, devices: {', '.join(m['jax_devices'])}",
         f"- platform: {m['platform']}, Python {m['python']}",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in common.versions(
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in common.versions(
             "jax", "jaxlib", "flax", "optax", "optuna", "stable_baselines3", "torch").items() if v),
         "",
         "| benchmark | status | wall s | command |",

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from env_throughput import synthetic_market  # same synthetic MarketData as the env benchmark
 from tbjax.agent import ppo

@@ -10,7 +10,6 @@ CHOPPY_FLAT / STRONG_TREND markets of the regime objective, transformed with the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,24 +58,38 @@ def prepare_hint(cfg: Config) -> str:
 
 
 def load_processed(cfg: Config) -> tuple[dict[str, dict[str, np.ndarray]], list[str], dict[str, str]]:
-    """Read ``<SYMBOL>.feather`` files and the manifest's feature list; one clear error when missing."""
+    """Read the processed tables and the manifest's feature list; one clear error for each problem.
+
+    With a ``manifest.json`` (what prepare writes, last and atomically) the symbols are exactly
+    the ones it lists: a listed file that is missing stops the run, and ``*.feather`` files it
+    does not list (a symbol dropped from the raw folder, a stray copy) are ignored, so a run
+    never trains on a mix of two prepare runs. A corrupt manifest is an error, not "no
+    manifest". Without one (a hand-made folder) every ``<SYMBOL>.feather`` is read.
+    """
+    from tbjax.data import tables as processed
+
     folder = Path(cfg.data.processed_dir)
     if not folder.is_dir():
         raise InputError(f"processed data folder '{folder}' does not exist: {prepare_hint(cfg)}")
-    files = sorted(folder.glob("*.feather"))
+    fix = f"{prepare_hint(cfg)}, or point data.processed_dir at another prepared folder"
+    manifest = processed.read_manifest(folder, fix)
+    if manifest is not None:
+        listed = processed.manifest_files(manifest, folder, fix)
+        files = {sym: listed[sym] for sym in sorted(listed, key=lambda s: listed[s].name)}
+    else:
+        files = {f.stem.upper(): f for f in sorted(folder.glob("*.feather")) if not f.name.startswith(".")}
     if cfg.data.symbols:
         wanted = {s.upper() for s in cfg.data.symbols}
-        missing = wanted - {f.stem.upper() for f in files}
+        missing = wanted - set(files)
         if missing:
             raise InputError(f"data.symbols names {sorted(missing)} but '{folder}' has no such <SYMBOL>.feather: "
-                             f"available {[f.stem for f in files]}; fix data.symbols or re-run prepare")
-        files = [f for f in files if f.stem.upper() in wanted]
+                             f"available {sorted(files)}; fix data.symbols or re-run prepare")
+        files = {sym: f for sym, f in files.items() if sym in wanted}
     if not files:
         raise InputError(f"no <SYMBOL>.feather files in '{folder}': {prepare_hint(cfg)}")
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = manifest or {}
     tables, hashes = {}, {}
-    for f in files:
+    for sym, f in files.items():
         try:
             table = feather.read_table(f)
         except Exception as exc:  # pyarrow raises several types for corrupt files
@@ -85,8 +98,8 @@ def load_processed(cfg: Config) -> tuple[dict[str, dict[str, np.ndarray]], list[
         for c in BAR_COLUMNS + ("tradable",):
             if c not in cols:
                 raise InputError(f"processed file '{f}' lacks column '{c}': re-run `python -m tbjax.prepare`")
-        tables[f.stem.upper()] = cols
-        hashes[f.stem.upper()] = file_sha256(f)
+        tables[sym] = cols
+        hashes[sym] = file_sha256(f)
     available = manifest.get("feature_names") or [c for c in next(iter(tables.values())) if c not in BAR_COLUMNS]
     columns = list(cfg.features.columns or available)
     for sym, cols in tables.items():

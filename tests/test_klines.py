@@ -186,3 +186,78 @@ def test_file_sha256_matches_hashlib(tmp_path):
     path = Path(tmp_path / "f.bin")
     path.write_bytes(b"abc" * 1000)
     assert klines.file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("open_time,open,high,low,close,volume", ","),
+    ("date;open;high;low;close;volume", ";"),
+    ("date\topen\thigh\tlow\tclose\tvolume", "\t"),
+    ("date|open|high|low|close|volume", "|"),
+    ("1700000000000;100,5;101,5;99,5;100,25;12,5;1700003599999;1,5;7;2,5;3,5;0", ";"),
+    ('ts,"a;b",close', ","),
+])
+def test_sniff_delimiter(line, expected):
+    assert klines.sniff_delimiter(line) == expected
+
+
+def test_headerless_semicolon_dump_with_decimal_commas(tmp_path):
+    rows = [f"{T0_MS + i * HOUR_MS};{100 + i},5;{101 + i},25;{99 + i},75;{100 + i},5;1,5;"
+            f"{T0_MS + (i + 1) * HOUR_MS - 1};150,75;{7 + i};0,5;50,25;0" for i in range(3)]
+    (tmp_path / "BTCUSDT-1h-2023-11.csv").write_text("\n".join(rows) + "\n")
+    raw = klines.read_klines(tmp_path / "BTCUSDT-1h-2023-11.csv")
+    assert raw.symbol == "BTCUSDT"
+    np.testing.assert_array_equal(raw.bars["open_time"], T0_MS + np.arange(3) * HOUR_MS)
+    np.testing.assert_array_equal(raw.bars["open"], [100.5, 101.5, 102.5])
+    np.testing.assert_array_equal(raw.bars["high"], [101.25, 102.25, 103.25])
+    np.testing.assert_array_equal(raw.bars["quote_volume"], [150.75] * 3)
+    np.testing.assert_array_equal(raw.bars["n_trades"], [7.0, 8.0, 9.0])
+
+
+def test_parse_numbers_conventions():
+    cells = np.array(["12.5", " 7 ", "", None, "n/a", "-", "1e3"], dtype=object)
+    np.testing.assert_array_equal(klines.parse_numbers(cells, "c"), [12.5, 7.0, np.nan, np.nan,
+                                                                     np.nan, np.nan, 1000.0])
+    np.testing.assert_array_equal(klines.parse_numbers(np.array(["12,5", "0,25", "3"]), "c", ","),
+                                  [12.5, 0.25, 3.0])
+    for value, decimal, words in [("1,234.5", ".", "thousands separator"),
+                                  ("1.234,5", ",", "thousands separator"),
+                                  ("1 234", ".", "thousands separator"),
+                                  ("1.5", ",", "uses '.' as the decimal mark"),
+                                  ("12,5", ".", "decimal comma"),
+                                  ("12.5 USD", ".", "is not a number")]:
+        with pytest.raises(InputError, match=rf"^c, data row 2: {value!r} .*{words}"):
+            klines.parse_numbers(np.array(["1", value], dtype=object), "c", decimal)
+
+
+def test_microseconds_among_milliseconds_are_refused(tmp_path):
+    frame = binance_frame()[["open_time", "open", "high", "low", "close", "volume"]]
+    frame.loc[4, "open_time"] = frame.loc[4, "open_time"] * 1000  # a 2025 µs dump row appended
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(InputError, match=r"m\.csv, column 'open_time', data row 5: value "
+                                         r"1700014400000000 is epoch microseconds .* epoch "
+                                         r"milliseconds; 1 row\(s\)"):
+        klines.read_klines(tmp_path / "m.csv")
+
+
+def test_time_bounds_are_configurable(tmp_path):
+    frame = binance_frame(3)[["open_time", "open", "high", "low", "close", "volume"]]
+    frame.to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(InputError, match=r"data row 3: time value 1700007200000 = "
+                                         r"2023-11-15T00:13:20Z is after 2023-11-15: .*--latest"):
+        klines.read_klines(tmp_path / "b.csv", bounds=klines.time_bounds(latest="2023-11-15"))
+    bounds = klines.time_bounds("2023-11-14", "2023-11-16")
+    assert (bounds.earliest_ms, bounds.latest_ms) == (1_699_920_000_000, 1_700_092_800_000)
+    np.testing.assert_array_equal(klines.read_klines(tmp_path / "b.csv", bounds=bounds)
+                                  .bars["open_time"], T0_MS + np.arange(3) * HOUR_MS)
+    with pytest.raises(InputError, match="--earliest 2024-01-01 is not before --latest"):
+        klines.time_bounds("2024-01-01", "2023-01-01")
+
+
+def test_epoch_number_among_date_strings_is_refused(tmp_path):
+    frame = binance_frame(4)[["open", "high", "low", "close", "volume"]]
+    frame.insert(0, "time", ["2024-01-02T03:00:00Z", "2024-01-02T04:00:00Z", "1704168000000",
+                             "not a time"])
+    frame.to_csv(tmp_path / "e.csv", index=False)
+    with pytest.raises(InputError, match=r"e\.csv, column 'time', data row 3: '1704168000000' is "
+                                         r"an epoch number but other rows are date strings"):
+        klines.read_klines(tmp_path / "e.csv")

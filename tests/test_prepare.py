@@ -239,3 +239,23 @@ def test_failure_after_first_table_leaves_no_temp_or_partial_files(tmp_path, cap
     code, _, err = run(["--raw-dir", raw, "--out", out], capsys)
     assert code == 2 and err == "error: BBB: simulated feature failure; fix the input\n"
     assert sorted(p.name for p in out.iterdir()) == ["OLD.txt"]  # no temp, no AAA.feather
+
+
+def test_mixed_timeframe_signs_and_no_false_alarms():
+    hourly = MONDAY + np.arange(100) * HOUR
+    assert tables.mixed_timeframe(hourly, HOUR) is None
+    with_gaps = np.delete(hourly, [10, 11, 12, 50, 70, 71])  # missing bars are gaps, not a timeframe
+    assert tables.mixed_timeframe(with_gaps, HOUR) is None
+    weekdays = MONDAY + np.array([d for d in range(200) if d % 7 < 5]) * DAY
+    assert tables.mixed_timeframe(weekdays, DAY) is None  # weekends: 3-day steps, never 24 in a row
+    local_midnight = MONDAY + np.arange(60) * DAY + np.where(np.arange(60) < 30, 0, -HOUR)
+    assert tables.mixed_timeframe(local_midnight, DAY) is None  # one 23 h step at a DST change
+    then_4h = np.r_[hourly, hourly[-1] + np.arange(1, 31) * 4 * HOUR]
+    assert tables.mixed_timeframe(then_4h, HOUR) == {"kind": "run", "first": 99, "last": 129,
+                                                     "step_ms": 4 * HOUR}
+    short_4h = np.r_[hourly, hourly[-1] + np.arange(1, 24) * 4 * HOUR]  # 23 steps: just gaps
+    assert tables.mixed_timeframe(short_4h, HOUR) is None
+    daily = MONDAY + np.arange(50) * DAY
+    inserted = np.sort(np.r_[daily, daily[20] + 6 * HOUR])
+    assert tables.mixed_timeframe(inserted, DAY) == {"kind": "overlap", "first": 20, "last": 21,
+                                                     "step_ms": 6 * HOUR}

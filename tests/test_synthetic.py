@@ -100,6 +100,11 @@ def test_cli_writes_binance_dumps(tmp_path, capsys):
     (["--out", "X", "--bars", "ten"], "--bars"),
     (["--out", "X", "--bars", "10", "--signal", "2"], "--signal"),
     (["--out", "X", "--bars", "10", "--regime", "calm"], "regime 'calm'"),
+    (["--out", "X", "--bars", "10", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--out", "X", "--bars", "0"], "--bars must be >= 2, got 0"),
+    (["--out", "X", "--bars", "10", "--symbols", "0"], "--symbols must be >= 1, got 0"),
+    (["--out", "X", "--bars", "10", "--symbols", "-3"], "--symbols must be >= 1, got -3"),
+    (["--out", "X", "--bars", "100", "--timeframe", "100000w"], "past the year 9999"),
 ])
 def test_cli_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -107,3 +112,37 @@ def test_cli_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "X").exists()
+
+
+def test_cli_refuses_bars_beyond_memory_before_allocating(capsys, tmp_path, monkeypatch):
+    from tbjax import synth
+
+    monkeypatch.setattr(synth, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(synth, "generate_klines", lambda *a, **k: pytest.fail("allocated"))
+    assert main(["--out", str(tmp_path / "X"), "--bars", str(10**12)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # 10**12 bars x 400 bytes = 4e14 bytes = 372,529.0 GiB; 8 GiB / 400 bytes = 21,474,836 bars
+    assert err == ["error: --bars 1000000000000 needs about 372,529.0 GiB of memory per symbol "
+                   "(400 bytes per bar) but 8.0 GiB is available; lower --bars to at most "
+                   "21,474,836"]
+    assert not (tmp_path / "X").exists()
+
+
+def test_cli_disk_full_leaves_no_partial_csv(capsys, tmp_path, monkeypatch):
+    import errno
+
+    written = []
+
+    def full_disk(path, *args, **kwargs):
+        written.append(path)
+        with open(path, "w") as handle:
+            handle.write("1577836800000,100,")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savetxt", full_disk)
+    out = tmp_path / "raw"
+    assert main(["--out", str(out), "--bars", "100", "--symbols", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SYN0.csv' failed: the disk is full" in err[0], err
+    assert "Traceback" not in err[0] and len(written) == 1
+    assert list(out.iterdir()) == []  # no SYN0.csv, no temp file

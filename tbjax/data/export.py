@@ -2,9 +2,10 @@
 
 The manifest's ``split_version`` is a SHA-256 over the raw data hashes, the split bounds and the
 feature configuration, so two runs with the same ``split_version`` saw the same rows in the same
-roles with the same features; changing any input changes it. Every file is written to a temporary
-name and renamed into place, so an interrupted export never leaves a half-written artifact
-(DESIGN.md invariant 6); the manifest is written last.
+roles with the same features; changing any input changes it. Every file is written through
+:mod:`tbjax.atomic` (temporary name, then rename), so an interrupted export or a full disk never
+leaves a half-written artifact (DESIGN.md invariant 6) and a disk error is one InputError; the
+manifest is written last.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
+from tbjax.atomic import disk_errors, write_atomic, write_with
 from tbjax.data.splits import ROLE_NAMES, SplitBounds
 
 
@@ -39,19 +40,6 @@ def split_version(bounds: SplitBounds, feature_config: dict, data_hashes: dict[s
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _replace_atomically(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def role_counts(roles: np.ndarray) -> dict[str, int]:
     """Rows per role name (train, val, test, embargo, outside)."""
     roles = np.asarray(roles)
@@ -67,17 +55,18 @@ def export_dataset(out_dir, tables: dict[str, dict[str, np.ndarray]],
     file name, its SHA-256 and row counts per role (plus totals over all symbols).
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     if set(tables) != set(roles):
         raise ValueError(f"tables and roles name different symbols: {sorted(tables)} vs "
                          f"{sorted(roles)}")
+    with disk_errors(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
     symbols, totals = {}, {name: 0 for name in ROLE_NAMES.values()}
     for symbol in sorted(tables):
         columns = {name: np.asarray(col) for name, col in tables[symbol].items()}
         columns["role"] = np.asarray(roles[symbol], np.int8)
         path = os.path.join(out_dir, f"{symbol}.feather")
         table = pa.table(columns)
-        _replace_atomically(path, lambda tmp, t=table: feather.write_feather(t, tmp))
+        write_with(path, lambda tmp, t=table: feather.write_feather(t, tmp))
         counts = role_counts(columns["role"])
         for name, n in counts.items():
             totals[name] += n
@@ -87,10 +76,6 @@ def export_dataset(out_dir, tables: dict[str, dict[str, np.ndarray]],
                 "split_bounds": dataclasses.asdict(bounds), "feature_config": feature_config,
                 "data_hashes": dict(sorted(data_hashes.items())), "symbols": symbols,
                 "role_counts": totals}
-
-    def write_manifest(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True, default=str)
-
-    _replace_atomically(os.path.join(out_dir, "manifest.json"), write_manifest)
+    write_atomic(os.path.join(out_dir, "manifest.json"),
+                 json.dumps(manifest, indent=1, sort_keys=True, default=str))
     return manifest

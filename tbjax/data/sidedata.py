@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tbjax.data.klines import (TIME_COLUMNS, float_column, normal_name, file_sha256,
-                               parse_time_column, read_raw_table)
+from tbjax.data.klines import (TIME_COLUMNS, TimeBounds, file_sha256, float_column,
+                               normal_name, number_format, parse_time_column, read_raw_table)
 from tbjax.errors import InputError
 
 EVENT_CAP_BARS = 500
@@ -63,7 +63,13 @@ def _find(table: pa.Table, choices: tuple, path: Path, role: str) -> str:
     return by_name[hit]
 
 
-def _read_timed(path: Path, role: str, value_columns: tuple, time_format: str | None):
+def _read_timed(path: Path, role: str, value_columns: tuple, time_format: str | None,
+                bounds: TimeBounds | None):
+    """(path, times, value column, its name, decimal mark, field separator) of one side CSV.
+
+    Times must all parse and lie within ``bounds`` (a side value dated 1970 or 2100 is a misread
+    that would apply to every bar or to none).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{role} file {path} does not exist; pass an existing CSV")
@@ -73,19 +79,21 @@ def _read_timed(path: Path, role: str, value_columns: tuple, time_format: str | 
     time_name = _find(table, SIDE_TIME_COLUMNS, path, role)
     value_name = _find(table, value_columns, path, role)
     times, valid = parse_time_column(table[time_name], time_format,
-                                     f"{role} file {path}, column '{time_name}'")
+                                     f"{role} file {path}, column '{time_name}'", bounds)
     if not valid.all():
         row = int(np.flatnonzero(~valid)[0])
         raise InputError(f"{role} file {path}, column '{time_name}', row {row + 1}: time is "
                          f"missing or unparseable; fix or remove that row")
-    return path, times, table[value_name], value_name
+    decimal, delimiter = number_format(table)
+    return path, times, table[value_name], value_name, decimal, delimiter
 
 
-def read_fear_greed(path: Path, time_format: str | None = None) -> TimedSeries:
+def read_fear_greed(path: Path, time_format: str | None = None,
+                    bounds: TimeBounds | None = None) -> TimedSeries:
     """Read a Fear & Greed CSV; values must be finite and within 0..100."""
-    path, times, column, name = _read_timed(path, "fear & greed", FEAR_GREED_VALUE_COLUMNS,
-                                            time_format)
-    values = float_column(column)
+    path, times, column, name, decimal, delimiter = _read_timed(
+        path, "fear & greed", FEAR_GREED_VALUE_COLUMNS, time_format, bounds)
+    values = float_column(column, f"fear & greed file {path}, column '{name}'", decimal, delimiter)
     bad = ~(np.isfinite(values) & (values >= 0.0) & (values <= 100.0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -95,9 +103,11 @@ def read_fear_greed(path: Path, time_format: str | None = None) -> TimedSeries:
     return TimedSeries(path, file_sha256(path), times[order], values[order])
 
 
-def read_events(path: Path, time_format: str | None = None) -> TimedSeries:
+def read_events(path: Path, time_format: str | None = None,
+                bounds: TimeBounds | None = None) -> TimedSeries:
     """Read a scheduled-events CSV; importance is low/medium/high (any case) or 1..3."""
-    path, times, column, name = _read_timed(path, "events", IMPORTANCE_COLUMNS, time_format)
+    path, times, column, name, _, _ = _read_timed(path, "events", IMPORTANCE_COLUMNS, time_format,
+                                                  bounds)
     words = (pd.Series(column.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
              .str.strip().str.lower().str.replace(r"\.0$", "", regex=True))
     levels = words.map(_IMPORTANCE_WORDS).to_numpy(dtype=np.float64, na_value=np.nan)

@@ -1,5 +1,5 @@
 """Processed tables: bar timing (timeframe, gaps, no-trade windows), the ``tradable`` mask, and
-atomic file I/O for ``<SYMBOL>.feather`` and ``manifest.json``.
+the files ``<SYMBOL>.feather`` and ``manifest.json`` (written through :mod:`tbjax.atomic`).
 
 Gap rule (what makes the next bar untradable, DESIGN.md "tradable"):
 * Daily exchange data (timeframe 1 day and no bar opening on a Saturday or Sunday UTC): a gap is a
@@ -13,12 +13,15 @@ Gap rule (what makes the next bar untradable, DESIGN.md "tradable"):
 A bar is tradable unless its volume is 0, it is the first bar after a gap, or its UTC open time
 of day falls inside a configured no-trade window [start, end) (a window with start > end wraps
 past midnight, e.g. 23:55-00:05).
+
+Also here: the check that one file holds one timeframe (``mixed_timeframe``) and the processed
+files themselves (writers for staged temp files, the manifest reader that training trusts, and
+which old tables a re-run removes).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -115,42 +118,137 @@ def gap_list(open_time: np.ndarray, timeframe_ms: int) -> list[tuple[int, int]]:
     return list(zip(open_time[starts - 1].tolist(), open_time[starts].tolist()))
 
 
-# ----------------------------------------------------------------------------- atomic I/O
+MIXED_RUN_BARS = 24  # this many equal spacings in a row other than the bar length: a 2nd timeframe
 
 
-def temp_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` (same folder, so os.replace is atomic)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _spacing_runs(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start index, length) of each run of equal consecutive values in ``step``."""
+    starts = np.flatnonzero(np.r_[True, step[1:] != step[:-1]])
+    return starts, np.diff(np.r_[starts, len(step)])
 
 
-def write_feather_temp(columns: dict[str, np.ndarray], path: Path) -> Path:
-    """Write a column dict as Feather v2 (zstd) next to ``path``; return the temp file to rename."""
-    temp = temp_path(path)
+def mixed_timeframe(open_time: np.ndarray, spacing_ms: int) -> dict | None:
+    """The first sign that sorted unique ``open_time`` holds bars of more than one length.
+
+    Two signs, each impossible for one timeframe with missing bars (which only makes gaps):
+    * a run of ``MIXED_RUN_BARS`` equal spacings other than the bar length ``spacing_ms`` (the
+      file's median spacing), e.g. hourly bars followed by 4h bars;
+    * a bar opening less than half a bar length after the previous one, e.g. hourly rows inserted
+      into a daily file. Half, not all of it: daily bars stamped at local midnight are 23 h apart
+      across a daylight-saving change.
+    Returns None, or {"kind": "run"|"overlap", "first": i, "last": j, "step_ms": s} with bar
+    indexes i..j (sorted order) and the offending spacing.
+    """
+    step = np.diff(open_time)
+    if not step.size:
+        return None
+    starts, lengths = _spacing_runs(step)
+    long_runs = np.flatnonzero((lengths >= MIXED_RUN_BARS) & (step[starts] != spacing_ms))
+    close = np.flatnonzero(2 * step < spacing_ms)
+    run = int(starts[long_runs[0]]) if long_runs.size else None
+    if run is not None and (not close.size or run <= close[0]):
+        last = run + int(lengths[long_runs[0]])
+        return {"kind": "run", "first": run, "last": last, "step_ms": int(step[run])}
+    if close.size:
+        i = int(close[0])
+        return {"kind": "overlap", "first": i, "last": i + 1, "step_ms": int(step[i])}
+    return None
+
+
+# ----------------------------------------------------------------------------- processed files
+# Writers take the path to write (a temporary file from tbjax.atomic), so prepare can stage every
+# table and the manifest and rename them only when all are written.
+
+
+def write_table(columns: dict[str, np.ndarray], path: Path) -> None:
+    """Write a column dict to ``path`` as Feather v2 (zstd)."""
     table = pa.table({name: pa.array(values) for name, values in columns.items()})
-    pa_feather.write_feather(table, temp, compression="zstd")
-    return temp
+    pa_feather.write_feather(table, path, compression="zstd")
 
 
-def write_json_temp(document: dict, path: Path) -> Path:
-    """Write JSON (sorted keys, indent 2, trailing newline) next to ``path``; return the temp file."""
-    temp = temp_path(path)
-    with open(temp, "w", encoding="utf-8", newline="\n") as handle:
-        json.dump(document, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    return temp
+def manifest_text(document: dict) -> str:
+    """manifest.json's exact text: sorted keys, indent 2, trailing newline (byte-stable)."""
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
-def commit_files(pending: list[tuple[Path, Path]]) -> None:
-    """Rename every (temp, final) pair into place; each rename is atomic on one file system."""
-    for temp, final in pending:
-        os.replace(temp, final)
+def write_manifest(document: dict, path: Path) -> None:
+    """Write ``manifest_text(document)`` to ``path`` as UTF-8 with '\\n' line ends."""
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(manifest_text(document))
 
 
-def discard_files(pending: list[tuple[Path, Path]]) -> None:
-    """Remove temp files after a failure, so no partial output is left behind."""
-    for temp, _ in pending:
-        Path(temp).unlink(missing_ok=True)
+def read_manifest(folder: Path, fix: str) -> dict | None:
+    """``folder/manifest.json`` parsed and checked, or None when the folder has none.
+
+    The manifest is the list of what one prepare run wrote; a file that cannot be read or
+    parsed, or lacks its ``symbols`` table, must stop a run (``fix`` says how to rebuild it)
+    rather than let stray files stand in for the data set.
+    """
+    path = Path(folder) / "manifest.json"
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, ValueError) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise InputError(f"manifest {path} is unreadable or corrupt ({detail}); re-run prepare: "
+                         f"{fix}") from None
+    symbols = document.get("symbols") if isinstance(document, dict) else None
+    if not isinstance(symbols, dict) or not symbols or not all(
+            isinstance(entry, dict) for entry in symbols.values()):
+        raise InputError(f"manifest {path} has no 'symbols' table listing the processed files; "
+                         f"re-run prepare: {fix}")
+    return document
+
+
+def manifest_files(document: dict, folder: Path, fix: str) -> dict[str, Path]:
+    """Symbol → table path for every symbol the manifest lists; each file must exist.
+
+    A listed file that is missing means the folder was edited after prepare ran; training on the
+    rest would silently drop a symbol.
+    """
+    folder = Path(folder)
+    files = {}
+    for symbol, entry in document["symbols"].items():
+        name = entry.get("output_file") or entry.get("file") or f"{symbol}.feather"
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise InputError(f"manifest {folder / 'manifest.json'} names {name!r} for {symbol}, "
+                             f"not a file in that folder; re-run prepare: {fix}")
+        path = folder / name
+        if not path.is_file():
+            raise InputError(f"manifest {folder / 'manifest.json'} lists {name} for {symbol} but "
+                             f"the file is missing; re-run prepare: {fix}")
+        files[str(symbol).upper()] = path
+    return files
+
+
+def _written_by_prepare(path: Path) -> bool:
+    """True for a Feather file with prepare's signature columns (open_time and tradable)."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            names = pa.ipc.open_file(source).schema.names
+    except (pa.ArrowException, OSError, ValueError):
+        return False
+    return "open_time" in names and "tradable" in names
+
+
+def stale_tables(folder: Path, keep: set[str], previous: dict | None) -> list[Path]:
+    """Tables of an earlier prepare run in ``folder`` that the new run did not write.
+
+    Ours means listed by the previous manifest, or a ``*.feather`` with prepare's columns (for a
+    folder whose manifest was lost); anything else a user keeps there is left alone.
+    """
+    listed = set()
+    if previous is not None:
+        listed = {entry.get("output_file") or entry.get("file")
+                  for entry in previous["symbols"].values()}
+    stale = []
+    for path in sorted(Path(folder).glob("*.feather")):
+        if path.name in keep or path.name.startswith(".") or not path.is_file():
+            continue
+        if path.name in listed or _written_by_prepare(path):
+            stale.append(path)
+    return stale
 
 
 def read_processed(path: Path) -> dict[str, np.ndarray]:
