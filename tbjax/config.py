@@ -28,6 +28,22 @@ from tbjax.errors import InputError
 SLOWEST_INDICATOR_WINDOW = 26  # MACD slow EMA; tbjax.data.features.SLOWEST_WINDOW must agree
 
 
+def traced(default: Any):
+    """A continuous setting compiled as a float32 leaf: a new value never recompiles (HParams / EnvParams)."""
+    return field(default=default, metadata={"kind": "traced"})
+
+
+def static(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    """A setting that fixes a shape or the program's structure: a new value compiles a new program."""
+    return field(default=default, default_factory=factory, metadata={"kind": "static"})
+
+
+def keys_of_kind(kind: str, section: str) -> tuple[str, ...]:
+    """Field names of ``section`` (``env`` or ``ppo``) declared ``traced`` or ``static`` above."""
+    cls = typing.get_type_hints(Config)[section]
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("kind") == kind)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     processed_dir: str = "data/sample/processed"
@@ -51,48 +67,48 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    window_size: int = 32
-    episode_len: int = 256
-    action_mode: str = "discrete"
-    position_levels: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
-    min_position: float = -1.0
-    max_position: float = 1.0
-    symbol_sampling: str = "uniform"
-    fee_bps: float = 1.0
-    half_spread_bps: float = 1.0
-    slippage_k: float = 0.0
-    impact_coef: float = 0.0
-    borrow_bps_per_bar: float = 0.0
-    turnover_penalty: float = 0.0
-    equity_floor: float = 0.5
-    capital: float = 100_000.0
+    window_size: int = static(32)
+    episode_len: int = static(256)
+    action_mode: str = static("discrete")
+    position_levels: list[float] = static(factory=lambda: [0.0, 0.5, 1.0])
+    min_position: float = traced(-1.0)
+    max_position: float = traced(1.0)
+    symbol_sampling: str = static("uniform")
+    fee_bps: float = traced(1.0)
+    half_spread_bps: float = traced(1.0)
+    slippage_k: float = traced(0.0)
+    impact_coef: float = traced(0.0)
+    borrow_bps_per_bar: float = traced(0.0)
+    turnover_penalty: float = traced(0.0)
+    equity_floor: float = traced(0.5)
+    capital: float = traced(100_000.0)
     liquidity_seasonality: Optional[str] = None  # JSON file of 168 hour-of-week multipliers
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    n_envs: int = 256
-    n_steps: int = 64
-    n_epochs: int = 4
-    n_minibatches: int = 4
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    num_quantiles: int = 32
-    non_crossing: bool = True
-    shared_torso: bool = False
-    huber_kappa: float = 1.0
-    obs_clip: float = 10.0
-    learning_rate: float = 3e-4
-    lr_schedule: str = "linear"
-    lr_min: float = 0.0
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    cvar_alpha: float = 0.1
-    cvar_weight: float = 0.0
-    popart_beta: float = 3e-4
+    n_envs: int = static(256)
+    n_steps: int = static(64)
+    n_epochs: int = static(4)
+    n_minibatches: int = static(4)
+    hidden_sizes: list[int] = static(factory=lambda: [64, 64])
+    num_quantiles: int = static(32)
+    non_crossing: bool = static(True)
+    shared_torso: bool = static(False)
+    huber_kappa: float = static(1.0)
+    obs_clip: float = static(10.0)
+    learning_rate: float = traced(3e-4)
+    lr_schedule: str = static("linear")
+    lr_min: float = traced(0.0)
+    gamma: float = traced(0.99)
+    gae_lambda: float = traced(0.95)
+    clip_eps: float = traced(0.2)
+    ent_coef: float = traced(0.01)
+    vf_coef: float = traced(0.5)
+    max_grad_norm: float = traced(0.5)
+    cvar_alpha: float = traced(0.1)
+    cvar_weight: float = traced(0.0)
+    popart_beta: float = traced(3e-4)
 
 
 @dataclass(frozen=True)

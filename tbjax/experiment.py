@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.feather as feather
 
-from tbjax.config import Config
+from tbjax.config import Config, keys_of_kind
 from tbjax.data import features as feats
 from tbjax.data.market import MarketData, market_data_from_arrays
 from tbjax.data.export import file_sha256
@@ -27,7 +27,6 @@ from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.metrics import infer_bars_per_year
-from tbjax.agent.hparams import HPARAM_DOCS
 from tbjax.trainer import HParams, TrainerSpec, make_hparams
 
 BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
@@ -229,7 +228,7 @@ def spec_from_config(cfg: Config, n_groups: int) -> TrainerSpec:
     )
 
 
-HPARAM_FIELDS = tuple(HPARAM_DOCS)  # the traced ppo.* keys
+HPARAM_FIELDS = keys_of_kind("traced", "ppo")
 
 
 def hparams_from_config(cfg: Config, env_params) -> HParams:

@@ -41,14 +41,15 @@ from typing import Any
 
 import yaml
 
-from tbjax.config import Config, EnvConfig, PPOConfig, apply_override, validate
+from tbjax.config import Config, EnvConfig, PPOConfig, apply_override, keys_of_kind, validate
 from tbjax.errors import InputError
-from tbjax.experiment import HPARAM_FIELDS
 
-TRACED_KEYS = tuple(f"ppo.{k}" for k in HPARAM_FIELDS) + ("env.turnover_penalty",)
-STATIC_KEYS = ("ppo.n_envs", "ppo.n_steps", "ppo.n_epochs", "ppo.n_minibatches", "ppo.hidden_sizes",
-               "ppo.num_quantiles", "ppo.non_crossing", "ppo.shared_torso", "ppo.huber_kappa",
-               "ppo.obs_clip", "ppo.lr_schedule", "env.episode_len")
+# What a search may vary, read from the config's traced/static declarations: every traced ppo.*
+# key and the reward shaping (no recompile), and the learner's static shapes plus the episode
+# length (one program per shape signature). Env costs and the action space describe the market
+# and the account, not the learner, so they are not searched.
+TRACED_KEYS = tuple(f"ppo.{k}" for k in keys_of_kind("traced", "ppo")) + ("env.turnover_penalty",)
+STATIC_KEYS = tuple(f"ppo.{k}" for k in keys_of_kind("static", "ppo")) + ("env.episode_len",)
 SEARCHABLE_KEYS = TRACED_KEYS + STATIC_KEYS
 CVAR_ALPHA_KEY, NUM_QUANTILES_KEY = "ppo.cvar_alpha", "ppo.num_quantiles"
 # "low" of ppo.cvar_alpha is 1/ppo.num_quantiles (the largest N searched), filled in per config

@@ -42,6 +42,23 @@ def test_every_layer_reads_its_defaults_from_the_config():
     assert TrainerSpec() == spec
 
 
+def test_traced_and_static_settings_are_declared_once_in_the_config():
+    import dataclasses
+
+    from tbjax.agent.hparams import HPARAM_DOCS, HParams
+    from tbjax.config import keys_of_kind
+    from tbjax.env.market import EnvParams
+
+    traced_ppo, traced_env = keys_of_kind("traced", "ppo"), keys_of_kind("traced", "env")
+    # every traced ppo.* key is an HParams leaf, every traced env.* key an EnvParams leaf, and nothing else
+    assert [f.name for f in dataclasses.fields(HParams) if f.name != "env"] == list(traced_ppo)
+    assert set(HPARAM_DOCS) == set(traced_ppo)
+    env_leaves = {f.name for f in dataclasses.fields(EnvParams) if f.metadata.get("pytree_node", True)}
+    assert env_leaves - {"liquidity_multipliers"} == set(traced_env)
+    env_static = {f.name for f in dataclasses.fields(EnvParams) if not f.metadata.get("pytree_node", True)}
+    assert env_static - {"role"} == set(keys_of_kind("static", "env")) | {"position_levels"}
+
+
 def test_cvar_alpha_below_one_quantile_is_refused_when_it_matters():
     with pytest.raises(InputError, match=r"ppo.cvar_alpha = 0.02 is below 1/ppo.num_quantiles = 1/32.*>= 50"):
         load_config(None, ["ppo.cvar_alpha=0.02", "ppo.cvar_weight=0.5"])

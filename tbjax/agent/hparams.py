@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from tbjax.config import PPOConfig, TrainConfig, default_config
+from tbjax.config import PPOConfig, TrainConfig, default_config, keys_of_kind
 from tbjax.errors import InputError
 
 _PPO, _TRAIN = PPOConfig(), TrainConfig()
@@ -36,7 +36,8 @@ HPARAM_DOCS: dict[str, str] = {
     "cvar_weight": "0 = risk-neutral PPO; > 0 adds the Rockafellar-Uryasev CVaR term",
     "popart_beta": "PopArt moment step per update (van Hasselt et al. 2016)",
 }
-HPARAM_DEFAULTS: dict[str, float] = {name: float(getattr(PPOConfig(), name)) for name in HPARAM_DOCS}
+HPARAM_DEFAULTS: dict[str, float] = {
+    name: float(getattr(PPOConfig(), name)) for name in keys_of_kind("traced", "ppo")}
 
 LR_SCHEDULES = ("constant", "linear")
 PRECISIONS = ("float32", "bfloat16")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tbjax.config import EnvConfig
+from tbjax.config import EnvConfig, keys_of_kind
 from tbjax.data.market import ROLE_NAMES, MarketData
 from tbjax.env.costs import settle_bar
 from tbjax.env.observation import N_ACCOUNT_FEATURES, account_features, assemble_observation, market_window
@@ -42,8 +42,7 @@ SYMBOL_SAMPLINGS = ("uniform", "length")
 
 # Traced float fields (units in the names; bps = 1e-4 of notional). Their defaults are env.* in
 # tbjax/config.py, the one place defaults live.
-FLOAT_FIELDS = ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar",
-                "turnover_penalty", "min_position", "max_position", "equity_floor", "capital")
+FLOAT_FIELDS = keys_of_kind("traced", "env")
 _ENV_DEFAULTS = EnvConfig()
 FLOAT_DEFAULTS = {name: float(getattr(_ENV_DEFAULTS, name)) for name in FLOAT_FIELDS}
 
