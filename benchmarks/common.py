@@ -241,22 +241,25 @@ HIDDEN = (64, 64)
 
 @functools.lru_cache(maxsize=8)
 def tbjax_trainer(n_envs: int, n_steps: int, n_epochs: int, n_minibatches: int, updates_per_chunk: int,
-                  n_groups: int, total_updates: int = 1_000):
+                  n_groups: int, total_updates: int = 1_000, position_levels: tuple = LONG_SHORT, mesh=None):
     """The tbjax trainer over the market env with the shared widths (2 x 64) and a constant lr.
 
     Cached per settings: benchmarks run in one process (tests, notebooks) reuse one compiled
-    trainer instead of compiling the same program again."""
-    from tbjax.trainer import MarketEnv, TrainerSpec, make_trainer
+    trainer instead of compiling the same program again. ``position_levels`` fixes the action
+    space (the network's output size), ``mesh`` shards the env axis over devices."""
+    from tbjax.env.protocol import MarketEnv
+    from tbjax.learner.trainer import TrainerSpec, make_trainer
 
     spec = TrainerSpec(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
                        updates_per_chunk=updates_per_chunk, total_updates=total_updates,
                        hidden_sizes=HIDDEN, lr_schedule="constant", n_groups=n_groups,
                        holdout_size=min(1024, n_envs * n_steps))
-    return make_trainer(spec, MarketEnv())
+    action_space = market_env.make_env_params(action_mode="discrete", position_levels=tuple(position_levels))
+    return make_trainer(spec, MarketEnv(), action_space, mesh=mesh)
 
 
 def tbjax_hparams(params):
-    from tbjax.trainer import make_hparams
+    from tbjax.learner.trainer import make_hparams
 
     return make_hparams(params, **PPO_SETTINGS)
 

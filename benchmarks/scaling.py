@@ -62,7 +62,7 @@ def worker(args) -> dict:
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from tbjax.trainer import make_mesh
+    from tbjax.learner.trainer import make_mesh
 
     n = args.worker
     if jax.device_count() < n:
@@ -71,8 +71,7 @@ def worker(args) -> dict:
     pm = common.planted_market(args.symbols, args.bars, window_size=args.window)
     params = common.env_params(pm, episode_len=64 if args.tiny else 256)
     n_envs = args.envs_per_device * n
-    trainer = common.tbjax_trainer(n_envs, args.n_steps, 4, 4, 1, n_groups=len(pm.symbols))
-    trainer.mesh = mesh
+    trainer = common.tbjax_trainer(n_envs, args.n_steps, 4, 4, 1, n_groups=len(pm.symbols), mesh=mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     market, hp = jax.device_put((pm.market, common.tbjax_hparams(params)), replicated)
     key = jax.device_put(jax.random.PRNGKey(0), replicated)

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 from env_throughput import synthetic_market  # same synthetic MarketData as the env benchmark
 from tbjax.agent import ppo
 from tbjax.env import market
-from tbjax.trainer import MarketEnv, TrainerSpec, make_hparams, make_trainer
+from tbjax.env.protocol import MarketEnv
+from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 
@@ -64,7 +65,7 @@ def measure(n_envs: int, args, data, env_params) -> dict:
     spec = TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
                        updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
                        holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant")
-    trainer = make_trainer(spec, MarketEnv())
+    trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(0), hp, data)
     carry, _ = trainer.train_chunk(carry, hp, data)  # compile + warm-up
@@ -88,7 +89,7 @@ def measure(n_envs: int, args, data, env_params) -> dict:
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     batch = ppo.PPOBatch(obs=flat(traj.obs), action=flat(traj.action), log_prob=flat(traj.log_prob),
                          advantage=flat(out[1]), target=flat(out[2]), tradable=flat(traj.tradable))
-    kw = dict(apply_fn=trainer._apply, action_mode=trainer._mode, huber_kappa=1.0,
+    kw = dict(apply_fn=trainer.apply, action_mode=trainer.action_mode, huber_kappa=1.0,
               n_epochs=spec.n_epochs, n_minibatches=spec.n_minibatches)
     update = jax.jit(lambda p, o, b, k: ppo.ppo_update(p, o, b, k, hp, hp.learning_rate, **kw))
     jax.block_until_ready(update(carry.params, carry.opt_state, batch, carry.rng))

@@ -4,9 +4,10 @@ Prints one line per check, ✓ or ✗, and exits 0 when every check passes, 2 ot
 config or bad arguments: one ``error:`` line, exit 2). Nothing is written and nothing is compiled:
 
 config valid · processed data found, schema valid · rows per symbol and split (train / val / test /
-embargo) · warm-up vs window · splits non-empty, long enough and embargoed · devices seen by JAX ·
-free disk for the run directory (≥ 1 GB) · estimated training memory against available memory,
-with the largest power-of-two ``ppo.n_envs`` that fits when it does not.
+embargo) · warm-up (:func:`warmup_rule`, the rule ``tbjax.train`` applies too) · splits non-empty,
+long enough and embargoed · devices seen by JAX · free disk for the run directory (≥ 1 GB) ·
+estimated training memory against available memory, with the largest power-of-two ``ppo.n_envs``
+that fits when it does not.
 
 Memory estimate (bytes): ``UPDATE_FACTOR × n_envs × n_steps × observation_size × 4`` plus the
 MarketData arrays (``S × T × (F + 6) × 4``). The rollout keeps one float32 observation per
@@ -81,6 +82,42 @@ def largest_fitting_n_envs(n_steps: int, n_minibatches: int, n_devices: int, obs
     return best
 
 
+def read_prepared_warmup(processed_dir: str | Path) -> int | None:
+    """``warmup_bars`` that prepare recorded in the processed manifest; None when it is not recorded."""
+    path = Path(processed_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("warmup_bars")
+        return None if value is None else int(value)
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise InputError(f"'{path}' is not a readable prepare manifest: re-run python -m tbjax.prepare") from None
+
+
+def warmup_rule(window_size: int, prepared: int | None) -> tuple[bool, str]:
+    """The one warm-up rule, used by this preflight and by ``python -m tbjax.train``: (ok, detail).
+
+    prepare drops the first rows of each symbol so that every indicator in the processed files has
+    settled: 2 × the slowest lookback (``tbjax.data.features.warmup_bars``). The observation window
+    is not part of the rule: the env decides from ``role_start + window_size - 1`` on, so any window
+    is filled from processed rows with settled features; a longer ``env.window_size`` only costs the
+    first rows of each split as decision points (and lengthens the default embargo). So a window
+    longer than the prepared warm-up is fine, and processed data that dropped fewer rows than the
+    indicators need is refused by both commands.
+    """
+    from tbjax.data import features as feats
+
+    needed = feats.warmup_bars(0)  # the indicators' part of the warm-up, without a window
+    if prepared is None:
+        return True, (f"warm-up not recorded in the processed manifest (indicators need {needed} bars); "
+                      f"env.window_size {window_size} is filled from the processed rows")
+    if prepared < needed:
+        return False, (f"prepare dropped {prepared} warm-up rows but the indicators need {needed} to settle, so "
+                       f"the first rows' features are wrong: re-run python -m tbjax.prepare (it drops {needed})")
+    return True, (f"prepare dropped {prepared} warm-up rows (indicators need {needed}); env.window_size "
+                  f"{window_size} is filled from the processed rows")
+
+
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
@@ -112,14 +149,12 @@ def _data_checks(cfg) -> tuple[list[Check], int | None, int]:
 
     window, episode = cfg.env.window_size, cfg.env.episode_len
     warmup = feats.warmup_bars(window)
-    manifest_path = Path(cfg.data.processed_dir) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    prepared = manifest.get("warmup_bars")
-    warm_ok = prepared is None or int(prepared) >= warmup
-    checks.append(Check(warm_ok, "warm-up vs window",
-                        f"env.window_size {window} needs a warm-up of {warmup} bars; prepare dropped "
-                        f"{prepared if prepared is not None else 'an unknown number of'} rows"
-                        + ("" if warm_ok else f": re-run python -m tbjax.prepare --window-size {window}")))
+    try:
+        prepared = read_prepared_warmup(cfg.data.processed_dir)
+        warm_ok, warm_detail = warmup_rule(window, prepared)
+    except InputError as exc:
+        warm_ok, warm_detail = False, str(exc)
+    checks.append(Check(warm_ok, "warm-up", warm_detail))
 
     d = cfg.data
     embargo = d.embargo_bars if d.embargo_bars is not None else warmup
@@ -143,7 +178,7 @@ def _data_checks(cfg) -> tuple[list[Check], int | None, int]:
     detail = (f"train/val/test non-empty; embargo {embargo} bars before val and test "
               f"(warm-up {warmup})")
     if short:
-        detail = "; ".join(short) + (f" (train: window_size + episode_len + 1, val/test: window_size + 1): "
+        detail = "; ".join(short) + (" (train: window_size + episode_len + 1, val/test: window_size + 1): "
                                      "widen the splits or lower env.window_size / env.episode_len")
     elif not embargo_ok:
         detail = (f"data.embargo_bars {embargo} is shorter than the warm-up of {warmup} bars, so val/test "

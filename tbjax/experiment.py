@@ -27,7 +27,7 @@ from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.metrics import infer_bars_per_year
-from tbjax.trainer import HParams, TrainerSpec, make_hparams
+from tbjax.learner.trainer import HParams, TrainerSpec, make_hparams
 
 BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 REGIME_MARKETS = {"choppy": "CHOPPY_FLAT", "trend": "STRONG_TREND"}
@@ -302,17 +302,22 @@ def evaluate_with_objective(exp: Experiment, policy_apply, params, obs_stats, en
 _TRAINERS: dict = {}
 
 
-def trainer_for(spec: TrainerSpec):
-    """One compiled trainer per static signature and device count, shared within the process.
+def trainer_for(spec: TrainerSpec, env_params):
+    """One compiled trainer per COMPLETE static signature, shared within the process.
 
-    Runs, HPO trials and tests with the same shapes reuse its compiled init / train_chunk /
-    policy_apply (and the backtest walk, whose cache keys on policy_apply) instead of recompiling.
+    The key is everything the compiled functions depend on besides their traced arguments: the
+    TrainerSpec, the action space (the network's output: ``env.action_mode`` and the number of
+    actions) and the device count (the mesh). Runs, HPO trials and tests with the same signature
+    reuse its compiled init / train_chunk / policy_apply (and the backtest walk, whose cache keys
+    on policy_apply) instead of recompiling.
     """
     import jax
 
-    from tbjax.trainer import MarketEnv, make_mesh, make_trainer
+    from tbjax.env.protocol import MarketEnv
+    from tbjax.learner.trainer import make_mesh, make_trainer
 
-    key = (spec, jax.device_count())
+    key = (spec, env_params.action_mode, market_env.n_actions(env_params), jax.device_count())
     if key not in _TRAINERS:
-        _TRAINERS[key] = make_trainer(spec, MarketEnv(), mesh=make_mesh() if jax.device_count() > 1 else None)
+        _TRAINERS[key] = make_trainer(spec, MarketEnv(), env_params,
+                                      mesh=make_mesh() if jax.device_count() > 1 else None)
     return _TRAINERS[key]

@@ -84,7 +84,7 @@ from tbjax.experiment import (Experiment, env_params_from_config, evaluate_split
                               objective_of, regime_sortinos, spec_from_config, trainer_for)
 from tbjax.metrics import json_safe
 from tbjax.search_space import SearchSpace
-from tbjax.trainer import NonFiniteUpdateError, Trainer, raise_if_nonfinite
+from tbjax.learner.trainer import NonFiniteUpdateError, Trainer, raise_if_nonfinite
 
 OBJECTIVE_PRUNE_STARTUP = 3
 HEARTBEAT_INTERVAL_S = 30  # Optuna wants whole seconds
@@ -288,10 +288,11 @@ class TrialRunner:
         spec = spec_from_config(cfg, len(self.exp.symbols))
         return spec, jax.tree_util.tree_structure(hparams)
 
-    def program(self, signature: tuple, batch: int) -> Program:
+    def program(self, signature: tuple, batch: int, env_params) -> Program:
+        """The compiled program of ``signature`` (env_params: any member's; their static parts agree)."""
         spec = signature[0]
         if signature not in self.trainers:
-            self.trainers[signature] = trainer_for(spec)  # shared with training runs in this process
+            self.trainers[signature] = trainer_for(spec, env_params)  # shared with training runs in this process
         trainer = self.trainers[signature]
         key = (signature, batch)
         if key not in self.programs:
@@ -407,7 +408,7 @@ class TrialRunner:
         """Train ``members`` (one static signature, at most ``batch``) to the end or until pruned."""
         cfg = members[0].cfg
         signature = self.signature(cfg, members[0].hparams)
-        program = self.program(signature, batch)
+        program = self.program(signature, batch, members[0].hparams.env)
         trainer = program.trainer
         market = self.exp.market
         key = jax.random.PRNGKey(cfg.train.seed)  # common random numbers: every trial sees one stream

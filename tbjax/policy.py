@@ -191,14 +191,15 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     from tbjax.checkpoint import RunCheckpoints
     from tbjax.data.market import market_data_from_arrays
     from tbjax.experiment import hparams_from_config, spec_from_config
-    from tbjax.trainer import MarketEnv, make_trainer
+    from tbjax.env.protocol import MarketEnv
+    from tbjax.learner.trainer import make_trainer
 
     run_dir, kinds = _resolve(run_dir_or_checkpoint)
     cfg = load_config(run_dir / "config.yaml")
     pipeline = FeaturePipeline.load(str(run_dir / "feature_pipeline.json"))
     symbols = _run_symbols(run_dir, cfg)
     env_params = _env_params(cfg, ROLE_TRAIN)
-    trainer = make_trainer(spec_from_config(cfg, n_groups=max(1, len(symbols))), MarketEnv())
+    trainer = make_trainer(spec_from_config(cfg, n_groups=max(1, len(symbols))), MarketEnv(), env_params)
     # Shapes only: one zero symbol long enough for the env's episode sampling.
     rows = cfg.env.window_size + cfg.env.episode_len + 2
     zeros = np.zeros(rows, np.float32)

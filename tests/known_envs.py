@@ -1,6 +1,6 @@
 """Small envs with known answers, with the market env's reset/step signature.
 
-Both follow the trainer's Env protocol (tbjax.trainer): reset(key, params, data) -> (obs, state),
+Both follow the trainer's Env protocol (tbjax.env.protocol): reset(key, params, data) -> (obs, state),
 step(key, state, action, params, data) -> (obs, state, reward, done, info) with the info keys
 the trainer reads. ``data`` is unused (pass None). Their params are flax structs whose float
 fields are traced leaves, so changing reward_scale or the NaN switch never recompiles.

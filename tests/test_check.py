@@ -128,3 +128,10 @@ def test_invalid_config_is_one_error_line(capsys):
     assert out == "" and err.strip() == "error: unknown config key 'ppo.learnig_rate': did you mean ppo.learning_rate?"
     assert check.main(["--config", "/nonexistent.yaml"]) == 2
     assert "config file '/nonexistent.yaml' not found" in capsys.readouterr().err
+
+
+def test_window_longer_than_the_prepared_warmup_passes(capsys, dataset, tmp_path):
+    """The env fills a longer window from processed rows (tbjax.check.warmup_rule, which train applies too)."""
+    code, lines, out, _ = run_check(capsys, dataset, tmp_path, "env.window_size=64")
+    assert lines["warm-up"].startswith("✓") and "env.window_size 64" in lines["warm-up"]
+    assert check.warmup_rule(64, 52) == (True, lines["warm-up"].split("warm-up", 1)[1].strip())

@@ -14,7 +14,8 @@ from env_fixtures import toy_market
 from tbjax.checkpoint import RunCheckpoints
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
-from tbjax.trainer import MarketEnv, TrainerSpec, make_hparams, make_trainer
+from tbjax.env.protocol import MarketEnv
+from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
 
 SPEC = TrainerSpec(n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2, updates_per_chunk=1, total_updates=1,
                    hidden_sizes=(8,), num_quantiles=4, holdout_size=16)
@@ -26,7 +27,7 @@ def carry_template():
     counters, holdout) of trainer.init on a toy market, as shapes only (traced, not compiled)."""
     data = toy_market(lengths=(200, 160), n_features=2)
     env_params = market_env.make_env_params(window_size=8, episode_len=16)
-    trainer = make_trainer(SPEC, MarketEnv())
+    trainer = make_trainer(SPEC, MarketEnv(), env_params)
     return jax.eval_shape(trainer.init, jax.random.PRNGKey(0), make_hparams(env_params), data)
 
 
@@ -172,3 +173,70 @@ def test_typed_prng_keys_round_trip_concrete_and_abstract_templates(tmp_path):
         np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(carry.key))
         np.testing.assert_array_equal(restored.counter, carry.counter)
     ckpt.close()
+
+
+def _truncate_largest_data_file(step_dir):
+    data = max((f for f in (step_dir / "carry").rglob("*") if f.is_file() and f.parent.name == "d"),
+               key=lambda f: f.stat().st_size)
+    size = data.stat().st_size
+    data.write_bytes(data.read_bytes()[:10])
+    return data.relative_to(step_dir).as_posix(), size
+
+
+def test_file_list_names_a_truncated_file_and_survey_reports_it(tmp_path, carry_template):
+    ckpt = RunCheckpoints(tmp_path)
+    ckpt.save_latest(10, scrambled(carry_template, 50), {"update": 10})
+    ckpt.save_latest(20, scrambled(carry_template, 51), {"update": 20})
+    ckpt.close()
+    rel, size = _truncate_largest_data_file(tmp_path / "checkpoints" / "latest" / "2")
+    reader = RunCheckpoints(tmp_path)
+    assert reader.survey() == ({"latest": 10}, [f"latest/2: {rel} is truncated (10 of {size} bytes)"])
+    with pytest.warns(UserWarning, match=rf"latest/2': {rel} is truncated .*restored .*latest/1' \(update 10\)"):
+        restored, meta = reader.restore("latest", carry_template)
+    assert meta["update"] == 10
+    assert_bit_exact(restored, scrambled(carry_template, 50))
+
+
+def test_failed_save_removes_its_leftovers_and_keeps_earlier_steps(tmp_path, carry_template, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    ckpt = RunCheckpoints(tmp_path)
+    ckpt.save_latest(10, scrambled(carry_template, 60), {"update": 10})
+    real = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):  # what orbax leaves and raises when the disk fills
+        partial = self.directory / f"{step}.orbax-checkpoint-tmp" / "carry.orbax-checkpoint-tmp"
+        partial.mkdir(parents=True)
+        raise ValueError("RESOURCE_EXHAUSTED: Failed to write 903 bytes: No space left on device "
+                         "[os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(InputError, match=r"saving checkpoint '.*latest' failed: the disk is full; nothing partial"):
+        ckpt.save_latest(20, scrambled(carry_template, 61), {"update": 20})
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == ["1"]
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+    ckpt.save_latest(30, scrambled(carry_template, 62), {"update": 30})  # the writer recovers
+    assert ckpt.latest_step() == 30
+    ckpt.close()
+
+
+def test_unreadable_step_without_file_list_is_skipped_quietly(tmp_path, carry_template, capfd):
+    """A step saved before file lists existed is judged by orbax's own read; its failure is one
+    warning, without the tracebacks orbax's background tasks print."""
+    ckpt = RunCheckpoints(tmp_path)
+    ckpt.save_latest(10, scrambled(carry_template, 70), {"update": 10})
+    ckpt.save_latest(20, scrambled(carry_template, 71), {"update": 20})
+    ckpt.close()
+    newest = tmp_path / "checkpoints" / "latest" / "2"
+    (newest / "tbjax_files.json").unlink()
+    for f in (newest / "carry").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    reader = RunCheckpoints(tmp_path)
+    usable, problems = reader.survey()
+    assert usable == {"latest": 10} and len(problems) == 1 and problems[0].startswith("latest/2: unreadable")
+    with pytest.warns(UserWarning, match=r"latest/2': unreadable"):
+        _, meta = reader.restore("latest", carry_template)
+    assert meta["update"] == 10
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err and "never retrieved" not in err

@@ -34,13 +34,15 @@ def test_ppo_reaches_half_the_oracle_sharpe_on_val(planted):
     cfg = load_config(None, [
         f"data.processed_dir={planted / 'processed'}",
         "data.train_start=2020-01-01", "data.train_end=2022-12-31",
-        "data.val_start=2023-01-02", "data.val_end=2023-05-31", "data.test_start=null", "data.test_end=null",
+        "data.val_start=2023-01-02", "data.val_end=2023-05-20", "data.test_start=null", "data.test_end=null",
         "env.position_levels=[-1, 0, 1]", "env.fee_bps=4", "env.half_spread_bps=1", "env.episode_len=128",
         "ppo.n_envs=256", "ppo.n_steps=32", "ppo.n_epochs=4", "ppo.n_minibatches=4",
         "ppo.learning_rate=1e-3", "ppo.gamma=0.5", "ppo.gae_lambda=0.8",
         "train.total_env_steps=1200000", "train.updates_per_chunk=30", "train.eval_every=1000000",
         "eval.regime_bars=300", "output.tensorboard=false",
     ])
+    # val ends 2023-05-20 so the inferred test split (to the data's end, 2023-06-02) holds more than
+    # window_size + 1 bars: a run whose test split cannot hold one decision is refused up front.
     session = TrainingSession(cfg, planted / "run", write=False, quiet=True)
     session.exp.regimes = None  # the objective's regime markets are not part of this check
     assert session.train(resume=False, stop=None)

@@ -18,7 +18,7 @@ SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from known_envs import PhaseCycleEnv, make_known_params
-from tbjax.trainer import TrainerSpec, make_hparams, make_mesh, make_trainer
+from tbjax.learner.trainer import TrainerSpec, make_hparams, make_mesh, make_trainer
 
 assert len(jax.devices()) == 4, jax.devices()
 spec = TrainerSpec(n_envs=16, n_steps=8, n_epochs=2, n_minibatches=2, updates_per_chunk=3,
@@ -26,7 +26,7 @@ spec = TrainerSpec(n_envs=16, n_steps=8, n_epochs=2, n_minibatches=2, updates_pe
 hp = make_hparams(make_known_params(), gamma=0.9, popart_beta=0.05, learning_rate=1e-3)
 out = {}
 for n_dev in (4, 1):
-    trainer = make_trainer(spec, PhaseCycleEnv(4, 7), mesh=make_mesh(jax.devices()[:n_dev]))
+    trainer = make_trainer(spec, PhaseCycleEnv(4, 7), make_known_params(), mesh=make_mesh(jax.devices()[:n_dev]))
     carry = trainer.init(jax.random.PRNGKey(0), hp, None)
     carry, metrics = trainer.train_chunk(carry, hp, None)
     carry, metrics = trainer.train_chunk(carry, hp, None)

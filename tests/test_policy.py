@@ -19,7 +19,8 @@ from tbjax.data.export import export_dataset
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN
 from tbjax.errors import InputError
 from tbjax.experiment import build_experiment, env_params_from_config, hparams_from_config, spec_from_config
-from tbjax.trainer import MarketEnv, make_trainer
+from tbjax.env.protocol import MarketEnv
+from tbjax.learner.trainer import make_trainer
 
 WINDOW = 32
 
@@ -53,7 +54,7 @@ def tiny_run(tmp_path_factory):
 
     env_params = env_params_from_config(cfg, ROLE_TRAIN)
     hp = hparams_from_config(cfg, env_params)
-    trainer = make_trainer(spec_from_config(cfg, len(exp.symbols)), MarketEnv())
+    trainer = make_trainer(spec_from_config(cfg, len(exp.symbols)), MarketEnv(), env_params)
     carry = trainer.init(jax.random.PRNGKey(cfg.train.seed), hp, exp.market)
     ckpt = RunCheckpoints(run)
     carry, _ = trainer.train_chunk(carry, hp, exp.market)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from known_envs import PhaseCycleEnv, RiskChoiceEnv, make_known_params, phase_cycle_values
-from tbjax.trainer import (
-    MarketEnv, NonFiniteUpdateError, TrainerSpec, make_hparams, make_trainer, raise_if_nonfinite)
+from tbjax.env.protocol import MarketEnv
+from tbjax.learner.trainer import NonFiniteUpdateError, TrainerSpec, make_hparams, make_trainer, raise_if_nonfinite
 
 RISK_SPEC = TrainerSpec(
     n_envs=256, n_steps=4, n_epochs=4, n_minibatches=4, updates_per_chunk=50, total_updates=100,
@@ -26,14 +26,14 @@ def _host(tree):
 
 
 def _p_safe(trainer, params):
-    logits, _ = trainer._apply(params, CONST_OBS)
+    logits, _ = trainer.apply(params, CONST_OBS)
     return float(jax.nn.softmax(logits)[0])
 
 
 @pytest.fixture(scope="module")
 def risk():
     """One compiled trainer on the risky-vs-safe bandit, several hyperparameter settings."""
-    trainer = make_trainer(RISK_SPEC, RiskChoiceEnv())
+    trainer = make_trainer(RISK_SPEC, RiskChoiceEnv(), make_known_params())
     settings = {
         "neutral": make_hparams(make_known_params(), learning_rate=1e-3, cvar_weight=0.0),
         "cvar": make_hparams(make_known_params(), learning_rate=1e-3, cvar_alpha=0.1, cvar_weight=1.0),
@@ -52,10 +52,8 @@ def risk():
             chunks.append(_host(metrics))
         runs[name] = {"init_params": init_params, "init_obs_stats": init_obs_stats, "chunks": chunks, "carry": carry,
                       "p_safe": _p_safe(trainer, carry.params)}
-    trace_count = trainer.trace_count
     cache_size = trainer.train_chunk._cache_size()
-    return {"trainer": trainer, "hp": settings, "runs": runs, "trace_count": trace_count,
-            "cache_size": cache_size}
+    return {"trainer": trainer, "hp": settings, "runs": runs, "cache_size": cache_size}
 
 
 def test_risk_neutral_policy_takes_the_risky_arm(risk):
@@ -68,7 +66,6 @@ def test_cvar_policy_takes_the_safe_arm(risk):
 
 def test_no_recompile_across_hyperparameters(risk):
     # Six hyperparameter settings (lr, clip, entropy, CVaR weight, env params) and 8 calls.
-    assert risk["trace_count"] == 1
     assert risk["cache_size"] == 1
 
 
@@ -131,7 +128,7 @@ PHASE_SPEC = TrainerSpec(n_envs=32, n_steps=8, n_epochs=4, n_minibatches=4, upda
 @pytest.fixture(scope="module")
 def phase():
     """PhaseCycleEnv (time-limit truncation) trained at reward scale 1 and 1000."""
-    trainer = make_trainer(PHASE_SPEC, PhaseCycleEnv(PHASES, time_limit=7))
+    trainer = make_trainer(PHASE_SPEC, PhaseCycleEnv(PHASES, time_limit=7), make_known_params())
     out = {}
     for scale in (1.0, 1000.0):
         hp = make_hparams(make_known_params(scale), gamma=GAMMA, popart_beta=0.05, learning_rate=1e-3)
@@ -171,7 +168,7 @@ def test_market_env_smoke_learning():
     market.check_data(env_params, data)
     spec = TrainerSpec(n_envs=16, n_steps=16, n_epochs=2, n_minibatches=2, updates_per_chunk=4,
                        hidden_sizes=(16,), num_quantiles=8, holdout_size=64, n_groups=2, lr_schedule="constant")
-    trainer = make_trainer(spec, MarketEnv())
+    trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(1), hp, data)
     carry, m = trainer.train_chunk(carry, hp, data)

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
                       "ppo.hidden_sizes=[64, 64]", "ppo.num_quantiles=16", "env.episode_len=64",
                       "train.updates_per_chunk=2", "train.total_env_steps=1024"])
     exp = build_experiment(cfg, with_regimes=False)
-    trainer = trainer_for(spec_from_config(cfg, len(exp.symbols)))
+    trainer = trainer_for(spec_from_config(cfg, len(exp.symbols)), env_params_from_config(cfg, 0))
     hp = hparams_from_config(cfg, env_params_from_config(cfg, 0))
     prog = _batched_program(trainer, 2)
     hps = stack_trees([hp, hp.replace(learning_rate=jnp.float32(1e-4))])

@@ -1,0 +1,1 @@
+"""The learner: the fused rollout + distributional PPO trainer, built once per static signature."""

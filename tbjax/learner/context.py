@@ -1,0 +1,64 @@
+"""The static context of one compiled trainer: spec, env, network and mesh, fixed before tracing.
+
+Every learner function takes it as its first argument and ``make_trainer`` binds it with
+``functools.partial`` before ``jax.jit``: the network (and so the action space) is known when the
+trainer is built, never bound as a side effect of tracing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from tbjax.agent.hparams import TrainerSpec
+from tbjax.agent.networks import ActorCritic
+from tbjax.agent.normalize import normalize_obs
+from tbjax.agent.popart import denormalize_value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Learner:
+    """What does not change between calls: shapes, the env's pure functions, the network."""
+
+    spec: TrainerSpec
+    env: Any
+    network: ActorCritic
+    mesh: Mesh | None = None
+
+    @property
+    def apply(self):
+        return self.network.apply
+
+    @property
+    def action_mode(self) -> str:
+        return self.network.action_mode
+
+    def shard_env(self, tree):
+        """Constrain the env axis of ``tree`` to the mesh's "env" axis (no-op on one device)."""
+        if self.mesh is None:
+            return tree
+        sharding = NamedSharding(self.mesh, P("env"))
+        return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+    def forward(self, params, obs_stats, popart, obs):
+        """(logits, de-normalised critic quantiles) of raw observations with the given statistics."""
+        logits, q = self.apply(params, normalize_obs(obs_stats, obs, self.spec.obs_clip))
+        return logits, denormalize_value(popart, q, self.spec.popart_sigma_min)
+
+
+def build_network(spec: TrainerSpec, env, env_params) -> ActorCritic:
+    """The actor-critic for ``env``'s action space under ``env_params`` (static fields only)."""
+    return ActorCritic(
+        hidden_sizes=tuple(spec.hidden_sizes), n_actions=env.n_actions(env_params),
+        action_mode=env.action_mode(env_params), num_quantiles=spec.num_quantiles,
+        non_crossing=spec.non_crossing, shared_torso=spec.shared_torso, dtype=spec.compute_dtype)
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis "env" over ``devices`` (default: all of jax.devices())."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), ("env",))

@@ -1,0 +1,72 @@
+"""Rollout: n_steps of (policy, vmapped env step) with frozen statistics, then GAE targets.
+
+Values are the mean of the critic's de-normalised quantiles; VaR_alpha and CVaR_alpha of those
+quantiles are kept per step for the CVaR advantage. On truncation the bootstrap is
+V(info["final_obs"]); that forward pass runs under a batch-level ``lax.cond(any(truncated))``, so
+steps where no env was truncated pay nothing. Formulas: docs/ALGORITHMS.md (GAE, CVaR).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from tbjax.agent import ppo
+from tbjax.agent.distributional import cvar_from_quantiles, value_at_risk
+from tbjax.agent.hparams import HParams
+from tbjax.agent.networks import policy_sample
+from tbjax.agent.popart import PopArtStats, init_popart, update_popart
+from tbjax.learner.carry import Transition
+from tbjax.learner.context import Learner
+
+
+def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, last_obs, key, hp: HParams, data):
+    """(trajectory, advantages, lambda-returns, env_state, last_obs) of n_steps x n_envs."""
+    s = ctx.spec
+    vstep = jax.vmap(ctx.env.step, in_axes=(0, 0, 0, None, None))
+
+    def mean_value(obs):
+        return jnp.mean(ctx.forward(params, obs_stats, popart, obs)[1], axis=-1)
+
+    def env_step(runner, step_key):
+        env_state, obs = runner
+        key_act, key_env = jax.random.split(step_key)
+        logits, q = ctx.forward(params, obs_stats, popart, obs)
+        action, log_prob = policy_sample(key_act, logits, ctx.action_mode)
+        next_obs, env_state, reward, done, info = vstep(jax.random.split(key_env, s.n_envs), env_state, action,
+                                                        hp.env, data)
+        env_state, next_obs = ctx.shard_env((env_state, next_obs))
+        truncated = info["truncated"]
+        final_value = jax.lax.cond(jnp.any(truncated), mean_value,
+                                   lambda o: jnp.zeros(o.shape[:1], jnp.float32), info["final_obs"])
+        t = Transition(
+            obs=obs, action=action, log_prob=log_prob, value=jnp.mean(q, axis=-1),
+            final_value=final_value, reward=reward.astype(jnp.float32),
+            terminated=info["terminated"], truncated=truncated, done=done,
+            var=value_at_risk(q, hp.cvar_alpha), cvar=cvar_from_quantiles(q, hp.cvar_alpha),
+            tradable=info["tradable"], symbol=info["symbol"],
+            ep_return=info["episode_return"].astype(jnp.float32),
+            ep_length=info["episode_length"].astype(jnp.float32),
+            ep_equity=info["final_equity"].astype(jnp.float32))
+        return (env_state, next_obs), t
+
+    (env_state, last_obs), traj = jax.lax.scan(env_step, (env_state, last_obs), jax.random.split(key, s.n_steps))
+    next_values = ppo.next_state_values(traj.value, mean_value(last_obs), traj.final_value, traj.truncated)
+    advantages, returns = ppo.gae(traj.reward, traj.value, next_values, traj.terminated, traj.done,
+                                  hp.gamma, hp.gae_lambda)
+    return traj, advantages, returns, env_state, last_obs
+
+
+def initial_popart(traj: Transition, hp: HParams) -> PopArtStats:
+    """PopArt moments of the initial policy's (gamma*lambda)-discounted reward sums (GAE with V = 0).
+
+    van Hasselt et al. (2016) start from (mu 0, sigma 1) and let beta adapt them; with raw
+    trading rewards (log returns of order 1e-3) or a x1000 reward scale that takes thousands
+    of updates, each rescaling the critic head by a large factor. Starting from moments of
+    returns observed with the untrained critic (which has nothing to preserve yet, so no
+    rescale is needed) puts the normalised targets at order 1 from the first update and
+    makes training equivariant to the reward scale. Tradable transitions only.
+    """
+    zeros = jnp.zeros_like(traj.reward)
+    _, returns = ppo.gae(traj.reward, zeros, zeros, traj.terminated, traj.done, hp.gamma, hp.gae_lambda)
+    return update_popart(init_popart(), returns, traj.tradable, 1.0)

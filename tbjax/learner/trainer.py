@@ -1,0 +1,135 @@
+"""The learner: rollout and distributional PPO update fused in one compiled ``lax.scan``.
+
+``make_trainer(spec, env, env_params)`` builds, once, the compiled functions of one static
+signature (PureJaxRL's ``make_train`` shape): the network comes from the env's action space
+before anything is traced, and every function is a pure function of its arguments bound to that
+static context (learner.context). Nothing is set on an object while tracing; compile counts come
+from JAX's own jit caches (``trainer.train_chunk._cache_size()``).
+
+``train_chunk`` runs ``updates_per_chunk`` updates (learner.update) as one ``lax.scan``; metrics
+are reduced inside the scan, one value per update, plus the per-chunk holdout EV. HParams are all
+traced float32 leaves, so a new trial's values never recompile and a trial axis can be vmapped.
+
+Multi-device: with a ``mesh`` (axis "env") the env axis (env_state, last_obs) is sharded with
+NamedSharding(mesh, P("env")); params and optimiser state are replicated. The same code runs on
+one CPU or many devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from tbjax.agent import ppo
+from tbjax.agent.diagnostics import explained_variance
+from tbjax.agent.hparams import HParams, TrainerSpec, make_hparams  # noqa: F401 (re-export)
+from tbjax.agent.networks import policy_mode, policy_sample
+from tbjax.agent.normalize import init_running_stats, normalize_obs
+from tbjax.agent.popart import init_popart, popart_sigma
+from tbjax.errors import InputError
+from tbjax.learner.carry import NonFiniteUpdateError, TrainCarry, raise_if_nonfinite  # noqa: F401 (re-export)
+from tbjax.learner.context import Learner, build_network, make_mesh  # noqa: F401 (re-export)
+from tbjax.learner.rollout import initial_popart, rollout
+from tbjax.learner.update import update
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trainer:
+    """The compiled functions of one static signature; immutable, hashable by identity."""
+
+    spec: TrainerSpec
+    context: Learner
+    init: Callable            # (key, hp, data) -> TrainCarry
+    train_chunk: Callable     # (carry, hp, data) -> (carry, metrics); donates the carry
+    policy_apply: Callable    # (params, obs_stats, obs, deterministic=True, key=None) -> actions
+    value_quantiles: Callable  # (params, obs_stats, popart, obs) -> de-normalised quantiles
+
+    @property
+    def apply(self):
+        return self.context.apply
+
+    @property
+    def action_mode(self) -> str:
+        return self.context.action_mode
+
+
+def value_quantiles(ctx: Learner, params, obs_stats, popart, obs):
+    """De-normalised critic quantiles [..., num_quantiles] of raw observations."""
+    return ctx.forward(params, obs_stats, popart, obs)[1]
+
+
+def policy_apply(ctx: Learner, params, obs_stats, obs, deterministic: bool = True, key=None):
+    """Action for raw observations with FROZEN stats (evaluation never updates them).
+
+    Deterministic: argmax / mean. Otherwise sampled with ``key`` (required then).
+    """
+    logits, _ = ctx.apply(params, normalize_obs(obs_stats, obs, ctx.spec.obs_clip))
+    if deterministic:
+        return policy_mode(logits, ctx.action_mode)
+    if key is None:
+        raise InputError("policy_apply: deterministic=False needs a PRNG key (key=...)")
+    return policy_sample(key, logits, ctx.action_mode)[0]
+
+
+def init(ctx: Learner, key, hp: HParams, data) -> TrainCarry:
+    """Fresh carry: network, optimiser, envs, and a holdout rolled out once by the initial policy."""
+    s, env = ctx.spec, ctx.env
+    obs_dim = env.observation_size(hp.env, data)
+    key_net, key_env, key_hold, key_pick, key_rng = jax.random.split(key, 5)
+    params = ctx.network.init(key_net, jnp.zeros((obs_dim,), jnp.float32))
+    vreset = jax.vmap(env.reset, in_axes=(0, None, None))
+    last_obs, env_state = ctx.shard_env(vreset(jax.random.split(key_env, s.n_envs), hp.env, data))
+
+    # Holdout: a separate set of envs rolled out once with the initial policy and critic.
+    key_hreset, key_hroll = jax.random.split(key_hold)
+    h_obs, h_state = ctx.shard_env(vreset(jax.random.split(key_hreset, s.n_envs), hp.env, data))
+    stats0 = init_running_stats((obs_dim,))
+    traj, _, _, _, h_last = rollout(ctx, params, stats0, init_popart(), h_state, h_obs, key_hroll, hp, data)
+    popart0 = initial_popart(traj, hp)
+    # traj.value / final_value were de-normalised with (mu 0, sigma 1): map them to popart0.
+    sigma0 = popart_sigma(popart0, s.popart_sigma_min)
+    values, final_values = (sigma0 * v + popart0.mean for v in (traj.value, traj.final_value))
+    last_value = jnp.mean(value_quantiles(ctx, params, stats0, popart0, h_last), axis=-1)
+    next_values = ppo.next_state_values(values, last_value, final_values, traj.truncated)
+    _, returns = ppo.gae(traj.reward, values, next_values, traj.terminated, traj.done, hp.gamma, hp.gae_lambda)
+    size = min(s.holdout_size, s.n_envs * s.n_steps)
+    tradable = traj.tradable.reshape(-1)
+    # Random tradable transitions first (non-tradable ones only if too few are tradable).
+    pick = jnp.argsort(jnp.where(tradable, jax.random.uniform(key_pick, tradable.shape), 2.0))[:size]
+    return TrainCarry(
+        params=params, opt_state=ppo.ADAM.init(params), popart=popart0, obs_stats=stats0,
+        env_state=env_state, last_obs=last_obs, rng=key_rng,
+        update=jnp.zeros((), jnp.int32), ev_ema=jnp.full((), jnp.nan, jnp.float32),
+        nan_guard_count=jnp.zeros((), jnp.int32), episode_count=jnp.zeros((), jnp.int32),
+        holdout_obs=traj.obs.reshape(-1, obs_dim)[pick],
+        holdout_returns=returns.reshape(-1)[pick], holdout_mask=tradable[pick])
+
+
+def train_chunk(ctx: Learner, carry: TrainCarry, hp: HParams, data):
+    """``updates_per_chunk`` updates in one scan, then the holdout EV of the critic."""
+    carry, metrics = jax.lax.scan(lambda c, _: update(ctx, c, hp, data), carry, None,
+                                  length=ctx.spec.updates_per_chunk)
+    holdout_pred = jnp.mean(value_quantiles(ctx, carry.params, carry.obs_stats, carry.popart, carry.holdout_obs),
+                            axis=-1)
+    metrics["popart/holdout_ev"] = explained_variance(carry.holdout_returns, holdout_pred, carry.holdout_mask)
+    return carry, metrics
+
+
+def make_trainer(spec: TrainerSpec, env, env_params, mesh: Mesh | None = None) -> Trainer:
+    """Build the compiled trainer for ``env``'s action space under ``env_params``.
+
+    Compilation happens on the first call of each function; the returned object never changes.
+    """
+    spec.validate(1 if mesh is None else mesh.size)
+    ctx = Learner(spec=spec, env=env, network=build_network(spec, env, env_params), mesh=mesh)
+    return Trainer(
+        spec=spec, context=ctx,
+        init=jax.jit(partial(init, ctx)),
+        train_chunk=jax.jit(partial(train_chunk, ctx), donate_argnums=0),
+        policy_apply=jax.jit(partial(policy_apply, ctx), static_argnames="deterministic"),
+        value_quantiles=jax.jit(partial(value_quantiles, ctx)))
