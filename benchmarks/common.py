@@ -11,7 +11,7 @@ The planted signal z_t is visible at bar t through ``taker_buy_ratio`` (tbjax.da
 next bar's return is r_{t+1} = sigma (rho z_t + sqrt(1 - rho^2) eps_{t+1}) in the NORMAL regime.
 
 Per-bar Sharpe here is mean(r) / std(r) (population std) over the per-bar net returns of every
-symbol's split walk CONCATENATED, the same rule :func:`tbjax.oracle.threshold_oracle` applies to
+symbol's split walk CONCATENATED, the same rule :func:`tbjax.evaluation.oracle.threshold_oracle` applies to
 its one series; the oracle is fed the concatenated symbols too, so all three figures (oracle,
 tbjax, SB3) are computed identically.
 """
@@ -34,8 +34,8 @@ from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_EMBARGO, role_ranges
 from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
-from tbjax.metrics import json_safe
-from tbjax.oracle import threshold_oracle
+from tbjax.evaluation.metrics import json_safe
+from tbjax.evaluation.oracle import threshold_oracle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -124,7 +124,7 @@ def env_params(pm: PlantedMarket, role: int = ROLE_TRAIN, fee_bps: float = 5.0, 
 
 
 def decision_bars(pm: PlantedMarket, symbol: int, role: int) -> np.ndarray:
-    """Decision bars of a split walk, as in ``tbjax.backtest.split_walk``: role_start + window - 1
+    """Decision bars of a split walk, as in ``tbjax.evaluation.backtest.split_walk``: role_start + window - 1
     up to role_end - 2 (decision t fills at t+1, which must lie inside the split)."""
     start, end = pm.ranges[symbol][role]
     return np.arange(start + pm.window_size - 1, end - 1)
@@ -199,7 +199,7 @@ def versions(*names: str) -> dict:
 
 def write_json(path: str | Path, obj) -> Path:
     """Write ``obj`` as JSON atomically (temp file in the same folder, then rename): a reader never
-    sees half a file. NaN/inf become null (``tbjax.metrics.json_safe``)."""
+    sees half a file. NaN/inf become null (``tbjax.evaluation.metrics.json_safe``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

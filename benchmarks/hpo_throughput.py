@@ -4,7 +4,7 @@
 
 Both sweeps run the same trials (the same enqueued hyperparameters, pruning off, so every trial
 spends the full per-trial budget) on a synthetic market (tbjax.synth + tbjax.prepare in a temp
-folder) through :class:`tbjax.hpo_runner.TrialRunner`, each with a fresh runner so each pays its
+folder) through :class:`tbjax.hpo.runner.TrialRunner`, each with a fresh runner so each pays its
 own compilation. Trials per hour = trials / sweep wall time × 3600, compile included.
 
 Compile share: JAX reports the duration of every trace, MLIR lowering and XLA compilation
@@ -33,11 +33,12 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 
-from tbjax import prepare, synth  # noqa: E402
+from tbjax.cli import prepare
+from tbjax import synth  # noqa: E402
 from tbjax.config import load_config  # noqa: E402
-from tbjax.experiment import build_experiment  # noqa: E402
-from tbjax.hpo_runner import TrialRunner  # noqa: E402
-from tbjax.search_space import build_search_space, user_set_keys  # noqa: E402
+from tbjax.run.setup import build_experiment  # noqa: E402
+from tbjax.hpo.runner import TrialRunner  # noqa: E402
+from tbjax.hpo.space import build_search_space, user_set_keys  # noqa: E402
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")

@@ -2,13 +2,13 @@
 
 The market has a planted signal (``benchmarks.common.planted_market``, rho = 0.2) and the only cost
 is a 5 bp fee per unit traded, long-short positions {-1, 0, 1}. The target is
-``target_frac`` x the per-bar Sharpe of ``tbjax.oracle.threshold_oracle`` on the validation split
+``target_frac`` x the per-bar Sharpe of ``tbjax.evaluation.oracle.threshold_oracle`` on the validation split
 with the same cost (ALGORITHMS.md "Planted-signal oracle").
 
 Both learners train from the same seed with the shared PPO settings and widths, each at its own
 practical scale, and are evaluated periodically on the val split with frozen observation
 statistics and a deterministic policy:
-* tbjax: ``tbjax.backtest.backtest`` (a compiled walk of every symbol's split);
+* tbjax: ``tbjax.evaluation.backtest.backtest`` (a compiled walk of every symbol's split);
 * SB3: the Gymnasium twin walked over the same decision bars (the same start per symbol, the same
   rules), observations normalised by VecNormalize's current statistics without updating them.
 Both then compute the SAME per-bar Sharpe (``common.per_bar_sharpe``: mean / std of the
@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from tbjax.backtest import backtest  # noqa: E402
+from tbjax.evaluation.backtest import backtest  # noqa: E402
 from tbjax.data.market import ROLE_VAL  # noqa: E402
 
 FEE_BPS = 5.0
@@ -121,10 +121,10 @@ def train_tbjax(pm, args, target: float) -> dict:
 def walk_twin_split(venv_norm, model, pm, val_params) -> list[np.ndarray]:
     """Deterministic walk of every symbol's val split in the twin, all symbols in lockstep.
 
-    Starts and lengths follow ``tbjax.backtest.split_walk``; like backtest, the walk keeps the
+    Starts and lengths follow ``tbjax.evaluation.backtest.split_walk``; like backtest, the walk keeps the
     training ``episode_len`` (it scales the bars-held feature) and ignores the time-limit flag.
     """
-    from tbjax.backtest import split_walk
+    from tbjax.evaluation.backtest import split_walk
     from tbjax.env.gym import MarketGymEnv
 
     host = common.host_market(pm.market)

@@ -66,7 +66,7 @@ def write_inputs(folder: Path, n_bars: int, seed: int = 0) -> Path:
 
 def child(folder: Path) -> None:
     """Run prepare once in this (fresh) process and print seconds and the peak-RSS increase."""
-    from tbjax import prepare
+    from tbjax.cli import prepare
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

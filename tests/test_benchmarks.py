@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, learning_speed, run_all, scaling, vs_sb3  # noqa: E402
-from tbjax.backtest import split_walk  # noqa: E402
+from tbjax.evaluation.backtest import split_walk  # noqa: E402
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL  # noqa: E402
 
 try:

@@ -24,7 +24,7 @@ def test_empty_yaml_gives_exactly_base_yaml(tmp_path):
 def test_every_layer_reads_its_defaults_from_the_config():
     from tbjax.agent.hparams import HPARAM_DEFAULTS, TrainerSpec, make_hparams
     from tbjax.env.market import make_env_params
-    from tbjax.experiment import env_params_from_config, hparams_from_config, spec_from_config
+    from tbjax.run.setup import env_params_from_config, hparams_from_config, spec_from_config
 
     cfg = load_config(None)
     bare_env, from_cfg = make_env_params(), env_params_from_config(cfg)

@@ -8,7 +8,7 @@ measures below read the first quantiles.
 Sign convention (the bug of the system tbjax replaces): the residual is
     u_ij = T_j - theta_i        (TARGET minus PREDICTION).
 With the prediction-minus-target sign the same code learns the 1 - tau quantiles, which turns
-a CVaR of the worst outcomes into a CVaR of the best ones. tests/test_distributional.py trains a
+a CVaR of the worst outcomes into a CVaR of the best ones. tests/agent/test_distributional.py trains a
 quantile vector with both signs and checks that only this one recovers the right quantiles.
 """
 

@@ -1,1 +1,1 @@
-"""The learner: the fused rollout + distributional PPO trainer, built once per static signature."""
+"""The learner: the fused rollout + PPO trainer and the acting loop."""

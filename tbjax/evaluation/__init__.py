@@ -1,0 +1,1 @@
+"""Evaluation: backtests with frozen statistics, risk metrics, the regime objective, oracle, report."""

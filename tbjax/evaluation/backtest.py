@@ -1,0 +1,169 @@
+"""Validation and test: walk each symbol's split from start to end with FROZEN statistics.
+
+Unlike training (random episodes), evaluation starts every symbol at the first decision bar of the
+split (``role_start + window_size - 1``) and steps bar by bar to the last bar that still has a next
+bar to fill on, with the same cost model as training. The policy is deterministic by default
+(argmax / mean). Observation statistics are an input here and never an output: evaluation cannot
+change them (docs/DESIGN.md, "Invariants").
+
+The per-bar strategy return is ``equity_t / equity_{t-1} - 1`` (net of every cost), the position is
+the target held over the bar (the action's level, or the previous position when the fill bar is not
+tradable), and turnover is what the env traded and charged on each bar: re-balancing a constant
+target back from where the price drift moved it counts. Baselines over the same bars: buy-and-hold (close-to-close returns of the asset, no
+costs) and flat (zero returns).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tbjax.data.market import ROLE_NAMES, MarketData
+from tbjax.env import market as market_env
+from tbjax.evaluation.metrics import buy_and_hold_returns, pooled_metrics, risk_metrics
+
+CORE_BASELINE_KEYS = ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
+                      "cvar_5", "var_5")
+
+
+def split_walk(market: MarketData, role: int, window_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """First decision bar and number of decisions per symbol for a split (host side)."""
+    start = np.asarray(market.role_start)[:, role] + window_size - 1
+    end = np.asarray(market.role_end)[:, role]
+    n = np.maximum(end - 1 - start, 0)  # decision t needs bar t+1 inside the split
+    return start.astype(np.int32), n.astype(np.int32)
+
+
+@partial(jax.jit, static_argnames=("policy_apply", "n_steps", "deterministic"))
+def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, position0, key, n_steps: int,
+         deterministic: bool):
+    """THE acting loop of evaluation: every symbol from ``start[s]`` for ``n_valid[s]`` decisions.
+
+    Used by the val/test backtest and by ``load_policy(...).target_positions``, so a policy acts
+    the same way in both. Per decision bar t: ``observe`` (account features + window) → policy with
+    FROZEN ``obs_stats`` → ``market_step`` (fill at t+1's open with every cost, mark at t+1's
+    close). Steps past ``n_valid[s]`` keep the state and are marked invalid; ``n_steps`` (static)
+    is the scan length. The account starts flat-equity at ``position0[s]``.
+
+    The walk never reads ``env_params.role`` to place itself (``start`` comes from the host; the
+    out-of-rows truncation flag is ignored), so callers pin the role to one value and val, test
+    and the regime markets share one compiled program.
+
+    ``key`` seeds sampled actions when ``deterministic`` is False (one stream per symbol, folded
+    with the step index); a deterministic walk ignores it.
+
+    Returns per [symbol, step]: equity, target (the position the action asks for), turnover (the
+    fraction of equity the env traded, drift rebalancing included), tradable (the fill bar was
+    tradable and the step valid) and valid.
+    """
+
+    def one_symbol(sym, t0, n_sym, p0):
+        state = market_env.fresh_account(sym, t0, p0)
+        sym_key = jax.random.fold_in(key, sym)
+
+        def body(state, i):
+            obs = market_env.observe(state, env_params, market)
+            step_key = None if deterministic else jax.random.fold_in(sym_key, i)
+            action = policy_apply(params, obs_stats, obs[None], deterministic, key=step_key)[0]
+            new_state, _, _, _, info = market_env.market_step(state, action, env_params, market)
+            valid = i < n_sym
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_state, state)
+            out = dict(equity=info["equity"], target=market_env.target_position(action, env_params),
+                       turnover=jnp.where(valid, info["turnover"], 0.0), tradable=info["tradable"] & valid,
+                       valid=valid)
+            return state, out
+
+        _, outs = jax.lax.scan(body, state, jnp.arange(n_steps))
+        return outs
+
+    return jax.vmap(one_symbol)(jnp.arange(market.n_symbols), start, n_valid, position0)
+
+
+def held_positions(target: np.ndarray, tradable: np.ndarray, initial: float = 0.0) -> np.ndarray:
+    """Position held over each bar: the target where its fill bar was tradable, else the last one.
+
+    On a non-tradable fill bar the env ignores the action and keeps the old position, so the
+    held series forward-fills the last tradable target (``initial`` before the first).
+    """
+    target = np.asarray(target, np.float64)
+    last = np.maximum.accumulate(np.where(tradable, np.arange(len(target)), -1))
+    return np.where(last >= 0, target[np.maximum(last, 0)], float(initial))
+
+
+WALK_ROLE = 0  # the role pinned in the walk's env params (see ``walk``)
+
+
+def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, role: int,
+             bars_per_year: float, time_ms: dict[str, np.ndarray] | None = None,
+             deterministic: bool = True, key=None) -> tuple[dict, dict]:
+    """Evaluate a policy on one split of every symbol; returns (eval dict, series for the report).
+
+    ``time_ms[symbol]`` gives the bar open times (for the report's dates and pooling); without it
+    bar indices are used. ``deterministic=False`` samples actions from the policy with ``key``
+    (required then), so a stochastic evaluation is reproducible.
+    """
+    if not deterministic and key is None:
+        raise ValueError("backtest: deterministic=False needs a PRNG key (key=...)")
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    start, n_valid = split_walk(market, role, env_params.window_size)
+    if int(n_valid.max()) == 0:
+        raise ValueError(f"split '{ROLE_NAMES[role]}' has no decision bars")
+    # one scan length for every split of this market, so val and test share one compiled walk
+    n_steps = max(int(split_walk(market, r, env_params.window_size)[1].max()) for r in range(len(ROLE_NAMES)))
+    # episode_len stays as in training (it scales the bars-in-position feature); the walk ignores
+    # the time-limit flag and only stops at the end of the split
+    params_eval = env_params.replace(role=WALK_ROLE, equity_floor=jnp.float32(0.0))
+    outs = walk(policy_apply, params, obs_stats, params_eval, market, jnp.asarray(start), jnp.asarray(n_valid),
+                jnp.zeros(market.n_symbols, jnp.float32), key, n_steps, deterministic)
+    outs = jax.tree_util.tree_map(np.asarray, outs)
+    close = np.asarray(market.close)
+    per_symbol, series, pooled_in, bh_in, traded = {}, {}, {}, {}, {}
+    for s, sym in enumerate(market.symbols):
+        n = int(n_valid[s])
+        equity = np.concatenate([[1.0], outs["equity"][s, :n].astype(np.float64)])
+        returns = equity[1:] / equity[:-1] - 1.0
+        positions = held_positions(outs["target"][s, :n], outs["tradable"][s, :n])
+        traded[sym] = outs["turnover"][s, :n].astype(np.float64)
+        bars = np.arange(start[s] + 1, start[s] + 1 + n)  # the bar each return is marked on
+        bh = buy_and_hold_returns(close[s, start[s]: start[s] + n + 1].astype(np.float64))
+        times = time_ms[sym][bars] if time_ms is not None else bars.astype(np.int64)
+        per_symbol[sym] = risk_metrics(returns, positions, bars_per_year, traded=traded[sym])
+        series[sym] = {"time_ms": times, "equity": equity[1:], "buy_and_hold_equity": np.cumprod(1 + bh),
+                       "position": positions, "returns": returns, "turnover": traded[sym]}
+        pooled_in[sym] = (times, returns, positions)
+        bh_in[sym] = (times, bh, np.ones_like(bh))
+    flat_in = {k: (t, np.zeros_like(r), np.zeros_like(r)) for k, (t, r, _) in pooled_in.items()}
+    bh_per_symbol = {sym: risk_metrics(r, p, bars_per_year) for sym, (_, r, p) in bh_in.items()}
+    result = {
+        "split": ROLE_NAMES[role],
+        "bars_per_year": bars_per_year,
+        "deterministic": deterministic,
+        "pooled": pooled_metrics(pooled_in, bars_per_year, traded=traded),
+        "per_symbol": per_symbol,
+        "baselines": {
+            "buy_and_hold": {**pooled_metrics(bh_in, bars_per_year), "per_symbol": bh_per_symbol},
+            "flat": pooled_metrics(flat_in, bars_per_year),
+        },
+    }
+    return result, series
+
+
+def finite_or_zero(x: float) -> float:
+    """Sortino is undefined (NaN) for a series without losses, e.g. a flat policy; count it as 0."""
+    return float(x) if x is not None and math.isfinite(float(x)) else 0.0
+
+
+def regime_objective(val_sortino: float, choppy_sortino: float, trend_sortino: float,
+                     w_val: float, w_choppy: float, w_trend: float) -> float:
+    """objective = w_val·Sortino(val) + w_choppy·Sortino(CHOPPY_FLAT) + w_trend·Sortino(STRONG_TREND).
+
+    The seed system's ObjectiveScorePruningCallback with weights 0.5 / 0.3 / 0.2 (ALGORITHMS.md).
+    Undefined Sortino values count as 0 so a flat policy scores 0, not NaN.
+    """
+    return (w_val * finite_or_zero(val_sortino) + w_choppy * finite_or_zero(choppy_sortino)
+            + w_trend * finite_or_zero(trend_sortino))

@@ -1,0 +1,1 @@
+"""Hyperparameter search: the Optuna trial runner, the search space, studies and storage."""

@@ -1,0 +1,585 @@
+"""Trial execution: Optuna asks, the compiled trainer trains, frozen-statistics backtests score.
+
+One process builds the Experiment once and keeps one compiled program per static signature
+(TrainerSpec + the EnvParams tree structure): a new trial with new continuous values reuses it
+(HParams leaves are traced; docs/DESIGN.md invariant 4).
+
+Batched trials (``batch`` B > 1) stack B trials' HParams on a leading axis and run
+``jit(vmap(train_chunk))`` (and ``vmap(init)``): one compiled program advances all B trials. A
+member that is pruned or diverges stops learning at once: an ``alive`` mask selects its old carry
+after every chunk, and the trial is told PRUNED immediately. Groups smaller than B (the last
+batch, or trials whose sampled shapes differ) are padded with copies of a member that start dead,
+so each signature compiles once per process. B = 1 calls the trainer's own jitted functions.
+
+Scores: one definition with training. Every backtest and objective comes from
+:mod:`tbjax.experiment` (``evaluate_split``: symbols pooled by bar TIME, the config's determinism
+and key; ``regime_sortinos`` and ``objective_of``: the regime objective), called on a per-trial
+view of the Experiment whose config is the trial's. So a trial's reports, value, ``val_metrics``
+and ``test_metrics`` are the numbers ``python -m tbjax.train`` and ``python -m tbjax.evaluate``
+compute for the same config and checkpoint.
+
+Reports and pruning. Every ``train.eval_every`` updates (rounded up to whole chunks) each live
+trial is backtested on the validation split with its frozen observation statistics and its pooled
+Sortino is ``trial.report``-ed at step = updates done; the study's pruner decides
+(``should_prune``). Every ``hpo.objective_every`` evaluations, and always at the last chunk, the
+regime objective (0.5·val + 0.3·CHOPPY_FLAT + 0.2·STRONG_TREND Sortino; docs/ALGORITHMS.md) is
+computed and appended to the user attr ``objective_series``. The objective prunes through a second
+rule on those user attrs (Optuna's pruners see one stream only): when at least
+``OBJECTIVE_PRUNE_STARTUP`` completed trials recorded an objective at the same update and this
+trial's value is below their median, it is pruned (the MedianPruner rule of Optuna applied to the
+objective stream). The trial's value is its best objective, and that checkpoint is what it saves.
+
+Failures. A skipped non-finite update (``raise_if_nonfinite``) prunes the trial with the reason
+in ``pruned_reason``. Sampled values that break a config or data rule fail the trial at once; an
+exception while training (e.g. out of memory for one shape) fails that trial's group with
+``fail_reason`` (and ``fail_traceback``) and the worker goes on; an InputError (a problem the user
+must fix, such as a full disk) or an interrupt fails the group and stops the worker. Every trial
+records the learning rate actually applied (``lr_applied``: [update, lr] at the end of each
+chunk) and, for its best checkpoint, ``val_metrics`` and ``test_metrics`` (pooled, core keys).
+
+Counting: ``n_trials`` is the study's total; each worker asks while the study counts fewer
+trials. Counted: every started trial (any state but WAITING: enqueued trials are run, not
+counted) except a stale trial that was retried (its retry stands in for it). Concurrent workers
+may overshoot by up to one batch each (the count is read before asking, as in Optuna's
+MaxTrialsCallback).
+
+Killed workers. A worker that dies leaves its trials RUNNING. Every live trial has a heartbeat:
+Optuna's own (``RDBStorage(heartbeat_interval, grace_period)``, sqlite/postgres URLs) or, for
+storages without one (Optuna's journal files), the same rule on the system attr
+``tbjax:heartbeat``. A background thread beats every ``HEARTBEAT_INTERVAL_S`` for each trial this
+worker runs (compiles and long chunks included, since the Python loop is blocked then). Before
+asking, a worker fails every trial silent for ``GRACE_PERIOD_S`` with a ``fail_reason``, enqueues
+a retry with the same params (user attr ``retry_of`` = the stale trial's number) up to
+``MAX_RETRIES`` times, and prints one line naming the trials; RUNNING trials of other workers are
+named once when a worker starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from tbjax.atomic import disk_errors, write_atomic
+from tbjax.evaluation.backtest import CORE_BASELINE_KEYS, finite_or_zero
+from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.config import Config, dump_config
+from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
+from tbjax.env import market as market_env
+from tbjax.errors import InputError
+from tbjax.run.setup import (Experiment, env_params_from_config, evaluate_split, hparams_from_config,
+                              objective_of, regime_sortinos, spec_from_config, trainer_for)
+from tbjax.evaluation.metrics import json_safe
+from tbjax.hpo.space import SearchSpace
+from tbjax.learner.trainer import NonFiniteUpdateError, Trainer, raise_if_nonfinite
+
+OBJECTIVE_PRUNE_STARTUP = 3
+HEARTBEAT_INTERVAL_S = 30  # Optuna wants whole seconds
+GRACE_PERIOD_S = 600  # silent this long = its worker stopped (a chunk or compile never blocks the beat thread)
+MAX_RETRIES = 2  # a trial that keeps killing its worker (e.g. the OOM killer) is retried this often
+HEARTBEAT_ATTR = "tbjax:heartbeat"  # system attr, for storages without Optuna's heartbeat
+
+
+def stack_trees(trees: list) -> Any:
+    """Pytrees with one structure → one pytree with a leading trial axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def take(tree: Any, i: int) -> Any:
+    """Member ``i`` of a pytree with a leading trial axis."""
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _numbers(trials) -> str:
+    return ", ".join(str(t.number) for t in trials)
+
+
+@dataclass
+class Program:
+    """The compiled functions of one static signature (B = 1: the trainer's own)."""
+
+    trainer: Trainer
+    init: Callable
+    chunk: Callable
+    batch: int
+
+
+def _batched_program(trainer: Trainer, batch: int) -> Program:
+    def init(keys, hps, data):
+        return jax.vmap(trainer.init, in_axes=(0, 0, None))(keys, hps, data)
+
+    def chunk(carry, hps, alive, data):
+        new, metrics = jax.vmap(trainer.train_chunk, in_axes=(0, 0, None))(carry, hps, data)
+
+        def keep(n, o):
+            return jnp.where(alive.reshape(alive.shape + (1,) * (n.ndim - 1)), n, o)
+
+        return jax.tree_util.tree_map(keep, new, carry), metrics
+
+    return Program(trainer, jax.jit(init), jax.jit(chunk, donate_argnums=0), batch)
+
+
+@dataclass
+class Member:
+    """One trial inside a group: its config, HParams and what has been learned about it.
+
+    ``exp`` is the run's Experiment seen with the trial's config (same data, markets and
+    pipeline), so the shared evaluation functions read the trial's eval settings.
+    """
+
+    trial: optuna.trial.Trial
+    cfg: Config
+    hparams: Any
+    exp: Experiment
+    env_params: Any
+    alive: bool = True
+    told: bool = False  # the trial's final state is in the storage
+    n_evals: int = 0
+    best_objective: float = -math.inf
+    best_update: int = 0
+    best_carry: Any = None  # host copy of the carry at the best objective
+    objective_series: list = field(default_factory=list)
+    lr_applied: list = field(default_factory=list)
+    pad: bool = False
+
+
+# ---------------------------------------------------------------------- liveness of trials
+
+
+def optuna_heartbeat_enabled(storage) -> bool:
+    """Whether ``storage`` carries Optuna's heartbeat (an RDBStorage built with ``heartbeat_interval``)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
+
+
+class Liveness:
+    """Heartbeats of this worker's trials and the stale trials of others, for one study.
+
+    Optuna's heartbeat where the storage has it (RDBStorage built with ``heartbeat_interval``:
+    ``record_heartbeat`` and its stale-trial query, the pair ``optuna.storages.fail_stale_trials``
+    uses; that function is not called because it fails a trial before a reason can be attached).
+    Otherwise (journal files) the same rule on the system attr ``HEARTBEAT_ATTR``, falling back
+    to the trial's start time (or the old ``heartbeat`` user attr) when it never beat.
+
+    A daemon thread beats for every registered trial each ``interval`` seconds: Optuna's own
+    heartbeat runs in a thread too, because ``study.optimize`` would otherwise miss beats while a
+    program compiles or a long chunk runs. This runner uses ask/tell, so it keeps the thread.
+    """
+
+    def __init__(self, study, interval: float = HEARTBEAT_INTERVAL_S, grace: float = GRACE_PERIOD_S):
+        self.study, self.storage = study, study._storage
+        self.optuna_heartbeat = optuna_heartbeat_enabled(self.storage)
+        if self.optuna_heartbeat:
+            backend = getattr(self.storage, "_backend", self.storage)
+            interval = backend.get_heartbeat_interval()
+            grace = getattr(backend, "grace_period", None) or 2 * interval
+        self.interval, self.grace = float(interval), float(grace)
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, trial) -> None:
+        """Beat for ``trial`` now and from the thread until :meth:`discard`."""
+        with self._lock:
+            self._ids.add(trial._trial_id)
+        self._beat(trial._trial_id)
+
+    def discard(self, trial) -> None:
+        with self._lock:
+            self._ids.discard(trial._trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            if self.optuna_heartbeat:
+                self.storage.record_heartbeat(trial_id)
+            else:
+                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except Exception:  # the trial finished meanwhile, or a transient storage error: beat again later
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self._ids)
+            for trial_id in ids:
+                self._beat(trial_id)
+
+    def __enter__(self) -> "Liveness":
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tbjax-hpo-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def mine(self, trial) -> bool:
+        with self._lock:
+            return trial._trial_id in self._ids
+
+    def stale(self) -> list:
+        """RUNNING trials of the study whose heartbeat is older than the grace period."""
+        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if not self.mine(t)]
+        if self.optuna_heartbeat:
+            ids = set(self.storage._get_stale_trial_ids(self.study._study_id))
+            return [t for t in running if t._trial_id in ids]
+        now = time.time()
+        out = []
+        for t in running:
+            beat = t.system_attrs.get(HEARTBEAT_ATTR, t.user_attrs.get("heartbeat"))
+            if beat is None:
+                beat = t.datetime_start.timestamp() if t.datetime_start else now
+            if now - float(beat) > self.grace:
+                out.append(t)
+        return out
+
+
+def retried_numbers(trials) -> set[int]:
+    """Numbers of the stale trials that a retry stands in for (they leave the trial count)."""
+    return {t.user_attrs["retry_of"] for t in trials if t.user_attrs.get("retry_of") is not None}
+
+
+def counted_trials(study) -> list:
+    """The trials ``n_trials`` counts: started ones (not WAITING), minus stale trials that were retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.state != TrialState.WAITING and t.number not in retried]
+
+
+class TrialRunner:
+    """Runs Optuna trials on one Experiment; ``run_dir/trials/<number>/`` holds each trial's files.
+
+    ``log`` prints the runner's one-line notices (stale and foreign RUNNING trials); stderr by default.
+    """
+
+    def __init__(self, base_cfg: Config, exp: Experiment, space: SearchSpace, run_dir: str | Path,
+                 quiet: bool = True, log: Callable[[str], None] = _stderr):
+        self.base_cfg, self.exp, self.space = base_cfg, exp, space
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.log = log
+        self.programs: dict[tuple, Program] = {}
+        self.trainers: dict[Any, Trainer] = {}
+        self.liveness: Liveness | None = None
+
+    # ------------------------------------------------------------------ programs
+    def signature(self, cfg: Config, hparams) -> tuple:
+        spec = spec_from_config(cfg, len(self.exp.symbols))
+        return spec, jax.tree_util.tree_structure(hparams)
+
+    def program(self, signature: tuple, batch: int, env_params) -> Program:
+        """The compiled program of ``signature`` (env_params: any member's; their static parts agree)."""
+        spec = signature[0]
+        if signature not in self.trainers:
+            self.trainers[signature] = trainer_for(spec, env_params)  # shared with training runs in this process
+        trainer = self.trainers[signature]
+        key = (signature, batch)
+        if key not in self.programs:
+            self.programs[key] = (Program(trainer, trainer.init, trainer.train_chunk, 1) if batch == 1
+                                  else _batched_program(trainer, batch))
+        return self.programs[key]
+
+    def compile_count(self) -> int:
+        """Compiled train_chunk programs so far (every signature and batch size): the jit caches' sizes.
+
+        (Trace counters would miss the batched program: vmap re-uses the inner jit's jaxpr.)
+        """
+        return sum(p.chunk._cache_size() for p in self.programs.values())
+
+    # ------------------------------------------------------------------ trial setup
+    def plan(self, trial) -> Member | None:
+        """Suggest values, build the trial's config; an infeasible combination fails the trial."""
+        values = self.space.suggest(trial)
+        try:
+            cfg, adjusted = self.space.resolve(self.base_cfg, values)
+            env_params = env_params_from_config(cfg, ROLE_TRAIN)
+            market_env.check_data(env_params, self.exp.market)
+            hparams = hparams_from_config(cfg, env_params)
+        except InputError as exc:
+            self._fail(trial, f"sampled values break a config rule: {exc}")
+            return None
+        if adjusted:
+            trial.set_user_attr("adjusted", adjusted)
+        return Member(trial, cfg, hparams, dataclasses.replace(self.exp, cfg=cfg), env_params)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, m: Member, trainer: Trainer, carry, role: int) -> dict:
+        """The shared backtest of ``role`` (tbjax.run.setup.evaluate_split) for the trial's config."""
+        return evaluate_split(m.exp, trainer.policy_apply, carry.params, carry.obs_stats, m.env_params, role)[0]
+
+    def objective(self, m: Member, trainer: Trainer, carry, val_eval: dict) -> float:
+        """The regime objective from the val backtest plus the synthetic regime markets.
+
+        Composed of the same pieces as ``tbjax.run.setup.evaluate_with_objective`` (training's
+        best checkpoint); split here because the val backtest runs at every evaluation (pruner
+        report) and the regime markets only every ``hpo.objective_every`` evaluations.
+        """
+        regimes = regime_sortinos(m.exp, trainer.policy_apply, carry.params, carry.obs_stats, m.env_params)
+        return objective_of(m.cfg, val_eval["pooled"]["sortino"], regimes)
+
+    def _objective_prunes(self, study, update: int, value: float) -> str | None:
+        others = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            for u, v in t.user_attrs.get("objective_series", []):
+                if u == update and v is not None:
+                    others.append(v)
+        if len(others) >= OBJECTIVE_PRUNE_STARTUP and value < float(np.median(others)):
+            return (f"regime objective {value:.4g} at update {update} is below the median "
+                    f"{float(np.median(others)):.4g} of {len(others)} completed trials")
+        return None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _fail(self, trial, reason: str, tb: str | None = None) -> None:
+        """FAIL ``trial`` with its reason (and traceback) in user attrs; its heartbeat stops."""
+        trial.set_user_attr("fail_reason", reason[:500])
+        if tb:
+            trial.set_user_attr("fail_traceback", tb[-4000:])
+        if self.liveness is not None:
+            self.liveness.discard(trial)
+        trial.study.tell(trial, state=TrialState.FAIL)
+
+    def _save_trial(self, member: Member, trainer: Trainer) -> None:
+        """Metrics of the best checkpoint (the shared backtest) and the trial's folder.
+
+        The folder is a run directory: ``python -m tbjax.evaluate --run-dir trials/<n>`` re-scores
+        the checkpoint and writes the same ``val_metrics`` / ``test_metrics`` into eval/.
+        """
+        trial, cfg, carry = member.trial, member.cfg, member.best_carry
+        val = self.evaluate(member, trainer, carry, ROLE_VAL)
+        test = self.evaluate(member, trainer, carry, ROLE_TEST)
+        trial.set_user_attr("val_metrics", json_safe({k: val["pooled"][k] for k in CORE_BASELINE_KEYS}))
+        trial.set_user_attr("test_metrics", json_safe({k: test["pooled"][k] for k in CORE_BASELINE_KEYS}))
+        trial.set_user_attr("best_update", member.best_update)
+        trial_dir = self.run_dir / "trials" / str(trial.number)
+        with disk_errors(trial_dir):
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(trial_dir / "config.yaml", dump_config(cfg))
+            self.exp.pipeline.save(trial_dir / "feature_pipeline.json")
+            ckpt = RunCheckpoints(trial_dir)
+            try:
+                ckpt.save_best(member.best_update, carry, {
+                    "update": member.best_update, "env_steps": member.best_update * cfg.batch_size,
+                    "objective": member.best_objective, "trial": trial.number})
+            finally:
+                ckpt.close()
+        trial.set_user_attr("run_dir", str(trial_dir))
+
+    def _finish(self, member: Member, trainer: Trainer, state: TrialState, reason: str | None = None) -> None:
+        """Write the trial's directory and attrs, then tell Optuna (PRUNED or COMPLETE)."""
+        trial = member.trial
+        member.alive = False  # masked out of the batch from now on, even if saving fails below
+        trial.set_user_attr("lr_applied", member.lr_applied)
+        trial.set_user_attr("objective_series", json_safe(member.objective_series))
+        if reason:
+            trial.set_user_attr("pruned_reason", reason)
+        if member.best_carry is not None:
+            self._save_trial(member, trainer)
+        if self.liveness is not None:
+            self.liveness.discard(trial)
+        if state == TrialState.COMPLETE:
+            trial.study.tell(trial, member.best_objective)
+        else:
+            trial.study.tell(trial, state=TrialState.PRUNED)
+        member.told = True
+
+    # ------------------------------------------------------------------ one group
+    def run_group(self, members: list[Member], batch: int) -> None:
+        """Train ``members`` (one static signature, at most ``batch``) to the end or until pruned."""
+        cfg = members[0].cfg
+        signature = self.signature(cfg, members[0].hparams)
+        program = self.program(signature, batch, members[0].hparams.env)
+        trainer = program.trainer
+        market = self.exp.market
+        key = jax.random.PRNGKey(cfg.train.seed)  # common random numbers: every trial sees one stream
+        upc = cfg.train.updates_per_chunk
+        n_chunks = cfg.n_updates // upc
+        eval_chunks = max(1, math.ceil(cfg.train.eval_every / upc))
+        if batch == 1:
+            (member,) = members
+            carry = program.init(key, member.hparams, market)
+            hps = member.hparams
+        else:
+            first = members[0]
+            padded = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[],
+                                                    lr_applied=[]) for _ in range(batch - len(members))]
+            members = padded
+            hps = stack_trees([m.hparams for m in members])
+            carry = program.init(jnp.stack([key] * batch), hps, market)
+        for c in range(n_chunks):
+            live = [m for m in members if m.alive]
+            if not live:
+                break
+            if batch == 1:
+                carry, metrics = program.chunk(carry, hps, market)
+            else:
+                alive = jnp.asarray([m.alive for m in members])
+                carry, metrics = program.chunk(carry, hps, alive, market)
+            metrics = jax.device_get(metrics)
+            update = (c + 1) * upc
+            is_last = c == n_chunks - 1
+            evaluate = (c + 1) % eval_chunks == 0 or is_last
+            for i, m in enumerate(members):
+                if not m.alive:
+                    continue
+                m_metrics = metrics if batch == 1 else take(metrics, i)
+                m.lr_applied.append([update, float(np.asarray(m_metrics["lr"]).reshape(-1)[-1])])
+                try:
+                    raise_if_nonfinite(m_metrics, update - upc)
+                except NonFiniteUpdateError as exc:
+                    self._finish(m, trainer, TrialState.PRUNED, f"non-finite update: {exc}")
+                    continue
+                if evaluate:
+                    self._evaluate(m, trainer, carry if batch == 1 else take(carry, i), update, is_last)
+            if is_last:
+                for m in members:
+                    if m.alive:
+                        self._finish(m, trainer, TrialState.COMPLETE)
+
+    def _evaluate(self, m: Member, trainer, carry, update: int, is_last: bool) -> None:
+        val = self.evaluate(m, trainer, carry, ROLE_VAL)
+        m.trial.report(finite_or_zero(val["pooled"]["sortino"]), step=update)
+        m.n_evals += 1
+        reason = None
+        if m.n_evals % m.cfg.hpo.objective_every == 0 or is_last:
+            value = self.objective(m, trainer, carry, val)
+            m.objective_series.append([update, value])
+            m.trial.set_user_attr("objective_series", json_safe(m.objective_series))
+            if value > m.best_objective:
+                m.best_objective, m.best_update = value, update
+                # an explicit host COPY: on CPU device_get can return zero-copy views of the device
+                # buffers, and donating those buffers to the next train_chunk then blocks forever
+                m.best_carry = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), carry)
+            if m.cfg.hpo.pruner != "none" and not is_last:
+                reason = self._objective_prunes(m.trial.study, update, value)
+        if not is_last and reason is None and m.trial.should_prune():
+            reason = f"pruner ({m.cfg.hpo.pruner}) at update {update}: val Sortino below its rung"
+        if reason is not None:
+            self._finish(m, trainer, TrialState.PRUNED, reason)
+
+    def _fail_group(self, group: list[Member], exc: BaseException) -> None:
+        """FAIL every member of ``group`` not yet told, with the exception as the reason."""
+        reason = f"{type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        for m in group:
+            if not m.told and not m.pad:
+                m.alive = False
+                try:
+                    self._fail(m.trial, reason, tb)
+                except Exception:  # the storage itself failed: the heartbeat stops, the trial goes stale
+                    pass
+                m.told = True
+
+    # ------------------------------------------------------------------ stale trials
+    def recover_stale(self, study) -> list:
+        """FAIL trials whose worker stopped (no heartbeat for the grace period) and retry them.
+
+        Each gets ``fail_reason``, and a retry with the same params is enqueued (user attrs
+        ``retry_of`` = its number, ``retry_count``) unless it was retried ``MAX_RETRIES`` times
+        already. Two workers may see the same stale trial: only the one whose FAIL lands enqueues.
+        Returns the trials this worker failed; prints one line naming them.
+        """
+        liveness = self.liveness or Liveness(study)
+        failed, retried = [], []
+        for t in liveness.stale():
+            silent = f"no heartbeat for over {liveness.grace:.0f} s: its worker stopped"
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", silent)
+                won = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                continue  # another worker failed it first
+            if not won:
+                continue
+            failed.append(t)
+            count = int(t.user_attrs.get("retry_count", 0))
+            if count < MAX_RETRIES:
+                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number, "retry_count": count + 1})
+                retried.append(t)
+        if failed:
+            again = (f"queued again with the same parameters: {_numbers(retried)}" if retried else "not retried")
+            given_up = [t for t in failed if t not in retried]
+            tail = f"; given up after {MAX_RETRIES} retries: {_numbers(given_up)}" if given_up and retried else ""
+            self.log(f"hpo: stale trials {_numbers(failed)} marked FAIL (no heartbeat for over "
+                     f"{liveness.grace:.0f} s: their worker stopped); {again}{tail}")
+        return failed
+
+    def _note_foreign_running(self, study) -> None:
+        """Name the RUNNING trials of other (or stopped) workers once, so they are not counted silently."""
+        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if not (self.liveness and self.liveness.mine(t))]
+        if running:
+            grace = self.liveness.grace if self.liveness else GRACE_PERIOD_S
+            self.log(f"hpo: trials {_numbers(running)} are RUNNING in another worker (or one stopped less than "
+                     f"{grace:.0f} s ago): they count toward n_trials, and are failed and retried if their "
+                     "heartbeat stays silent that long")
+
+    # ------------------------------------------------------------------ the loop
+    def optimize(self, study, n_trials: int, batch: int = 1, timeout: float | None = None,
+                 on_trial_done: Callable[[], None] | None = None) -> int:
+        """Ask and run trials until the study counts ``n_trials`` (see :func:`counted_trials`) or
+        ``timeout`` passes. Returns the number of trials this call started."""
+        with Liveness(study) as liveness:
+            self.liveness = liveness
+            try:
+                return self._optimize(study, n_trials, batch, timeout, on_trial_done)
+            finally:
+                self.liveness = None
+
+    def _ask(self, study):
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat here
+            warnings.simplefilter("ignore")
+            trial = study.ask()
+        self.liveness.add(trial)
+        return trial
+
+    def _optimize(self, study, n_trials, batch, timeout, on_trial_done) -> int:
+        t0 = time.time()
+        started = 0
+        self.recover_stale(study)
+        self._note_foreign_running(study)
+        while timeout is None or time.time() - t0 < timeout:
+            if started:
+                self.recover_stale(study)
+            remaining = n_trials - len(counted_trials(study))
+            if remaining <= 0:
+                break
+            trials = [self._ask(study) for _ in range(min(batch, remaining))]
+            started += len(trials)
+            members = [m for m in (self.plan(t) for t in trials) if m is not None]
+            groups: dict[tuple, list[Member]] = {}
+            for m in members:
+                groups.setdefault(self.signature(m.cfg, m.hparams), []).append(m)
+            for group in groups.values():
+                try:
+                    self.run_group(group, batch)
+                except Exception as exc:
+                    self._fail_group(group, exc)
+                    if isinstance(exc, InputError):  # the user must act (e.g. a full disk): stop
+                        raise
+                    # otherwise this group's own failure (e.g. out of memory for its shape): go on
+                except BaseException as exc:  # an interrupt: leave no RUNNING trial behind, then stop
+                    self._fail_group(group, exc)
+                    raise
+            if on_trial_done is not None:
+                on_trial_done()
+        return started

@@ -1,0 +1,225 @@
+"""HPO numbers are the numbers of every other path, and an HPO study never fails silently.
+
+* A trial's ``val_metrics`` equal what ``python -m tbjax.evaluate`` writes for its checkpoint, and
+  its value equals the objective ``python -m tbjax.train`` reaches with the same config and seed.
+  The data has two symbols whose bars start at different times, so pooling bars by index (the old
+  HPO backtest) and by time (every other path) give different numbers.
+* A trial left RUNNING by a killed worker (an old heartbeat) is reported, failed with a reason and
+  retried with the same parameters; the study still ends with n_trials counted trials.
+* A study where every trial fails, and a journal storage path that cannot hold a file, exit 2 with
+  one message.
+
+Every command runs in this process (``main(argv)``), so the tiny trainer compiles once.
+"""
+
+import json
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tbjax.cli import evaluate, prepare, synth, train
+from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
+from tbjax.cli.hpo import main as hpo_main, make_storage
+from tbjax.hpo.runner import HEARTBEAT_ATTR, Liveness, TrialRunner, counted_trials
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+LR = 3.0e-4  # the default ppo.learning_rate: a trial with it IS the base config
+
+
+def _config(processed: Path, space: dict, **sections) -> dict:
+    body = {
+        "data": {"processed_dir": str(processed), "train_start": "2020-01-01", "train_end": "2020-02-09",
+                 "val_start": "2020-02-10", "val_end": "2020-02-22", "test_start": "2020-02-23",
+                 "test_end": "2020-03-03"},
+        "env": {"episode_len": 32},
+        "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
+                "num_quantiles": 8, "cvar_alpha": 0.25, "cvar_weight": 0.3},
+        "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2, "seed": 5},  # 4 updates
+        "eval": {"regime_bars": 200},
+        "hpo": {"n_trials": 1, "pruner": "none", "space": space},
+        "output": {"tensorboard": False},
+    }
+    for name, values in sections.items():
+        body[name].update(values)
+    return body
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two synthetic symbols; SYN1's first 100 bars are dropped, so bar i of each is a different time."""
+    root = tmp_path_factory.mktemp("hpo_trust")
+    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
+    late = root / "raw" / "SYN1.csv"
+    late.write_text("".join(late.read_text().splitlines(keepends=True)[100:]))
+    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
+
+    def write(name: str, body: dict) -> Path:
+        path = root / name
+        path.write_text(yaml.safe_dump(body))
+        return path
+
+    with pytest.MonkeyPatch.context() as mp:  # keep tbjax.hpo off this process's JAX cache setting
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(root / "jax_cache"))
+        yield {"root": root, "processed": root / "processed", "write": write}
+
+
+@pytest.fixture(scope="module")
+def same_config_runs(data):
+    """One HPO trial whose space holds only the base config's values, and a training run of it."""
+    root = data["root"]
+    config = data["write"]("fixed.yaml", _config(data["processed"], {
+        "ppo.learning_rate": {"type": "categorical", "choices": [LR]}}))
+    assert hpo_main(["--config", str(config), "--run-dir", str(root / "study")]) == 0
+    assert train.main(["--config", str(config), "--run-dir", str(root / "train"), "--quiet"]) == 0
+    assert evaluate.main(["--run-dir", str(root / "study" / "best"), "--split", "val"]) == 0
+    study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{root / 'study' / 'study.db'}")
+    return study, root
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_best_trial_val_metrics_equal_tbjax_evaluate(same_config_runs):
+    study, root = same_config_runs
+    best = study.best_trial
+    stored = best.user_attrs["val_metrics"]
+    evaluated = _load(root / "study" / "best" / "eval" / "val.json")["pooled"]
+    assert set(stored) == set(CORE_BASELINE_KEYS)
+    for key in CORE_BASELINE_KEYS:
+        assert stored[key] == pytest.approx(evaluated[key], rel=1e-6, abs=1e-9), key
+    summary = _load(root / "study" / "hpo_summary.json")
+    assert summary["best_val_metrics"] == stored
+
+
+def test_hpo_objective_equals_the_training_objective(same_config_runs):
+    study, root = same_config_runs
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.params == {"ppo.learning_rate": LR}
+    trained = _load(root / "train" / "eval" / "val.json")
+    assert trained["checkpoint"]["which"] == "best"
+    # the same checkpoint is best on both paths, with the same objective and val numbers
+    assert trained["checkpoint"]["update"] == trial.user_attrs["best_update"]
+    assert trial.value == pytest.approx(trained["objective"], rel=1e-6, abs=1e-9)
+    assert trial.value == pytest.approx(trained["checkpoint"]["objective"], rel=1e-6, abs=1e-9)
+    for key in CORE_BASELINE_KEYS:
+        assert trial.user_attrs["val_metrics"][key] == pytest.approx(trained["pooled"][key], rel=1e-6, abs=1e-9)
+    # every objective on the way, not only the best, is the training run's
+    logged = [json.loads(ln) for ln in (root / "train" / "metrics.jsonl").read_text().splitlines()]
+    by_update = {row["update"]: row["val/objective"] for row in logged if "val/objective" in row}
+    assert dict((u, v) for u, v in trial.user_attrs["objective_series"]) == pytest.approx(by_update, rel=1e-6)
+
+
+def test_stale_trial_is_reported_failed_and_retried(data, capsys):
+    """A RUNNING trial with a two-hour-old heartbeat (its worker was killed) is recovered."""
+    run_dir = data["root"] / "stale"
+    run_dir.mkdir()
+    config = data["write"]("range.yaml", _config(data["processed"], {
+        "ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}, hpo={"n_trials": 2}))
+    study = optuna.create_study(study_name="tbjax", storage=make_storage(None, run_dir), direction="maximize")
+    study.enqueue_trial({"ppo.learning_rate": 5e-4})
+    with warnings.catch_warnings():  # Optuna: a heartbeat storage is meant for Study.optimize
+        warnings.simplefilter("ignore")
+        killed = study.ask()
+    killed.suggest_float("ppo.learning_rate", 1e-4, 1e-3, log=True)
+    study._storage.record_heartbeat(killed._trial_id)
+    with sqlite3.connect(run_dir / "study.db") as db:  # the worker died two hours ago
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-2 hours')")
+
+    assert hpo_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "stale" in ln]
+    assert len(lines) == 1 and "stale trials 0 marked FAIL" in lines[0] and "queued again" in lines[0]
+
+    study = optuna.load_study(study_name="tbjax", storage=make_storage(None, run_dir))
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]  # none lost, none duplicated
+    stale, retry, fresh = trials
+    assert stale.state == TrialState.FAIL and "no heartbeat" in stale.user_attrs["fail_reason"]
+    assert retry.state == TrialState.COMPLETE and retry.params == {"ppo.learning_rate": 5e-4}
+    assert retry.user_attrs["retry_of"] == 0 and "retry_of" not in fresh.user_attrs
+    assert fresh.state == TrialState.COMPLETE
+    assert [t.number for t in counted_trials(study)] == [1, 2]  # n_trials = 2: the retry stands in for 0
+    summary = _load(run_dir / "hpo_summary.json")
+    assert summary["retries"] == {"1": 0} and "no heartbeat" in summary["failed"]["0"]
+
+
+def test_journal_trials_without_heartbeat_are_recovered_once(tmp_path):
+    """Journal storages have no Optuna heartbeat: the system attr does the same job."""
+    storage = make_storage(str(tmp_path / "study.log"), tmp_path)
+    study = optuna.create_study(study_name="j", storage=storage, direction="maximize")
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)
+    old, recent = study.ask({"ppo.learning_rate": dist}), study.ask({"ppo.learning_rate": dist})
+    storage.set_trial_system_attr(old._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+    storage.set_trial_system_attr(recent._trial_id, HEARTBEAT_ATTR, time.time())
+    lines = []
+    runner = TrialRunner(None, None, None, tmp_path, log=lines.append)
+    assert [t.number for t in runner.recover_stale(study)] == [0]
+    assert runner.recover_stale(study) == []  # already failed: not failed or retried twice
+    assert len(lines) == 1 and "stale trials 0" in lines[0]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[2].params == {} and trials[2].user_attrs["retry_of"] == 0
+    assert study._storage.get_trial(trials[2]._trial_id).system_attrs["fixed_params"] == old.params
+
+
+def test_every_trial_failing_exits_2_with_the_reason(data, tmp_path, capsys):
+    # an episode longer than the train split: every trial fails before training
+    body = _config(data["processed"], {"env.episode_len": {"type": "categorical", "choices": [5000]}},
+                   hpo={"n_trials": 2})
+    del body["env"]["episode_len"]  # written in the YAML it would be fixed, not searched
+    config = data["write"]("failing.yaml", body)
+    assert hpo_main(["--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    (line,) = [ln for ln in err if ln.startswith("error:")]
+    assert "no trial of study 'tbjax' completed (2 failed, 0 pruned)" in line
+    assert "trial 0, 1 failed: sampled values break a config rule" in line and "episode_len" in line
+    assert "--study-name" in line
+    assert not (tmp_path / "run" / "best").exists()
+
+
+@pytest.mark.parametrize("where", ["directory", "file_as_parent"])
+def test_unusable_journal_path_is_one_error(data, tmp_path, capsys, where):
+    if where == "directory":
+        storage = tmp_path / "study.log"
+        storage.mkdir()
+    else:
+        (tmp_path / "plain").write_text("not a folder")
+        storage = tmp_path / "plain" / "study.log"
+    config = data["write"]("fixed.yaml", _config(data["processed"], {
+        "ppo.learning_rate": {"type": "categorical", "choices": [LR]}}))
+    assert hpo_main(["--config", str(config), "--run-dir", str(tmp_path / "run"), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --storage / hpo.storage journal file")
+    assert ("is a directory" if where == "directory" else "is a file, not a folder") in err[0]
+    assert "writable file path ending in .log" in err[0]
+
+
+def test_heartbeat_thread_keeps_a_long_trial_alive(tmp_path):
+    """The beat comes from a thread, so a trial whose chunk (or compile) outlasts the grace period lives."""
+    with warnings.catch_warnings():  # heartbeat_interval is experimental; ask() outside optimize() warns
+        warnings.simplefilter("ignore")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=1,
+                                             grace_period=3)  # sqlite's clock has whole seconds
+        study = optuna.create_study(storage=storage)
+        trial = study.ask()
+
+    def age_heartbeats():
+        with sqlite3.connect(tmp_path / "study.db") as db:
+            db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hours')")
+
+    with Liveness(study) as liveness:
+        liveness.add(trial)
+        age_heartbeats()
+        assert [t.number for t in liveness.stale()] == []  # this worker's own trial is never stale
+        time.sleep(2.5)  # the main thread is busy; the beat thread refreshes the heartbeat meanwhile
+        assert [t.number for t in Liveness(study).stale()] == []  # seen from another worker: alive
+        liveness.discard(trial)
+    age_heartbeats()
+    assert [t.number for t in Liveness(study).stale()] == [0]

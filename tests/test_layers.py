@@ -1,0 +1,65 @@
+"""The architecture, checked: every import in the package points DOWN the layer order (or stays in
+its own layer), so there is no upward arrow and no cycle between layers (docs/DESIGN.md, "Layers")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tbjax"
+# lowest first; a module may import its own layer and any layer before it
+LAYERS = [
+    ("tbjax.errors", "tbjax.config", "tbjax.atomic"),
+    ("tbjax.data",),
+    ("tbjax.env",),
+    ("tbjax.agent",),
+    ("tbjax.learner",),
+    ("tbjax.evaluation",),
+    ("tbjax.run",),
+    ("tbjax.hpo",),
+    ("tbjax.cli", "tbjax.api"),
+]
+MAX_MODULE_LINES = 400
+
+
+def layer_of(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None  # the package root and the `python -m tbjax.<command>` shims sit above every layer
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) for every import in the file, function-level ones included."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            out += [(node.lineno, n if layer_of(n) is not None else node.module) for n in names]
+    return [(line, m) for line, m in out if m == "tbjax" or m.startswith("tbjax.")]
+
+
+def test_every_module_belongs_to_a_layer():
+    stray = [module_name(p) for p in PACKAGE.rglob("*.py")
+             if layer_of(module_name(p)) is None and p.parent != PACKAGE and p.name != "__main__.py"]
+    assert not stray, f"modules outside every layer: {stray}"
+
+
+def test_imports_only_point_down():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = layer_of(module_name(path))
+        if here is None or path.name == "__main__.py":  # `python -m` shims sit above every layer
+            continue
+        for line, target in imports_of(path):
+            there = layer_of(target)
+            if there is not None and there > here:
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
+    assert not upward, "imports pointing up the layer order:\n" + "\n".join(upward)
