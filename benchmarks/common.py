@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from tbjax.data import features as feats
-from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData, market_data_from_arrays
+from tbjax.data.bars import market_from_tables
+from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_EMBARGO, role_ranges
 from tbjax.data.synthetic import generate_klines
@@ -93,18 +94,8 @@ def planted_market(n_symbols: int = 4, n_bars: int = 20_000, signal_rho: float =
     z = [pipeline.transform(t) for t in tables]
     ranges = [role_ranges(r) for r in roles]
     symbols = [f"SYN{k}" for k in range(n_symbols)]
-    market = market_data_from_arrays(
-        symbols=symbols,
-        features=[np.stack([zi[f"{c}_z"] for c in columns], axis=1) for zi in z],
-        open_=[t["open"] for t in tables],
-        close=[t["close"] for t in tables],
-        volatility=[np.nan_to_num(feats.parkinson_volatility_per_bar(t["high"], t["low"])) for t in tables],
-        volume=[t["volume"] for t in tables],
-        tradable=[t["volume"] > 0 for t in tables],
-        hour_of_week=[feats.hour_of_week(t["open_time"]) for t in tables],
-        role_ranges=ranges,
-        feature_names=[f"{c}_z" for c in columns],
-    )
+    market = market_from_tables(pipeline, {s: {**t, "tradable": t["volume"] > 0} for s, t in zip(symbols, tables)},
+                                dict(zip(symbols, ranges)), columns)
     return PlantedMarket(market, symbols, [t["close"] for t in tables], [zi[SIGNAL_COLUMN] for zi in z],
                          ranges, window_size, signal_rho)
 

@@ -126,7 +126,7 @@ class TradingPolicy:
         table = {c: np.concatenate([v, v[-1:]]) for c, v in table.items()}  # padding row: never a fill
         table["tradable"][-1] = False
         table["volume"][-1] = 0
-        return market_from_tables(self.config, self.pipeline, {"BARS": table}, {"BARS": [(0, 0), (0, 0), (0, n + 1)]},
+        return market_from_tables(self.pipeline, {"BARS": table}, {"BARS": [(0, 0), (0, 0), (0, n + 1)]},
                                    self.feature_columns), n
 
     def target_positions(self, bars, position: float = 0.0) -> np.ndarray:

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tbjax.data.market import ROLE_NAMES as MARKET_ROLE_NAMES, ROLE_TEST, ROLE_TRAIN, ROLE_VAL  # noqa: F401
 from tbjax.errors import InputError
 
-ROLE_TRAIN, ROLE_VAL, ROLE_TEST, ROLE_EMBARGO, ROLE_OUTSIDE = 0, 1, 2, 3, -1
-ROLE_NAMES = {ROLE_TRAIN: "train", ROLE_VAL: "val", ROLE_TEST: "test",
-              ROLE_EMBARGO: "embargo", ROLE_OUTSIDE: "outside"}
+# The three roles an env reads are defined with MarketData; splits add the rows no role reads.
+ROLE_EMBARGO, ROLE_OUTSIDE = 3, -1
+ROLE_NAMES = {**dict(enumerate(MARKET_ROLE_NAMES)), ROLE_EMBARGO: "embargo", ROLE_OUTSIDE: "outside"}
 
 _MS_PER_DAY = 86_400_000
 

@@ -15,16 +15,14 @@ costs) and flat (zero returns).
 
 from __future__ import annotations
 
-import math
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tbjax.data.market import ROLE_NAMES, MarketData
-from tbjax.env import market as market_env
 from tbjax.evaluation.metrics import buy_and_hold_returns, pooled_metrics, risk_metrics
+from tbjax.evaluation.objective import finite_or_zero, regime_objective  # noqa: F401 (re-export)
+from tbjax.learner.walk import WALK_ROLE, held_positions, walk  # noqa: F401 (re-export)
 
 CORE_BASELINE_KEYS = ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
                       "cvar_5", "var_5")
@@ -36,65 +34,6 @@ def split_walk(market: MarketData, role: int, window_size: int) -> tuple[np.ndar
     end = np.asarray(market.role_end)[:, role]
     n = np.maximum(end - 1 - start, 0)  # decision t needs bar t+1 inside the split
     return start.astype(np.int32), n.astype(np.int32)
-
-
-@partial(jax.jit, static_argnames=("policy_apply", "n_steps", "deterministic"))
-def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, position0, key, n_steps: int,
-         deterministic: bool):
-    """THE acting loop of evaluation: every symbol from ``start[s]`` for ``n_valid[s]`` decisions.
-
-    Used by the val/test backtest and by ``load_policy(...).target_positions``, so a policy acts
-    the same way in both. Per decision bar t: ``observe`` (account features + window) → policy with
-    FROZEN ``obs_stats`` → ``market_step`` (fill at t+1's open with every cost, mark at t+1's
-    close). Steps past ``n_valid[s]`` keep the state and are marked invalid; ``n_steps`` (static)
-    is the scan length. The account starts flat-equity at ``position0[s]``.
-
-    The walk never reads ``env_params.role`` to place itself (``start`` comes from the host; the
-    out-of-rows truncation flag is ignored), so callers pin the role to one value and val, test
-    and the regime markets share one compiled program.
-
-    ``key`` seeds sampled actions when ``deterministic`` is False (one stream per symbol, folded
-    with the step index); a deterministic walk ignores it.
-
-    Returns per [symbol, step]: equity, target (the position the action asks for), turnover (the
-    fraction of equity the env traded, drift rebalancing included), tradable (the fill bar was
-    tradable and the step valid) and valid.
-    """
-
-    def one_symbol(sym, t0, n_sym, p0):
-        state = market_env.fresh_account(sym, t0, p0)
-        sym_key = jax.random.fold_in(key, sym)
-
-        def body(state, i):
-            obs = market_env.observe(state, env_params, market)
-            step_key = None if deterministic else jax.random.fold_in(sym_key, i)
-            action = policy_apply(params, obs_stats, obs[None], deterministic, key=step_key)[0]
-            new_state, _, _, _, info = market_env.market_step(state, action, env_params, market)
-            valid = i < n_sym
-            state = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_state, state)
-            out = dict(equity=info["equity"], target=market_env.target_position(action, env_params),
-                       turnover=jnp.where(valid, info["turnover"], 0.0), tradable=info["tradable"] & valid,
-                       valid=valid)
-            return state, out
-
-        _, outs = jax.lax.scan(body, state, jnp.arange(n_steps))
-        return outs
-
-    return jax.vmap(one_symbol)(jnp.arange(market.n_symbols), start, n_valid, position0)
-
-
-def held_positions(target: np.ndarray, tradable: np.ndarray, initial: float = 0.0) -> np.ndarray:
-    """Position held over each bar: the target where its fill bar was tradable, else the last one.
-
-    On a non-tradable fill bar the env ignores the action and keeps the old position, so the
-    held series forward-fills the last tradable target (``initial`` before the first).
-    """
-    target = np.asarray(target, np.float64)
-    last = np.maximum.accumulate(np.where(tradable, np.arange(len(target)), -1))
-    return np.where(last >= 0, target[np.maximum(last, 0)], float(initial))
-
-
-WALK_ROLE = 0  # the role pinned in the walk's env params (see ``walk``)
 
 
 def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, role: int,
@@ -151,19 +90,3 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
         },
     }
     return result, series
-
-
-def finite_or_zero(x: float) -> float:
-    """Sortino is undefined (NaN) for a series without losses, e.g. a flat policy; count it as 0."""
-    return float(x) if x is not None and math.isfinite(float(x)) else 0.0
-
-
-def regime_objective(val_sortino: float, choppy_sortino: float, trend_sortino: float,
-                     w_val: float, w_choppy: float, w_trend: float) -> float:
-    """objective = w_val·Sortino(val) + w_choppy·Sortino(CHOPPY_FLAT) + w_trend·Sortino(STRONG_TREND).
-
-    The seed system's ObjectiveScorePruningCallback with weights 0.5 / 0.3 / 0.2 (ALGORITHMS.md).
-    Undefined Sortino values count as 0 so a flat policy scores 0, not NaN.
-    """
-    return (w_val * finite_or_zero(val_sortino) + w_choppy * finite_or_zero(choppy_sortino)
-            + w_trend * finite_or_zero(trend_sortino))

@@ -18,7 +18,8 @@ import pyarrow.feather as feather
 
 from tbjax.config import Config, keys_of_kind
 from tbjax.data import features as feats
-from tbjax.data.market import MarketData, market_data_from_arrays
+from tbjax.data.bars import BAR_COLUMNS, market_from_tables  # noqa: F401 (BAR_COLUMNS re-exported)
+from tbjax.data.market import MarketData
 from tbjax.data.export import file_sha256
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import (ROLE_NAMES, ROLE_TEST, ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges,
@@ -29,7 +30,6 @@ from tbjax.errors import InputError
 from tbjax.evaluation.metrics import infer_bars_per_year
 from tbjax.learner.trainer import HParams, TrainerSpec, make_hparams
 
-BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 REGIME_MARKETS = {"choppy": "CHOPPY_FLAT", "trend": "STRONG_TREND"}
 
 
@@ -124,26 +124,7 @@ def regime_market(cfg: Config, pipeline: FeaturePipeline, timeframe_ms: int, col
         table["tradable"] = table["volume"] > 0
         n = len(table["close"])
         tables[regime], ranges[regime] = table, [(0, 0), (0, n), (0, n)]
-    return market_from_tables(cfg, pipeline, tables, ranges, columns)
-
-
-def market_from_tables(cfg, pipeline, tables, ranges, columns) -> MarketData:
-    """Processed per-symbol tables → MarketData with the run's pipeline (the one bars → device path)."""
-    syms = list(tables)
-    z = [pipeline.transform({c: tables[s][c] for c in columns}) for s in syms]
-    zf = [np.stack([zi[f"{c}_z"] for c in columns], axis=1).astype(np.float32) for zi in z]
-    return market_data_from_arrays(
-        symbols=syms,
-        features=zf,
-        open_=[tables[s]["open"] for s in syms],
-        close=[tables[s]["close"] for s in syms],
-        volatility=[np.nan_to_num(feats.parkinson_volatility_per_bar(tables[s]["high"], tables[s]["low"])) for s in syms],
-        volume=[tables[s]["volume"] for s in syms],
-        tradable=[np.asarray(tables[s]["tradable"], bool) for s in syms],
-        hour_of_week=[feats.hour_of_week(np.asarray(tables[s]["open_time"], np.int64)) for s in syms],
-        role_ranges=[ranges[s] for s in syms],
-        feature_names=[f"{c}_z" for c in columns],
-    )
+    return market_from_tables(pipeline, tables, ranges, columns)
 
 
 def embargo_of(cfg: Config) -> tuple[int, str]:
@@ -187,7 +168,7 @@ def build_experiment(cfg: Config, with_regimes: bool = True, pipeline: FeaturePi
         pipeline = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)
         pipeline.fit([tables[s] for s in syms], [roles[s] == ROLE_TRAIN for s in syms])
     ranges = {s: role_ranges(roles[s]) for s in syms}
-    market = market_from_tables(cfg, pipeline, tables, ranges, columns)
+    market = market_from_tables(pipeline, tables, ranges, columns)
     times = np.asarray(tables[syms[0]]["open_time"], np.int64)
     timeframe_ms = int(np.median(np.diff(times))) if len(times) > 1 else 3_600_000
     bpy = d.bars_per_year or infer_bars_per_year(times)
@@ -275,7 +256,7 @@ def regime_sortinos(exp: Experiment, policy_apply, params, obs_stats, env_params
 
 def objective_of(cfg: Config, split_sortino: float, regime_sortino: dict[str, float]) -> float:
     """The regime objective from a split's pooled Sortino and the regime markets' Sortinos."""
-    from tbjax.evaluation.backtest import regime_objective
+    from tbjax.evaluation.objective import regime_objective
 
     e = cfg.eval
     return regime_objective(split_sortino, regime_sortino.get("choppy", 0.0), regime_sortino.get("trend", 0.0),
