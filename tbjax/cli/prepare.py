@@ -4,16 +4,16 @@
         [--fear-greed CSV] [--events CSV] [--no-trade-window HH:MM-HH:MM ...] [--window-size 32]
         [--earliest 1990-01-01] [--latest YYYY-MM-DD]
 
-Steps per symbol: read (``data/klines.py``: separator and decimal mark sniffed, numbers parsed
-strictly, epoch units and the time range checked), clean with counts (one summary line each),
-check that the file holds one timeframe and that it fits ``--timeframe``, compute causal features
-(``data/features.py``) and the as-of side features (``data/sidedata.py``), mark ``tradable``
-(``data/tables.py``), drop the first ``warmup_bars(window_size)`` rows. Every file is read and
-validated before anything is written; outputs go to temp files in OUT (``tbjax.atomic``) and are
-renamed into place only when all of them are written, manifest.json last, so a failure (a full
-disk included) never leaves a partial dataset (DESIGN.md invariant 6). Only then are the tables
-of an earlier run whose symbols are no longer in the raw folder removed, so OUT and its manifest
-list the same symbols.
+Steps per symbol: read (``data/klines.py``; separator and decimal mark sniffed and numbers
+parsed strictly by ``data/textformat.py``, epoch units and the time range checked by
+``data/timeparse.py``), clean with counts (one summary line each), check that the file holds one
+timeframe and that it fits ``--timeframe``, compute causal features (``data/features.py``) and
+the as-of side features (``data/sidedata.py``), mark ``tradable`` (``data/tables.py``), drop the
+first ``warmup_bars(window_size)`` rows. Every file is read and validated before anything is
+written; outputs go to temp files in OUT (``tbjax.atomic``) and are renamed into place only when
+all of them are written, manifest.json last, so a failure (a full disk included) never leaves a
+partial dataset (DESIGN.md invariant 6). Only then are the tables of an earlier run whose symbols
+are no longer in the raw folder removed, so OUT and its manifest list the same symbols.
 
 Timeframe: ``--timeframe`` or the median spacing of open times. A given timeframe longer than a
 symbol's median spacing is refused: the decision time open_time + timeframe would then lie in
@@ -33,7 +33,7 @@ import pandas as pd
 import tbjax
 from tbjax.atomic import atomic_path, disk_errors
 from tbjax.data import features as feature_lib
-from tbjax.data import klines, sidedata, tables
+from tbjax.data import klines, sidedata, tables, timeparse
 from tbjax.errors import InputError
 
 MAX_GAPS_LISTED = 10
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="observation window of the agent (sets the warm-up)")
     parser.add_argument("--earliest", metavar="YYYY-MM-DD",
                         help=f"earliest plausible time in any input (default "
-                             f"{klines.EARLIEST_DEFAULT}); earlier rows stop the run")
+                             f"{timeparse.EARLIEST_DEFAULT}); earlier rows stop the run")
     parser.add_argument("--latest", metavar="YYYY-MM-DD",
                         help="latest plausible time in any input (default: now + 1 year); later "
                              "rows stop the run")
@@ -279,7 +279,7 @@ def prepare(raw_dir, out_dir, timeframe: str | None = None, time_format: str | N
         raise InputError(f"--window-size {window_size} must be a positive number of bars")
     if out_dir.resolve() == raw_dir.resolve():
         raise InputError(f"--out {out_dir} is the raw directory; choose a separate output folder")
-    bounds = klines.time_bounds(earliest, latest)
+    bounds = timeparse.time_bounds(earliest, latest)
     windows = [tables.parse_no_trade_window(w) for w in no_trade_windows]
     timeframe_ms = tables.parse_timeframe(timeframe) if timeframe is not None else None
     fg_series = (sidedata.read_fear_greed(Path(fear_greed), time_format, bounds)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 
@@ -26,25 +25,17 @@ import numpy as np
 
 from tbjax.atomic import disk_errors, write_with
 from tbjax.data.synthetic import REGIME_NAMES, generate_klines, regime_index
+from tbjax.data.tables import parse_timeframe
 from tbjax.errors import InputError
 
 KLINE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time",
                  "quote_volume", "n_trades", "taker_buy_base", "taker_buy_quote")
-_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # Peak memory of generate_klines + write_kline_csv for one symbol, per bar: about 320 bytes
 # measured (tracemalloc, 1e5 and 4e5 bars), rounded up for the allocator and the interpreter.
 BYTES_PER_BAR = 400
 CSV_BYTES_PER_BAR = 200     # one CSV row: about 150-165 bytes measured, rounded up
 START_MS = 1_577_836_800_000  # generate_klines' default start, 2020-01-01T00:00Z
 LAST_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z: later open times have no calendar date
-
-
-def timeframe_to_ms(text: str) -> int:
-    """'15m', '1h', '4h', '1d', '1w' → milliseconds; InputError for anything else."""
-    match = re.fullmatch(r"(\d+)([mhdw])", str(text).strip())
-    if not match or int(match.group(1)) == 0:
-        raise InputError(f"--timeframe {text!r} is not a bar length; use e.g. 15m, 1h, 4h or 1d")
-    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def write_kline_csv(path: str, klines: dict[str, np.ndarray]) -> None:
@@ -89,7 +80,7 @@ def check_size(bars: int, symbols: int, timeframe: str, out: str) -> None:
         raise InputError(f"--bars {bars} needs about {_gib(need)} of memory per symbol "
                          f"({BYTES_PER_BAR} bytes per bar) but {_gib(have)} is available; "
                          f"lower --bars to at most {max(2, have // BYTES_PER_BAR):,}")
-    if START_MS + (bars - 1) * timeframe_to_ms(timeframe) > LAST_MS:
+    if START_MS + (bars - 1) * parse_timeframe(timeframe) > LAST_MS:
         raise InputError(f"--bars {bars} of --timeframe {timeframe} would run past the year 9999 "
                          f"(bars start 2020-01-01); lower --bars or --timeframe")
     disk = bars * symbols * CSV_BYTES_PER_BAR
@@ -135,7 +126,7 @@ def run(argv: list[str] | None = None) -> list[str]:
         raise InputError(f"--seed must be >= 0, got {args.seed}; pass a non-negative integer")
     if not -1.0 <= args.signal <= 1.0:
         raise InputError(f"--signal must lie in [-1, 1], got {args.signal}")
-    timeframe_ms = timeframe_to_ms(args.timeframe)
+    timeframe_ms = parse_timeframe(args.timeframe)
     if args.regime is not None:
         regime_index(args.regime)
     check_size(args.bars, args.symbols, args.timeframe, args.out)

@@ -20,16 +20,8 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 from tbjax.atomic import disk_errors, write_atomic, write_with
+from tbjax.data.hashing import file_sha256
 from tbjax.data.splits import ROLE_NAMES, SplitBounds
-
-
-def file_sha256(path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split_version(bounds: SplitBounds, feature_config: dict, data_hashes: dict[str, str]) -> str:

@@ -7,19 +7,9 @@ Two layouts are understood, both with case-insensitive column names and common a
 * General OHLCV tables whose time column is one of ``open_time / timestamp / ts / ts_ms / time /
   date / datetime`` (first match in that order).
 
-CSV fields may be separated by ``,``, ``;``, tab or ``|`` (the separator that splits the first
-line into the most fields). In a comma-separated file the decimal mark is ``.``; in any other
-file it is ``,`` when some number settles it (``1234,5``, ``0,25``), else ``.``. Numbers are never
-guessed at: a value with a thousands separator (``1,234.5``), the other decimal mark, or a ``,``
-that could be either (``1,234`` with nothing else in the file deciding) stops with an error naming
-file, column and data row (rows count from 1 after the header).
-
-Time values may be epoch seconds, milliseconds, microseconds or nanoseconds (detected by the
-magnitude of the median value: Binance spot dumps switched from ms to µs in 2025), ISO-8601
-strings (naive strings are taken as UTC), native timestamp/date columns, or strings in a
-user-given ``strftime`` format. Everything becomes ``open_time`` in int64 ms UTC. A file whose
-epoch values mix units, and any time outside ``TimeBounds`` (default 1990-01-01 .. now + 1 year),
-is refused with the data row: both are misread data, never real bars.
+CSV separators, decimal marks and strict number parsing are :mod:`tbjax.data.textformat`'s;
+time columns (epoch units, ISO / strftime strings, the plausible ``TimeBounds``) are
+:mod:`tbjax.data.timeparse`'s. Everything becomes ``open_time`` in int64 ms UTC.
 
 Canonical columns (what ``tbjax.data.features.compute_features`` relies on): ``open_time`` (int64),
 ``open, high, low, close, volume`` (float64); optional ``quote_volume, n_trades, taker_buy_base,
@@ -33,7 +23,6 @@ corrupt download never surfaces as a traceback.
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.feather as pa_feather
 import pyarrow.parquet as pa_parquet
 
+from tbjax.data.hashing import file_sha256
+from tbjax.data.textformat import (float_column, looks_numeric, number_format, sniff_decimal,
+                                   sniff_delimiter, with_number_format)
+from tbjax.data.timeparse import TimeBounds, parse_time_column
 from tbjax.errors import InputError
 
 BINANCE_COLUMNS = (
@@ -74,76 +67,6 @@ KLINE_COLUMN_NAMES = frozenset(TIME_COLUMNS + ("symbol",) + sum(ALIASES.values()
 _BINANCE_STEM = re.compile(r"^([A-Z0-9]+)-\d+(S|M|H|D|W|MO)-\d{4}-\d{2}(-\d{2})?$")
 _SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9._-]+$")
 
-DELIMITERS = (",", ";", "\t", "|")  # ties go to the earlier one
-_DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
-DECIMAL_KEY = b"tbjax.decimal"      # Arrow schema metadata: the decimal mark of a CSV's numbers
-DELIMITER_KEY = b"tbjax.delimiter"
-# "1,234" (1-3 digits, a comma, exactly three digits) is 1.234 with a decimal comma or 1234 with a
-# thousands separator: such a value alone never decides the decimal mark of a file.
-_COMMA_GROUPED = r"[+-]?[1-9]\d{0,2},\d{3}"
-_COMMA_NUMBER = r"[+-]?\d*,\d+"
-_DOT_NUMBER = r"[+-]?\d*\.\d+"
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}([,. '\u00a0\u202f\u2019])\d{3}(\1\d{3})*([.,]\d+)?")
-
-EARLIEST_DEFAULT = "1990-01-01"
-FUTURE_SLACK = pd.Timedelta(days=365)
-UNIT_NAMES = ("seconds", "milliseconds", "microseconds", "nanoseconds")
-_UNIT_EDGES = np.array([1e11, 1e14, 1e17])  # |value| below edge k is unit k (see _epoch_band)
-_UNIT_TO_MS = np.array([1e3, 1.0, 1e-3, 1e-6])
-
-
-@dataclass(frozen=True)
-class TimeBounds:
-    """The plausible range of time values, [earliest, latest] in ms UTC.
-
-    Bars before 1990 or more than a year ahead are, in practice, a wrong unit, a typo or a
-    placeholder (0, 2100-01-01), and one such row silently becomes a huge gap or a bar out of
-    order. ``--earliest`` / ``--latest`` move the ends for data that really lies outside.
-    """
-
-    earliest_ms: int
-    latest_ms: int
-    earliest_text: str
-    latest_text: str
-
-
-def _date_ms(text: str, flag: str) -> int:
-    """A ``--earliest`` / ``--latest`` date (naive = UTC) → ms; InputError naming the flag."""
-    try:
-        stamp = pd.Timestamp(str(text).strip())
-    except (ValueError, TypeError, OverflowError):
-        stamp = pd.NaT
-    if pd.isna(stamp):
-        example = "1980-01-01" if flag == "--earliest" else "2030-12-31"
-        raise InputError(f"{flag} {text!r} is not a date; write it as YYYY-MM-DD, e.g. "
-                         f"{flag} {example}") from None
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.as_unit("ms").asm8.astype(np.int64))
-
-
-def time_bounds(earliest: str | None = None, latest: str | None = None) -> TimeBounds:
-    """TimeBounds from ``--earliest`` / ``--latest`` (None: 1990-01-01 and now + 1 year)."""
-    earliest_text = earliest if earliest is not None else EARLIEST_DEFAULT
-    if latest is None:
-        latest_stamp = pd.Timestamp.now(tz="UTC").floor("D") + FUTURE_SLACK
-        latest_text = f"{latest_stamp:%Y-%m-%d} (now + 1 year)"
-        latest_ms = int(latest_stamp.as_unit("ms").asm8.astype(np.int64))
-    else:
-        latest_text, latest_ms = str(latest), _date_ms(latest, "--latest")
-    earliest_ms = _date_ms(earliest_text, "--earliest")
-    if earliest_ms >= latest_ms:
-        raise InputError(f"--earliest {earliest_text} is not before --latest {latest_text}; "
-                         f"pass an earlier --earliest or a later --latest")
-    return TimeBounds(earliest_ms, latest_ms, str(earliest_text), latest_text)
-
-
-def iso_ms(ms) -> str:
-    """ms since 1970 → '2024-01-02T03:00:00Z' (the raw number when no calendar date fits)."""
-    try:
-        return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (ValueError, OverflowError, TypeError):
-        return f"{ms} ms since 1970"
-
 
 @dataclass(frozen=True)
 class RawBars:
@@ -159,15 +82,6 @@ class RawBars:
     bars: dict
     time_valid: np.ndarray
     empty_optional: tuple = ()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks (recorded in the manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def table_suffix(path: Path) -> str | None:
@@ -188,74 +102,17 @@ def _first_line(path: Path) -> str:
     return text.splitlines()[0] if text.strip() else ""
 
 
-def _looks_numeric(field: str) -> bool:
-    try:
-        float(field.strip().strip('"'))
-    except ValueError:
-        return False
-    return True
-
-
-def sniff_delimiter(first_line: str) -> str:
-    """The field separator that splits the header (or first row) into the most fields.
-
-    European spreadsheets write ';' (their decimal mark is ','), databases often tab or '|'.
-    Read with the wrong one, the whole line becomes one column and nothing else is found.
-    Quotes are honoured, so a quoted "1,5" in a ';' file does not count as a split.
-    """
-    if not first_line:
-        return ","
-    counts = {d: len(next(csv.reader([first_line], delimiter=d))) for d in DELIMITERS}
-    return max(DELIMITERS, key=lambda d: (counts[d], -DELIMITERS.index(d)))
-
-
-def _text_cells(frame: pd.DataFrame, skip) -> list[tuple[str, pd.Series]]:
-    """(column name, stripped text) of every text column not in ``skip`` (normalised names)."""
-    return [(name, frame[name].astype("string").str.strip()) for name in frame.columns
-            if normal_name(name) not in skip and not pd.api.types.is_numeric_dtype(frame[name])]
-
-
-def _sniff_decimal(frame: pd.DataFrame, path: Path, delimiter: str) -> str:
-    """The decimal mark of a CSV read as text, from every number in it (see module doc).
-
-    A comma-separated file cannot hold a bare decimal comma, so its mark is '.'. Elsewhere one
-    unambiguous comma number ("1234,5", "0,25", "12,5") makes it ','. If the only commas are
-    "1,234"-shaped and no '.' number settles it, the file is refused rather than guessed.
-    """
-    if delimiter == ",":
-        return "."
-    comma = dot = ambiguous = None
-    for name, text in _text_cells(frame, TIME_COLUMNS + ("symbol",)):
-        grouped = text.str.fullmatch(_COMMA_GROUPED).fillna(False)
-        if comma is None and (text.str.fullmatch(_COMMA_NUMBER).fillna(False) & ~grouped).any():
-            comma = name
-        if dot is None and text.str.fullmatch(_DOT_NUMBER).fillna(False).any():
-            dot = name
-        if ambiguous is None and grouped.any():
-            row = int(np.flatnonzero(grouped.to_numpy())[0])
-            ambiguous = (name, row, text.iloc[row])
-    if comma is not None:
-        return ","
-    if ambiguous is not None and dot is None:
-        name, row, value = ambiguous
-        raise InputError(
-            f"file {path}, column '{name}', data row {row + 1}: {value!r} could be a decimal comma "
-            f"or a thousands separator and no other number in the file settles it; save the file "
-            f"with '.' as the decimal mark and no thousands separators (e.g. 1234.5)")
-    return "."
-
-
 def _read_csv(path: Path, time_format: str | None, wanted) -> pa.Table:
     """CSV via pandas' C parser (about 2x faster and leaner than type-inferring Arrow here).
 
     Comma-separated files keep pandas' number inference (the fast path for big Binance dumps);
     any other separator reads its value columns as text, so the decimal mark is decided from the
-    whole file and every number is parsed by ``parse_numbers``.
+    whole file and every number is parsed by ``textformat.parse_numbers``.
     """
     first = _first_line(path)
     delimiter = sniff_delimiter(first)
     fields = next(csv.reader([first], delimiter=delimiter)) if first else []
-    if fields and _looks_numeric(fields[0]):
+    if fields and looks_numeric(fields[0]):
         if len(fields) != len(BINANCE_COLUMNS):
             raise InputError(
                 f"file {path} has no header row and {len(fields)} columns; Binance kline dumps "
@@ -277,17 +134,9 @@ def _read_csv(path: Path, time_format: str | None, wanted) -> pa.Table:
                         dtype=text or None)
     for name in frame.columns[frame.dtypes == object]:  # mixed text/numbers → text, parsed later
         frame[name] = frame[name].astype("string")
-    decimal = _sniff_decimal(frame, path, delimiter)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    metadata = dict(table.schema.metadata or {})
-    metadata.update({DECIMAL_KEY: decimal.encode(), DELIMITER_KEY: delimiter.encode()})
-    return table.replace_schema_metadata(metadata)
-
-
-def number_format(table: pa.Table) -> tuple[str, str]:
-    """(decimal mark, field separator) a table was read with; ('.', ',') for parquet/feather."""
-    metadata = table.schema.metadata or {}
-    return (metadata.get(DECIMAL_KEY, b".").decode(), metadata.get(DELIMITER_KEY, b",").decode())
+    skip = [name for name in frame.columns if normal_name(name) in TIME_COLUMNS + ("symbol",)]
+    decimal = sniff_decimal(frame, path, delimiter, skip)
+    return with_number_format(pa.Table.from_pandas(frame, preserve_index=False), decimal, delimiter)
 
 
 def read_raw_table(path: Path, time_format: str | None = None, wanted=None) -> pa.Table:
@@ -339,178 +188,6 @@ def _column_map(names: list[str], path: Path) -> dict[str, str]:
         raise InputError(f"file {path} is missing column(s) {', '.join(missing)} (found "
                          f"{', '.join(map(str, names))}); add them or rename the existing ones")
     return found
-
-
-def _epoch_band(values: np.ndarray) -> np.ndarray:
-    """Unit index per value (0 s, 1 ms, 2 µs, 3 ns) by magnitude: s < 1e11 ≤ ms < 1e14 ≤ µs <
-    1e17 ≤ ns. 1e11 s is the year 5138 and 1e11 ms is 1973, so for any date from 1973 on the
-    bands cannot be confused."""
-    with np.errstate(invalid="ignore"):
-        return np.searchsorted(_UNIT_EDGES, np.abs(values.astype(np.float64)), side="right")
-
-
-def _epoch_to_ms(values: np.ndarray, band: int) -> np.ndarray:
-    """Epoch numbers in unit ``band`` → int64 ms (floats rounded to the ms)."""
-    if values.dtype.kind == "f":
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.round(np.nan_to_num(values, nan=0.0) * _UNIT_TO_MS[band]).astype(np.int64)
-    values = values.astype(np.int64, copy=False)
-    return values * 1000 if band == 0 else values // int(round(1 / _UNIT_TO_MS[band]))
-
-
-def _check_one_unit(values: np.ndarray, valid: np.ndarray, band: int, bounds: TimeBounds,
-                    where: str) -> None:
-    """Refuse a column whose rows are in different units (e.g. seconds among milliseconds).
-
-    The column's unit comes from its median; a row of another unit whose own reading is a
-    plausible date means rows from two sources were joined, and converting it with the
-    column's unit would put it centuries away (or in 1970). Rows implausible in every unit are
-    left to the range check, whose message fits them better.
-    """
-    bands = _epoch_band(values)
-    other = valid & (bands != band)
-    if not other.any():
-        return
-    with np.errstate(invalid="ignore", over="ignore"):
-        own_ms = values.astype(np.float64) * _UNIT_TO_MS[np.minimum(bands, 3)]
-    joined = other & (own_ms >= bounds.earliest_ms) & (own_ms <= bounds.latest_ms)
-    if joined.any():
-        row = int(np.flatnonzero(joined)[0])
-        raise InputError(
-            f"{where}, data row {row + 1}: value {values[row].item()!r} is epoch "
-            f"{UNIT_NAMES[bands[row]]} ({iso_ms(own_ms[row])}) but most of the column is epoch "
-            f"{UNIT_NAMES[band]}; {int(joined.sum())} row(s) use the other unit, so the file "
-            f"joins two sources: convert the column to one unit (e.g. all milliseconds) and run "
-            f"prepare again")
-
-
-def check_time_range(open_ms: np.ndarray, valid: np.ndarray, bounds: TimeBounds, where: str,
-                     column: pa.ChunkedArray | None = None) -> None:
-    """Refuse valid times outside ``bounds``, naming the first such data row and the flag."""
-    outside = valid & ((open_ms < bounds.earliest_ms) | (open_ms > bounds.latest_ms))
-    if not outside.any():
-        return
-    row = int(np.flatnonzero(outside)[0])
-    count = int(outside.sum())
-    more = f" ({count - 1} more row(s) like it)" if count > 1 else ""
-    value = f"value {column[row].as_py()!r} = " if column is not None else ""
-    if open_ms[row] < bounds.earliest_ms:
-        side, flag = f"before {bounds.earliest_text}", "--earliest YYYY-MM-DD"
-    else:
-        side, flag = f"after {bounds.latest_text}", "--latest YYYY-MM-DD"
-    raise InputError(
-        f"{where}, data row {row + 1}: time {value}{iso_ms(open_ms[row])} is {side}{more}: "
-        f"almost always a wrong unit, a typo or a placeholder; fix or remove the row, or pass "
-        f"{flag} if such dates are real")
-
-
-def _check_no_epoch_among_dates(text: np.ndarray, valid: np.ndarray, where: str) -> None:
-    """Refuse epoch numbers in a column whose other rows are date strings.
-
-    Unparseable times are normally dropped and counted, but an epoch number there is a real time
-    in another format (rows joined from two sources); dropping it would lose bars without a
-    reason a user can see in the file.
-    """
-    if not valid.any() or valid.all():
-        return
-    bad = pd.Series(text[~valid], dtype="string").str.strip()
-    epoch = bad.str.fullmatch(r"[+-]?\d{9,}(\.\d+)?").fillna(False).to_numpy()
-    if epoch.any():
-        row = int(np.flatnonzero(~valid)[np.flatnonzero(epoch)[0]])
-        raise InputError(f"{where}, data row {row + 1}: {text[row]!r} is an epoch number but other "
-                         f"rows are date strings; the file joins two sources: write every time in "
-                         f"one format")
-
-
-def parse_time_column(column: pa.ChunkedArray, time_format: str | None, where: str,
-                      bounds: TimeBounds | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Arrow time column → (int64 ms UTC, valid mask). ``where`` names file and column in errors.
-
-    Valid times must lie within ``bounds`` (default ``time_bounds()``) and epoch numbers must
-    share one unit; anything else stops with the data row (see ``check_time_range``).
-    """
-    bounds = bounds if bounds is not None else time_bounds()
-    kind = column.type
-    if time_format is None and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        valid = ~np.asarray(pc.is_null(column, nan_is_null=True))
-        raw = pc.fill_null(column, 0).to_numpy()
-        finite = raw[valid & np.isfinite(raw)] if raw.dtype.kind == "f" else raw[valid]
-        band = int(_epoch_band(np.array([np.median(np.abs(finite))]))[0]) if finite.size else 1
-        _check_one_unit(raw, valid, band, bounds, where)
-        open_ms = _epoch_to_ms(raw, band)
-        check_time_range(open_ms, valid, bounds, where, column)
-        return open_ms, valid
-    if time_format is None and (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
-        valid = ~np.asarray(pc.is_null(column))
-        as_ms = pc.cast(pc.cast(column, pa.timestamp("ms")) if pa.types.is_date(kind)
-                        else column, pa.timestamp("ms", tz=getattr(kind, "tz", None)))
-        open_ms = pc.fill_null(as_ms.cast(pa.int64()), 0).to_numpy()
-        check_time_range(open_ms, valid, bounds, where)
-        return open_ms, valid
-    text = np.asarray(column.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
-    fmt = time_format if time_format is not None else "ISO8601"
-    try:
-        parsed = pd.to_datetime(pd.Series(text), format=fmt, utc=True, errors="coerce")
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{where}: time format {fmt!r} is not usable ({exc}); pass a strftime "
-                         f"format such as --time-format '%Y-%m-%d %H:%M:%S'") from None
-    valid = parsed.notna().to_numpy()
-    if time_format is None:  # with a format, digits-only times can be legitimate ("%Y%m%d")
-        _check_no_epoch_among_dates(text, valid, where)
-    if text.size and not valid.any():
-        raise InputError(f"{where}: no value parses as a time (first value {text[0]!r} with format "
-                         f"{fmt!r}); pass --time-format matching the column, e.g. '%d/%m/%Y %H:%M'")
-    if not valid.all():
-        parsed = parsed.fillna(pd.Timestamp(0, tz="UTC"))
-    open_ms = parsed.dt.as_unit("ms").astype("int64").to_numpy()
-    check_time_range(open_ms, valid, bounds, where, column)
-    return open_ms, valid
-
-
-def _number_problem(value: str, decimal: str, delimiter: str) -> str:
-    """Why a text cell with digits is not a number here, and how to fix it (one clause)."""
-    if _THOUSANDS.fullmatch(value):  # "1,234.5", "1.234,5", "1 234": grouped, never a plain number
-        return ("has a thousands separator; save the numbers without digit grouping "
-                "(e.g. 1234.5) and run prepare again")
-    if decimal == "." and "," in value:
-        return (f"uses a decimal comma in a file separated by {_DELIMITER_NAMES[delimiter]}, "
-                f"where the decimal mark is '.'; save the file with ';' between fields or with "
-                f"'.' as the decimal mark")
-    if decimal == "," and "." in value:
-        return ("uses '.' as the decimal mark while other numbers in the file use ','; save the "
-                "file with one decimal mark")
-    return "is not a number; fix the cell or leave it empty (the row is then dropped and counted)"
-
-
-def parse_numbers(text, where: str, decimal: str = ".", delimiter: str = ",") -> np.ndarray:
-    """Text cells → float64 in the file's convention; NaN for empty or word cells (n/a, null, -).
-
-    A cell with digits that is not a plain number in that convention ("1,234.5", "12.5 USD",
-    "1.5" in a decimal-comma file) stops with its data row: reading it as NaN would silently
-    drop the bar, reading it any other way would be a guess.
-    """
-    cells = pd.Series(np.asarray(text, dtype=object), dtype="string").str.strip()
-    plain = cells
-    if decimal == ",":
-        plain = cells.str.replace(",", ".", regex=False).where(
-            ~cells.str.contains(".", regex=False).fillna(False))
-    values = pd.to_numeric(plain.astype(object), errors="coerce").astype(np.float64)
-    bad = values.isna() & cells.str.contains(r"\d", regex=True).fillna(False)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        more = f" ({int(bad.sum()) - 1} more cell(s) like it)" if bad.sum() > 1 else ""
-        raise InputError(f"{where}, data row {row + 1}: {cells.iloc[row]!r}{more} "
-                         f"{_number_problem(cells.iloc[row], decimal, delimiter)}")
-    return values.to_numpy(np.float64)
-
-
-def float_column(column: pa.ChunkedArray, where: str = "column", decimal: str = ".",
-                 delimiter: str = ",") -> np.ndarray:
-    """Any column → float64 with NaN for nulls; text goes through ``parse_numbers``."""
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-        return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
-    text = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-    return parse_numbers(text, where, decimal, delimiter)
 
 
 def symbol_for(table: pa.Table, path: Path) -> str:

@@ -29,8 +29,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tbjax.data.klines import (TIME_COLUMNS, TimeBounds, file_sha256, float_column,
-                               normal_name, number_format, parse_time_column, read_raw_table)
+from tbjax.data.hashing import file_sha256
+from tbjax.data.klines import TIME_COLUMNS, normal_name, read_raw_table
+from tbjax.data.textformat import float_column, number_format
+from tbjax.data.timeparse import TimeBounds, parse_time_column
 from tbjax.errors import InputError
 
 EVENT_CAP_BARS = 500

@@ -39,7 +39,7 @@ _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 
 def parse_timeframe(text: str) -> int:
-    """'15m', '1h', '4h', '1d', '1w', '30s' → milliseconds."""
+    """'15m', '1h', '4h', '1d', '1w', '30s' → milliseconds (prepare's and synth's --timeframe)."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", str(text).lower())
     if not match or int(match.group(1)) == 0:
         raise InputError(f"--timeframe {text!r} is not a bar length; use a number and a unit "

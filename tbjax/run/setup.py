@@ -20,7 +20,7 @@ from tbjax.config import Config, keys_of_kind
 from tbjax.data import features as feats
 from tbjax.data.bars import BAR_COLUMNS, market_from_tables  # noqa: F401 (BAR_COLUMNS re-exported)
 from tbjax.data.market import MarketData
-from tbjax.data.export import file_sha256
+from tbjax.data.hashing import file_sha256
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import (ROLE_NAMES, ROLE_TEST, ROLE_TRAIN, ROLE_VAL, SplitBounds, assign_roles, role_ranges,
                                split_bounds)

@@ -9,7 +9,7 @@ import pyarrow.feather as pa_feather
 import pyarrow.parquet as pa_parquet
 import pytest
 
-from tbjax.data import klines
+from tbjax.data import hashing, klines, textformat, timeparse
 from tbjax.errors import InputError
 
 T0_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -185,7 +185,7 @@ def test_file_sha256_matches_hashlib(tmp_path):
 
     path = Path(tmp_path / "f.bin")
     path.write_bytes(b"abc" * 1000)
-    assert klines.file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert hashing.file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -197,7 +197,7 @@ def test_file_sha256_matches_hashlib(tmp_path):
     ('ts,"a;b",close', ","),
 ])
 def test_sniff_delimiter(line, expected):
-    assert klines.sniff_delimiter(line) == expected
+    assert textformat.sniff_delimiter(line) == expected
 
 
 def test_headerless_semicolon_dump_with_decimal_commas(tmp_path):
@@ -215,10 +215,10 @@ def test_headerless_semicolon_dump_with_decimal_commas(tmp_path):
 
 def test_parse_numbers_conventions():
     cells = np.array(["12.5", " 7 ", "", None, "n/a", "-", "1e3"], dtype=object)
-    np.testing.assert_array_equal(klines.parse_numbers(cells, "c"), [12.5, 7.0, np.nan, np.nan,
-                                                                     np.nan, np.nan, 1000.0])
-    np.testing.assert_array_equal(klines.parse_numbers(np.array(["12,5", "0,25", "3"]), "c", ","),
-                                  [12.5, 0.25, 3.0])
+    np.testing.assert_array_equal(textformat.parse_numbers(cells, "c"),
+                                  [12.5, 7.0, np.nan, np.nan, np.nan, np.nan, 1000.0])
+    np.testing.assert_array_equal(
+        textformat.parse_numbers(np.array(["12,5", "0,25", "3"]), "c", ","), [12.5, 0.25, 3.0])
     for value, decimal, words in [("1,234.5", ".", "thousands separator"),
                                   ("1.234,5", ",", "thousands separator"),
                                   ("1 234", ".", "thousands separator"),
@@ -226,7 +226,7 @@ def test_parse_numbers_conventions():
                                   ("12,5", ".", "decimal comma"),
                                   ("12.5 USD", ".", "is not a number")]:
         with pytest.raises(InputError, match=rf"^c, data row 2: {value!r} .*{words}"):
-            klines.parse_numbers(np.array(["1", value], dtype=object), "c", decimal)
+            textformat.parse_numbers(np.array(["1", value], dtype=object), "c", decimal)
 
 
 def test_microseconds_among_milliseconds_are_refused(tmp_path):
@@ -244,13 +244,13 @@ def test_time_bounds_are_configurable(tmp_path):
     frame.to_csv(tmp_path / "b.csv", index=False)
     with pytest.raises(InputError, match=r"data row 3: time value 1700007200000 = "
                                          r"2023-11-15T00:13:20Z is after 2023-11-15: .*--latest"):
-        klines.read_klines(tmp_path / "b.csv", bounds=klines.time_bounds(latest="2023-11-15"))
-    bounds = klines.time_bounds("2023-11-14", "2023-11-16")
+        klines.read_klines(tmp_path / "b.csv", bounds=timeparse.time_bounds(latest="2023-11-15"))
+    bounds = timeparse.time_bounds("2023-11-14", "2023-11-16")
     assert (bounds.earliest_ms, bounds.latest_ms) == (1_699_920_000_000, 1_700_092_800_000)
     np.testing.assert_array_equal(klines.read_klines(tmp_path / "b.csv", bounds=bounds)
                                   .bars["open_time"], T0_MS + np.arange(3) * HOUR_MS)
     with pytest.raises(InputError, match="--earliest 2024-01-01 is not before --latest"):
-        klines.time_bounds("2024-01-01", "2023-01-01")
+        timeparse.time_bounds("2024-01-01", "2023-01-01")
 
 
 def test_epoch_number_among_date_strings_is_refused(tmp_path):

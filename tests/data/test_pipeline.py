@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from tbjax.data.export import export_dataset, file_sha256
+from tbjax.data.export import export_dataset
+from tbjax.data.hashing import file_sha256
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, split_bounds
 from tbjax.errors import InputError

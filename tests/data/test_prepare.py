@@ -9,7 +9,7 @@ import pyarrow.feather as pa_feather
 import pytest
 
 from tbjax.cli import prepare
-from tbjax.data import features, klines, tables
+from tbjax.data import features, hashing, klines, tables
 
 REPO = Path(__file__).resolve().parents[2]
 HOUR = 3_600_000
@@ -106,7 +106,7 @@ def test_prepare_writes_tables_tradable_and_side_features(tmp_path, capsys):
     assert manifest["timeframe"] == "1h" and manifest["warmup_bars"] == WARMUP
     assert manifest["feature_names"][-1] == "fear_greed"
     assert manifest["side_data"]["fear_greed"]["file"] == "fg.csv"
-    assert entry["input_sha256"] == klines.file_sha256(raw / "btcusdt.csv")
+    assert entry["input_sha256"] == hashing.file_sha256(raw / "btcusdt.csv")
     assert sorted(p.name for p in out.iterdir()) == ["BTCUSDT.feather", "manifest.json"]
 
 
