@@ -1,7 +1,8 @@
 """``tbjax.load_policy(run_dir)``: a trained agent as a function from bars to target positions.
 
 Everything comes from the run directory alone (the contract of ``tbjax.train``):
-config.yaml (env rules, network shape), feature_pipeline.json (the train-fitted z-scoring),
+config.yaml (env rules, network shape; a relative ``env.liquidity_seasonality`` is found where the
+run was trained, as ``tbjax.evaluate`` finds it), feature_pipeline.json (the train-fitted z-scoring),
 dataset/manifest.json (the symbols it was trained on) and an orbax checkpoint (parameters and the
 FROZEN observation statistics; docs/DESIGN.md, "Invariants"). No processed data folder is needed: the
 checkpoint template is built with ``jax.eval_shape(trainer.init, ...)`` over a zero MarketData of
@@ -20,6 +21,7 @@ is the level chosen on that bar's close, i.e. the position to hold from the next
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -175,6 +177,22 @@ def _resolve(path: str | Path) -> tuple[Path, tuple[str, ...]]:
                      "pass a directory written by python -m tbjax.train")
 
 
+def _resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
+    """The config's relative paths resolved as training and ``tbjax.evaluate`` resolve them
+    (:func:`tbjax.run.session.resolve_run_paths`: the folder the run was trained from, then the
+    current one). ``env.liquidity_seasonality`` is read by the env, so one found nowhere is an
+    error; the processed data is never read here, so ``data.processed_dir`` is resolved where it
+    exists and otherwise kept as written."""
+    from tbjax.run.session import resolve_run_paths
+
+    without_data = replace(cfg, data=replace(cfg.data, processed_dir=""))
+    cfg = replace(cfg, env=resolve_run_paths(without_data, run_dir).env)
+    try:
+        return resolve_run_paths(cfg, run_dir)
+    except InputError:  # only data.processed_dir can be missing now: the policy does not need it
+        return cfg
+
+
 def _run_symbols(run_dir: Path, cfg: Config) -> list[str]:
     manifest = run_dir / "dataset" / "manifest.json"
     if manifest.is_file():
@@ -195,7 +213,7 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     from tbjax.learner.trainer import make_trainer
 
     run_dir, kinds = _resolve(run_dir_or_checkpoint)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = _resolve_run_paths(load_config(run_dir / "config.yaml"), run_dir)
     pipeline = FeaturePipeline.load(str(run_dir / "feature_pipeline.json"))
     symbols = _run_symbols(run_dir, cfg)
     env_params = _env_params(cfg, ROLE_TRAIN)

@@ -11,12 +11,13 @@ refused. A damaged newest checkpoint falls back to the previous one with one war
 A run directory that cannot be written (read-only copy, full disk): the metrics are still
 computed and printed, then one ``error:`` line says they were not saved and how to fix it, exit 2
 (a script must not take the stale eval/*.json for new ones). ``--no-write`` only prints, exit 0.
+
+The evaluation is :func:`tbjax.run.reevaluate.evaluate_run`; this module parses and prints.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from tbjax.errors import InputError
 
 def _no_checkpoint_fix(which: str, run_dir: Path) -> str:
     """What to do when the run has no usable ``which`` checkpoint (said in this command's flags)."""
-    resume = f"python -m tbjax.train --run-dir {shlex.quote(str(run_dir))} --resume"
+    from tbjax.run.resume import continue_command
+
     if which == "best":
         return ("a best checkpoint is saved at each validation (every train.eval_every updates): pass "
-                f"--checkpoint latest, or continue training with {resume}")
+                f"--checkpoint latest, or continue training with {continue_command(run_dir, quiet=False)}")
     return "pass --checkpoint best, or pick another --run-dir"
 
 
@@ -59,26 +61,12 @@ def main(argv=None) -> int:
 
 
 def evaluate(args) -> int:
+    from tbjax.run.reevaluate import evaluate_run
+    from tbjax.run.session import RunWriteError, save_evaluation
+
     run_dir = Path(args.run_dir)
-    for name in ("config.yaml", "feature_pipeline.json"):
-        if not (run_dir / name).is_file():
-            raise InputError(f"'{run_dir / name}' not found: --run-dir must be a directory written by "
-                             "python -m tbjax.train")
-    from tbjax.config import load_config
-    from tbjax.data.pipeline import FeaturePipeline
-    from tbjax.run.session import (RunWriteError, TrainingSession, check_same_data, evaluate_checkpoint,
-                               resolve_run_paths, save_evaluation)
-
-    cfg = resolve_run_paths(load_config(run_dir / "config.yaml"), run_dir)
-    session = TrainingSession(cfg, run_dir, write=False,
-                              pipeline=FeaturePipeline.load(str(run_dir / "feature_pipeline.json")))
-    check_same_data(session.exp, run_dir)
-    import jax
-
-    template = session.trainer.init(jax.random.PRNGKey(cfg.train.seed), session.hparams, session.exp.market)
-    carry, meta = session.ckpt.restore(args.checkpoint, template, fix=_no_checkpoint_fix(args.checkpoint, run_dir))
     splits = ("val", "test") if args.split == "both" else (args.split,)
-    evals, series = evaluate_checkpoint(session, carry, meta, args.checkpoint, splits)
+    evals, series = evaluate_run(run_dir, args.checkpoint, splits, fix=_no_checkpoint_fix(args.checkpoint, run_dir))
     for split, result in evals.items():
         p = result["pooled"]
         print(f"{split}: sharpe {p['sharpe']:.3f}  sortino {p['sortino']:.3f}  total_return {p['total_return']:.2%}  "

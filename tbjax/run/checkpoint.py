@@ -24,38 +24,32 @@ ever sees a damaged file of a step that has a file list. A save that fails (disk
 removes what it wrote and raises one :class:`~tbjax.errors.InputError`; the earlier steps stay
 untouched. Saves are synchronous: when ``save_*`` returns, a following process sees the checkpoint.
 
-Orbax and tensorstore report a failed read or write twice: as the exception we turn into one
-message, and as dozens of tracebacks from their background tasks ("Exception ignored in
-coroutine", "Event loop is closed", "Task exception was never retrieved"). :func:`quiet_orbax`
-silences the second kind around every orbax call.
+Modules: :mod:`tbjax.run.carry_storage` (the carry as plain arrays, the structure fingerprint),
+:mod:`tbjax.run.checkpoint_files` (commit marker, file list, damage check, save errors) and
+:mod:`tbjax.run.orbax_quiet` (:func:`quiet_orbax`, around every orbax call: orbax's background
+tasks echo a failed read or write as dozens of tracebacks the exception already says).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import gc
-import hashlib
-import io
 import json
-import logging
-import os
-import re
 import shutil
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from tbjax.atomic import describe_os_error, write_atomic
 from tbjax.errors import InputError
+from tbjax.run.carry_storage import abstract, describe_mismatch, rewrap, storable, structure_fingerprint
+from tbjax.run.checkpoint_files import COMMIT_FILE, FILE_LIST, save_error, step_damage, step_files
+from tbjax.run.orbax_quiet import NOISY_LOGGERS, quiet_orbax
 
-COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finalised step (atomicity_types.COMMIT_SUCCESS_FILE)
-FILE_LIST = "tbjax_files.json"  # size and SHA-256 of every file of a committed step, written after the commit
+__all__ = ["COMMIT_FILE", "DEFAULT_FIX", "FILE_LIST", "KEEP", "KINDS", "NOISY_LOGGERS", "RunCheckpoints",
+           "quiet_orbax", "step_damage", "structure_fingerprint"]
+
 KINDS = ("latest", "best")
 KEEP = {"latest": 2, "best": 1}
 # What to do when a checkpoint of this kind is missing or unusable, unless the caller knows better
@@ -64,137 +58,6 @@ KEEP = {"latest": 2, "best": 1}
 DEFAULT_FIX = {"latest": "start without --resume, or pick another run dir",
                "best": "use the 'latest' checkpoint instead (python -m tbjax.evaluate --checkpoint latest), "
                        "or pick another run dir"}
-NOISY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore")
-
-
-def _is_orbax_echo(unraisable) -> bool:
-    """An unraisable exception that only echoes a failed orbax read: a coroutine of orbax's dying
-    with its error, or a tensorstore callback finding orbax's event loop already closed."""
-    exc, obj = unraisable.exc_value, unraisable.object
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" and obj is None:
-        return True
-    code = getattr(obj, "cr_code", None)
-    return code is not None and "orbax" in code.co_filename
-
-
-class _OrbaxTaskEcho(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" about orbax tasks (see quiet_orbax)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "orbax" not in record.getMessage()
-
-
-def _install_echo_filters() -> None:
-    """Process-wide filters for echoes that arrive AFTER an orbax call returned (tensorstore reads
-    still in flight finish later); anything else reaches the previous hook unchanged."""
-    if not getattr(sys.unraisablehook, "_tbjax_orbax_filter", False):
-        previous = sys.unraisablehook
-
-        def hook(unraisable):
-            if not _is_orbax_echo(unraisable):
-                previous(unraisable)
-
-        hook._tbjax_orbax_filter = True
-        sys.unraisablehook = hook
-    asyncio_logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _OrbaxTaskEcho) for f in asyncio_logger.filters):
-        asyncio_logger.addFilter(_OrbaxTaskEcho())
-
-
-@contextlib.contextmanager
-def quiet_orbax() -> Iterator[None]:
-    """Silence orbax's background chatter for the block; its exceptions still propagate.
-
-    A failed read or write inside orbax's async machinery raises here once, and, besides, its
-    dying tasks print tracebacks through ``sys.unraisablehook``, the asyncio and absl loggers and
-    stderr while they are garbage collected or when tensorstore reads still in flight complete.
-    Those echoes say nothing the exception does not, and a user would see ~70 lines of them: hooks
-    and loggers are swapped for the block, after a failure a ``gc.collect()`` before they are
-    restored flushes the dying tasks while they are still muted, and :func:`_install_echo_filters`
-    drops late ones.
-    """
-    _install_echo_filters()
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    hook, stderr = sys.unraisablehook, sys.stderr
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
-    sys.unraisablehook = lambda unraisable: None
-    sys.stderr = io.StringIO()
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        if failed:  # only a failed call leaves dying tasks (collecting costs ~0.2 s on a big heap)
-            gc.collect()
-        sys.stderr, sys.unraisablehook = stderr, hook
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _is_prng_key(x: Any) -> bool:
-    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _storable(carry):
-    """Typed PRNG keys → their uint32 key data (orbax stores plain arrays); other leaves unchanged."""
-
-    def one(x):
-        if not _is_prng_key(x):
-            return x
-        return jax.eval_shape(jax.random.key_data, x) if isinstance(x, jax.ShapeDtypeStruct) else jax.random.key_data(x)
-
-    return jax.tree_util.tree_map(one, carry)
-
-
-def _abstract(template):
-    """ShapeDtypeStruct per leaf, with the template's sharding where it has one (a sharded env axis
-    restores sharded), else on the default device. ``template`` may be concrete or come from
-    ``jax.eval_shape(trainer.init, ...)``, which builds no arrays."""
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def one(x):
-        sharding = getattr(x, "sharding", None) or default
-        if not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-            x = np.asarray(x)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-    return jax.tree_util.tree_map(one, _storable(template))
-
-
-def _key_impl(x):
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return x.dtype._impl  # the key implementation an abstract key dtype carries (no public accessor)
-    return jax.random.key_impl(x)
-
-
-def _rewrap(restored, template):
-    """Undo :func:`_storable`: key data back into typed keys of the template's implementation."""
-    return jax.tree_util.tree_map(
-        lambda r, t: jax.random.wrap_key_data(r, impl=_key_impl(t)) if _is_prng_key(t) else r, restored, template)
-
-
-def structure_fingerprint(carry) -> list[list]:
-    """[key path, shape, dtype] of every stored leaf: JSON-able, compared on restore."""
-    leaves = jax.tree_util.tree_leaves_with_path(_storable(carry))
-    out = []
-    for path, x in leaves:
-        if not hasattr(x, "shape"):
-            x = np.asarray(x)
-        out.append([jax.tree_util.keystr(path), [int(d) for d in x.shape], str(x.dtype)])
-    return out
-
-
-def _describe_mismatch(saved: list, wanted: list) -> str:
-    if len(saved) != len(wanted):
-        return f"it holds {len(saved)} arrays, the current config builds {len(wanted)}"
-    for s, w in zip(saved, wanted):
-        if list(s) != list(w):
-            return f"leaf {s[0]} is {s[2]}{tuple(s[1])} there, {w[2]}{tuple(w[1])} now"
-    return "the structure differs"
 
 
 class _LazyText:
@@ -205,72 +68,6 @@ class _LazyText:
 
     def __format__(self, spec: str) -> str:
         return format(self.make(), spec)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _step_files(step_dir: Path) -> dict[str, list]:
-    """{relative path: [size, sha256]} of every file of a step (the file list itself excluded)."""
-    out = {}
-    for f in sorted(step_dir.rglob("*")):
-        rel = f.relative_to(step_dir).as_posix()
-        if f.is_file() and rel != FILE_LIST:
-            out[rel] = [f.stat().st_size, _sha256(f)]
-    return out
-
-
-def step_damage(step_dir: Path) -> str | None:
-    """Why the step folder cannot be restored (missing, truncated or changed file), None if intact.
-
-    Checked before orbax reads anything, so a damaged step is skipped with a precise reason instead
-    of an orbax exception. A committed step without a file list (written before tbjax recorded
-    them, or its list deleted) is not judged here: orbax's own read decides.
-    """
-    if not (step_dir / COMMIT_FILE).is_file():
-        return f"unfinished save (no {COMMIT_FILE})"
-    listing = step_dir / FILE_LIST
-    if not listing.is_file():
-        return None
-    try:
-        expected = json.loads(listing.read_text())["files"]
-        items = [(rel, int(size), str(digest)) for rel, (size, digest) in expected.items()]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        return f"its {FILE_LIST} is unreadable"
-    for rel, size, digest in items:
-        f = step_dir / rel
-        if not f.is_file():
-            return f"{rel} is missing"
-        actual = f.stat().st_size
-        if actual != size:
-            return f"{rel} is truncated ({actual} of {size} bytes)" if actual < size else f"{rel} has {actual} bytes, not {size}"
-        if _sha256(f) != digest:
-            return f"{rel} is corrupt (its SHA-256 differs from the one saved)"
-    return None
-
-
-def _save_error(err: Exception, path: Path) -> InputError:
-    """One message for a failed save; orbax reports OS errors as ValueError text with the errno in it."""
-    if isinstance(err, InputError):
-        return err
-    if isinstance(err, OSError) and err.errno:
-        return describe_os_error(err, path, "saving checkpoint")
-    text = str(err)
-    code = re.search(r"os_error_code='?(\d+)", text)
-    if code:
-        number = int(code.group(1))
-        return describe_os_error(OSError(number, os.strerror(number)), path, "saving checkpoint")
-    for number in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-        if os.strerror(number) in text:
-            return describe_os_error(OSError(number, os.strerror(number)), path, "saving checkpoint")
-    first = text.strip().splitlines()[0][:200] if text.strip() else ""
-    return InputError(f"saving checkpoint '{path}' failed ({type(err).__name__}: {first}); nothing partial was "
-                      "kept: check the disk and the folder, then run the command again")
 
 
 class RunCheckpoints:
@@ -317,14 +114,14 @@ class RunCheckpoints:
             manager = self._manager(kind, write=True)
             sequence = max(manager.all_steps(), default=0) + 1
             with quiet_orbax():
-                manager.save(sequence, args=ocp.args.Composite(carry=ocp.args.StandardSave(_storable(carry)),
+                manager.save(sequence, args=ocp.args.Composite(carry=ocp.args.StandardSave(storable(carry)),
                                                                meta=ocp.args.JsonSave(record)), force=True)
                 manager.wait_until_finished()
             step_dir = self.paths[kind] / str(sequence)
-            write_atomic(step_dir / FILE_LIST, json.dumps({"files": _step_files(step_dir)}, sort_keys=True))
+            write_atomic(step_dir / FILE_LIST, json.dumps({"files": step_files(step_dir)}, sort_keys=True))
         except Exception as err:
             self._discard_failed_save(kind, sequence)
-            raise _save_error(err, self.paths[kind]) from None
+            raise save_error(err, self.paths[kind]) from None
 
     def _discard_failed_save(self, kind: str, sequence: int | None) -> None:
         """Remove what a failed save left (orbax's tmp folder, a step without its file list) and drop
@@ -484,7 +281,7 @@ class RunCheckpoints:
         if not sequences:
             raise InputError(f"no finished '{which}' checkpoint in '{path}': {fix}")
         wanted = structure_fingerprint(template)
-        abstract = _abstract(template)
+        target = abstract(template)
         problems = []
         for sequence in sequences:
             step_dir = path / str(sequence)
@@ -500,19 +297,19 @@ class RunCheckpoints:
             saved = record.pop("structure", None)
             if saved is not None and saved != wanted:
                 raise InputError(f"checkpoint '{step_dir}' does not match the carry this config builds "
-                                 f"({_describe_mismatch(saved, wanted)}): use the run's own config.yaml, "
+                                 f"({describe_mismatch(saved, wanted)}): use the run's own config.yaml, "
                                  f"{fix}")
             try:
                 with quiet_orbax():
                     restored = manager.restore(
-                        sequence, args=ocp.args.Composite(carry=ocp.args.StandardRestore(abstract)))
+                        sequence, args=ocp.args.Composite(carry=ocp.args.StandardRestore(target)))
             except Exception as err:
                 problems.append(f"'{step_dir}': unreadable ({type(err).__name__})")
                 continue
             if problems:
                 warnings.warn(f"skipped unreadable checkpoint(s) {'; '.join(problems)}; restored '{step_dir}' "
                               f"(update {record.get('update', record.get('step'))})", stacklevel=3)
-            return _rewrap(restored.carry, template), record
+            return rewrap(restored.carry, template), record
         raise InputError(f"checkpoint '{path}' is corrupt ({'; '.join(problems)}): {fix}")
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import pyarrow.feather as feather
 import pytest
 
 from tbjax.cli import check, prepare, synth
+from tbjax.run import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "processed"
@@ -93,7 +94,7 @@ def test_embargo_shorter_than_warmup_fails(capsys, dataset, tmp_path):
 
 def test_absurd_n_envs_warns_with_a_power_of_two_that_fits(capsys, dataset, tmp_path, monkeypatch):
     available = 1_000_000_000
-    monkeypatch.setattr(check, "available_memory_bytes", lambda: (available, "test"))
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: (available, "test"))
     code, lines, _, _ = run_check(capsys, dataset, tmp_path, "ppo.n_envs=1048576")
     assert code == 2
     line = lines["memory"]
@@ -116,7 +117,7 @@ def test_absurd_n_envs_warns_with_a_power_of_two_that_fits(capsys, dataset, tmp_
 
 def test_low_disk_fails(capsys, dataset, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(check.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**8, 5 * 10**8))
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**8, 5 * 10**8))
     code, lines, _, _ = run_check(capsys, dataset, tmp_path)
     assert code == 2
     assert lines["disk"].startswith("✗") and "0.50 GB free" in lines["disk"]
@@ -131,7 +132,7 @@ def test_invalid_config_is_one_error_line(capsys):
 
 
 def test_window_longer_than_the_prepared_warmup_passes(capsys, dataset, tmp_path):
-    """The env fills a longer window from processed rows (tbjax.cli.check.warmup_rule, which train applies too)."""
+    """The env fills a longer window from processed rows (tbjax.run.warmup.warmup_rule, which train applies too)."""
     code, lines, out, _ = run_check(capsys, dataset, tmp_path, "env.window_size=64")
     assert lines["warm-up"].startswith("✓") and "env.window_size 64" in lines["warm-up"]
     assert check.warmup_rule(64, 52) == (True, lines["warm-up"].split("warm-up", 1)[1].strip())

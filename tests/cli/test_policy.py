@@ -154,6 +154,34 @@ def test_bad_bars_and_bad_run_dirs_raise_input_error(tiny_run, tmp_path):
         tbjax.load_policy(empty_run)
 
 
+def test_relative_liquidity_file_is_found_where_the_run_was_trained(tiny_run, tmp_path, monkeypatch):
+    """load_policy resolves a relative env.liquidity_seasonality like training and evaluate do: the
+    folder in run_info.json's cwd, then the current one; the processed data is never needed."""
+    import json
+    import shutil
+
+    origin, elsewhere, run = tmp_path / "trained_here", tmp_path / "elsewhere", tmp_path / "run"
+    origin.mkdir()
+    elsewhere.mkdir()
+    (origin / "liquidity.json").write_text(json.dumps([1.0] * 168))
+    shutil.copytree(tiny_run["run"], run)
+    cfg = load_config(run / "config.yaml", ["env.liquidity_seasonality=liquidity.json",
+                                            "data.processed_dir=gone/processed"])
+    (run / "config.yaml").write_text(dump_config(cfg))
+    (run / "run_info.json").write_text(json.dumps({"cwd": str(origin)}))
+    monkeypatch.chdir(elsewhere)
+    policy = tbjax.load_policy(run)
+    assert policy.config.env.liquidity_seasonality == str(origin / "liquidity.json")
+    assert policy.config.data.processed_dir == "gone/processed"  # not needed, kept as written
+    exp = tiny_run["exp"]
+    bars = split_bars(exp, exp.symbols[0])
+    original = tbjax.load_policy(tiny_run["run"])  # all-ones multipliers trade as no seasonality
+    np.testing.assert_array_equal(policy.target_positions(bars), original.target_positions(bars))
+    (run / "run_info.json").unlink()  # neither the training folder nor the current one holds it
+    with pytest.raises(InputError, match="env.liquidity_seasonality 'liquidity.json'.*relative path"):
+        tbjax.load_policy(run)
+
+
 @pytest.mark.parametrize("column, row, value, fragment", [
     ("close", 40, np.nan, "price column 'close' at row 40"),
     ("open", 3, -1.0, "price column 'open' at row 3"),

@@ -1,0 +1,122 @@
+"""One planned ``python -m tbjax.train`` invocation: checks, session, run directory, chunks, final evaluation.
+
+:func:`train_job` runs a :class:`~tbjax.run.resume.Plan` in three phases; what an interrupt or a
+failed write leaves behind is decided here, the exit status and the printing are the CLI's:
+
+1. :func:`open_session` only reads: the run directory, config paths, warm-up
+   (:func:`tbjax.run.warmup.check_warmup`), data, the checkpoint to resume from, and the compile of
+   the first chunk. An interrupt is :class:`~tbjax.run.interrupts.Interrupted` with
+   :data:`NOTHING_WRITTEN`.
+2. :func:`train_chunks` writes the run directory (all or nothing) and trains. SIGINT/SIGTERM only
+   set a flag: the running chunk finishes and its checkpoint is saved; an interrupt during the
+   setup undoes it. A failed write is one InputError naming the newest complete checkpoint and the
+   command that continues from it.
+3. :func:`final_evaluation` restores the best checkpoint and writes eval/ and report.md; training is
+   complete, so an interrupt or a failed write names ``python -m tbjax.evaluate`` as the way on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from tbjax.errors import InputError
+from tbjax.run.interrupts import Interrupted, StopFlag, interrupt_means
+from tbjax.run.resume import Plan, check_fresh_run_dir, continue_command, evaluate_command, resume_advice
+from tbjax.run.warmup import check_warmup
+
+NOTHING_WRITTEN = "before training started; nothing was written"
+
+
+@dataclass
+class TrainResult:
+    """How the invocation ended: ``finished`` (trained to the end and evaluated) or stopped resumably
+    after update ``update`` (``--max-chunks``, SIGINT/SIGTERM)."""
+
+    run_dir: Path
+    finished: bool
+    update: int
+
+
+def open_session(plan: Plan, quiet: bool):
+    """(session, carry) ready for the first chunk, compiled; nothing written."""
+    from tbjax.run.distributed import is_primary, maybe_initialize_distributed
+    from tbjax.run.session import TrainingSession, check_same_data, resolve_run_paths
+
+    run_dir = plan.run_dir
+    cfg = plan.cfg if plan.fresh else resolve_run_paths(plan.cfg, run_dir)
+    check_warmup(cfg)
+    maybe_initialize_distributed()
+    pipeline = None
+    if not plan.fresh and (run_dir / "feature_pipeline.json").is_file():
+        from tbjax.data.pipeline import FeaturePipeline
+
+        pipeline = FeaturePipeline.load(str(run_dir / "feature_pipeline.json"))
+    session = TrainingSession(cfg, run_dir, write=is_primary(), quiet=quiet, pipeline=pipeline)
+    if not plan.fresh:
+        check_same_data(session.exp, run_dir)
+    carry = session.start(resume=not plan.fresh, fix=lambda: resume_advice(run_dir))
+    session.compile(carry)
+    return session, carry
+
+
+def _run_info(command: list[str]) -> dict:
+    return {"cwd": os.getcwd(), "command": list(command),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def train_chunks(plan: Plan, session, carry, *, command: list[str], leftovers: list[str], quiet: bool,
+                 max_chunks: int | None, note: Callable[[str], None]) -> bool:
+    """Set up the run directory and train; True when training reached its end."""
+    from tbjax.run.distributed import is_primary
+    from tbjax.run.session import RunWriteError
+
+    try:
+        with StopFlag() as stop:  # from here SIGINT/SIGTERM only set stop.raised
+            if is_primary():
+                session.setup_run_dir(plan.config_text, fresh=plan.fresh, changes=plan.changes,
+                                      run_info=_run_info(command))
+            if stop.raised:  # during setup: undo it, as if the interrupt had come a moment earlier
+                session.undo_setup()
+                raise Interrupted(NOTHING_WRITTEN)
+            if plan.fresh and leftovers and leftovers != ["no checkpoint"]:
+                note(f"'{plan.run_dir}' held no usable checkpoint ({'; '.join(leftovers[:3])}); cleared it and "
+                     "started afresh")
+            return session.train(resume=not plan.fresh, stop=stop, max_chunks=max_chunks, carry=carry)
+    except RunWriteError as exc:
+        if session.saved_update is None:
+            hint = "no checkpoint was saved: once fixed, run the same command again to start afresh"
+        else:
+            hint = (f"the newest complete checkpoint is update {session.saved_update}: once fixed, continue with: "
+                    f"{continue_command(plan.run_dir, quiet)}")
+        raise InputError(f"{exc}; {hint}") from None
+
+
+def final_evaluation(session, run_dir: Path) -> None:
+    """Restore the best checkpoint, write eval/ and report.md (training is complete)."""
+    from tbjax.run.session import RunWriteError
+
+    evaluate_cmd = evaluate_command(run_dir)
+    try:
+        with interrupt_means(f"during the final evaluation; training is complete: {evaluate_cmd} writes the "
+                             "evaluation"):
+            session.final_evaluation()
+    except RunWriteError as exc:
+        raise InputError(f"{exc}; training is complete: once fixed, {evaluate_cmd} writes the evaluation") from None
+
+
+def train_job(plan: Plan, *, command: list[str], quiet: bool = False, max_chunks: int | None = None,
+              note: Callable[[str], None] = lambda text: None) -> TrainResult:
+    """Run ``plan`` to its end (or a resumable stop). ``command`` is recorded in run_info.json;
+    ``note`` receives the one line worth telling the user besides the result (cleared leftovers)."""
+    with interrupt_means(NOTHING_WRITTEN):
+        leftovers = check_fresh_run_dir(plan.run_dir) if plan.fresh else []
+        session, carry = open_session(plan, quiet)
+    finished = train_chunks(plan, session, carry, command=command, leftovers=leftovers, quiet=quiet,
+                            max_chunks=max_chunks, note=note)
+    if finished:
+        final_evaluation(session, plan.run_dir)
+    return TrainResult(plan.run_dir, finished, session.update)
