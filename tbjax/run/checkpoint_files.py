@@ -11,25 +11,17 @@ a file list. :func:`save_error` turns whatever a failed save raised into one use
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
 from tbjax.atomic import describe_os_error
+from tbjax.data.hashing import file_sha256
 from tbjax.errors import InputError
 
 COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finalised step (atomicity_types.COMMIT_SUCCESS_FILE)
 FILE_LIST = "tbjax_files.json"  # size and SHA-256 of every file of a committed step, written after the commit
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def step_files(step_dir: Path) -> dict[str, list]:
@@ -38,7 +30,7 @@ def step_files(step_dir: Path) -> dict[str, list]:
     for f in sorted(step_dir.rglob("*")):
         rel = f.relative_to(step_dir).as_posix()
         if f.is_file() and rel != FILE_LIST:
-            out[rel] = [f.stat().st_size, sha256(f)]
+            out[rel] = [f.stat().st_size, file_sha256(f)]
     return out
 
 
@@ -68,7 +60,7 @@ def step_damage(step_dir: Path) -> str | None:
             return f"{rel} is truncated ({actual} of {size} bytes)"
         if actual != size:
             return f"{rel} has {actual} bytes, not {size}"
-        if sha256(f) != digest:
+        if file_sha256(f) != digest:
             return f"{rel} is corrupt (its SHA-256 differs from the one saved)"
     return None
 
