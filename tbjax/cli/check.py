@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tbjax.errors import InputError
+from tbjax.errors import InputError, print_error
 from tbjax.run.preflight import (Check, available_memory_bytes, estimate_memory_bytes, largest_fitting_n_envs,
                                  run_checks)
 from tbjax.run.warmup import read_prepared_warmup, warmup_rule
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   if args.set else ""))]
         checks += run_checks(cfg)
     except InputError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
+        return print_error(exc)
     width = max(len(c.name) for c in checks)
     for c in checks:
         print(f"{_mark(c.ok)} {c.name:<{width}}  {c.detail}")

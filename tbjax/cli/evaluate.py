@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from tbjax.errors import InputError
+from tbjax.errors import InputError, print_error
 
 
 def _no_checkpoint_fix(which: str, run_dir: Path) -> str:
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
             print("interrupted: nothing was written", file=sys.stderr)
             return 130
         except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return print_error(exc)
 
 
 def evaluate(args) -> int:

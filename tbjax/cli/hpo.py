@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tbjax.errors import InputError
+from tbjax.errors import InputError, print_error
 
 PRUNER_NAMES = ("successive_halving", "median", "hyperband", "patient", "none")
 
@@ -349,8 +349,7 @@ def main(argv=None) -> int:
     try:
         run(argv)
     except InputError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
+        return print_error(exc)
     return 0
 
 

@@ -34,7 +34,7 @@ import tbjax
 from tbjax.atomic import atomic_path, disk_errors
 from tbjax.data import features as feature_lib
 from tbjax.data import klines, sidedata, tables, timeparse
-from tbjax.errors import InputError
+from tbjax.errors import InputError, print_error
 
 MAX_GAPS_LISTED = 10
 
@@ -321,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 no_trade_windows=args.no_trade_window, window_size=args.window_size,
                 earliest=args.earliest, latest=args.latest)
     except InputError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
+        return print_error(exc)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     return 0

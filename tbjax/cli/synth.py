@@ -26,7 +26,7 @@ import numpy as np
 from tbjax.atomic import disk_errors, write_with
 from tbjax.data.synthetic import REGIME_NAMES, generate_klines, regime_index
 from tbjax.data.tables import parse_timeframe
-from tbjax.errors import InputError
+from tbjax.errors import InputError, print_error
 
 KLINE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time",
                  "quote_volume", "n_trades", "taker_buy_base", "taker_buy_quote")
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
     except InputError as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        return print_error(err)
     return 0
 
 

@@ -36,7 +36,7 @@ import contextlib
 import sys
 import warnings
 
-from tbjax.errors import InputError
+from tbjax.errors import InputError, print_error
 from tbjax.run.interrupts import Interrupted, interrupt_means, sigterm_interrupts
 from tbjax.run.resume import DEFAULT_CONFIG, RESUMABLE_KEYS, continue_command
 
@@ -94,8 +94,7 @@ def main(argv=None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return print_error(exc)
 
 
 def _note(text: str) -> None:
