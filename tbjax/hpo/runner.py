@@ -4,15 +4,16 @@ One process builds the Experiment once and keeps one compiled program per static
 (TrainerSpec + the EnvParams tree structure): a new trial with new continuous values reuses it
 (HParams leaves are traced; docs/DESIGN.md invariant 4).
 
-Batched trials (``batch`` B > 1) stack B trials' HParams on a leading axis and run
-``jit(vmap(train_chunk))`` (and ``vmap(init)``): one compiled program advances all B trials. A
-member that is pruned or diverges stops learning at once: an ``alive`` mask selects its old carry
-after every chunk, and the trial is told PRUNED immediately. Groups smaller than B (the last
-batch, or trials whose sampled shapes differ) are padded with copies of a member that start dead,
-so each signature compiles once per process. B = 1 calls the trainer's own jitted functions.
+Batched trials (``batch`` B > 1) run as one vmapped program (:mod:`tbjax.hpo.program`); a
+member that is pruned or diverges stops learning at once (the ``alive`` mask) and is told PRUNED
+immediately. Groups smaller than B (the last batch, or trials whose sampled shapes differ) are
+padded with copies of a member that start dead, so each signature compiles once per process.
+
+The chunk loop is training's (:func:`tbjax.run.chunks.run_chunks`: schedule, metrics fetch, NaN
+guard per member, update count); :class:`_TrialChunks` is what a group of trials does at its hooks.
 
 Scores: one definition with training. Every backtest and objective comes from
-:mod:`tbjax.experiment` (``evaluate_split``: symbols pooled by bar TIME, the config's determinism
+:mod:`tbjax.run.setup` (``evaluate_split``: symbols pooled by bar TIME, the config's determinism
 and key; ``regime_sortinos`` and ``objective_of``: the regime objective), called on a per-trial
 view of the Experiment whose config is the trial's. So a trial's reports, value, ``val_metrics``
 and ``test_metrics`` are the numbers ``python -m tbjax.train`` and ``python -m tbjax.evaluate``
@@ -43,15 +44,7 @@ counted) except a stale trial that was retried (its retry stands in for it). Con
 may overshoot by up to one batch each (the count is read before asking, as in Optuna's
 MaxTrialsCallback).
 
-Killed workers. A worker that dies leaves its trials RUNNING. Every live trial has a heartbeat:
-Optuna's own (``RDBStorage(heartbeat_interval, grace_period)``, sqlite/postgres URLs) or, for
-storages without one (Optuna's journal files), the same rule on the system attr
-``tbjax:heartbeat``. A background thread beats every ``HEARTBEAT_INTERVAL_S`` for each trial this
-worker runs (compiles and long chunks included, since the Python loop is blocked then). Before
-asking, a worker fails every trial silent for ``GRACE_PERIOD_S`` with a ``fail_reason``, enqueues
-a retry with the same params (user attr ``retry_of`` = the stale trial's number) up to
-``MAX_RETRIES`` times, and prints one line naming the trials; RUNNING trials of other workers are
-named once when a worker starts.
+Killed workers: heartbeats and stale-trial recovery are :mod:`tbjax.hpo.liveness`.
 """
 
 from __future__ import annotations
@@ -59,81 +52,44 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from tbjax.atomic import disk_errors, write_atomic
-from tbjax.evaluation.backtest import CORE_BASELINE_KEYS, finite_or_zero
-from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.config import Config, dump_config
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
-from tbjax.run.setup import (Experiment, env_params_from_config, evaluate_split, hparams_from_config,
-                              objective_of, regime_sortinos, spec_from_config, trainer_for)
+from tbjax.evaluation.backtest import CORE_BASELINE_KEYS, finite_or_zero
 from tbjax.evaluation.metrics import json_safe
+from tbjax.hpo import liveness as _liveness
+from tbjax.hpo.liveness import Liveness, counted_trials
+# re-exported: the CLI (hpo) and tests import these from here
+from tbjax.hpo.liveness import GRACE_PERIOD_S, HEARTBEAT_ATTR, HEARTBEAT_INTERVAL_S  # noqa: F401
+from tbjax.hpo.program import Program, program_for, stack_trees
+from tbjax.hpo.program import batched_program as _batched_program  # noqa: F401
 from tbjax.hpo.space import SearchSpace
-from tbjax.learner.trainer import NonFiniteUpdateError, Trainer, raise_if_nonfinite
+from tbjax.learner.trainer import Trainer
+from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.setup import (Experiment, env_params_from_config, evaluate_split, hparams_from_config,
+                             objective_of, regime_sortinos, spec_from_config, trainer_for)
 
 OBJECTIVE_PRUNE_STARTUP = 3
-HEARTBEAT_INTERVAL_S = 30  # Optuna wants whole seconds
-GRACE_PERIOD_S = 600  # silent this long = its worker stopped (a chunk or compile never blocks the beat thread)
-MAX_RETRIES = 2  # a trial that keeps killing its worker (e.g. the OOM killer) is retried this often
-HEARTBEAT_ATTR = "tbjax:heartbeat"  # system attr, for storages without Optuna's heartbeat
-
-
-def stack_trees(trees: list) -> Any:
-    """Pytrees with one structure → one pytree with a leading trial axis."""
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-
-
-def take(tree: Any, i: int) -> Any:
-    """Member ``i`` of a pytree with a leading trial axis."""
-    return jax.tree_util.tree_map(lambda x: x[i], tree)
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _numbers(trials) -> str:
-    return ", ".join(str(t.number) for t in trials)
-
-
-@dataclass
-class Program:
-    """The compiled functions of one static signature (B = 1: the trainer's own)."""
-
-    trainer: Trainer
-    init: Callable
-    chunk: Callable
-    batch: int
-
-
-def _batched_program(trainer: Trainer, batch: int) -> Program:
-    def init(keys, hps, data):
-        return jax.vmap(trainer.init, in_axes=(0, 0, None))(keys, hps, data)
-
-    def chunk(carry, hps, alive, data):
-        new, metrics = jax.vmap(trainer.train_chunk, in_axes=(0, 0, None))(carry, hps, data)
-
-        def keep(n, o):
-            return jnp.where(alive.reshape(alive.shape + (1,) * (n.ndim - 1)), n, o)
-
-        return jax.tree_util.tree_map(keep, new, carry), metrics
-
-    return Program(trainer, jax.jit(init), jax.jit(chunk, donate_argnums=0), batch)
 
 
 @dataclass
@@ -158,113 +114,6 @@ class Member:
     objective_series: list = field(default_factory=list)
     lr_applied: list = field(default_factory=list)
     pad: bool = False
-
-
-# ---------------------------------------------------------------------- liveness of trials
-
-
-def optuna_heartbeat_enabled(storage) -> bool:
-    """Whether ``storage`` carries Optuna's heartbeat (an RDBStorage built with ``heartbeat_interval``)."""
-    interval = getattr(storage, "get_heartbeat_interval", None)
-    return interval is not None and interval() is not None
-
-
-class Liveness:
-    """Heartbeats of this worker's trials and the stale trials of others, for one study.
-
-    Optuna's heartbeat where the storage has it (RDBStorage built with ``heartbeat_interval``:
-    ``record_heartbeat`` and its stale-trial query, the pair ``optuna.storages.fail_stale_trials``
-    uses; that function is not called because it fails a trial before a reason can be attached).
-    Otherwise (journal files) the same rule on the system attr ``HEARTBEAT_ATTR``, falling back
-    to the trial's start time (or the old ``heartbeat`` user attr) when it never beat.
-
-    A daemon thread beats for every registered trial each ``interval`` seconds: Optuna's own
-    heartbeat runs in a thread too, because ``study.optimize`` would otherwise miss beats while a
-    program compiles or a long chunk runs. This runner uses ask/tell, so it keeps the thread.
-    """
-
-    def __init__(self, study, interval: float = HEARTBEAT_INTERVAL_S, grace: float = GRACE_PERIOD_S):
-        self.study, self.storage = study, study._storage
-        self.optuna_heartbeat = optuna_heartbeat_enabled(self.storage)
-        if self.optuna_heartbeat:
-            backend = getattr(self.storage, "_backend", self.storage)
-            interval = backend.get_heartbeat_interval()
-            grace = getattr(backend, "grace_period", None) or 2 * interval
-        self.interval, self.grace = float(interval), float(grace)
-        self._ids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, trial) -> None:
-        """Beat for ``trial`` now and from the thread until :meth:`discard`."""
-        with self._lock:
-            self._ids.add(trial._trial_id)
-        self._beat(trial._trial_id)
-
-    def discard(self, trial) -> None:
-        with self._lock:
-            self._ids.discard(trial._trial_id)
-
-    def _beat(self, trial_id: int) -> None:
-        try:
-            if self.optuna_heartbeat:
-                self.storage.record_heartbeat(trial_id)
-            else:
-                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except Exception:  # the trial finished meanwhile, or a transient storage error: beat again later
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                ids = list(self._ids)
-            for trial_id in ids:
-                self._beat(trial_id)
-
-    def __enter__(self) -> "Liveness":
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="tbjax-hpo-heartbeat", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def mine(self, trial) -> bool:
-        with self._lock:
-            return trial._trial_id in self._ids
-
-    def stale(self) -> list:
-        """RUNNING trials of the study whose heartbeat is older than the grace period."""
-        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if not self.mine(t)]
-        if self.optuna_heartbeat:
-            ids = set(self.storage._get_stale_trial_ids(self.study._study_id))
-            return [t for t in running if t._trial_id in ids]
-        now = time.time()
-        out = []
-        for t in running:
-            beat = t.system_attrs.get(HEARTBEAT_ATTR, t.user_attrs.get("heartbeat"))
-            if beat is None:
-                beat = t.datetime_start.timestamp() if t.datetime_start else now
-            if now - float(beat) > self.grace:
-                out.append(t)
-        return out
-
-
-def retried_numbers(trials) -> set[int]:
-    """Numbers of the stale trials that a retry stands in for (they leave the trial count)."""
-    return {t.user_attrs["retry_of"] for t in trials if t.user_attrs.get("retry_of") is not None}
-
-
-def counted_trials(study) -> list:
-    """The trials ``n_trials`` counts: started ones (not WAITING), minus stale trials that were retried."""
-    trials = study.get_trials(deepcopy=False)
-    retried = retried_numbers(trials)
-    return [t for t in trials if t.state != TrialState.WAITING and t.number not in retried]
 
 
 class TrialRunner:
@@ -296,8 +145,7 @@ class TrialRunner:
         trainer = self.trainers[signature]
         key = (signature, batch)
         if key not in self.programs:
-            self.programs[key] = (Program(trainer, trainer.init, trainer.train_chunk, 1) if batch == 1
-                                  else _batched_program(trainer, batch))
+            self.programs[key] = program_for(trainer, batch)
         return self.programs[key]
 
     def compile_count(self) -> int:
@@ -407,54 +255,20 @@ class TrialRunner:
     def run_group(self, members: list[Member], batch: int) -> None:
         """Train ``members`` (one static signature, at most ``batch``) to the end or until pruned."""
         cfg = members[0].cfg
-        signature = self.signature(cfg, members[0].hparams)
-        program = self.program(signature, batch, members[0].hparams.env)
-        trainer = program.trainer
+        program = self.program(self.signature(cfg, members[0].hparams), batch, members[0].hparams.env)
         market = self.exp.market
         key = jax.random.PRNGKey(cfg.train.seed)  # common random numbers: every trial sees one stream
-        upc = cfg.train.updates_per_chunk
-        n_chunks = cfg.n_updates // upc
-        eval_chunks = max(1, math.ceil(cfg.train.eval_every / upc))
         if batch == 1:
             (member,) = members
-            carry = program.init(key, member.hparams, market)
             hps = member.hparams
         else:
             first = members[0]
-            padded = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[],
-                                                    lr_applied=[]) for _ in range(batch - len(members))]
-            members = padded
+            members = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[],
+                                                     lr_applied=[]) for _ in range(batch - len(members))]
             hps = stack_trees([m.hparams for m in members])
-            carry = program.init(jnp.stack([key] * batch), hps, market)
-        for c in range(n_chunks):
-            live = [m for m in members if m.alive]
-            if not live:
-                break
-            if batch == 1:
-                carry, metrics = program.chunk(carry, hps, market)
-            else:
-                alive = jnp.asarray([m.alive for m in members])
-                carry, metrics = program.chunk(carry, hps, alive, market)
-            metrics = jax.device_get(metrics)
-            update = (c + 1) * upc
-            is_last = c == n_chunks - 1
-            evaluate = (c + 1) % eval_chunks == 0 or is_last
-            for i, m in enumerate(members):
-                if not m.alive:
-                    continue
-                m_metrics = metrics if batch == 1 else take(metrics, i)
-                m.lr_applied.append([update, float(np.asarray(m_metrics["lr"]).reshape(-1)[-1])])
-                try:
-                    raise_if_nonfinite(m_metrics, update - upc)
-                except NonFiniteUpdateError as exc:
-                    self._finish(m, trainer, TrialState.PRUNED, f"non-finite update: {exc}")
-                    continue
-                if evaluate:
-                    self._evaluate(m, trainer, carry if batch == 1 else take(carry, i), update, is_last)
-            if is_last:
-                for m in members:
-                    if m.alive:
-                        self._finish(m, trainer, TrialState.COMPLETE)
+        carry = program.start(key, hps, market)
+        run_chunks(lambda c, alive: program.advance(c, hps, alive, market), carry, ChunkSchedule.of(cfg),
+                   _TrialChunks(self, members, program.trainer), batch=program.stacked)
 
     def _evaluate(self, m: Member, trainer, carry, update: int, is_last: bool) -> None:
         val = self.evaluate(m, trainer, carry, ROLE_VAL)
@@ -492,46 +306,11 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ stale trials
     def recover_stale(self, study) -> list:
-        """FAIL trials whose worker stopped (no heartbeat for the grace period) and retry them.
-
-        Each gets ``fail_reason``, and a retry with the same params is enqueued (user attrs
-        ``retry_of`` = its number, ``retry_count``) unless it was retried ``MAX_RETRIES`` times
-        already. Two workers may see the same stale trial: only the one whose FAIL lands enqueues.
-        Returns the trials this worker failed; prints one line naming them.
-        """
-        liveness = self.liveness or Liveness(study)
-        failed, retried = [], []
-        for t in liveness.stale():
-            silent = f"no heartbeat for over {liveness.grace:.0f} s: its worker stopped"
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", silent)
-                won = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-                continue  # another worker failed it first
-            if not won:
-                continue
-            failed.append(t)
-            count = int(t.user_attrs.get("retry_count", 0))
-            if count < MAX_RETRIES:
-                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number, "retry_count": count + 1})
-                retried.append(t)
-        if failed:
-            again = (f"queued again with the same parameters: {_numbers(retried)}" if retried else "not retried")
-            given_up = [t for t in failed if t not in retried]
-            tail = f"; given up after {MAX_RETRIES} retries: {_numbers(given_up)}" if given_up and retried else ""
-            self.log(f"hpo: stale trials {_numbers(failed)} marked FAIL (no heartbeat for over "
-                     f"{liveness.grace:.0f} s: their worker stopped); {again}{tail}")
-        return failed
+        """FAIL trials whose worker stopped and queue their retries (:func:`tbjax.hpo.liveness.recover_stale`)."""
+        return _liveness.recover_stale(study, self.liveness or Liveness(study), self.log)
 
     def _note_foreign_running(self, study) -> None:
-        """Name the RUNNING trials of other (or stopped) workers once, so they are not counted silently."""
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if not (self.liveness and self.liveness.mine(t))]
-        if running:
-            grace = self.liveness.grace if self.liveness else GRACE_PERIOD_S
-            self.log(f"hpo: trials {_numbers(running)} are RUNNING in another worker (or one stopped less than "
-                     f"{grace:.0f} s ago): they count toward n_trials, and are failed and retried if their "
-                     "heartbeat stays silent that long")
+        _liveness.note_foreign_running(study, self.liveness, self.log)
 
     # ------------------------------------------------------------------ the loop
     def optimize(self, study, n_trials: int, batch: int = 1, timeout: float | None = None,
@@ -583,3 +362,31 @@ class TrialRunner:
             if on_trial_done is not None:
                 on_trial_done()
         return started
+
+
+class _TrialChunks(ChunkHooks):
+    """A group of trials at the chunk loop's hooks: the alive mask is the members' state; each
+    chunk's last learning rate goes to ``lr_applied``; a diverged member is PRUNED; an evaluation
+    reports, scores and maybe prunes (:meth:`TrialRunner._evaluate`); the last chunk completes the
+    survivors."""
+
+    def __init__(self, runner: TrialRunner, members: list[Member], trainer: Trainer):
+        self.runner, self.members, self.trainer = runner, members, trainer
+
+    def alive(self) -> list[bool]:
+        return [m.alive for m in self.members]
+
+    def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
+        self.members[i].lr_applied.append([chunk.update, float(np.asarray(metrics["lr"]).reshape(-1)[-1])])
+
+    def diverged(self, i: int, error, chunk: Chunk) -> None:
+        self.runner._finish(self.members[i], self.trainer, TrialState.PRUNED, f"non-finite update: {error}")
+
+    def evaluate(self, i: int, carry, chunk: Chunk) -> None:
+        self.runner._evaluate(self.members[i], self.trainer, carry, chunk.update, chunk.last)
+
+    def chunk_done(self, carry, chunk: Chunk) -> None:
+        if chunk.last:
+            for m in self.members:
+                if m.alive:
+                    self.runner._finish(m, self.trainer, TrialState.COMPLETE)

@@ -1,25 +1,17 @@
-"""One training run on the host side: run directory, chunks, logging, validation, checkpoints, final evaluation.
+"""One training run on the host side: chunks, logging, validation, checkpoints, final evaluation.
 
-The compiled ``train_chunk`` does all the per-step work; this class only runs between chunks:
-it logs one metrics.jsonl line per chunk (means over the chunk's updates), evaluates on the
-validation split with FROZEN statistics every ``train.eval_every`` updates, keeps the best
-checkpoint by the regime objective, and writes eval JSON and the report at the end.
+The compiled ``train_chunk`` does all the per-step work; the chunk loop between chunks is the one
+of every path (:func:`tbjax.run.chunks.run_chunks`, shared with HPO trials), and this module says
+what a training run does at its hooks: one metrics.jsonl line per chunk (means over the chunk's
+updates), validation with FROZEN statistics on the loop's schedule (every ``train.eval_every``
+updates rounded up to whole chunks, and the last chunk), the best checkpoint by the regime
+objective, and eval JSON and the report at the end.
 
-Run directory lifecycle (docs/DESIGN.md, invariant 6 "Atomic outputs"):
-
-* building a session only READS (data, features, trainer); :meth:`TrainingSession.setup_run_dir`
-  then writes config.yaml, run_info.json, feature_pipeline.json and dataset/ all or nothing
-  (:meth:`TrainingSession.undo_setup` removes them again), so a bad input or an interrupt before
-  training leaves no half-made run directory;
-* every file goes through :mod:`tbjax.atomic` (a whole file or the old one, never half of one);
-  metrics.jsonl is rewritten whole each chunk, and written BEFORE the chunk's checkpoint, so a
-  crash between the two leaves a line that ``--resume`` trims, never a checkpoint without its line;
-* a failed write (disk full, permissions) raises :class:`RunWriteError`: one message, and what was
-  saved before stays intact for ``--resume``;
-* relative ``data.processed_dir`` and ``env.liquidity_seasonality`` in a stored config.yaml are
-  resolved against the folder the run was trained from (``run_info.json``'s ``cwd``), then the
-  current folder (:func:`resolve_run_paths`): config.yaml keeps the paths as written so a run
-  copied together with its data stays usable, and ``evaluate`` works from any folder.
+The run directory (docs/DESIGN.md, invariant 6 "Atomic outputs") is :mod:`tbjax.run.rundir`:
+building a session only READS; :meth:`TrainingSession.setup_run_dir` writes config.yaml,
+run_info.json, feature_pipeline.json and dataset/ all or nothing (:meth:`TrainingSession.undo_setup`).
+metrics.jsonl is rewritten whole each chunk, and written BEFORE the chunk's checkpoint, so a crash
+between the two leaves a line that ``--resume`` trims, never a checkpoint without its line.
 """
 
 from __future__ import annotations
@@ -27,55 +19,28 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from tbjax.atomic import disk_errors, write_atomic, write_with
-from tbjax.evaluation.backtest import finite_or_zero
-from tbjax.run.checkpoint import RunCheckpoints
-from tbjax.config import Config, config_to_dict
-from tbjax.data.export import export_dataset
+from tbjax.atomic import write_atomic
+from tbjax.config import Config
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
-from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
-                              hparams_from_config,
-                              spec_from_config, trainer_for)
+from tbjax.evaluation.backtest import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
-from tbjax.learner.trainer import NonFiniteUpdateError, raise_if_nonfinite
+from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
+# re-exported: the CLI (train, evaluate) imports the run-directory rules from here
+from tbjax.run.rundir import RUN_ARTIFACTS, RunWriteError, check_same_data, resolve_run_paths  # noqa: F401
+from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
+                             hparams_from_config, spec_from_config, trainer_for)
 
 SUM_KEYS = ("episode/count",)
 LAST_KEYS = ("nan_guard_count", "lr", "popart/mu", "popart/sigma", "popart/holdout_ev", "ev/ema")
-RUN_INFO = "run_info.json"
-# Everything a run writes into its directory; a fresh start clears these (and nothing else) when
-# the folder holds no usable checkpoint, so a new run never mixes with an abandoned attempt.
-RUN_ARTIFACTS = ("config.yaml", RUN_INFO, "feature_pipeline.json", "dataset", "metrics.jsonl", "checkpoints",
-                 "eval", "report.md", "plots", "tb")
-RUN_PATH_KEYS = (("data", "processed_dir"), ("env", "liquidity_seasonality"))
-
-
-class RunWriteError(InputError):
-    """Writing into the run directory failed (disk full, permissions): training stops; everything
-    saved before (checkpoints, metrics lines) is intact, so the run can be continued with --resume."""
-
-
-@contextlib.contextmanager
-def run_write(path: str | Path, what: str = "writing"):
-    """OS errors (and the InputErrors of tbjax.atomic) inside the block → one :class:`RunWriteError`."""
-    try:
-        with disk_errors(path, what):
-            yield
-    except RunWriteError:
-        raise
-    except InputError as exc:
-        raise RunWriteError(str(exc)) from None
 
 
 def reduce_chunk_metrics(metrics: dict) -> dict[str, float]:
@@ -91,103 +56,6 @@ def reduce_chunk_metrics(metrics: dict) -> dict[str, float]:
             finite = arr[np.isfinite(arr)]
             out[key] = float(finite.mean()) if finite.size else float("nan")
     return out
-
-
-# ---------------------------------------------------------------------- run directory helpers
-
-
-def run_origin(run_dir: Path) -> Path | None:
-    """The folder the run was trained from (run_info.json), None for runs that did not record it."""
-    try:
-        cwd = json.loads((Path(run_dir) / RUN_INFO).read_text()).get("cwd")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return Path(cwd) if isinstance(cwd, str) and cwd else None
-
-
-def resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
-    """``cfg`` with its relative data paths made absolute the way the run saw them.
-
-    A relative ``data.processed_dir`` / ``env.liquidity_seasonality`` meant "relative to the folder
-    training ran in"; ``evaluate`` or ``--resume`` from another folder must not read another (or no)
-    dataset. Tried in order: that folder (run_info.json), then the current one (a run copied
-    together with its data). Neither holding it is one message naming both.
-    """
-    origin = run_origin(run_dir)
-    sections = {}
-    for section, key in RUN_PATH_KEYS:
-        value = getattr(getattr(cfg, section), key)
-        if not value or Path(value).is_absolute():
-            continue
-        bases = [b for b in (origin, Path.cwd()) if b is not None]
-        found = next((b / value for b in bases if (b / value).exists()), None)
-        if found is None:
-            here = f"the current folder ('{Path.cwd()}')"
-            where = (f"neither in the folder the run was trained from ('{origin}') nor in {here}" if origin
-                     else f"not in {here}")
-            raise InputError(f"{section}.{key} '{value}' of run '{run_dir}' is a relative path, found {where}: "
-                             f"run the command from the folder that holds it, or put its absolute path into "
-                             f"'{Path(run_dir) / 'config.yaml'}'")
-        sections.setdefault(section, {})[key] = str(found)
-    for section, values in sections.items():
-        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
-    return cfg
-
-
-def clear_run_artifacts(run_dir: Path) -> list[str]:
-    """Remove what tbjax wrote into ``run_dir`` (RUN_ARTIFACTS and hidden temporary files); returns
-    the names removed. Only for a folder with no usable checkpoint: nothing of value is lost."""
-    removed = []
-    for entry in sorted(Path(run_dir).iterdir()) if Path(run_dir).is_dir() else []:
-        stale_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")
-        if entry.name in RUN_ARTIFACTS or stale_tmp:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            removed.append(entry.name)
-    return removed
-
-
-def check_same_data(exp, run_dir: Path) -> None:
-    """Refuse to continue or re-evaluate a run on other data than it was trained on.
-
-    dataset/manifest.json records the SHA-256 of every processed file the run read; a re-prepared
-    or edited file would make resumed training or evaluation numbers about a different dataset.
-    """
-    manifest = Path(run_dir) / "dataset" / "manifest.json"
-    if not manifest.is_file():
-        return  # an older run without an export: nothing to compare against
-    try:
-        saved = json.loads(manifest.read_text())["data_hashes"]
-        saved = {str(k): str(v) for k, v in saved.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise InputError(f"'{manifest}' is unreadable: restore the run's dataset export, or start a new run") from None
-    now = exp.data_hashes
-    changed = sorted(s for s in set(saved) | set(now) if saved.get(s) != now.get(s))
-    if changed:
-        what = ", ".join(f"{s} ({'changed' if s in saved and s in now else 'missing' if s in saved else 'new'})"
-                         for s in changed[:4])
-        raise InputError(f"the processed data in '{exp.cfg.data.processed_dir}' is not the data run '{run_dir}' was "
-                         f"trained on: {what}; its numbers would describe another dataset: restore the files the "
-                         f"run was trained on (their SHA-256 are in '{manifest}'), or start a new run on this data")
-
-
-def read_metrics_lines(path: Path, last_update: float = math.inf) -> list[str]:
-    """metrics.jsonl lines with update <= ``last_update``; unreadable lines are dropped with a warning."""
-    if not path.is_file():
-        return []
-    keep, dropped = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            update = int(json.loads(line)["update"])
-        except (ValueError, KeyError, TypeError):
-            dropped += 1
-            continue
-        if update <= last_update:
-            keep.append(line)
-    if dropped:
-        warnings.warn(f"ignored {dropped} unreadable line(s) of '{path}'", stacklevel=2)
-    return keep
 
 
 class TrainingSession:
@@ -210,101 +78,28 @@ class TrainingSession:
         self.saved_update: int | None = None  # update of the newest "latest" checkpoint on disk
         self.time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in self.exp.tables.items()}
         self._metrics_lines: list[str] = []
-        self._setup: dict | None = None
+        self._setup: RunDirSetup | None = None
 
     # ------------------------------------------------------------------ run directory
     def setup_run_dir(self, config_text: str, fresh: bool, run_info: dict | None = None,
                       changes: dict | None = None) -> None:
-        """Write what a run needs before its first chunk, all or nothing.
-
-        Fresh: clear leftovers of an abandoned attempt (the caller checked that no usable
-        checkpoint is there), then run_info.json (``run_info``), config.yaml, feature_pipeline.json
-        and dataset/. Resume: config.yaml only when ``config_text`` differs (a --set of a resumable
-        key; ``changes`` {key: [old, new]} is appended to run_info.json's "resumes", because
-        config.yaml alone then describes the run's end, not its history), and the pipeline or
-        dataset/ when an older run lacks them. Any failure undoes it all and raises one error.
-        """
-        path = self.run_dir
-        self._setup = {"fresh": fresh, "made_dir": not path.exists(), "new": [], "old": {}}
-        try:
-            with run_write(path, "creating run directory"):
-                path.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                with run_write(path, "clearing an earlier attempt in"):
-                    clear_run_artifacts(path)
-                self._put(path / RUN_INFO, json.dumps(run_info or {}, indent=1, sort_keys=True) + "\n")
-            config = path / "config.yaml"
-            if not config.is_file() or config.read_text() != config_text:
-                self._put(config, config_text)
-            if changes and not fresh:
-                self._record_resume(changes)
-            pipeline = path / "feature_pipeline.json"
-            if fresh or not pipeline.is_file():
-                self._remember(pipeline)
-                with run_write(pipeline):
-                    write_with(pipeline, lambda tmp: self.exp.pipeline.save(str(tmp)))
-            if not (path / "dataset" / "manifest.json").is_file():
-                self._remember(path / "dataset")
-                self._export_dataset()
-        except BaseException:
-            self.undo_setup()
-            raise
-
-    def _remember(self, target: Path) -> None:
-        """Note ``target``'s state before setup changes it, for :meth:`undo_setup`."""
-        if target.is_file():
-            self._setup["old"].setdefault(target, target.read_bytes())
-        elif not target.exists():
-            self._setup["new"].append(target)
-
-    def _put(self, target: Path, text: str) -> None:
-        self._remember(target)
-        with run_write(target):
-            write_atomic(target, text)
-
-    def _record_resume(self, changes: dict) -> None:
-        info_path = self.run_dir / RUN_INFO
-        try:
-            info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        except (OSError, ValueError):
-            info = {}
-        info = info if isinstance(info, dict) else {}
-        info.setdefault("resumes", []).append({"at_update": self.update, "changed": json_safe(changes)})
-        self._put(info_path, json.dumps(info, indent=1, sort_keys=True) + "\n")
+        """Write what a run needs before its first chunk, all or nothing (:meth:`RunDirSetup.write`):
+        fresh, run_info.json, config.yaml, feature_pipeline.json and dataset/; on resume only what
+        changed (``changes`` {key: [old, new]} go to run_info.json's "resumes") or is missing."""
+        self._setup = RunDirSetup(self.run_dir, fresh)
+        self._setup.write(config_text, run_info, changes, self.update,
+                          save_pipeline=lambda tmp: self.exp.pipeline.save(str(tmp)), export=self._export_dataset)
 
     def undo_setup(self) -> None:
         """Remove what :meth:`setup_run_dir` wrote (best effort): the folder as the user had it,
         minus the leftovers a fresh start cleared."""
         setup, self._setup = self._setup, None
-        if not setup:
-            return
-        with contextlib.suppress(OSError):
-            if setup["fresh"] and setup["made_dir"]:
-                shutil.rmtree(self.run_dir)
-            elif setup["fresh"]:
-                clear_run_artifacts(self.run_dir)
-            else:
-                for target in setup["new"]:
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-                for target, data in setup["old"].items():
-                    write_atomic(target, data)
+        if setup is not None:
+            setup.undo()
 
     def _export_dataset(self) -> None:
-        """dataset/ as one unit: exported into a hidden sibling, renamed into place when complete."""
-        target = self.run_dir / "dataset"
-        with run_write(target, "exporting the dataset to"):
-            staging = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".dataset.", suffix=".tmp"))
-            try:
-                export_dataset(staging, self.exp.tables, self.exp.roles, self.exp.bounds,
-                               config_to_dict(self.cfg)["features"] | {"window_size": self.cfg.env.window_size},
-                               self.exp.data_hashes)
-                if target.exists():
-                    shutil.rmtree(target)
-                os.rename(staging, target)
-            except InputError as exc:  # name the files where the user will look for them
-                raise RunWriteError(str(exc).replace(str(staging), str(target))) from None
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        """dataset/ as one unit (:func:`tbjax.run.rundir.export_run_dataset`)."""
+        export_run_dataset(self.run_dir, self.exp, self.cfg)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, carry, role: int):
@@ -367,73 +162,42 @@ class TrainingSession:
         with run_write(self.run_dir / "tb"):
             return SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
+    def _keep(self, carry, save: dict, val_sortino) -> None:
+        """After an evaluation: the best checkpoint when the objective improved, then "latest"."""
+        if save["objective"] > self.best_objective:
+            self.best_objective = save["objective"]
+            if self.write:
+                with run_write(self.ckpt.paths["best"]):
+                    self.ckpt.save_best(self.update, carry, save)
+        if self.write:
+            self._save_latest(carry, {**save, "best_objective": self.best_objective})
+        if self.quiet and self.write:
+            print(f"update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
+                  f"objective {save['objective']:.3f}", flush=True)
+
     def train(self, resume: bool, stop, max_chunks: int | None = None, carry=None) -> bool:
         """Train until ``train.total_env_steps``, ``stop.raised`` or ``max_chunks`` chunks; True when
-        finished. ``carry``: from :meth:`start` (called here when None)."""
-        cfg, spec = self.cfg, self.spec
+        finished. ``carry``: from :meth:`start` (called here when None). The loop is
+        :func:`tbjax.run.chunks.run_chunks`; :class:`_TrainingChunks` is what this run does at its hooks."""
         if carry is None:
             carry = self.start(resume)
-        total = cfg.n_updates
-        steps_per_update = cfg.batch_size
-        eval_chunks = max(1, math.ceil(cfg.train.eval_every / cfg.train.updates_per_chunk))
+        schedule = ChunkSchedule.of(self.cfg)
+        steps_per_update = self.cfg.batch_size
         tb = self._open_tensorboard(self.update if resume else 0)
         from tqdm import tqdm
 
-        bar = tqdm(total=total * steps_per_update, initial=self.update * steps_per_update, unit="step",
-                   unit_scale=True, disable=self.quiet or not self.write, dynamic_ncols=True)
-        chunks_done, last_val = 0, {}
+        bar = tqdm(total=schedule.total_updates * steps_per_update, initial=self.update * steps_per_update,
+                   unit="step", unit_scale=True, disable=self.quiet or not self.write, dynamic_ncols=True)
         try:
-            while self.update < total:
-                if stop is not None and stop.raised:
-                    break
-                if max_chunks is not None and chunks_done >= max_chunks:
-                    break
-                t0 = time.perf_counter()
-                carry, metrics = self.trainer.train_chunk(carry, self.hparams, self.exp.market)
-                metrics = jax.device_get(metrics)
-                try:
-                    raise_if_nonfinite(metrics, self.update)
-                except NonFiniteUpdateError as exc:
-                    bar.close()
-                    raise InputError(f"NaN guard fired: {exc}. The last good checkpoint is in "
-                                     f"'{self.run_dir / 'checkpoints'}'; check the data, or start a new run "
-                                     "(another --run-dir) with a lower ppo.learning_rate") from None
-                self.update += spec.updates_per_chunk
-                chunks_done += 1
-                row = {"update": self.update, "env_steps": self.update * steps_per_update}
-                row.update(reduce_chunk_metrics(metrics))
-                is_last = self.update >= total
-                save = None
-                if chunks_done % eval_chunks == 0 or is_last:
-                    value, val_eval, _ = self.objective(carry)
-                    last_val = {"val/sortino": val_eval["pooled"]["sortino"], "val/sharpe": val_eval["pooled"]["sharpe"],
-                                "val/total_return": val_eval["pooled"]["total_return"], "val/objective": value}
-                    row.update(last_val)
-                    save = {"update": self.update, "env_steps": row["env_steps"], "objective": value}
-                self._log(row, tb)  # before the checkpoint: see the module docstring
-                if save is not None:
-                    if save["objective"] > self.best_objective:
-                        self.best_objective = save["objective"]
-                        if self.write:
-                            with run_write(self.ckpt.paths["best"]):
-                                self.ckpt.save_best(self.update, carry, save)
-                    if self.write:
-                        self._save_latest(carry, {**save, "best_objective": self.best_objective})
-                    if self.quiet and self.write:
-                        print(f"update {self.update}/{total}  val sortino {finite_or_zero(last_val['val/sortino']):.3f}  "
-                              f"objective {save['objective']:.3f}", flush=True)
-                dt = time.perf_counter() - t0
-                bar.update(spec.updates_per_chunk * steps_per_update)
-                bar.set_postfix({"steps/s": f"{spec.updates_per_chunk * steps_per_update / dt:,.0f}",
-                                 "val_sortino": f"{finite_or_zero(last_val.get('val/sortino')):.2f}",
-                                 "objective": f"{last_val.get('val/objective', float('nan')):.2f}",
-                                 "nan_guard": int(row.get("nan_guard_count", 0))}, refresh=False)
+            carry, self.update = run_chunks(
+                lambda c, _alive: self.trainer.train_chunk(c, self.hparams, self.exp.market), carry, schedule,
+                _TrainingChunks(self, stop, tb, bar), start_update=self.update, max_chunks=max_chunks)
         finally:
             bar.close()
             if tb is not None:
                 with contextlib.suppress(OSError):
                     tb.close()
-        if self.update < total:
+        if self.update < schedule.total_updates:
             if self.write and self.saved_update != self.update:
                 self._save_latest(carry, {"update": self.update, "env_steps": self.update * steps_per_update,
                                           "best_objective": self.best_objective})
@@ -448,6 +212,55 @@ class TrainingSession:
             which = "latest"
         carry, meta = self.ckpt.restore(which, template)
         return write_evaluation(self, carry, meta, which)
+
+
+class _TrainingChunks(ChunkHooks):
+    """A training run at the chunk loop's hooks (one member, no vmap): a diverged update is an
+    error; an evaluation is the validation objective; each chunk logs its row, then (after an
+    evaluation) saves the best and latest checkpoints, then moves the progress bar."""
+
+    def __init__(self, session: TrainingSession, stop, tb, bar):
+        self.session, self.stop_flag, self.tb, self.bar = session, stop, tb, bar
+        self.row: dict = {}
+        self.save: dict | None = None
+        self.last_val: dict = {}
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> bool:
+        return self.stop_flag is not None and self.stop_flag.raised
+
+    def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
+        self.row = {"update": chunk.update, "env_steps": chunk.update * self.session.cfg.batch_size,
+                    **reduce_chunk_metrics(metrics)}
+        self.save = None
+
+    def diverged(self, i: int, error, chunk: Chunk) -> None:
+        raise InputError(f"NaN guard fired: {error}. The last good checkpoint is in "
+                         f"'{self.session.run_dir / 'checkpoints'}'; check the data, or start a new run "
+                         "(another --run-dir) with a lower ppo.learning_rate") from None
+
+    def evaluate(self, i: int, carry, chunk: Chunk) -> None:
+        value, val_eval, _ = self.session.objective(carry)
+        pooled = val_eval["pooled"]
+        self.last_val = {"val/sortino": pooled["sortino"], "val/sharpe": pooled["sharpe"],
+                         "val/total_return": pooled["total_return"], "val/objective": value}
+        self.row.update(self.last_val)
+        self.save = {"update": chunk.update, "env_steps": self.row["env_steps"], "objective": value}
+
+    def chunk_done(self, carry, chunk: Chunk) -> None:
+        session, row = self.session, self.row
+        session.update = chunk.update
+        session._log(row, self.tb)  # before the checkpoint: see the module docstring
+        if self.save is not None:
+            session._keep(carry, self.save, self.last_val["val/sortino"])
+        steps = (chunk.update - chunk.start) * session.cfg.batch_size
+        dt = time.perf_counter() - self.t0
+        self.bar.update(steps)
+        self.bar.set_postfix({"steps/s": f"{steps / dt:,.0f}",
+                              "val_sortino": f"{finite_or_zero(self.last_val.get('val/sortino')):.2f}",
+                              "objective": f"{self.last_val.get('val/objective', float('nan')):.2f}",
+                              "nan_guard": int(row.get("nan_guard_count", 0))}, refresh=False)
+        self.t0 = time.perf_counter()
 
 
 def evaluate_checkpoint(session: TrainingSession, carry, meta: dict, which: str,

@@ -26,7 +26,9 @@ from optuna.trial import TrialState
 from tbjax.cli import evaluate, prepare, synth, train
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
 from tbjax.cli.hpo import main as hpo_main, make_storage
+from tbjax.config import load_config
 from tbjax.hpo.runner import HEARTBEAT_ATTR, Liveness, TrialRunner, counted_trials
+from tbjax.run.chunks import ChunkSchedule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -115,6 +117,32 @@ def test_hpo_objective_equals_the_training_objective(same_config_runs):
     logged = [json.loads(ln) for ln in (root / "train" / "metrics.jsonl").read_text().splitlines()]
     by_update = {row["update"]: row["val/objective"] for row in logged if "val/objective" in row}
     assert dict((u, v) for u, v in trial.user_attrs["objective_series"]) == pytest.approx(by_update, rel=1e-6)
+
+
+def test_train_and_hpo_evaluate_at_the_same_updates_with_the_same_values(data):
+    """One chunk loop for both: with eval_every = 3 (rounded up to two chunks of 2) and 6 updates,
+    training logs val/* exactly at the updates where the HPO trial reports (4, and 6 as the last
+    chunk; not 2), with the same values, and both apply the same learning rate in every chunk."""
+    root = data["root"]
+    config = data["write"]("sparse_eval.yaml", _config(data["processed"], {
+        "ppo.learning_rate": {"type": "categorical", "choices": [LR]}},
+        train={"eval_every": 3, "total_env_steps": 768}))  # 128 steps per update: 6 updates
+    assert ChunkSchedule.of(load_config(config)).eval_updates() == [4, 6]
+    assert hpo_main(["--config", str(config), "--run-dir", str(root / "sparse_study")]) == 0
+    assert train.main(["--config", str(config), "--run-dir", str(root / "sparse_train"), "--quiet"]) == 0
+    study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{root / 'sparse_study' / 'study.db'}")
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE
+    rows = [json.loads(ln) for ln in (root / "sparse_train" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = {row["update"]: row for row in rows if "val/objective" in row}
+    assert sorted(trial.intermediate_values) == sorted(evaluated) == [4, 6]
+    assert [u for u, _ in trial.user_attrs["objective_series"]] == [4, 6]
+    for (update, value), row in zip(trial.user_attrs["objective_series"], evaluated.values()):
+        assert value == pytest.approx(row["val/objective"], rel=1e-6, abs=1e-9)
+        sortino = row["val/sortino"] if row["val/sortino"] is not None else 0.0  # an undefined Sortino reports 0
+        assert trial.intermediate_values[update] == pytest.approx(sortino, rel=1e-6, abs=1e-9)
+    assert [u for u, _ in trial.user_attrs["lr_applied"]] == [row["update"] for row in rows] == [2, 4, 6]
+    assert [v for _, v in trial.user_attrs["lr_applied"]] == pytest.approx([row["lr"] for row in rows], rel=1e-6)
 
 
 def test_stale_trial_is_reported_failed_and_retried(data, capsys):

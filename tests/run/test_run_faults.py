@@ -26,7 +26,8 @@ import pyarrow.feather as feather
 import pytest
 import yaml
 
-from test_train_cli import TINY, run_train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))  # test_train_cli, whatever the collection order
+from test_train_cli import TINY, run_train  # noqa: E402
 from tbjax import atomic
 from tbjax.cli import evaluate as evaluate_cli
 from tbjax.cli import train as train_cli
