@@ -63,3 +63,9 @@ def test_imports_only_point_down():
             if there is not None and there > here:
                 upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
     assert not upward, "imports pointing up the layer order:\n" + "\n".join(upward)
+
+
+def test_no_module_over_the_size_limit():
+    big = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"

@@ -20,22 +20,65 @@ class Interrupted(Exception):
     says when and what was kept."""
 
 
+_SEEN = threading.Event()  # a signal arrived before training, even if its KeyboardInterrupt was lost
+
+
 def _raise_interrupt(signum, frame):
+    _SEEN.set()
     raise KeyboardInterrupt
+
+
+def _note_interrupt(signum, frame):
+    _SEEN.set()
+
+
+@contextlib.contextmanager
+def deferred_interrupts(message: str) -> Iterator[None]:
+    """Inside the block SIGINT/SIGTERM only set a flag; on leaving it, :class:`Interrupted` if one came.
+
+    For work that must not see a KeyboardInterrupt: while XLA compiles, JAX runs Python callbacks
+    from C (its garbage-collection hook), where a raised KeyboardInterrupt is printed as an ignored
+    exception with a traceback and lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _note_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    raise_if_interrupted(message)
+
+
+def raise_if_interrupted(message: str) -> None:
+    """Raise :class:`Interrupted` if SIGINT/SIGTERM arrived since :func:`sigterm_interrupts` began.
+
+    A KeyboardInterrupt raised while JAX runs a Python callback from C (e.g. its garbage-collection
+    hook during a compile) is printed as "Exception ignored" and swallowed; the flag set by the
+    handler is not, so a phase boundary can still honour the signal.
+    """
+    if _SEEN.is_set():
+        _SEEN.clear()
+        raise Interrupted(message)
 
 
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM behaves like SIGINT (KeyboardInterrupt) outside the chunk loop, so a scheduler's
-    kill before training gets the same clean exit 130 instead of dying mid-write."""
+    kill before training gets the same clean exit 130 instead of dying mid-write; both also set
+    the flag :func:`raise_if_interrupted` checks."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    _SEEN.clear()
+    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

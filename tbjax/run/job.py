@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from tbjax.errors import InputError
-from tbjax.run.interrupts import Interrupted, StopFlag, interrupt_means
+from tbjax.run.interrupts import Interrupted, StopFlag, deferred_interrupts, interrupt_means
 from tbjax.run.resume import Plan, check_fresh_run_dir, continue_command, evaluate_command, resume_advice
 from tbjax.run.warmup import check_warmup
 
@@ -59,7 +59,8 @@ def open_session(plan: Plan, quiet: bool):
     if not plan.fresh:
         check_same_data(session.exp, run_dir)
     carry = session.start(resume=not plan.fresh, fix=lambda: resume_advice(run_dir))
-    session.compile(carry)
+    with deferred_interrupts(NOTHING_WRITTEN):  # no KeyboardInterrupt inside XLA's compile callbacks
+        session.compile(carry)
     return session, carry
 
 
