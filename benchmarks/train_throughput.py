@@ -17,6 +17,7 @@ matmul peak is the best time of a 2048 x 2048 float32 ``jnp.dot`` (2 n^3 flops).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -32,6 +33,7 @@ from env_throughput import synthetic_market  # same synthetic MarketData as the 
 from tbjax.agent import ppo
 from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
+from tbjax.learner.rollout import rollout as learner_rollout
 from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
@@ -79,7 +81,7 @@ def measure(n_envs: int, args, data, env_params) -> dict:
     per_update = min(times) / args.updates
 
     # Phase timings: the rollout alone and the PPO update alone on a batch of the same size.
-    rollout = jax.jit(trainer._rollout)
+    rollout = jax.jit(functools.partial(learner_rollout, trainer.context))
     roll_args = (carry.params, carry.obs_stats, carry.popart, carry.env_state, carry.last_obs,
                  carry.rng, hp, data)
     out = rollout(*roll_args)
