@@ -1,7 +1,7 @@
 """Shared setup of the benchmarks: one planted-signal market, the machine, and atomic JSON output.
 
 Every peer comparison (``vs_sb3``, ``learning_speed``, ``scaling``) must feed both learners the same
-data, so the market is built here once, the way ``tbjax.experiment`` builds a real run:
+data, so the market is built here once, the way ``tbjax.run.setup`` builds a real run:
 
     generate_klines(signal_rho) per symbol → compute_features (causal) → drop the warm-up rows
     → roles by row index (train | embargo | val | embargo | test) → FeaturePipeline fit on TRAIN
@@ -41,7 +41,7 @@ from tbjax.evaluation.oracle import threshold_oracle
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 HOUR_MS = 3_600_000
-HOURLY_BARS_PER_YEAR = 8760.0  # 24/7 hourly bars (ALGORITHMS.md "Risk metrics")
+HOURLY_BARS_PER_YEAR = 8760.0  # 24/7 hourly bars (docs/ALGORITHMS.md "Risk metrics")
 SIGNAL_COLUMN = "taker_buy_ratio_z"
 LONG_SHORT = (-1.0, 0.0, 1.0)
 
@@ -105,7 +105,7 @@ def env_params(pm: PlantedMarket, role: int = ROLE_TRAIN, fee_bps: float = 5.0, 
     """Long-short discrete env whose ONLY cost is ``fee_bps`` per unit of traded notional.
 
     Spread, slippage, impact and borrow are zero so the env's cost equals the oracle's
-    ``cost_bps * |Δposition|`` (ALGORITHMS.md "Planted-signal oracle").
+    ``cost_bps * |Δposition|`` (docs/ALGORITHMS.md "Planted-signal oracle").
     """
     return market_env.make_env_params(
         window_size=pm.window_size, episode_len=episode_len, action_mode="discrete",

@@ -3,7 +3,7 @@
 The market has a planted signal (``benchmarks.common.planted_market``, rho = 0.2) and the only cost
 is a 5 bp fee per unit traded, long-short positions {-1, 0, 1}. The target is
 ``target_frac`` x the per-bar Sharpe of ``tbjax.evaluation.oracle.threshold_oracle`` on the validation split
-with the same cost (ALGORITHMS.md "Planted-signal oracle").
+with the same cost (docs/ALGORITHMS.md "Planted-signal oracle").
 
 Both learners train from the same seed with the shared PPO settings and widths, each at its own
 practical scale, and are evaluated periodically on the val split with frozen observation

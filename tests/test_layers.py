@@ -69,3 +69,14 @@ def test_no_module_over_the_size_limit():
     big = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"
+
+
+def test_nothing_points_outside_the_repository():
+    """Docstrings, docs and reports cite docs/DESIGN.md and docs/ALGORITHMS.md, never a path of a machine."""
+    root = PACKAGE.parent
+    texts = [*PACKAGE.rglob("*.py"), *(root / "docs").glob("*.md"), root / "README.md", *(root / "configs").glob("*")]
+    bad = [f"{p.relative_to(root)}:{i}" for p in texts for i, line in enumerate(p.read_text().splitlines(), 1)
+           if "/work/" in line or "../shared" in line or "shared/DESIGN" in line or "shared/ALGORITHMS" in line]
+    assert not bad, f"references outside the repository: {bad}"
+    for cited in ("docs/DESIGN.md", "docs/ALGORITHMS.md"):
+        assert (root / cited).is_file()

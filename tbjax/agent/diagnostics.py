@@ -3,7 +3,7 @@
 EV = 1 - Var[y - y_pred] / Var[y], as Stable-Baselines3 logs it (``explained_variance`` in
 stable_baselines3/common/utils.py): 1 is a perfect critic, 0 no better than the mean, < 0 worse.
 Pooled over several symbols, EV can look good only because the critic learned each symbol's
-mean; the per-group summary (ALGORITHMS.md) shows whether it explains variation within each.
+mean; the per-group summary (docs/ALGORITHMS.md) shows whether it explains variation within each.
 
 Weighted variance with reliability weights w (the unbiased form):
     Var_w[x] = sum w (x - mean_w)^2 / (sum w - sum w^2 / sum w),  mean_w = sum w x / sum w.

@@ -85,7 +85,7 @@ def cvar_from_quantiles(quantiles: jax.Array, alpha: float | jax.Array) -> jax.A
 
     Each sorted quantile q_i carries mass 1/N; with k = floor(alpha N),
         CVaR_alpha = (1/alpha) [ (1/N) sum_{i<k} q_i + (alpha - k/N) q_k ]
-    (ALGORITHMS.md; equal to Rockafellar & Uryasev 2000, CVaR = max_eta eta - E[(eta - G)^+]/alpha,
+    (docs/ALGORITHMS.md; equal to Rockafellar & Uryasev 2000, CVaR = max_eta eta - E[(eta - G)^+]/alpha,
     for that discrete distribution). It is written as sum_i w_i q_i / alpha with
     w_i = clip(alpha - i/N, 0, 1/N), the mass of quantile i that lies below alpha: w_i = 1/N for
     i < k, alpha - k/N for i = k, 0 after. No branching on ``alpha``, so it may be a traced

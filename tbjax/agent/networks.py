@@ -13,7 +13,7 @@ leaves "kernel" and "bias":
 - non-crossing head (non_crossing=True): monotone quantiles first,
   theta_0 free, theta_i = theta_0 + sum_{1<=k<=i} softplus(d_k) (Zhou, Wang & Feng 2020,
   "Non-crossing quantile regression for deep RL", in the simple cumulative-softplus form of
-  ALGORITHMS.md), then ``critic_head`` is y = kernel * theta + bias with ONE scalar kernel and
+  docs/ALGORITHMS.md), then ``critic_head`` is y = kernel * theta + bias with ONE scalar kernel and
   ONE scalar bias (shape [1], broadcast over quantiles). A shared map keeps the order for any
   kernel > 0; PopArt multiplies the kernel by sigma / sigma' > 0, and the forward pass stops the
   gradient into the kernel, so training cannot flip its sign. The kernel therefore starts at 1

@@ -1,7 +1,7 @@
 """Running observation statistics: a parallel Welford merge and frozen normalisation.
 
 The trainer carries a :class:`RunningStats` in its state, merges every training rollout into it,
-and hands it read-only to validation and test (DESIGN.md invariant 3): normalising never changes
+and hands it read-only to validation and test (docs/DESIGN.md invariant 3): normalising never changes
 the statistics, so evaluation cannot leak information back into training.
 
 Merge rule: Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise algorithm for

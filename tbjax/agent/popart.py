@@ -2,12 +2,12 @@
 
 van Hasselt, Guez, Hessel, Mnih & Silver (2016), "Learning values across many orders of
 magnitude" (Algorithm 1). Trading returns change scale by orders of magnitude across symbols,
-regimes and leverage; rewards are never normalised in tbjax (DESIGN.md invariant 3), so the
+regimes and leverage; rewards are never normalised in tbjax (docs/DESIGN.md invariant 3), so the
 critic instead predicts targets normalised by running statistics (mu, sigma) of those targets,
 and every change of the statistics is compensated in the critic's last affine layer
 ("Preserving Outputs Precisely") so that sigma * f(x) + mu does not move.
 
-Use per update (ALGORITHMS.md): unnormalised targets with the old statistics -> update_popart ->
+Use per update (docs/ALGORITHMS.md): unnormalised targets with the old statistics -> update_popart ->
 popart_rescale of the critic head -> loss on targets normalised with the new statistics.
 
 Unlike rlax's ``art`` (which sums the batch, an effective step of beta * batch size), the batch

@@ -8,10 +8,10 @@ The study lives in a storage that several processes (or machines) can share and 
 Optuna journal file (a path ending in ``.log``). The study is always loaded if it exists, so
 re-running the same command resumes it (``n_trials`` is the study's total). SQL storages carry
 Optuna's trial heartbeat (journal files an equivalent attr): a trial whose worker was killed is
-reported, failed and retried with the same parameters (:mod:`tbjax.hpo_runner`). Sampler: TPE seeded
+reported, failed and retried with the same parameters (:mod:`tbjax.hpo.runner`). Sampler: TPE seeded
 with ``hpo.sampler_seed`` (+ the number of trials already stored, so a resumed or second worker
 does not replay the first one's random start); pruner: ``hpo.pruner``. Trial execution, batching
-and pruning rules: :mod:`tbjax.hpo_runner`; the search space: :mod:`tbjax.search_space`.
+and pruning rules: :mod:`tbjax.hpo.runner`; the search space: :mod:`tbjax.hpo.space`.
 
 Outputs in the run dir: ``trials/<n>/`` (config.yaml, feature_pipeline.json, checkpoints/best:
 ``python -m tbjax.evaluate --run-dir <run-dir>/trials/<n>`` works), ``best/`` (a copy of the best
@@ -61,7 +61,7 @@ def make_storage(spec: str | None, run_dir: Path):
     """None → SQLite in the run dir; ``*.log`` → journal file; otherwise an SQLAlchemy URL.
 
     SQL storages get Optuna's heartbeat (``heartbeat_interval``, ``grace_period`` from
-    :mod:`tbjax.hpo_runner`), which is how a trial whose worker was killed is recognised.
+    :mod:`tbjax.hpo.runner`), which is how a trial whose worker was killed is recognised.
     """
     import warnings
 

@@ -12,7 +12,7 @@ the as-of side features (``data/sidedata.py``), mark ``tradable`` (``data/tables
 first ``warmup_bars(window_size)`` rows. Every file is read and validated before anything is
 written; outputs go to temp files in OUT (``tbjax.atomic``) and are renamed into place only when
 all of them are written, manifest.json last, so a failure (a full disk included) never leaves a
-partial dataset (DESIGN.md invariant 6). Only then are the tables of an earlier run whose symbols
+partial dataset (docs/DESIGN.md invariant 6). Only then are the tables of an earlier run whose symbols
 are no longer in the raw folder removed, so OUT and its manifest list the same symbols.
 
 Timeframe: ``--timeframe`` or the median spacing of open times. A given timeframe longer than a

@@ -4,7 +4,7 @@ The manifest's ``split_version`` is a SHA-256 over the raw data hashes, the spli
 feature configuration, so two runs with the same ``split_version`` saw the same rows in the same
 roles with the same features; changing any input changes it. Every file is written through
 :mod:`tbjax.atomic` (temporary name, then rename), so an interrupted export or a full disk never
-leaves a half-written artifact (DESIGN.md invariant 6) and a disk error is one InputError; the
+leaves a half-written artifact (docs/DESIGN.md invariant 6) and a disk error is one InputError; the
 manifest is written last.
 """
 

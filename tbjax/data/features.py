@@ -1,6 +1,6 @@
 """Causal bar features: every value on row t is computed from rows 0..t only.
 
-DESIGN.md invariant 1 requires that features on bar t are identical whether or not later bars
+docs/DESIGN.md invariant 1 requires that features on bar t are identical whether or not later bars
 exist. Every function here is a left-to-right computation (rolling windows over past rows,
 recursive filters run forward from a seed built from the first rows), so
 ``compute_features(bars[:cut])`` equals the first ``cut`` rows of ``compute_features(bars)``.

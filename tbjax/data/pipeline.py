@@ -1,6 +1,6 @@
 """FeaturePipeline: z-score feature columns with statistics fit on training rows only.
 
-DESIGN.md invariant 2: the mean and standard deviation of every feature are pooled over the train
+docs/DESIGN.md invariant 2: the mean and standard deviation of every feature are pooled over the train
 rows of all symbols and nothing else, so validation and test rows cannot leak into the scaling.
 The fitted statistics are saved as JSON beside the run and reused unchanged for evaluation.
 

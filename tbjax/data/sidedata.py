@@ -1,6 +1,6 @@
 """Side data merged as-of BACKWARD onto bars: nothing published after a bar's decision time.
 
-Decision time. The agent decides on bar t at its close and fills at bar t+1's open (DESIGN.md
+Decision time. The agent decides on bar t at its close and fills at bar t+1's open (docs/DESIGN.md
 invariant 1), so a value may be used on bar t only if it was published at or before
 ``open_time_t + timeframe`` (the bar's close). That is the one time every side feature is taken
 at.

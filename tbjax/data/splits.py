@@ -4,7 +4,7 @@ Splits are time ranges shared by all symbols (inclusive bounds, epoch millisecon
 labelled by their open time; then the first ``embargo_bars`` rows of validation and of test become
 embargo rows that no role reads. With an embargo of at least the feature warm-up
 (:func:`tbjax.data.features.warmup_bars`), no validation or test observation window or indicator
-lookback overlaps the previous split's rows used for learning, which is DESIGN.md invariant 2
+lookback overlaps the previous split's rows used for learning, which is docs/DESIGN.md invariant 2
 ("purging and embargo", Lopez de Prado, 2018, Advances in Financial Machine Learning, ch. 7).
 
 Without a configured test range the test split is every row after ``val_end`` (``inferred_test``),

@@ -1,7 +1,7 @@
 """A regime-switching synthetic market, optionally with a planted predictive signal.
 
-Used for the regime part of the HPO objective (ALGORITHMS.md "Regime objective") and for
-learning tests where the right answer is known (ALGORITHMS.md "Planted-signal oracle").
+Used for the regime part of the HPO objective (docs/ALGORITHMS.md "Regime objective") and for
+learning tests where the right answer is known (docs/ALGORITHMS.md "Planted-signal oracle").
 
 Model, per bar t with regime s_t (parameters per bar: mu, sigma, kappa, avg volume, avg spread):
 

@@ -1,7 +1,7 @@
 """Processed tables: bar timing (timeframe, gaps, no-trade windows), the ``tradable`` mask, and
 the files ``<SYMBOL>.feather`` and ``manifest.json`` (written through :mod:`tbjax.atomic`).
 
-Gap rule (what makes the next bar untradable, DESIGN.md "tradable"):
+Gap rule (what makes the next bar untradable, docs/DESIGN.md "Tradable bars"):
 * Daily exchange data (timeframe 1 day and no bar opening on a Saturday or Sunday UTC): a gap is a
   jump of more than 4 calendar days between consecutive open times. A weekend is 3 days and a
   weekend plus a Monday or Friday holiday 4, so ordinary closures never count; a longer closure

@@ -1,6 +1,6 @@
 """The market environment as pure JAX functions of (key, state, action, params, data).
 
-Rules (DESIGN invariant 1): the action decided on bar t's close sees observation rows <= t; the
+Rules (docs/DESIGN.md invariant 1): the action decided on bar t's close sees observation rows <= t; the
 new target position is filled at bar t+1's open with fees, spread, slippage and impact; equity is
 marked at bar t+1's close. Reward = log(equity_{t+1} / equity_t) - turnover_penalty * turnover,
 raw (never normalised). The bar arithmetic (gap -> fill -> intrabar -> borrow) is written out in

@@ -2,7 +2,7 @@
 
 Market part: ``features[symbol, t - window_size + 1 : t + 1]`` flattened row by row (oldest
 first), read with ONE ``lax.dynamic_slice`` so a vmapped env batch becomes one gather. Rows are
-causal (row t uses bars <= t), so nothing after bar t's close is visible (DESIGN invariant 1).
+causal (row t uses bars <= t), so nothing after bar t's close is visible (docs/DESIGN.md invariant 1).
 
 Layout: the 4 account values FIRST, then the window, i.e. obs[:4] = account, obs[4:] = window.
 (Assembled by writing both into one buffer with dynamic_update_slice: on XLA:CPU this runs at

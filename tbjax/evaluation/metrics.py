@@ -1,7 +1,7 @@
 """Trader-facing risk metrics of a strategy's per-bar returns (pure NumPy, host side).
 
 These numbers are what a person compares across runs, baselines and the seed system, so every
-metric has one written definition (below and in /work/shared/ALGORITHMS.md "Risk metrics"), is
+metric has one written definition (below and in docs/ALGORITHMS.md "Risk metrics"), is
 computed in float64 on the host, and degrades to NaN instead of raising or returning infinity
 when it is undefined (no trades, zero volatility, no drawdown, an empty series). ``json_safe``
 turns those NaNs into JSON ``null`` so eval files stay valid JSON.
@@ -122,7 +122,7 @@ def max_drawdown_duration(equity: np.ndarray) -> int:
 def var_cvar(returns: np.ndarray, level: float = TAIL_LEVEL) -> tuple[float, float]:
     """Historical VaR and CVaR at ``level``: the linear-rule percentile and the mean at or below it.
 
-    Both are returns (negative numbers are losses), as in ALGORITHMS.md. NaN for an empty series.
+    Both are returns (negative numbers are losses), as in docs/ALGORITHMS.md. NaN for an empty series.
     """
     r = np.asarray(returns, dtype=np.float64).ravel()
     if r.size == 0:

@@ -1,4 +1,4 @@
-"""The planted-signal oracle: the best threshold policy on a signal, with costs (ALGORITHMS.md).
+"""The planted-signal oracle: the best threshold policy on a signal, with costs (docs/ALGORITHMS.md).
 
 If r_{t+1} = sigma (rho z_t + sqrt(1 - rho^2) eps_{t+1}) with z_t observable at bar t, holding
 sign(z_t) maximises the expected return only without costs. With fees it flips too often, and a

@@ -3,7 +3,7 @@
 Why a page and not only JSON: a trader judging a run wants the strategy beside its baselines
 (buy-and-hold, flat) on the same split, the equity and drawdown over time, how often it trades,
 and whether training converged, in one place. Numbers come from the eval JSON that
-``tbjax.evaluate`` writes (``tbjax.metrics`` definitions); this module only formats and draws.
+``tbjax.evaluate`` writes (``tbjax.evaluation.metrics`` definitions); this module only formats and draws.
 
 Every file is written to a temporary name in its final folder and moved into place with
 ``os.replace``, so an interrupted run never leaves a half-written PNG or page (docs/DESIGN.md
