@@ -80,3 +80,16 @@ def test_nothing_points_outside_the_repository():
     assert not bad, f"references outside the repository: {bad}"
     for cited in ("docs/DESIGN.md", "docs/ALGORITHMS.md"):
         assert (root / cited).is_file()
+
+
+def test_no_function_body_over_sixty_lines():
+    """Functions stay readable: at most 60 lines of code each (the docstring does not count)."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+                lines = node.end_lineno - body[0].lineno + 1 if body else 0
+                if lines > 60:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over 60 lines: {long}"

@@ -218,6 +218,13 @@ def risk_metrics(
     if mdd > 0:
         out["calmar"] = out["cagr"] / mdd
     out["var_5"], out["cvar_5"] = var_cvar(r)
+    out.update(trading_metrics(r, p, traded))
+    return out
+
+
+def trading_metrics(r: np.ndarray, p: np.ndarray, traded: np.ndarray | None = None) -> dict[str, float]:
+    """Turnover, exposure, trades and round-trip statistics of ``risk_metrics`` (same arguments)."""
+    out = {}
     delta = np.abs(np.diff(np.concatenate([[0.0], p])))
     if traded is not None:
         traded = np.asarray(traded, dtype=np.float64).ravel()
