@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
-from tbjax.evaluation.backtest import WALK_ROLE, held_positions, walk
+from tbjax.learner.walk import WALK_ROLE, held_positions, walk
 from tbjax.config import Config, load_config
 from tbjax.data.market import ROLE_TRAIN
 from tbjax.data.pipeline import FeaturePipeline
@@ -110,7 +110,7 @@ class TradingPolicy:
 
     def _market(self, columns: dict[str, np.ndarray]):
         """One-symbol MarketData over all rows (one padding row for the last decision's fill bar)."""
-        from tbjax.run.setup import BAR_COLUMNS, market_from_tables  # the run's own bars → MarketData path
+        from tbjax.data.bars import BAR_COLUMNS, market_from_tables  # the run's own bars → MarketData path
 
         needed = list(BAR_COLUMNS) + ["tradable"] + self.feature_columns
         missing = [c for c in needed if c not in columns]
@@ -183,7 +183,7 @@ def _resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
     current one). ``env.liquidity_seasonality`` is read by the env, so one found nowhere is an
     error; the processed data is never read here, so ``data.processed_dir`` is resolved where it
     exists and otherwise kept as written."""
-    from tbjax.run.session import resolve_run_paths
+    from tbjax.run.rundir import resolve_run_paths
 
     without_data = replace(cfg, data=replace(cfg.data, processed_dir=""))
     cfg = replace(cfg, env=resolve_run_paths(without_data, run_dir).env)

@@ -61,7 +61,8 @@ def main(argv=None) -> int:
 
 def evaluate(args) -> int:
     from tbjax.run.reevaluate import evaluate_run
-    from tbjax.run.session import RunWriteError, save_evaluation
+    from tbjax.run.session import save_evaluation
+    from tbjax.run.rundir import RunWriteError
 
     run_dir = Path(args.run_dir)
     splits = ("val", "test") if args.split == "both" else (args.split,)

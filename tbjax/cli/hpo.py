@@ -67,7 +67,7 @@ def make_storage(spec: str | None, run_dir: Path):
 
     import optuna
 
-    from tbjax.hpo.runner import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
+    from tbjax.hpo.liveness import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 
     if spec is None:
         spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
@@ -306,7 +306,8 @@ def run(argv=None) -> dict:
     from tqdm import tqdm
 
     from tbjax.run.setup import build_experiment
-    from tbjax.hpo.runner import TrialRunner, counted_trials
+    from tbjax.hpo.runner import TrialRunner
+    from tbjax.hpo.liveness import counted_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for note in space.notes:

@@ -21,8 +21,7 @@ import numpy as np
 
 from tbjax.data.market import ROLE_NAMES, MarketData
 from tbjax.evaluation.metrics import buy_and_hold_returns, pooled_metrics, risk_metrics
-from tbjax.evaluation.objective import finite_or_zero, regime_objective  # noqa: F401 (re-export)
-from tbjax.learner.walk import WALK_ROLE, held_positions, walk  # noqa: F401 (re-export)
+from tbjax.learner.walk import WALK_ROLE, held_positions, walk
 
 CORE_BASELINE_KEYS = ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
                       "cvar_5", "var_5")

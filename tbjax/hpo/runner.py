@@ -70,14 +70,12 @@ from tbjax.config import Config, dump_config
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
-from tbjax.evaluation.backtest import CORE_BASELINE_KEYS, finite_or_zero
+from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
+from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.hpo import liveness as _liveness
 from tbjax.hpo.liveness import Liveness, counted_trials
-# re-exported: the CLI (hpo) and tests import these from here
-from tbjax.hpo.liveness import GRACE_PERIOD_S, HEARTBEAT_ATTR, HEARTBEAT_INTERVAL_S  # noqa: F401
 from tbjax.hpo.program import Program, program_for, stack_trees
-from tbjax.hpo.program import batched_program as _batched_program  # noqa: F401
 from tbjax.hpo.space import SearchSpace
 from tbjax.learner.trainer import Trainer
 from tbjax.run.checkpoint import RunCheckpoints

@@ -44,7 +44,8 @@ class TrainResult:
 def open_session(plan: Plan, quiet: bool):
     """(session, carry) ready for the first chunk, compiled; nothing written."""
     from tbjax.run.distributed import is_primary, maybe_initialize_distributed
-    from tbjax.run.session import TrainingSession, check_same_data, resolve_run_paths
+    from tbjax.run.session import TrainingSession
+    from tbjax.run.rundir import check_same_data, resolve_run_paths
 
     run_dir = plan.run_dir
     cfg = plan.cfg if plan.fresh else resolve_run_paths(plan.cfg, run_dir)
@@ -73,7 +74,7 @@ def train_chunks(plan: Plan, session, carry, *, command: list[str], leftovers: l
                  max_chunks: int | None, note: Callable[[str], None]) -> bool:
     """Set up the run directory and train; True when training reached its end."""
     from tbjax.run.distributed import is_primary
-    from tbjax.run.session import RunWriteError
+    from tbjax.run.rundir import RunWriteError
 
     try:
         with StopFlag() as stop:  # from here SIGINT/SIGTERM only set stop.raised
@@ -98,7 +99,7 @@ def train_chunks(plan: Plan, session, carry, *, command: list[str], leftovers: l
 
 def final_evaluation(session, run_dir: Path) -> None:
     """Restore the best checkpoint, write eval/ and report.md (training is complete)."""
-    from tbjax.run.session import RunWriteError
+    from tbjax.run.rundir import RunWriteError
 
     evaluate_cmd = evaluate_command(run_dir)
     try:

@@ -26,7 +26,8 @@ def open_run(run_dir: Path):
                              "python -m tbjax.train")
     from tbjax.config import load_config
     from tbjax.data.pipeline import FeaturePipeline
-    from tbjax.run.session import TrainingSession, check_same_data, resolve_run_paths
+    from tbjax.run.session import TrainingSession
+    from tbjax.run.rundir import check_same_data, resolve_run_paths
 
     cfg = resolve_run_paths(load_config(run_dir / "config.yaml"), run_dir)
     session = TrainingSession(cfg, run_dir, write=False,

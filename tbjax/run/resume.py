@@ -110,7 +110,7 @@ def check_writable_target(run_dir: Path) -> None:
 
 
 def looks_like_run(run_dir: Path) -> bool:
-    from tbjax.run.session import RUN_ARTIFACTS
+    from tbjax.run.rundir import RUN_ARTIFACTS
 
     return any((run_dir / name).exists() for name in RUN_ARTIFACTS)
 

@@ -29,13 +29,12 @@ from tbjax.atomic import write_atomic
 from tbjax.config import Config
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
-from tbjax.evaluation.backtest import finite_or_zero
+from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
-from tbjax.run.rundir import RUN_ARTIFACTS, RunWriteError, check_same_data, resolve_run_paths  # noqa: F401
 from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
                              hparams_from_config, spec_from_config, trainer_for)
 

@@ -18,7 +18,7 @@ import pyarrow.feather as feather
 
 from tbjax.config import Config, keys_of_kind
 from tbjax.data import features as feats
-from tbjax.data.bars import BAR_COLUMNS, market_from_tables  # noqa: F401 (BAR_COLUMNS re-exported)
+from tbjax.data.bars import BAR_COLUMNS, market_from_tables
 from tbjax.data.market import MarketData
 from tbjax.data.hashing import file_sha256
 from tbjax.data.pipeline import FeaturePipeline

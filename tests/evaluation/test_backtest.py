@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from env_fixtures import explicit_market, toy_market
-from tbjax.evaluation.backtest import backtest, walk
+from tbjax.evaluation.backtest import backtest
+from tbjax.learner.walk import walk
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market as market_env
 

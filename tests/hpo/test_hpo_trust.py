@@ -27,7 +27,8 @@ from tbjax.cli import evaluate, prepare, synth, train
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
 from tbjax.cli.hpo import main as hpo_main, make_storage
 from tbjax.config import load_config
-from tbjax.hpo.runner import HEARTBEAT_ATTR, Liveness, TrialRunner, counted_trials
+from tbjax.hpo.runner import TrialRunner
+from tbjax.hpo.liveness import HEARTBEAT_ATTR, Liveness, counted_trials
 from tbjax.run.chunks import ChunkSchedule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
