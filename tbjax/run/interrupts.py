@@ -33,6 +33,20 @@ def _note_interrupt(signum, frame):
 
 
 @contextlib.contextmanager
+def _handling(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+@contextlib.contextmanager
 def deferred_interrupts(message: str) -> Iterator[None]:
     """Inside the block SIGINT/SIGTERM only set a flag; on leaving it, :class:`Interrupted` if one came.
 
@@ -40,15 +54,8 @@ def deferred_interrupts(message: str) -> Iterator[None]:
     from C (its garbage-collection hook), where a raised KeyboardInterrupt is printed as an ignored
     exception with a traceback and lost.
     """
-    if threading.current_thread() is not threading.main_thread():
+    with _handling(_note_interrupt):
         yield
-        return
-    old = {sig: signal.signal(sig, _note_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
     raise_if_interrupted(message)
 
 
@@ -69,16 +76,9 @@ def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM behaves like SIGINT (KeyboardInterrupt) outside the chunk loop, so a scheduler's
     kill before training gets the same clean exit 130 instead of dying mid-write; both also set
     the flag :func:`raise_if_interrupted` checks."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     _SEEN.clear()
-    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _handling(_raise_interrupt):
         yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
