@@ -6,15 +6,13 @@ and whether training converged, in one place. Numbers come from the eval JSON th
 ``tbjax.evaluate`` writes (``tbjax.evaluation.metrics`` definitions); this module only formats and draws.
 
 Every file is written to a temporary name in its final folder and moved into place with
-``os.replace``, so an interrupted run never leaves a half-written PNG or page (docs/DESIGN.md
+``os.replace`` (tbjax.atomic), so an interrupted run never leaves a half-written PNG or page (docs/DESIGN.md
 invariant 6). Matplotlib runs headless (Agg) and every figure is closed after saving.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tbjax.atomic import write_atomic, write_with  # noqa: E402
 from tbjax.errors import InputError  # noqa: E402
 from tbjax.evaluation.metrics import METRIC_KEYS, drawdown_curve, var_cvar  # noqa: E402
 
@@ -84,35 +83,13 @@ def format_metric(key: str, value: Any) -> str:
     return f"{v:.4g}"
 
 
-def _readable(tmp: str) -> None:
-    """mkstemp creates 0600 files; a report is for reading by others, like any other output."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _readable(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
 
 
 def _atomic_savefig(fig: plt.Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
