@@ -10,7 +10,8 @@ The per-bar strategy return is ``equity_t / equity_{t-1} - 1`` (net of every cos
 the target held over the bar (the action's level, or the previous position when the fill bar is not
 tradable), and turnover is what the env traded and charged on each bar: re-balancing a constant
 target back from where the price drift moved it counts. Baselines over the same bars: buy-and-hold (close-to-close returns of the asset, no
-costs) and flat (zero returns).
+costs) and flat (zero returns). The result's ``"is_it_real"`` entry says whether the pooled strategy's
+Sharpe could be luck (``tbjax.evaluation.significance.is_it_real``, against pooled buy-and-hold).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tbjax.data.market import ROLE_NAMES, MarketData
-from tbjax.evaluation.metrics import buy_and_hold_returns, pooled_metrics, risk_metrics
+from tbjax.evaluation.metrics import (
+    buy_and_hold_returns,
+    pooled_metrics,
+    pooled_series,
+    risk_metrics,
+)
+from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.walk import WALK_ROLE, held_positions, walk
 
 CORE_BASELINE_KEYS = ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
@@ -87,5 +94,7 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
             "buy_and_hold": {**pooled_metrics(bh_in, bars_per_year), "per_symbol": bh_per_symbol},
             "flat": pooled_metrics(flat_in, bars_per_year),
         },
+        # PSR, MinTRL and bootstrap intervals of the pooled strategy vs pooled buy-and-hold
+        "is_it_real": is_it_real(pooled_series(pooled_in)[1], bars_per_year, pooled_series(bh_in)[1]),
     }
     return result, series

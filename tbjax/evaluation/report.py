@@ -247,7 +247,8 @@ def _split_section(split: str, ev: dict, plot_names: list[str]) -> list[str]:
                 + [format_metric("total_return", (bh_sym.get(sym) or {}).get("total_return"))]
                 for sym, m in per_symbol.items()]
         lines += ["Per symbol:", ""] + _table(header, rows) + [""]
-    extras = {k: v for k, v in ev.items() if k not in ("pooled", "per_symbol", "baselines",
+    lines += _significance_section(ev.get("is_it_real"))
+    extras = {k: v for k, v in ev.items() if k not in ("pooled", "per_symbol", "baselines", "is_it_real",
                                                      "objective", "objective_weights")}
     scalars = _flatten_scalars(extras)
     if scalars:
@@ -255,6 +256,39 @@ def _split_section(split: str, ev: dict, plot_names: list[str]) -> list[str]:
     for name in plot_names:
         lines += [f"![{name[:-4]}](plots/{name})", ""]
     return lines
+
+
+def _interval(key: str, pair: Any) -> str:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return "n/a"
+    return f"[{format_metric(key, pair[0])}, {format_metric(key, pair[1])}]"
+
+
+def _probability(value: Any) -> str:
+    return f"{float(value):.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _significance_section(sig: Any) -> list[str]:
+    """The "Is it real?" table of an eval's ``is_it_real`` entry (tbjax.evaluation.significance)."""
+    if not isinstance(sig, dict):
+        return []
+    conf = sig.get("confidence") or 0.95
+    level = (sig.get("bootstrap") or {}).get("level") or 0.9
+    bars, years = sig.get("min_track_record_bars"), sig.get("min_track_record_years")
+    known = isinstance(bars, (int, float)) and math.isfinite(bars) and isinstance(years, (int, float))
+    mintrl = f"{bars:,.0f} bars ({years:.2f} years)" if known else "n/a (Sharpe not above 0)"
+    rows = [
+        ["PSR vs Sharpe 0", _probability(sig.get("psr"))],
+        [f"PSR vs buy-and-hold Sharpe {format_metric('sharpe', sig.get('benchmark_sharpe'))}",
+         _probability(sig.get("psr_vs_benchmark"))],
+        [f"min track record for {100 * conf:g} %", mintrl],
+        [f"Sharpe {100 * level:g} % interval", _interval("sharpe", sig.get("sharpe_ci"))],
+        [f"Sortino {100 * level:g} % interval", _interval("sortino", sig.get("sortino_ci"))],
+        [f"max drawdown {100 * level:g} % interval", _interval("max_drawdown", sig.get("max_drawdown_ci"))],
+    ]
+    title = ("Is it real? (Probabilistic Sharpe Ratio, stationary bootstrap; docs/ALGORITHMS.md, "
+             "\"Significance\"):")
+    return [title, "", *_table(["check", "value"], rows), "", f"**Reading:** {sig.get('reading', 'n/a')}", ""]
 
 
 def _flatten_scalars(obj: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:

@@ -99,3 +99,27 @@ def test_buy_and_hold_per_symbol_is_reported_by_hand():
     assert bh == pytest.approx(CLOSE[7] / CLOSE[1] - 1, rel=1e-6)
     row = next(line for line in _split_section("val", result, []) if line.startswith("| HAND"))
     assert row.split("|")[-2].strip() == f"{100 * bh:.2f}%"
+
+
+
+def test_backtest_says_whether_the_pooled_result_is_real(toy):
+    from tbjax.evaluation.metrics import pooled_series
+    from tbjax.evaluation.significance import is_it_real
+
+    params = market_env.make_env_params(window_size=8, episode_len=32)
+    result, series = backtest(random_level, None, None, toy, params, ROLE_VAL, 8760.0,
+                              deterministic=False, key=jax.random.PRNGKey(3))
+    sig = result["is_it_real"]
+    # the pooled strategy series and pooled buy-and-hold on the same bars, rebuilt from the series
+    strat = pooled_series({s: (v["time_ms"], v["returns"], v["position"]) for s, v in series.items()})[1]
+    bh_in = {}
+    for s, v in series.items():
+        e = np.concatenate([[1.0], v["buy_and_hold_equity"]])
+        bh_in[s] = (v["time_ms"], e[1:] / e[:-1] - 1.0, np.ones(e.size - 1))
+    expected = is_it_real(strat, 8760.0, pooled_series(bh_in)[1])
+    assert sig["n_bars"] == strat.size == result["pooled"]["n_bars"]
+    assert sig["sharpe"] == pytest.approx(result["pooled"]["sharpe"], rel=1e-9)
+    assert sig["benchmark_sharpe"] == pytest.approx(result["baselines"]["buy_and_hold"]["sharpe"], rel=1e-6)
+    for key in ("psr", "psr_vs_benchmark", "sharpe_ci", "sortino_ci", "max_drawdown_ci"):
+        assert sig[key] == pytest.approx(expected[key], rel=1e-6, nan_ok=True), key
+    assert sig["reading"] == expected["reading"] and sig["reading"].startswith("PSR ")

@@ -1,0 +1,184 @@
+"""Significance of a Sharpe ratio: PSR, MinTRL, DSR's SR0, PBO by CSCV, stationary bootstrap, report.
+
+Each answer is checked against an independent computation in the test: a closed form written out
+here, or a Monte-Carlo simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.stats import norm
+
+from tbjax.evaluation.metrics import json_safe
+from tbjax.evaluation.report import write_report
+from tbjax.evaluation.significance import (
+    _prob,
+    bootstrap_intervals,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    is_it_real,
+    min_track_record_length,
+    probabilistic_sharpe_ratio,
+    probability_of_backtest_overfitting,
+    sharpe_moments,
+    stationary_bootstrap_indices,
+)
+
+
+def _normalised(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """x shifted and scaled so its population mean and std are exactly ``mean`` and ``std``."""
+    return (x - x.mean()) / x.std() * std + mean
+
+
+def test_psr_matches_the_normal_closed_form():
+    # a series whose third and fourth moments are exactly those of a normal: 0 with weight 2/3 and
+    # ±1 with 1/6 each is symmetric (skew 0) with kurtosis (1/3) / (1/3)² = 3; then the PSR is
+    # Φ(SR √(T−1) / √(1 + SR²/2))
+    x = np.tile([0.0, 0.0, 0.0, 0.0, 1.0, -1.0], 100)
+    t = x.size
+    sr = 0.08
+    r = x / x.std() * 0.01 + sr * 0.01
+    got_sr, skew, kurt, n = sharpe_moments(r)
+    assert (n, round(got_sr, 12), round(abs(skew), 12), round(kurt, 12)) == (t, sr, 0.0, 3.0)
+    expected = norm.cdf(sr * math.sqrt(t - 1) / math.sqrt(1 + sr ** 2 / 2))
+    assert probabilistic_sharpe_ratio(r) == pytest.approx(expected, rel=1e-10)
+    bench = 0.03
+    expected_b = norm.cdf((sr - bench) * math.sqrt(t - 1) / math.sqrt(1 + sr ** 2 / 2))
+    assert probabilistic_sharpe_ratio(r, bench) == pytest.approx(expected_b, rel=1e-10)
+    # MinTRL: the length at which the same moments give PSR exactly 0.95
+    mintrl = min_track_record_length(r, 0.0, 0.95)
+    assert mintrl == pytest.approx(1 + (1 + sr ** 2 / 2) * (norm.ppf(0.95) / sr) ** 2, rel=1e-10)
+    assert norm.cdf(sr * math.sqrt(mintrl - 1) / math.sqrt(1 + sr ** 2 / 2)) == pytest.approx(0.95)
+
+
+def test_psr_of_normal_draws_is_near_the_normal_closed_form():
+    r = np.random.default_rng(9).normal(0.0005, 0.01, 5000)
+    sr = r.mean() / r.std()
+    g3, g4 = stats.skew(r), stats.kurtosis(r, fisher=False)
+    general = norm.cdf(sr * math.sqrt(r.size - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr ** 2))
+    assert probabilistic_sharpe_ratio(r) == pytest.approx(general, rel=1e-9)
+    normal = norm.cdf(sr * math.sqrt(r.size - 1) / math.sqrt(1 + sr ** 2 / 2))
+    assert probabilistic_sharpe_ratio(r) == pytest.approx(normal, abs=2e-3)
+
+
+def test_psr_penalises_negative_skew_and_fat_tails():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=2000)
+    crash = np.where(rng.random(2000) < 0.02, -8.0, 0.3)  # rare large losses: skew < 0, γ4 > 3
+    normal_r, skewed_r = _normalised(base, 0.05, 1.0), _normalised(crash, 0.05, 1.0)
+    assert sharpe_moments(skewed_r)[1] < -3 and sharpe_moments(skewed_r)[2] > 10
+    assert probabilistic_sharpe_ratio(skewed_r) < probabilistic_sharpe_ratio(normal_r)
+    assert min_track_record_length(skewed_r) > min_track_record_length(normal_r)
+
+
+def test_degenerate_series_give_nan_not_errors():
+    for r in (np.zeros(0), np.zeros(2), np.full(50, 0.001)):
+        assert math.isnan(probabilistic_sharpe_ratio(r))
+        ci = bootstrap_intervals(r, 252)
+        assert all(math.isnan(v) for v in (*ci["sharpe"], *ci["sortino"]))
+        if r.size > 2:  # a constant positive series never draws down
+            assert ci["max_drawdown"] == (0.0, 0.0)
+        else:
+            assert all(math.isnan(v) for v in ci["max_drawdown"])
+    losing = np.random.default_rng(0).normal(-0.01, 0.01, 100)
+    assert math.isnan(min_track_record_length(losing))  # no track record makes SR < 0 significant
+    out = is_it_real(np.full(50, 0.001), 252)
+    assert not out["significant"] and "undefined" in out["reading"]
+    json.dumps(json_safe(out), allow_nan=False)
+
+
+def test_expected_max_sharpe_matches_monte_carlo():
+    # SR0 of the DSR is the expected maximum Sharpe of N zero-skill trials
+    rng = np.random.default_rng(11)
+    n_trials, t, reps = 50, 60, 1000
+    x = rng.normal(size=(reps, n_trials, t))
+    sr = x.mean(axis=2) / x.std(axis=2)
+    max_sr = sr.max(axis=1)
+    sr0 = expected_max_sharpe(n_trials, float(sr.var(ddof=1)))
+    se = max_sr.std(ddof=1) / math.sqrt(reps)
+    # the formula is an approximation (≈ 1 % high for N = 50) plus the Monte-Carlo error
+    assert abs(sr0 - max_sr.mean()) < 4 * se + 0.02 * max_sr.mean()
+    assert expected_max_sharpe(1, 0.1) == 0.0
+
+
+def test_deflated_sharpe_falls_with_the_number_of_trials():
+    rng = np.random.default_rng(5)
+    chosen = rng.normal(0.05, 1.0, 1000)
+    few = np.concatenate([[sharpe_moments(chosen)[0]], rng.normal(0, 0.03, 4)])
+    many = np.concatenate([[sharpe_moments(chosen)[0]], rng.normal(0, 0.03, 999)])
+    dsr_few, dsr_many = deflated_sharpe_ratio(chosen, few), deflated_sharpe_ratio(chosen, many)
+    assert dsr_many < dsr_few < probabilistic_sharpe_ratio(chosen)
+
+
+def test_pbo_separates_overfitting_from_a_planted_edge():
+    rng = np.random.default_rng(7)
+    noise = [probability_of_backtest_overfitting(rng.normal(0, 0.01, (480, 12)), 8)["pbo"]
+             for _ in range(20)]
+    # zero-skill trials: the IS winner lands OOS like any other trial, PBO ≈ 0.5 on average
+    assert 0.3 < np.mean(noise) < 0.7
+    # trials with the same full-sample mean: any in-sample edge is paid back out of sample -> 1
+    demeaned = rng.normal(0, 0.01, (480, 12))
+    demeaned -= demeaned.mean(axis=0)
+    out = probability_of_backtest_overfitting(demeaned, 8)
+    assert out["pbo"] > 0.9 and out["n_splits"] == math.comb(8, 4) and out["logits"].shape == (70,)
+    edge = rng.normal(0, 0.01, (480, 12))
+    edge[:, 4] += 0.004
+    assert probability_of_backtest_overfitting(edge, 8)["pbo"] < 0.1
+    with pytest.raises(ValueError):
+        probability_of_backtest_overfitting(edge, 7)
+
+
+def test_stationary_bootstrap_blocks_have_the_mean_length():
+    idx = stationary_bootstrap_indices(1000, 50, 8.0, np.random.default_rng(0))
+    assert idx.shape == (50, 1000) and idx.min() >= 0 and idx.max() < 1000
+    continues = (idx[:, 1:] - idx[:, :-1]) % 1000 == 1
+    assert 1 - continues.mean() == pytest.approx(1 / 8, abs=0.01)  # new block with probability 1/L
+
+
+def test_bootstrap_interval_covers_the_true_sharpe():
+    t, mu, sd, n_year = 250, 0.001, 0.01, 252
+    true_sharpe = mu / sd * math.sqrt(n_year)
+    hits = 0
+    for seed in range(200):
+        r = np.random.default_rng(1000 + seed).normal(mu, sd, t)
+        lo, hi = bootstrap_intervals(r, n_year, level=0.9, n_resamples=400, seed=seed)["sharpe"]
+        hits += lo <= true_sharpe <= hi
+    assert hits / 200 >= 0.85
+    a = bootstrap_intervals(r, n_year, seed=1)
+    assert a == bootstrap_intervals(r, n_year, seed=1)  # seeded: repeatable
+    assert a["max_drawdown"][0] <= a["max_drawdown"][1] and a["sortino"][0] < a["sortino"][1]
+
+
+def test_is_it_real_reads_noise_and_a_real_edge():
+    rng = np.random.default_rng(2)
+    bh = rng.normal(0.0, 0.01, 3000)
+    noise = is_it_real(rng.normal(0.0, 0.01, 3000) - 0.0002, 8760, bh)
+    assert not noise["significant"] and noise["reading"].startswith(f"PSR {noise['psr']:.2f}: not significant at 95 %")
+    edge = is_it_real(rng.normal(0.002, 0.01, 3000), 8760, bh)
+    assert edge["significant"] and edge["psr"] > 0.99 and edge["psr_vs_benchmark"] > 0.99
+    assert "significant at 95 %" in edge["reading"] and "beats buy-and-hold" in edge["reading"]
+    lo, hi = edge["sharpe_ci"]
+    assert lo < edge["sharpe"] < hi
+    assert edge["min_track_record_bars"] < 3000
+    json.dumps(json_safe(edge), allow_nan=False)
+    # a PSR just under the confidence is never rounded up to it in the sentence
+    assert _prob(0.9498, 0.95) == "0.9498" and _prob(0.62, 0.95) == "0.62" and _prob(0.951, 0.95) == "0.95"
+
+
+def test_report_shows_the_is_it_real_table(tmp_path):
+    rng = np.random.default_rng(4)
+    r = rng.normal(0.0, 0.01, 200)
+    series = {"AAA": {"time_ms": 1_704_067_200_000 + 3_600_000 * np.arange(200), "equity": np.cumprod(1 + r),
+                      "buy_and_hold_equity": np.cumprod(1 + r), "position": np.ones(200), "returns": r}}
+    sig = is_it_real(r, 8760, r)
+    ev = json_safe({"pooled": {"sharpe": sig["sharpe"]}, "is_it_real": sig})
+    text = write_report(tmp_path, {"val": ev}, {"val": series}, []).read_text()
+    section = text.split("## Split: val")[1]
+    assert "Is it real?" in section and "| PSR vs Sharpe 0 |" in section
+    assert f"**Reading:** {sig['reading']}" in section
+    assert "max drawdown 90 % interval" in section and "is_it_real." not in section
