@@ -303,6 +303,11 @@ def pooled_series(
     return union, union_mean(union, times, rets), union_mean(union, times, poss)
 
 
+def pooled_returns(series: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
+    """Pooled per-bar returns of a backtest's report series (symbol -> time_ms, returns, position)."""
+    return pooled_series({sym: (s["time_ms"], s["returns"], s["position"]) for sym, s in series.items()})[1]
+
+
 def union_mean(union: np.ndarray, times: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
     """At each time of ``union``, the mean of ``values`` over the series that have a bar there."""
     total = np.zeros(union.size)

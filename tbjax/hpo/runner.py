@@ -71,6 +71,7 @@ from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
+from tbjax.evaluation.metrics import pooled_returns
 from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.hpo import liveness as _liveness
@@ -212,7 +213,10 @@ class TrialRunner:
         the checkpoint and writes the same ``val_metrics`` / ``test_metrics`` into eval/.
         """
         trial, cfg, carry = member.trial, member.cfg, member.best_carry
-        val = self.evaluate(member, trainer, carry, ROLE_VAL)
+        val, val_series = evaluate_split(member.exp, trainer.policy_apply, carry.params, carry.obs_stats,
+                                         member.env_params, ROLE_VAL)
+        # pooled per-bar val returns: the study's selection-bias statistics (hpo/selection.py) use them
+        trial.set_user_attr("val_returns", [float(f"{x:.7g}") for x in pooled_returns(val_series)])
         test = self.evaluate(member, trainer, carry, ROLE_TEST)
         trial.set_user_attr("val_metrics", json_safe({k: val["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("test_metrics", json_safe({k: test["pooled"][k] for k in CORE_BASELINE_KEYS}))

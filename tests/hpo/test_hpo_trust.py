@@ -18,6 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -100,6 +101,12 @@ def test_best_trial_val_metrics_equal_tbjax_evaluate(same_config_runs):
         assert stored[key] == pytest.approx(evaluated[key], rel=1e-6, abs=1e-9), key
     summary = _load(root / "study" / "hpo_summary.json")
     assert summary["best_val_metrics"] == stored
+    # the stored per-bar val returns are the same pooled series tbjax.evaluate scored
+    returns = np.asarray(best.user_attrs["val_returns"])
+    val = _load(root / "study" / "best" / "eval" / "val.json")
+    assert len(returns) == val["pooled"]["n_bars"]
+    sharpe = returns.mean() / returns.std() * np.sqrt(val["bars_per_year"])
+    assert sharpe == pytest.approx(evaluated["sharpe"], rel=1e-5)
 
 
 def test_hpo_objective_equals_the_training_objective(same_config_runs):
@@ -177,6 +184,17 @@ def test_stale_trial_is_reported_failed_and_retried(data, capsys):
     assert [t.number for t in counted_trials(study)] == [1, 2]  # n_trials = 2: the retry stands in for 0
     summary = _load(run_dir / "hpo_summary.json")
     assert summary["retries"] == {"1": 0} and "no heartbeat" in summary["failed"]["0"]
+    # selection bias over the two finished trials: DSR of the best, PBO over both
+    from tbjax.evaluation.significance import deflated_sharpe_ratio, probability_of_backtest_overfitting
+
+    series = {t.number: np.asarray(t.user_attrs["val_returns"]) for t in (retry, fresh)}
+    sharpes = [r.mean() / r.std() for r in series.values()]
+    bias = summary["selection_bias"]
+    assert bias["n_trials"] == 2 and bias["excluded"] == []
+    assert bias["dsr"] == pytest.approx(deflated_sharpe_ratio(series[study.best_trial.number], sharpes), abs=1e-9)
+    matrix = np.stack([series[1], series[2]], axis=1)
+    assert bias["pbo"] == pytest.approx(probability_of_backtest_overfitting(matrix, 16)["pbo"])
+    assert "DSR" in bias["reading"] and "PBO" in bias["reading"]
 
 
 def test_journal_trials_without_heartbeat_are_recovered_once(tmp_path):
