@@ -144,6 +144,17 @@ class HPOConfig:
 
 
 @dataclass(frozen=True)
+class WalkForwardConfig:
+    folds: int = 4
+    train_mode: str = "expanding"  # expanding: train from the first bar; rolling: the last train_bars
+    train_bars: Optional[int] = None  # None: expanding, everything before val; rolling: fold 0's train length
+    val_bars: Optional[int] = None  # None: the data's bars // (folds + 4)
+    test_bars: Optional[int] = None  # None: the data's bars // (folds + 4)
+    step_bars: Optional[int] = None  # None: test_bars (test segments tile the end of the data)
+    embargo_bars: Optional[int] = None  # None: the warm-up length
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     runs_dir: str = "runs"
     run_name: Optional[str] = None
@@ -159,6 +170,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     hpo: HPOConfig = field(default_factory=HPOConfig)
+    walkforward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     @property
@@ -321,6 +333,13 @@ def _check(ok: bool, message: str) -> None:
         raise InputError(message)
 
 
+def _validate_walkforward(w: WalkForwardConfig) -> None:  # fit to the data: tbjax.run.folds
+    _check(w.folds >= 1, f"walkforward.folds must be >= 1, got {w.folds}")
+    _check(w.train_mode in ("expanding", "rolling"), f"walkforward.train_mode must be 'expanding' or 'rolling', got '{w.train_mode}'")
+    bad = [f"walkforward.{n}" for n in ("train_bars", "val_bars", "test_bars", "step_bars") if getattr(w, n) is not None and getattr(w, n) < 1]
+    _check(not bad and (w.embargo_bars or 0) >= 0, f"{', '.join(bad) or 'walkforward.embargo_bars'} must be null or >= {int(bool(bad))}")
+
+
 def validate(cfg: Config) -> None:
     """Ranges and cross-field rules, each with a message that says what to change."""
     e, p, t, ev = cfg.env, cfg.ppo, cfg.train, cfg.eval
@@ -375,6 +394,7 @@ def validate(cfg: Config) -> None:
         _check(cfg.data.embargo_bars >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
     if cfg.data.bars_per_year is not None:
         _check(cfg.data.bars_per_year > 0, f"data.bars_per_year must be > 0, got {cfg.data.bars_per_year}")
+    _validate_walkforward(cfg.walkforward)
     _check(cfg.hpo.batch >= 1 and cfg.hpo.n_trials >= 1, "hpo.batch and hpo.n_trials must be >= 1")
     _check(cfg.hpo.pruner in ("successive_halving", "median", "hyperband", "patient", "none"),
            f"hpo.pruner must be one of successive_halving, median, hyperband, patient, none; got '{cfg.hpo.pruner}'")

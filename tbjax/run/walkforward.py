@@ -1,0 +1,288 @@
+"""Walk-forward: K folds (tbjax.run.folds) trained as ONE vmapped program, or one by one.
+
+Each fold gets its own MarketData built on the host from the same tables: its role ranges and
+feature z-scores from a FeaturePipeline fit on THAT fold's train rows only. All folds have the
+same padded shape, so they stack on a leading fold axis and ``jit(vmap(init / train_chunk))``
+trains them together (one compile for K folds) through :func:`tbjax.run.chunks.run_chunks`.
+Each fold keeps its best carry (in memory) by its VAL pooled Sortino (the regime markets are not
+used here). The stitched out-of-sample series concatenates every fold's test segment traded by
+that fold's best policy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tbjax.atomic import write_atomic
+from tbjax.config import Config
+from tbjax.data.bars import market_from_tables
+from tbjax.data.pipeline import FeaturePipeline
+from tbjax.data.splits import ROLE_TEST, ROLE_VAL
+from tbjax.errors import InputError
+from tbjax.evaluation.backtest import backtest
+from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
+from tbjax.evaluation.significance import is_it_real
+from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.folds import Fold, check_ranges, plan_folds, symbol_ranges, union_times
+from tbjax.run.setup import (
+    env_params_from_config,
+    eval_key,
+    hparams_from_config,
+    load_processed,
+    spec_from_config,
+    trainer_for,
+)
+
+
+@dataclass
+class FoldData:
+    fold: Fold
+    pipeline: FeaturePipeline
+    market: object
+    ranges: dict[str, list[tuple[int, int]]]
+
+
+@dataclass
+class WalkForward:
+    """Everything the drivers need; built on the host before any compile."""
+
+    cfg: Config
+    tables: dict
+    folds: list[FoldData]
+    bars_per_year: float
+    trainer: object = None
+    env_params: object = None
+    hparams: object = None
+    best: list = field(default_factory=list)  # per fold: (val sortino, update, host carry)
+    diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
+
+
+def stack(trees: list):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
+    """Load the processed data (or take ``loaded`` = (tables, columns)), plan the folds, fit one
+    pipeline per fold on its train rows."""
+    tables, columns = loaded if loaded is not None else load_processed(cfg)[:2]
+    union = union_times(tables)
+    plan = plan_folds(cfg, len(union))
+    out = []
+    for fold in plan:
+        ranges = {s: symbol_ranges(fold, union, t["open_time"]) for s, t in tables.items()}
+        for s, r in ranges.items():
+            check_ranges(fold, s, r, cfg.env.window_size)
+        masks = []
+        for s, t in tables.items():
+            m = np.zeros(len(t["open_time"]), bool)
+            m[ranges[s][0][0]:ranges[s][0][1]] = True
+            masks.append(m)
+        pipe = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)
+        pipe.fit(list(tables.values()), masks)
+        out.append(FoldData(fold, pipe, market_from_tables(pipe, tables, ranges, columns), ranges))
+    bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
+    wf = WalkForward(cfg, tables, out, float(bpy))
+    wf.env_params = env_params_from_config(cfg)
+    from tbjax.env import market as market_env
+    for fd in out:
+        market_env.check_data(wf.env_params, fd.market)
+    wf.trainer = trainer_for(spec_from_config(cfg, 1), wf.env_params)
+    wf.hparams = hparams_from_config(cfg, wf.env_params)
+    return wf
+
+
+def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int):
+    """Backtest ``role`` of fold ``k``'s own MarketData with frozen statistics, as ``evaluate_split`` does."""
+    time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in wf.tables.items()}
+    det = wf.cfg.eval.deterministic
+    return backtest(wf.trainer.policy_apply, params, obs_stats, wf.folds[k].market, wf.env_params, role,
+                    wf.bars_per_year, time_ms=time_ms, deterministic=det, key=None if det else eval_key(wf.cfg, role))
+
+
+class BestByVal(ChunkHooks):
+    """Per fold: evaluate val, keep the carry with the best pooled val Sortino (host copy).
+
+    A fold whose NaN guard fires stops being evaluated (its best carry so far stays); the other
+    folds of the vmapped program go on, since vmapped members do not interact.
+    """
+
+    def __init__(self, wf: WalkForward, offset: int = 0, log=None, batch: int = 1):
+        self.wf, self.offset, self.log, self.batch = wf, offset, log, batch
+
+    def alive(self):
+        return [i + self.offset not in self.wf.diverged for i in range(self.batch)]
+
+    def diverged(self, i, error, chunk):
+        self.wf.diverged[i + self.offset] = str(error)
+        if self.log:
+            self.log(f"fold {i + self.offset} diverged at update {chunk.update}: {error}")
+
+    def evaluate(self, i, carry, chunk):
+        k = i + self.offset
+        res, _ = evaluate_fold(self.wf, k, carry.params, carry.obs_stats, ROLE_VAL)
+        score = float(res["pooled"]["sortino"])
+        score = score if np.isfinite(score) else -np.inf
+        if self.log:
+            self.log(f"fold {k} update {chunk.update}: val sortino {score:.3f}")
+        if self.wf.best[k] is None or score > self.wf.best[k][0]:
+            self.wf.best[k] = (score, chunk.update, jax.device_get(carry))
+
+
+def seed_keys(cfg: Config, k: int):
+    return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
+
+
+_PROGRAMS: dict = {}
+
+
+def vmapped_program(trainer):
+    """``jit(vmap(init))`` and ``jit(vmap(train_chunk))`` over (key, hparams, MarketData) folds."""
+    if trainer not in _PROGRAMS:
+        init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, 0)))
+        chunk = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, 0, 0)), donate_argnums=0)
+        _PROGRAMS[trainer] = (init, chunk)
+    return _PROGRAMS[trainer]
+
+
+def train_vmapped(wf: WalkForward, log=None) -> None:
+    n = len(wf.folds)
+    wf.best, wf.diverged = [None] * n, {}
+    init, chunk = vmapped_program(wf.trainer)
+    datas = stack([fd.market for fd in wf.folds])
+    hps = stack([wf.hparams] * n)
+    keys = jnp.stack([seed_keys(wf.cfg, k) for k in range(n)])
+    carry = init(keys, hps, datas)
+    run_chunks(lambda c, alive: chunk(c, hps, datas), carry, ChunkSchedule.of(wf.cfg), BestByVal(wf, 0, log, n), batch=n)
+
+
+def train_sequential(wf: WalkForward, log=None) -> None:
+    wf.best, wf.diverged = [None] * len(wf.folds), {}
+    t = wf.trainer
+    for k, fd in enumerate(wf.folds):
+        carry = t.init(seed_keys(wf.cfg, k), wf.hparams, fd.market)
+        run_chunks(lambda c, alive, m=fd.market: t.train_chunk(c, wf.hparams, m), carry, ChunkSchedule.of(wf.cfg),
+                   BestByVal(wf, k, log))
+
+
+def _summary(res: dict) -> dict:
+    keep = ("sortino", "sharpe", "total_return", "max_drawdown", "n_bars")
+    return {k: v for k, v in res["pooled"].items() if k in keep}
+
+
+def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
+    """Per-fold val/test metrics of the best carry and the stitched out-of-sample series."""
+    rows, parts = [], []
+    for k, fd in enumerate(wf.folds):
+        if wf.best[k] is None:
+            raise InputError(f"walkforward fold {k} diverged before its first evaluation "
+                             f"({wf.diverged.get(k, 'no evaluation ran')}); lower ppo.learning_rate or "
+                             "evaluate earlier (train.eval_every)")
+        score, update, carry = wf.best[k]
+        val, _ = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
+        test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
+        strat = {s: (v["time_ms"], v["returns"], v["position"]) for s, v in series.items()}
+        bh = {s: (v["time_ms"], np.diff(np.concatenate([[1.0], v["buy_and_hold_equity"]])) /
+                  np.concatenate([[1.0], v["buy_and_hold_equity"]])[:-1], np.ones(len(v["returns"])))
+              for s, v in series.items()}
+        parts.append((pooled_series(strat), pooled_series(bh)[1]))
+        rows.append({"fold": k, "best_update": update, "val_sortino": score, "val": _summary(val),
+                     "test": _summary(test), "test_start_ms": int(parts[-1][0][0][0]),
+                     "test_end_ms": int(parts[-1][0][0][-1]), "pipeline_mean": fd.pipeline.mean.tolist(),
+                     "pipeline_std": fd.pipeline.std.tolist(), "diverged": wf.diverged.get(k)})
+    times = np.concatenate([p[0][0] for p in parts])
+    rets = np.concatenate([p[0][1] for p in parts])
+    pos = np.concatenate([p[0][2] for p in parts])
+    bh = np.concatenate([p[1] for p in parts])
+    bpy = wf.bars_per_year
+    stitched = {"time_ms": times, "returns": rets, "position": pos, "buy_and_hold_returns": bh,
+                "metrics": risk_metrics(rets, pos, bpy),
+                "buy_and_hold": risk_metrics(bh, np.ones_like(bh), bpy),
+                "flat": risk_metrics(np.zeros_like(rets), np.zeros_like(rets), bpy),
+                "is_it_real": is_it_real(rets, bpy, bh)}
+    return rows, stitched
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def plot_equity(path: Path, rows: list[dict], stitched: dict) -> None:
+    """Stitched equity vs buy-and-hold, a dashed line at each fold's first test bar (atomic write)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tbjax.atomic import write_with
+
+    days = np.asarray(stitched["time_ms"], np.float64) / 86_400_000.0
+    fig, ax = plt.subplots(figsize=(9, 4))
+    try:
+        ax.plot(days, np.cumprod(1.0 + stitched["returns"]), label="agent (stitched out-of-sample)")
+        ax.plot(days, np.cumprod(1.0 + stitched["buy_and_hold_returns"]), label="buy and hold")
+        for r in rows:
+            ax.axvline(r["test_start_ms"] / 86_400_000.0, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("days since 1970-01-01 (dashed: fold starts)")
+        ax.set_ylabel("equity")
+        ax.legend()
+        write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(run_dir: Path, rows: list[dict], stitched: dict, mode: str) -> dict:
+    """``walkforward.json``, ``report.md`` and ``walkforward_equity.png`` (atomic writes)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plot_equity(run_dir / "walkforward_equity.png", rows, stitched)
+    doc = _jsonable({"mode": mode, "folds": rows, "stitched": stitched})
+    write_atomic(run_dir / "walkforward.json", json.dumps(doc, indent=1))
+    write_atomic(run_dir / "report.md", "\n".join(report_lines(rows, stitched, mode)))
+    return doc
+
+
+def _cell(metrics: dict, key: str, digits: int) -> str:
+    value = metrics.get(key)
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
+    """report.md: one row per fold (best carry's val Sortino, its test metrics) and the stitched row."""
+    lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by pooled val Sortino", "",
+             "| fold | test bars (UTC ms) | best update | val Sortino | test Sortino | test return | test max DD |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        t = r["test"]
+        lines.append(f"| {r['fold']} | {r['test_start_ms']} .. {r['test_end_ms']} | {r['best_update']} | "
+                     f"{_cell(r, 'val_sortino', 3)} | {_cell(t, 'sortino', 3)} | {_cell(t, 'total_return', 4)} | "
+                     f"{_cell(t, 'max_drawdown', 4)} |")
+    m, b = stitched["metrics"], stitched["buy_and_hold"]
+    lines.append(f"| stitched | all | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
+                 f"{_cell(m, 'max_drawdown', 4)} |")
+    lines += ["", (f"buy-and-hold over the same bars: Sortino {_cell(b, 'sortino', 3)}, "
+                   f"return {_cell(b, 'total_return', 4)}; flat: return 0"), "",
+              f"is it real: {stitched['is_it_real'].get('reading', '')}", "",
+              "![stitched equity](walkforward_equity.png)", ""]
+    return lines
+
+
+def run_walkforward(cfg: Config, run_dir: Path, sequential: bool = False, log=None) -> dict:
+    wf = build_folds(cfg)
+    (train_sequential if sequential else train_vmapped)(wf, log)
+    rows, stitched = fold_results(wf)
+    return write_outputs(Path(run_dir), rows, stitched, "sequential" if sequential else "vmapped")

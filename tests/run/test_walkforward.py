@@ -1,0 +1,146 @@
+"""Walk-forward folds (tbjax.run.folds, tbjax.run.walkforward, python -m tbjax.walkforward), tiny budget.
+
+Checks: K folds vmapped equal K sequential runs; one compile of the vmapped chunk for K folds; each
+fold's feature statistics come from its own train rows only; the stitched out-of-sample series has no
+gaps or overlaps; bad plans exit 2 with one message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from tbjax.cli import prepare as prepare_cli
+from tbjax.cli import synth as synth_cli
+from tbjax.cli import walkforward as wf_cli
+from tbjax.config import load_config
+from tbjax.run import walkforward as wfm
+from tbjax.run.chunks import Chunk
+from tbjax.run.folds import union_times
+from tbjax.run.setup import load_processed
+
+TINY = [
+    "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
+    "ppo.num_quantiles=8", "env.episode_len=64", "train.total_env_steps=512", "train.updates_per_chunk=2",
+    "train.eval_every=2", "walkforward.folds=2",
+]
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf")
+    assert synth_cli.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--timeframe", "1h",
+                           "--seed", "0"]) == 0
+    assert prepare_cli.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
+    return root / "proc"
+
+
+def config(processed, *extra):
+    return load_config("configs/base.yaml", TINY + [f"data.processed_dir={processed}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(processed):
+    wf = wfm.build_folds(config(processed))
+    wfm.train_vmapped(wf)
+    vmapped = [(b[0], b[1]) for b in wf.best]
+    rows, stitched = wfm.fold_results(wf)
+    return wf, vmapped, rows, stitched
+
+
+def test_vmapped_equals_sequential(trained, processed):
+    vmapped = trained[1]
+    seq = wfm.build_folds(config(processed))
+    wfm.train_sequential(seq)
+    for (v_score, v_update), (s_score, s_update, _) in zip(vmapped, seq.best):
+        assert v_update == s_update
+        assert v_score == pytest.approx(s_score, rel=1e-3, abs=1e-3)
+
+
+def test_one_compile_for_k_folds(trained):
+    wf = trained[0]
+    _, chunk = wfm.vmapped_program(wf.trainer)
+    assert len(wf.folds) == 2 and chunk._cache_size() == 1
+
+
+def test_fold_statistics_use_only_that_folds_train_rows(processed):
+    cfg = config(processed)
+    tables, columns = load_processed(cfg)[:2]
+    base = wfm.build_folds(cfg, (tables, columns))
+    cut = base.folds[0].fold.train[1]  # union bars after fold 0's train end
+    union = union_times(tables)
+    perturbed = {}
+    for s, t in tables.items():
+        t = dict(t)
+        late = np.asarray(t["open_time"], np.int64) >= union[cut]
+        for c in columns:
+            t[c] = np.where(late, np.asarray(t[c], np.float64) * 3.0 + 7.0, t[c])
+        perturbed[s] = t
+    other = wfm.build_folds(cfg, (perturbed, columns))
+    np.testing.assert_array_equal(base.folds[0].pipeline.mean, other.folds[0].pipeline.mean)
+    np.testing.assert_array_equal(base.folds[0].pipeline.std, other.folds[0].pipeline.std)
+    assert not np.allclose(base.folds[1].pipeline.mean, other.folds[1].pipeline.mean)
+
+
+def test_stitched_series_has_no_gaps_or_overlaps(trained):
+    wf, stitched = trained[0], trained[3]
+    times = stitched["time_ms"]
+    assert np.all(np.diff(times) > 0)
+    union = union_times(wf.tables)
+    expected = np.concatenate([union[fd.fold.segment[0]:fd.fold.segment[1]] for fd in wf.folds])
+    np.testing.assert_array_equal(times, expected)
+    assert expected[-1] == union[-1]  # the segments reach the last bar
+    assert len(stitched["returns"]) == len(stitched["buy_and_hold_returns"]) == len(times)
+
+
+def test_cli_writes_outputs(processed, tmp_path):
+    argv = ["--config", "configs/base.yaml", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    for s in TINY + [f"data.processed_dir={processed}"]:
+        argv += ["--set", s]
+    assert wf_cli.main(argv) == 0
+    doc = json.loads((tmp_path / "run" / "walkforward.json").read_text())
+    assert len(doc["folds"]) == 2 and "is_it_real" in doc["stitched"]
+    assert "stitched" in (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "walkforward_equity.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("bad", [["--folds", "40"], ["--set", "walkforward.step_bars=10", "--set",
+                                                      "walkforward.test_bars=100"],
+                                 ["--set", "walkforward.val_bars=10"]])
+def test_bad_plans_exit_2_with_one_message(processed, tmp_path, capsys, bad):
+    argv = ["--config", "configs/base.yaml", "--run-dir", str(tmp_path / "run"), "--quiet",
+            "--set", f"data.processed_dir={processed}"] + bad
+    assert wf_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "walkforward." in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_plan_tiles_the_end_and_rolling_keeps_train_length(processed):
+    from tbjax.run.folds import plan_folds
+
+    cfg = config(processed, "walkforward.folds=3")
+    folds = plan_folds(cfg, 2000)
+    assert folds[-1].segment[1] == 2000 and all(a.segment[1] == b.segment[0] for a, b in itertools.pairwise(folds))
+    assert all(f.train[0] == 0 and f.train[1] < f.val[0] < f.val[1] < f.test[0] for f in folds)
+    assert all(f.test[0] == f.segment[0] - cfg.env.window_size for f in folds)
+    rolling = plan_folds(config(processed, "walkforward.folds=3", "walkforward.train_mode=rolling",
+                                "walkforward.train_bars=300"), 2000)
+    assert {f.train[1] - f.train[0] for f in rolling} == {300}
+
+
+def test_a_diverged_fold_stops_alone(trained):
+    wf = trained[0]
+    saved_best, saved_div = list(wf.best), dict(wf.diverged)
+    try:
+        hooks = wfm.BestByVal(wf, 0, None, len(wf.folds))
+        hooks.diverged(1, RuntimeError("loss is NaN"), Chunk(0, 2, True, False))
+        assert hooks.alive() == [True, False]
+        wf.best[1] = None
+        with pytest.raises(wfm.InputError, match="walkforward fold 1 diverged"):
+            wfm.fold_results(wf)
+    finally:
+        wf.best, wf.diverged = saved_best, saved_div
