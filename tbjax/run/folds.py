@@ -1,6 +1,7 @@
 """The walk-forward fold plan: which bars each fold trains, validates and tests on.
 
-Planned by bar INDEX of the union of all symbols' bar times (``union_times``), then mapped to
+Planned by bar INDEX of the union of all symbols' bar times over the span every symbol covers
+(``union_times``), then mapped to
 time ranges, so symbols are split by time (a symbol missing some bars simply has fewer rows in a
 range). With N union bars and K = ``walkforward.folds``:
 
@@ -41,8 +42,16 @@ class Fold:
 
 
 def union_times(tables: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
-    """Sorted unique bar open times (ms) of every symbol."""
-    return np.unique(np.concatenate([np.asarray(t["open_time"], np.int64) for t in tables.values()]))
+    """Sorted unique bar open times (ms) of every symbol, within the span ALL symbols cover.
+
+    Every fold trains on every symbol (the env samples them all), so the plan starts at the latest
+    first bar and ends at the earliest last bar: a symbol listed later than the others (GOOG in
+    the shipped sample) then has train rows in fold 0 too. Rows outside that span are unused.
+    """
+    times = [np.asarray(t["open_time"], np.int64) for t in tables.values()]
+    union = np.unique(np.concatenate(times))
+    first, last = max(t[0] for t in times), min(t[-1] for t in times)
+    return union[(union >= first) & (union <= last)]
 
 
 def embargo_for(cfg: Config) -> int:
