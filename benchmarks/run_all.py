@@ -48,6 +48,7 @@ BENCHMARKS = (
               quick_args=("--bars", "100000"), quick_timeout=120.0),
     Benchmark("vs_sb3", "Peer: tbjax vs Stable-Baselines3 (training env-steps/s)", "vs_sb3.py"),
     Benchmark("learning_speed", "Learning speed: time to 80 % of the oracle Sharpe", "learning_speed.py"),
+    Benchmark("walkforward_speed", "Walk-forward: K folds vmapped vs sequential", "walkforward_speed.py"),
     Benchmark("scaling", "Scaling over devices", "scaling.py", in_quick=False),
 )
 

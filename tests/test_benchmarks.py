@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, learning_speed, run_all, scaling, vs_sb3  # noqa: E402
+from benchmarks import common, learning_speed, run_all, scaling, vs_sb3, walkforward_speed  # noqa: E402
 from tbjax.evaluation.backtest import split_walk  # noqa: E402
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL  # noqa: E402
 
@@ -140,6 +140,18 @@ def test_scaling_tiny_on_two_fake_devices(tmp_path):
     (row,) = data["results"]
     assert row["devices"] == 2 and row["env_axis_shards"] == 2 and row["finite_losses"]
     assert "not a speed claim" in data["kind"]
+
+
+def test_walkforward_speed_quick(tmp_path):
+    out = tmp_path / "walkforward_speed.json"
+    assert walkforward_speed.main(["--quick", "--out", str(out)]) == 0
+    data = _check_json(out, ["device", "results", "workload", "machine"])
+    (row,) = data["results"]
+    assert row["folds"] == 2 and row["updates_per_fold"] == data["workload"]["updates_per_fold"]
+    for key in ("vmapped_s", "sequential_s", "ratio", "compile_s_vmapped", "compile_s_sequential"):
+        assert row[key] is not None and row[key] >= 0
+    # sequential: one chunk call per fold and chunk; vmapped: one per chunk for all folds
+    assert row["sequential"]["chunk_calls"] == 2 * row["vmapped"]["chunk_calls"]
 
 
 def test_run_all_reports_ok_failed_and_missing(tmp_path, monkeypatch):

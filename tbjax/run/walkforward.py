@@ -4,8 +4,10 @@ Each fold gets its own MarketData built on the host from the same tables: its ro
 feature z-scores from a FeaturePipeline fit on THAT fold's train rows only. All folds have the
 same padded shape, so they stack on a leading fold axis and ``jit(vmap(init / train_chunk))``
 trains them together (one compile for K folds) through :func:`tbjax.run.chunks.run_chunks`.
-Each fold keeps its best carry (in memory) by its VAL pooled Sortino (the regime markets are not
-used here). The stitched out-of-sample series concatenates every fold's test segment traded by
+Each fold keeps its best carry (in memory) by its VAL regime objective, as training does
+(``objective_of`` of the val pooled Sortino and the CHOPPY_FLAT / STRONG_TREND Sortinos, the regime
+markets transformed with THAT fold's pipeline); with ``eval.w_choppy = eval.w_trend = 0`` no regime
+market is built and the choice is by val Sortino alone. The stitched out-of-sample series concatenates every fold's test segment traded by
 that fold's best policy.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +38,9 @@ from tbjax.run.setup import (
     eval_key,
     hparams_from_config,
     load_processed,
+    objective_of,
+    regime_market,
+    regime_sortinos,
     spec_from_config,
     trainer_for,
 )
@@ -46,6 +52,7 @@ class FoldData:
     pipeline: FeaturePipeline
     market: object
     ranges: dict[str, list[tuple[int, int]]]
+    regimes: object = None  # CHOPPY_FLAT / STRONG_TREND through this fold's pipeline (None: not used)
 
 
 @dataclass
@@ -59,7 +66,7 @@ class WalkForward:
     trainer: object = None
     env_params: object = None
     hparams: object = None
-    best: list = field(default_factory=list)  # per fold: (val sortino, update, host carry)
+    best: list = field(default_factory=list)  # per fold: (val objective, update, host carry, val sortino)
     diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
 
 
@@ -67,11 +74,17 @@ def stack(trees: list):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
+def uses_regimes(cfg: Config) -> bool:
+    """The regime markets matter to the objective only with a non-zero weight on one of them."""
+    return bool(cfg.eval.w_choppy or cfg.eval.w_trend)
+
+
 def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     """Load the processed data (or take ``loaded`` = (tables, columns)), plan the folds, fit one
-    pipeline per fold on its train rows."""
+    pipeline per fold on its train rows (and transform the regime markets with it)."""
     tables, columns = loaded if loaded is not None else load_processed(cfg)[:2]
     union = union_times(tables)
+    timeframe_ms = int(np.median(np.diff(union))) if len(union) > 1 else 3_600_000
     plan = plan_folds(cfg, len(union))
     out = []
     for fold in plan:
@@ -85,7 +98,8 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
             masks.append(m)
         pipe = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)
         pipe.fit(list(tables.values()), masks)
-        out.append(FoldData(fold, pipe, market_from_tables(pipe, tables, ranges, columns), ranges))
+        regimes = regime_market(cfg, pipe, timeframe_ms, columns) if uses_regimes(cfg) else None
+        out.append(FoldData(fold, pipe, market_from_tables(pipe, tables, ranges, columns), ranges, regimes))
     bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
     wf = WalkForward(cfg, tables, out, float(bpy))
     wf.env_params = env_params_from_config(cfg)
@@ -105,8 +119,19 @@ def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int):
                     wf.bars_per_year, time_ms=time_ms, deterministic=det, key=None if det else eval_key(wf.cfg, role))
 
 
+def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float) -> tuple[float, dict]:
+    """Fold ``k``'s val objective and its regime Sortinos ({} when the regime weights are 0)."""
+    fd = wf.folds[k]
+    regime = {}
+    if fd.regimes is not None:
+        # regime_sortinos reads only .regimes, .cfg and .bars_per_year of an Experiment
+        view = SimpleNamespace(regimes=fd.regimes, cfg=wf.cfg, bars_per_year=wf.bars_per_year)
+        regime = regime_sortinos(view, wf.trainer.policy_apply, params, obs_stats, wf.env_params)
+    return objective_of(wf.cfg, val_sortino, regime), regime
+
+
 class BestByVal(ChunkHooks):
-    """Per fold: evaluate val, keep the carry with the best pooled val Sortino (host copy).
+    """Per fold: evaluate val, keep the carry with the best val objective (host copy).
 
     A fold whose NaN guard fires stops being evaluated (its best carry so far stays); the other
     folds of the vmapped program go on, since vmapped members do not interact.
@@ -126,12 +151,13 @@ class BestByVal(ChunkHooks):
     def evaluate(self, i, carry, chunk):
         k = i + self.offset
         res, _ = evaluate_fold(self.wf, k, carry.params, carry.obs_stats, ROLE_VAL)
-        score = float(res["pooled"]["sortino"])
+        sortino = float(res["pooled"]["sortino"])
+        score, _ = fold_objective(self.wf, k, carry.params, carry.obs_stats, sortino)
         score = score if np.isfinite(score) else -np.inf
         if self.log:
-            self.log(f"fold {k} update {chunk.update}: val sortino {score:.3f}")
+            self.log(f"fold {k} update {chunk.update}: val sortino {sortino:.3f}, objective {score:.3f}")
         if self.wf.best[k] is None or score > self.wf.best[k][0]:
-            self.wf.best[k] = (score, chunk.update, jax.device_get(carry))
+            self.wf.best[k] = (score, chunk.update, jax.device_get(carry), sortino)
 
 
 def seed_keys(cfg: Config, k: int):
@@ -183,15 +209,17 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
             raise InputError(f"walkforward fold {k} diverged before its first evaluation "
                              f"({wf.diverged.get(k, 'no evaluation ran')}); lower ppo.learning_rate or "
                              "evaluate earlier (train.eval_every)")
-        score, update, carry = wf.best[k]
+        score, update, carry, _ = wf.best[k]
         val, _ = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
+        regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
         test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
         strat = {s: (v["time_ms"], v["returns"], v["position"]) for s, v in series.items()}
         bh = {s: (v["time_ms"], np.diff(np.concatenate([[1.0], v["buy_and_hold_equity"]])) /
                   np.concatenate([[1.0], v["buy_and_hold_equity"]])[:-1], np.ones(len(v["returns"])))
               for s, v in series.items()}
         parts.append((pooled_series(strat), pooled_series(bh)[1]))
-        rows.append({"fold": k, "best_update": update, "val_sortino": score, "val": _summary(val),
+        rows.append({"fold": k, "best_update": update, "val_objective": score,
+                     "val_sortino": val["pooled"]["sortino"], "regime_sortino": regime, "val": _summary(val),
                      "test": _summary(test), "test_start_ms": int(parts[-1][0][0][0]),
                      "test_end_ms": int(parts[-1][0][0][-1]), "pipeline_mean": fd.pipeline.mean.tolist(),
                      "pipeline_std": fd.pipeline.std.tolist(), "diverged": wf.diverged.get(k)})
@@ -262,17 +290,17 @@ def _cell(metrics: dict, key: str, digits: int) -> str:
 
 
 def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
-    """report.md: one row per fold (best carry's val Sortino, its test metrics) and the stitched row."""
-    lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by pooled val Sortino", "",
-             "| fold | test bars (UTC ms) | best update | val Sortino | test Sortino | test return | test max DD |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    """report.md: one row per fold (best carry's val objective and Sortino, its test metrics) and the stitched row."""
+    lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by the val objective", "",
+             ("| fold | test bars (UTC ms) | best update | val objective | val Sortino | test Sortino | test return "
+              "| test max DD |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         t = r["test"]
         lines.append(f"| {r['fold']} | {r['test_start_ms']} .. {r['test_end_ms']} | {r['best_update']} | "
-                     f"{_cell(r, 'val_sortino', 3)} | {_cell(t, 'sortino', 3)} | {_cell(t, 'total_return', 4)} | "
+                     f"{_cell(r, 'val_objective', 3)} | {_cell(r, 'val_sortino', 3)} | {_cell(t, 'sortino', 3)} | {_cell(t, 'total_return', 4)} | "
                      f"{_cell(t, 'max_drawdown', 4)} |")
     m, b = stitched["metrics"], stitched["buy_and_hold"]
-    lines.append(f"| stitched | all | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
+    lines.append(f"| stitched | all | | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
                  f"{_cell(m, 'max_drawdown', 4)} |")
     lines += ["", (f"buy-and-hold over the same bars: Sortino {_cell(b, 'sortino', 3)}, "
                    f"return {_cell(b, 'total_return', 4)}; flat: return 0"), "",

@@ -55,9 +55,26 @@ def test_vmapped_equals_sequential(trained, processed):
     vmapped = trained[1]
     seq = wfm.build_folds(config(processed))
     wfm.train_sequential(seq)
-    for (v_score, v_update), (s_score, s_update, _) in zip(vmapped, seq.best):
+    for (v_score, v_update), (s_score, s_update, *_) in zip(vmapped, seq.best):
         assert v_update == s_update
         assert v_score == pytest.approx(s_score, rel=1e-3, abs=1e-3)
+
+
+def test_best_carry_is_chosen_by_the_val_objective(trained):
+    wf, rows = trained[0], trained[2]
+    for k, (fd, row) in enumerate(zip(wf.folds, rows)):
+        assert fd.regimes is not None and fd.regimes.features.shape[-1] == fd.market.features.shape[-1]
+        objective = wfm.objective_of(wf.cfg, row["val_sortino"], row["regime_sortino"])
+        assert set(row["regime_sortino"]) == {"choppy", "trend"}
+        assert row["val_objective"] == pytest.approx(objective, rel=1e-5, abs=1e-6) == pytest.approx(wf.best[k][0])
+
+
+def test_regime_markets_use_each_folds_pipeline_and_zero_weights_skip_them(trained, processed):
+    wf = trained[0]
+    a, b = (np.asarray(fd.regimes.features) for fd in wf.folds)
+    assert not np.allclose(a, b)  # same raw regime bars, two folds' z-scores
+    plain = wfm.build_folds(config(processed, "eval.w_choppy=0", "eval.w_trend=0"))
+    assert all(fd.regimes is None for fd in plain.folds)
 
 
 def test_one_compile_for_k_folds(trained):
