@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,3 +307,40 @@ def add_workload_args(p, ppo_shape: bool = True) -> None:
         p.add_argument("--n-steps", type=int, default=64)
         p.add_argument("--epochs", type=int, default=4)
         p.add_argument("--minibatches", type=int, default=4)
+
+
+# --------------------------------------------------------------------------- compile time
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_intervals: list[tuple[float, float]] = []
+_listening = False
+
+
+def _on_compile_event(event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        end = time.perf_counter()
+        _compile_intervals.append((end - duration, end))
+
+
+def track_compiles() -> None:
+    """Record JAX's compile-phase durations from now on (idempotent)."""
+    global _listening
+    if not _listening:
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(_on_compile_event)
+        _listening = True
+
+
+def compile_seconds(since: float) -> float:
+    """Length of the union of JAX compile intervals that end after ``since`` (nested phases once)."""
+    spans = sorted((max(a, since), b) for a, b in _compile_intervals if b > since)
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in spans:
+        if cur_b is None or a > cur_b:
+            if cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    return total + (cur_b - cur_a if cur_b is not None else 0.0)

@@ -33,36 +33,12 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 
-from tbjax.cli import prepare
-from tbjax import synth  # noqa: E402
+from benchmarks import common  # noqa: E402
+from tbjax.cli import prepare, synth  # noqa: E402
 from tbjax.config import load_config  # noqa: E402
 from tbjax.run.setup import build_experiment  # noqa: E402
 from tbjax.hpo.runner import TrialRunner  # noqa: E402
 from tbjax.hpo.space import build_search_space, user_set_keys  # noqa: E402
-
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-_intervals: list[tuple[float, float]] = []
-
-
-def _on_event(event: str, duration: float, **_) -> None:
-    if event in COMPILE_EVENTS:
-        end = time.perf_counter()
-        _intervals.append((end - duration, end))
-
-
-def compile_seconds(since: float) -> float:
-    """Length of the union of compile intervals that end after ``since``."""
-    spans = sorted((max(a, since), b) for a, b in _intervals if b > since)
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in spans:
-        if cur_b is None or a > cur_b:
-            if cur_b is not None:
-                total += cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    return total + (cur_b - cur_a if cur_b is not None else 0.0)
 
 
 def make_config(folder: Path, quick: bool) -> Path:
@@ -98,7 +74,7 @@ def sweep(cfg, exp, space, params: list[dict], batch: int, run_dir: Path) -> dic
     runner.optimize(study, n_trials=len(params), batch=batch)
     wall = time.perf_counter() - t0
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials())
-    comp = compile_seconds(t0)
+    comp = common.compile_seconds(t0)
     return {"batch": batch, "trials": done, "wall_s": wall, "compile_s": comp, "compile_share": comp / wall,
             "trials_per_hour": done / wall * 3600.0}
 
@@ -111,7 +87,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n_trials = args.trials or (8 if args.quick else 24)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    common.track_compiles()
     rng = np.random.default_rng(0)
     params = [{"ppo.learning_rate": float(10 ** rng.uniform(-5, -3)), "ppo.cvar_alpha": float(rng.uniform(1 / 16, 0.2)),
                "ppo.cvar_weight": float(10 ** rng.uniform(-1, np.log10(2.0)))} for _ in range(n_trials)]

@@ -55,35 +55,12 @@ from tbjax.run import setup as run_setup
 from tbjax.run import walkforward as wfm
 
 RESULTS = common.RESULTS_DIR / "walkforward_speed.json"
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-_intervals: list[tuple[float, float]] = []
 
 # market (symbols x hourly bars), trainer shape, updates per fold and per chunk, fold counts
 FULL = {"symbols": 4, "bars": 8000, "n_envs": 64, "n_steps": 64, "n_epochs": 4, "n_minibatches": 4, "hidden": 64,
         "quantiles": 32, "updates": 20, "per_chunk": 5, "episode_len": 256, "window": 32, "folds": (4, 8)}
 QUICK = {"symbols": 2, "bars": 1500, "n_envs": 8, "n_steps": 16, "n_epochs": 1, "n_minibatches": 2, "hidden": 16,
          "quantiles": 8, "updates": 4, "per_chunk": 2, "episode_len": 64, "window": 32, "folds": (2,)}
-
-
-def _on_event(event: str, duration: float, **_) -> None:
-    if event in COMPILE_EVENTS:
-        end = time.perf_counter()
-        _intervals.append((end - duration, end))
-
-
-def compile_event_seconds(since: float) -> float:
-    """Length of the union of JAX compile intervals that end after ``since`` (nested traces once)."""
-    spans = sorted((max(a, since), b) for a, b in _intervals if b > since)
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in spans:
-        if cur_b is None or a > cur_b:
-            if cur_b is not None:
-                total += cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    return total + (cur_b - cur_a if cur_b is not None else 0.0)
 
 
 def make_data(folder: Path, w: dict) -> Path:
@@ -156,7 +133,7 @@ def measure(cfg, loaded, sequential: bool) -> dict:
     assert all(b is not None for b in wf.best) and not wf.diverged, wf.diverged
     steady = statistics.median(chunk_times[1:]) if len(chunk_times) > 1 else float("nan")
     compile_s = max(0.0, chunk_times[0] - steady)
-    return {"wall_s": wall, "compile_s": compile_s, "compile_events_s": compile_event_seconds(t0),
+    return {"wall_s": wall, "compile_s": compile_s, "compile_events_s": common.compile_seconds(t0),
             "setup_s": first_call[0] - t0, "chunks_s": sum(chunk_times), "train_s": sum(chunk_times) - compile_s,
             "other_s": wall - (first_call[0] - t0) - sum(chunk_times), "steady_chunk_s": steady, "first_chunk_s": chunk_times[0], "chunk_calls": len(chunk_times),
             "chunk_s": chunk_times}
@@ -173,7 +150,7 @@ def main(argv=None) -> int:
     w = dict(QUICK if args.quick else FULL)
     folds = tuple(args.folds or w["folds"])
     args.repeats = args.repeats or (1 if args.quick else 2)
-    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    common.track_compiles()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         processed = make_data(Path(tmp), w)
