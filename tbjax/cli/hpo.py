@@ -176,11 +176,14 @@ def write_results(study, run_dir: Path, fixed: tuple = (), notes: tuple = ()) ->
         if src.is_dir():
             with disk_errors(run_dir / "best"):
                 _swap_in_copy(src, run_dir / "best")
+    from tbjax.evaluation.report import SELECTION_FILE
     from tbjax.hpo.selection import selection_bias
 
     summary["selection_bias"] = selection_bias(
         {t.number: t.user_attrs["val_returns"] for t in trials if "val_returns" in t.user_attrs},
         summary["best_trial"])
+    if (run_dir / "best").is_dir():  # its report (tbjax.evaluate --run-dir best) shows how it was chosen
+        write_atomic(run_dir / "best" / SELECTION_FILE, json.dumps(json_safe(summary["selection_bias"]), indent=2))
     if len(complete) >= 2:
         try:
             summary["param_importances"] = optuna.importance.get_param_importances(study)

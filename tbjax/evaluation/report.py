@@ -331,6 +331,24 @@ def _summary(run_dir: Path, splits: list[str], evals: dict, series: dict,
     return lines + [""]
 
 
+SELECTION_FILE = "selection_bias.json"  # written by tbjax.hpo into the best trial's run directory
+
+
+def _selection_section(run_dir: Path) -> list[str]:
+    """How this run was selected, when it is an HPO study's best trial (Deflated Sharpe, PBO)."""
+    import json
+
+    path = run_dir / SELECTION_FILE
+    if not path.is_file():
+        return []
+    bias = json.loads(path.read_text())
+    return ["## Chosen among trials", "",
+            f"This run is the best of {bias.get('n_trials')} hyperparameter trials on the validation split; "
+            f"Deflated Sharpe Ratio {format_metric('dsr', bias.get('dsr'))}, probability of backtest "
+            f"overfitting {format_metric('pbo', bias.get('pbo'))} (docs/ALGORITHMS.md, \"Significance\").", "",
+            f"Reading: {bias.get('reading')}", ""]
+
+
 def write_report(run_dir: Path, evals: dict[str, dict],
                  series: dict[str, dict[str, dict[str, np.ndarray]]],
                  history: list[dict]) -> Path:
@@ -367,6 +385,7 @@ def write_report(run_dir: Path, evals: dict[str, dict],
     lines += [f"![learning curves](plots/{curves})", ""] if curves else ["No history to plot.", ""]
     weights = next((ev.get("objective_weights") for ev in evals.values() if ev.get("objective_weights")), None)
     lines += ["## About the objective", "", objective_note(weights), ""]
+    lines += _selection_section(run_dir)
     path = run_dir / "report.md"
     _atomic_write_text(path, "\n".join(lines))
     return path

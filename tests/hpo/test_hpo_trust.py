@@ -107,6 +107,11 @@ def test_best_trial_val_metrics_equal_tbjax_evaluate(same_config_runs):
     assert len(returns) == val["pooled"]["n_bars"]
     sharpe = returns.mean() / returns.std() * np.sqrt(val["bars_per_year"])
     assert sharpe == pytest.approx(evaluated["sharpe"], rel=1e-5)
+    # the best run's own report says how it was selected (DSR over the study's trials)
+    bias = summary["selection_bias"]
+    report = (root / "study" / "best" / "report.md").read_text()
+    assert "## Chosen among trials" in report and f"best of {bias['n_trials']} hyperparameter trials" in report
+    assert bias["reading"] in report
 
 
 def test_hpo_objective_equals_the_training_objective(same_config_runs):
