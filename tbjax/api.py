@@ -21,7 +21,6 @@ is the level chosen on that bar's close, i.e. the position to hold from the next
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -185,12 +184,7 @@ def _resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
     exists and otherwise kept as written."""
     from tbjax.run.rundir import resolve_run_paths
 
-    without_data = replace(cfg, data=replace(cfg.data, processed_dir=""))
-    cfg = replace(cfg, env=resolve_run_paths(without_data, run_dir).env)
-    try:
-        return resolve_run_paths(cfg, run_dir)
-    except InputError:  # only data.processed_dir can be missing now: the policy does not need it
-        return cfg
+    return resolve_run_paths(cfg, run_dir, optional=("data.processed_dir",))
 
 
 def _run_symbols(run_dir: Path, cfg: Config) -> list[str]:

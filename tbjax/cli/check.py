@@ -12,13 +12,7 @@ import argparse
 import sys
 
 from tbjax.errors import InputError, print_error
-from tbjax.run.preflight import (Check, available_memory_bytes, estimate_memory_bytes, largest_fitting_n_envs,
-                                 run_checks)
-from tbjax.run.warmup import read_prepared_warmup, warmup_rule
-
-# The preflight's names stay importable from here (the command's tests and train's older import).
-__all__ = ["Check", "available_memory_bytes", "estimate_memory_bytes", "largest_fitting_n_envs", "main",
-           "read_prepared_warmup", "run_checks", "warmup_rule"]
+from tbjax.run.preflight import Check, run_checks
 
 
 def _mark(ok: bool) -> str:

@@ -44,12 +44,13 @@ def split_walk(market: MarketData, role: int, window_size: int) -> tuple[np.ndar
 
 def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, role: int,
              bars_per_year: float, time_ms: dict[str, np.ndarray] | None = None,
-             deterministic: bool = True, key=None) -> tuple[dict, dict]:
+             deterministic: bool = True, key=None, significance: bool = True) -> tuple[dict, dict]:
     """Evaluate a policy on one split of every symbol; returns (eval dict, series for the report).
 
     ``time_ms[symbol]`` gives the bar open times (for the report's dates and pooling); without it
     bar indices are used. ``deterministic=False`` samples actions from the policy with ``key``
-    (required then), so a stochastic evaluation is reproducible.
+    (required then), so a stochastic evaluation is reproducible. ``significance=False`` skips the
+    ``is_it_real`` bootstrap for callers that read only the metrics (the regime markets).
     """
     if not deterministic and key is None:
         raise ValueError("backtest: deterministic=False needs a PRNG key (key=...)")
@@ -94,7 +95,7 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
             "buy_and_hold": {**pooled_metrics(bh_in, bars_per_year), "per_symbol": bh_per_symbol},
             "flat": pooled_metrics(flat_in, bars_per_year),
         },
-        # PSR, MinTRL and bootstrap intervals of the pooled strategy vs pooled buy-and-hold
-        "is_it_real": is_it_real(pooled_series(pooled_in)[1], bars_per_year, pooled_series(bh_in)[1]),
     }
+    if significance:  # PSR, MinTRL and bootstrap intervals of the pooled strategy vs pooled buy-and-hold
+        result["is_it_real"] = is_it_real(pooled_series(pooled_in)[1], bars_per_year, pooled_series(bh_in)[1])
     return result, series

@@ -182,7 +182,8 @@ class TrialRunner:
         best checkpoint); split here because the val backtest runs at every evaluation (pruner
         report) and the regime markets only every ``hpo.objective_every`` evaluations.
         """
-        regimes = regime_sortinos(m.exp, trainer.policy_apply, carry.params, carry.obs_stats, m.env_params)
+        regimes = regime_sortinos(m.cfg, m.exp.regimes, m.exp.bars_per_year, trainer.policy_apply, carry.params,
+                                  carry.obs_stats, m.env_params)
         return objective_of(m.cfg, val_eval["pooled"]["sortino"], regimes)
 
     def _objective_prunes(self, study, update: int, value: float) -> str | None:

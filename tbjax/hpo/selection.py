@@ -18,15 +18,10 @@ import math
 
 import numpy as np
 
-from tbjax.evaluation.significance import CONFIDENCE, deflated_sharpe_ratio, probability_of_backtest_overfitting
+from tbjax.evaluation.significance import (CONFIDENCE, deflated_sharpe_ratio, probability_of_backtest_overfitting,
+                                          sharpe_moments)
 
 PBO_BLOCKS = 16  # CSCV blocks: C(16, 8) = 12,870 splits
-
-
-def per_bar_sharpe(returns: np.ndarray) -> float:
-    r = np.asarray(returns, dtype=np.float64)
-    sd = r.std()
-    return float(r.mean() / sd) if r.size > 1 and sd > 0 else math.nan
 
 
 def selection_bias(trial_returns: dict[int, list[float]], best_trial: int | None) -> dict:
@@ -43,7 +38,7 @@ def selection_bias(trial_returns: dict[int, list[float]], best_trial: int | None
     out = {"n_trials": len(kept), "n_bars": common, "excluded": sorted(set(trial_returns) - set(kept)),
            "dsr": None, "pbo": None, "pbo_blocks": PBO_BLOCKS}
     if best_trial in kept:
-        dsr = deflated_sharpe_ratio(kept[best_trial], [per_bar_sharpe(r) for r in kept.values()])
+        dsr = deflated_sharpe_ratio(kept[best_trial], [sharpe_moments(r)[0] for r in kept.values()])
         out["dsr"] = dsr if math.isfinite(dsr) else None
     if len(kept) >= 2 and common >= 2 * PBO_BLOCKS:
         out["pbo"] = probability_of_backtest_overfitting(np.stack(list(kept.values()), axis=1), PBO_BLOCKS)["pbo"]

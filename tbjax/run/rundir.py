@@ -70,13 +70,15 @@ def run_origin(run_dir: Path) -> Path | None:
     return Path(cwd) if isinstance(cwd, str) and cwd else None
 
 
-def resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
+def resolve_run_paths(cfg: Config, run_dir: Path, optional: tuple[str, ...] = ()) -> Config:
     """``cfg`` with its relative data paths made absolute the way the run saw them.
 
     A relative ``data.processed_dir`` / ``env.liquidity_seasonality`` meant "relative to the folder
     training ran in"; ``evaluate`` or ``--resume`` from another folder must not read another (or no)
     dataset. Tried in order: that folder (run_info.json), then the current one (a run copied
-    together with its data). Neither holding it is one message naming both.
+    together with its data). Neither holding it is one message naming both, except for the keys
+    listed in ``optional`` (e.g. ``"data.processed_dir"`` for ``load_policy``, which never reads the
+    processed data): those are kept as written.
     """
     origin = run_origin(run_dir)
     sections = {}
@@ -86,6 +88,8 @@ def resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
             continue
         bases = [b for b in (origin, Path.cwd()) if b is not None]
         found = next((b / value for b in bases if (b / value).exists()), None)
+        if found is None and f"{section}.{key}" in optional:
+            continue
         if found is None:
             here = f"the current folder ('{Path.cwd()}')"
             where = (f"neither in the folder the run was trained from ('{origin}') nor in {here}" if origin

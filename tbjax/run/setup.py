@@ -228,29 +228,46 @@ def eval_key(cfg: Config, role: int):
     return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1000 + int(role))
 
 
+def backtest_as_configured(cfg: Config, market: MarketData, bars_per_year: float, policy_apply, params, obs_stats,
+                           env_params, role: int, time_ms=None, stream: int | None = None, significance: bool = True):
+    """Backtest ``role`` of ``market`` with FROZEN statistics and the config's determinism and key.
+
+    ``stream`` picks the stochastic-evaluation key (default: the role); every evaluation of a run
+    (its splits, the regime markets, walk-forward folds) goes through here.
+    """
+    from tbjax.evaluation.backtest import backtest
+
+    det = cfg.eval.deterministic
+    key = None if det else eval_key(cfg, role if stream is None else stream)
+    return backtest(policy_apply, params, obs_stats, market, env_params, role, bars_per_year, time_ms=time_ms,
+                    deterministic=det, key=key, significance=significance)
+
+
+def bar_times(tables: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Bar open times (ms) per symbol: what evaluation pools symbols by."""
+    return {s: np.asarray(t["open_time"], np.int64) for s, t in tables.items()}
+
+
 def evaluate_split(exp: Experiment, policy_apply, params, obs_stats, env_params, role: int = ROLE_VAL):
     """Backtest one split of the run's data with FROZEN statistics: (eval dict, report series).
 
     The one definition every caller uses (training's validation, HPO trials, ``tbjax.evaluate``):
     bars are pooled across symbols by their open TIME, with the config's determinism and key.
     """
-    from tbjax.evaluation.backtest import backtest
-
-    time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in exp.tables.items()}
-    det = exp.cfg.eval.deterministic
-    return backtest(policy_apply, params, obs_stats, exp.market, env_params, role, exp.bars_per_year,
-                    time_ms=time_ms, deterministic=det, key=None if det else eval_key(exp.cfg, role))
+    return backtest_as_configured(exp.cfg, exp.market, exp.bars_per_year, policy_apply, params, obs_stats,
+                                  env_params, role, time_ms=bar_times(exp.tables))
 
 
-def regime_sortinos(exp: Experiment, policy_apply, params, obs_stats, env_params) -> dict[str, float]:
-    """Sortino of the policy on the synthetic CHOPPY_FLAT and STRONG_TREND markets ({} without them)."""
-    from tbjax.evaluation.backtest import backtest
+def regime_sortinos(cfg: Config, regimes: MarketData | None, bars_per_year: float, policy_apply, params, obs_stats,
+                    env_params) -> dict[str, float]:
+    """Sortino of the policy on the synthetic CHOPPY_FLAT and STRONG_TREND markets ({} without them).
 
-    if exp.regimes is None:
+    Only the Sortinos are read, so the backtest skips its significance statistics.
+    """
+    if regimes is None:
         return {}
-    det = exp.cfg.eval.deterministic
-    res, _ = backtest(policy_apply, params, obs_stats, exp.regimes, env_params, ROLE_VAL, exp.bars_per_year,
-                      deterministic=det, key=None if det else eval_key(exp.cfg, -1))
+    res, _ = backtest_as_configured(cfg, regimes, bars_per_year, policy_apply, params, obs_stats, env_params,
+                                    ROLE_VAL, stream=-1, significance=False)
     return {key: res["per_symbol"][name]["sortino"] for key, name in REGIME_MARKETS.items()}
 
 
@@ -271,7 +288,8 @@ def evaluate_with_objective(exp: Experiment, policy_apply, params, obs_stats, en
     calls separately (it backtests val at every report and the regime markets less often).
     """
     result, series = evaluate_split(exp, policy_apply, params, obs_stats, env_params, role)
-    regime_sortino = regime_sortinos(exp, policy_apply, params, obs_stats, env_params)
+    regime_sortino = regime_sortinos(exp.cfg, exp.regimes, exp.bars_per_year, policy_apply, params, obs_stats,
+                                     env_params)
     value = objective_of(exp.cfg, result["pooled"]["sortino"], regime_sortino)
     result["objective"] = value
     result["regime_sortino"] = regime_sortino

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +27,14 @@ from tbjax.data.bars import market_from_tables
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
-from tbjax.evaluation.backtest import backtest
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
 from tbjax.evaluation.significance import is_it_real
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.folds import Fold, check_ranges, plan_folds, symbol_ranges, union_times
 from tbjax.run.setup import (
+    backtest_as_configured,
+    bar_times,
     env_params_from_config,
-    eval_key,
     hparams_from_config,
     load_processed,
     objective_of,
@@ -113,10 +112,8 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
 
 def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int):
     """Backtest ``role`` of fold ``k``'s own MarketData with frozen statistics, as ``evaluate_split`` does."""
-    time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in wf.tables.items()}
-    det = wf.cfg.eval.deterministic
-    return backtest(wf.trainer.policy_apply, params, obs_stats, wf.folds[k].market, wf.env_params, role,
-                    wf.bars_per_year, time_ms=time_ms, deterministic=det, key=None if det else eval_key(wf.cfg, role))
+    return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year, wf.trainer.policy_apply, params,
+                                  obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables))
 
 
 def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float) -> tuple[float, dict]:
@@ -124,9 +121,8 @@ def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: floa
     fd = wf.folds[k]
     regime = {}
     if fd.regimes is not None:
-        # regime_sortinos reads only .regimes, .cfg and .bars_per_year of an Experiment
-        view = SimpleNamespace(regimes=fd.regimes, cfg=wf.cfg, bars_per_year=wf.bars_per_year)
-        regime = regime_sortinos(view, wf.trainer.policy_apply, params, obs_stats, wf.env_params)
+        regime = regime_sortinos(wf.cfg, fd.regimes, wf.bars_per_year, wf.trainer.policy_apply, params, obs_stats,
+                                 wf.env_params)
     return objective_of(wf.cfg, val_sortino, regime), regime
 
 

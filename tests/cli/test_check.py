@@ -13,6 +13,7 @@ import pytest
 
 from tbjax.cli import check, prepare, synth
 from tbjax.run import preflight
+from tbjax.run.warmup import warmup_rule
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "processed"
@@ -135,4 +136,4 @@ def test_window_longer_than_the_prepared_warmup_passes(capsys, dataset, tmp_path
     """The env fills a longer window from processed rows (tbjax.run.warmup.warmup_rule, which train applies too)."""
     code, lines, out, _ = run_check(capsys, dataset, tmp_path, "env.window_size=64")
     assert lines["warm-up"].startswith("✓") and "env.window_size 64" in lines["warm-up"]
-    assert check.warmup_rule(64, 52) == (True, lines["warm-up"].split("warm-up", 1)[1].strip())
+    assert warmup_rule(64, 52) == (True, lines["warm-up"].split("warm-up", 1)[1].strip())

@@ -205,7 +205,7 @@ def test_disk_full_writing_metrics_then_continue_as_told(reference, tmp_path, ca
 
     def fake_open(path, mode="r", *args, **kwargs):
         fh = open(path, mode, *args, **kwargs)
-        if Path(path).name.startswith(".metrics.jsonl."):
+        if Path(path).name.startswith(".metrics.jsonl.") or Path(path).name == "metrics.jsonl":
             writes.append(path)
             if len(writes) == 2:  # the second chunk's line; the first chunk saved a checkpoint
                 return FullDisk(fh)
@@ -407,17 +407,18 @@ def test_no_best_checkpoint_advice_fits_evaluate(reference, tmp_path, capsys):
 
 def test_train_and_check_apply_one_warmup_rule(tmp_path, capsys):
     from tbjax.cli import check
+    from tbjax.run.warmup import warmup_rule
 
     processed = tmp_path / "processed"
     shutil.copytree(REPO / "data" / "sample" / "processed", processed)
     manifest = json.loads((processed / "manifest.json").read_text())
     (processed / "manifest.json").write_text(json.dumps({**manifest, "warmup_bars": 40}))
-    _, detail = check.warmup_rule(32, 40)
+    _, detail = warmup_rule(32, 40)
     assert run_train(tmp_path / "run", "--set", f"data.processed_dir={processed}") == 2
     assert one_error(capsys) == f"error: {detail}"
     assert check.main(["--set", f"data.processed_dir={processed}"]) == 2
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if " warm-up " in ln]
     assert line.startswith("✗") and detail in line
     # A window longer than the prepared warm-up is fine for both (the env fills it from processed rows).
-    assert check.warmup_rule(64, 52)[0] and check.warmup_rule(64, None)[0]
+    assert warmup_rule(64, 52)[0] and warmup_rule(64, None)[0]
     assert re.search(r"re-run python -m tbjax\.prepare", detail)
