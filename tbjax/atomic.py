@@ -87,6 +87,26 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             os.fsync(fh.fileno())
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to ``path`` and fsync it; on failure the file is cut back to its old length.
+
+    For logs that grow by a line per step (metrics.jsonl): rewriting the whole file each time would
+    cost O(lines) per line. A crash mid-append can leave a partial last line, which readers drop.
+    """
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    with disk_errors(path):
+        try:
+            with open(path, "ab") as fh:
+                fh.write((line + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            if path.exists():
+                os.truncate(path, size)
+            raise
+
+
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -10,8 +10,10 @@ objective, and eval JSON and the report at the end.
 The run directory (docs/DESIGN.md, invariant 6 "Atomic outputs") is :mod:`tbjax.run.rundir`:
 building a session only READS; :meth:`TrainingSession.setup_run_dir` writes config.yaml,
 run_info.json, feature_pipeline.json and dataset/ all or nothing (:meth:`TrainingSession.undo_setup`).
-metrics.jsonl is rewritten whole each chunk, and written BEFORE the chunk's checkpoint, so a crash
-between the two leaves a line that ``--resume`` trims, never a checkpoint without its line.
+metrics.jsonl gets one appended (fsync'd) line per chunk, written BEFORE the chunk's checkpoint, so a
+crash between the two leaves a line that ``--resume`` trims (the first write of an invocation
+rewrites the file atomically with only the lines up to the restored checkpoint), never a
+checkpoint without its line.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tbjax.atomic import write_atomic
+from tbjax.atomic import append_line, write_atomic
 from tbjax.config import Config
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
@@ -77,6 +79,7 @@ class TrainingSession:
         self.saved_update: int | None = None  # update of the newest "latest" checkpoint on disk
         self.time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in self.exp.tables.items()}
         self._metrics_lines: list[str] = []
+        self._metrics_synced = False
         self._setup: RunDirSetup | None = None
 
     # ------------------------------------------------------------------ run directory
@@ -116,6 +119,7 @@ class TrainingSession:
         "latest" checkpoint (``fix``: the advice when there is none). Reads only."""
         carry = self.trainer.init(jax.random.PRNGKey(self.cfg.train.seed), self.hparams, self.exp.market)
         self.update, self.best_objective, self.saved_update, self._metrics_lines = 0, -math.inf, None, []
+        self._metrics_synced = False  # the file on disk may still hold lines past the restored update
         if resume:
             carry, meta = self.ckpt.restore("latest", carry, fix=fix)
             self.update = self.saved_update = int(meta["update"])
@@ -131,14 +135,19 @@ class TrainingSession:
         self.trainer.train_chunk.lower(carry, self.hparams, self.exp.market).compile()
 
     def _log(self, row: dict, tb) -> None:
-        """Append the chunk's row: metrics.jsonl rewritten whole (atomic), TensorBoard flushed, so a
-        full disk surfaces here as one error, not later in a writer thread."""
+        """Append the chunk's row to metrics.jsonl (the first time: the trimmed file rewritten
+        atomically), TensorBoard flushed, so a full disk surfaces here as one error, not later in a
+        writer thread."""
         if not self.write:
             return
         path = self.run_dir / "metrics.jsonl"
-        self._metrics_lines.append(json.dumps(json_safe(row), sort_keys=True))
+        line = json.dumps(json_safe(row), sort_keys=True)
         with run_write(path):
-            write_atomic(path, "".join(line + "\n" for line in self._metrics_lines))
+            if self._metrics_synced:
+                append_line(path, line)
+            else:
+                write_atomic(path, "".join(kept + "\n" for kept in self._metrics_lines + [line]))
+                self._metrics_synced, self._metrics_lines = True, []
         if tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and math.isfinite(value) and key not in ("update", "env_steps"):
