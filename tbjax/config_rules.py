@@ -74,6 +74,10 @@ def validate(cfg) -> None:
 
     _check(t.total_env_steps >= 1 and t.updates_per_chunk >= 1 and t.eval_every >= 1,
            "train.total_env_steps, train.updates_per_chunk and train.eval_every must be >= 1")
+    _check(t.population >= 1, f"train.population must be >= 1, got {t.population}")
+    _check(t.ensemble_top_k is None or 1 <= t.ensemble_top_k <= t.population,
+           f"train.ensemble_top_k must be null or in [1, train.population = {t.population}], got {t.ensemble_top_k}")
+    _check(t.population_jitter >= 0, f"train.population_jitter must be >= 0, got {t.population_jitter}")
     _check(t.precision in ("float32", "bfloat16"), f"train.precision must be 'float32' or 'bfloat16', got '{t.precision}'")
     _check(min(ev.w_val, ev.w_choppy, ev.w_trend) >= 0, "eval.w_val, eval.w_choppy and eval.w_trend must be >= 0")
     _check(ev.regime_bars >= 200, f"eval.regime_bars must be >= 200, got {ev.regime_bars}")

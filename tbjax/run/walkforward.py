@@ -13,7 +13,6 @@ that fold's best policy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tbjax.atomic import write_atomic
 from tbjax.config import Config
 from tbjax.data.bars import market_from_tables
 from tbjax.data.pipeline import FeaturePipeline
@@ -29,6 +27,7 @@ from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
 from tbjax.evaluation.significance import is_it_real
+from tbjax.learner.population import population_program, stack_trees
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
 from tbjax.run.setup import (
@@ -67,10 +66,6 @@ class WalkForward:
     hparams: object = None
     best: list = field(default_factory=list)  # per fold: (val objective, update, host carry, val sortino)
     diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
-
-
-def stack(trees: list):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
 def uses_regimes(cfg: Config) -> bool:
@@ -160,27 +155,15 @@ def seed_keys(cfg: Config, k: int):
     return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
 
 
-_PROGRAMS: dict = {}
-
-
-def vmapped_program(trainer):
-    """``jit(vmap(init))`` and ``jit(vmap(train_chunk))`` over (key, hparams, MarketData) folds."""
-    if trainer not in _PROGRAMS:
-        init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, 0)))
-        chunk = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, 0, 0)), donate_argnums=0)
-        _PROGRAMS[trainer] = (init, chunk)
-    return _PROGRAMS[trainer]
-
-
 def train_vmapped(wf: WalkForward, log=None) -> None:
     n = len(wf.folds)
     wf.best, wf.diverged = [None] * n, {}
-    init, chunk = vmapped_program(wf.trainer)
-    datas = stack([fd.market for fd in wf.folds])
-    hps = stack([wf.hparams] * n)
-    keys = jnp.stack([seed_keys(wf.cfg, k) for k in range(n)])
-    carry = init(keys, hps, datas)
-    run_chunks(lambda c, alive: chunk(c, hps, datas), carry, ChunkSchedule.of(wf.cfg), BestByVal(wf, 0, log, n), batch=n)
+    program = population_program(wf.trainer, n, data_axis=0)
+    datas = stack_trees([fd.market for fd in wf.folds])
+    hps = stack_trees([wf.hparams] * n)
+    carry = program.start(jnp.stack([seed_keys(wf.cfg, k) for k in range(n)]), hps, datas)
+    run_chunks(lambda c, alive: program.advance(c, hps, alive, datas), carry, ChunkSchedule.of(wf.cfg),
+               BestByVal(wf, 0, log, n), batch=program.stacked)
 
 
 def train_sequential(wf: WalkForward, log=None) -> None:

@@ -79,7 +79,9 @@ def test_regime_markets_use_each_folds_pipeline_and_zero_weights_skip_them(train
 
 def test_one_compile_for_k_folds(trained):
     wf = trained[0]
-    _, chunk = wfm.vmapped_program(wf.trainer)
+    from tbjax.learner.population import population_program
+
+    chunk = population_program(wf.trainer, len(wf.folds), data_axis=0).chunk
     assert len(wf.folds) == 2 and chunk._cache_size() == 1
 
 
