@@ -19,6 +19,7 @@ carry after every chunk.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -117,13 +118,8 @@ def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels
     return jnp.argmin(jnp.where(nearest, jnp.abs(levels), jnp.inf), axis=-1).astype(member_actions.dtype)
 
 
-def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels) -> Callable:
-    """A ``policy_apply`` over stacked members' (params, obs_stats): every member acts on the raw
-    observation with ITS OWN frozen statistics, then :func:`ensemble_action` combines them.
-
-    Sampled (non-deterministic) evaluation gives each member its own stream of ``key``.
-    """
-
+@functools.lru_cache(maxsize=64)
+def _ensemble(policy_apply: Callable, action_mode: str, position_levels: tuple) -> Callable:
     def apply(params, obs_stats, obs, deterministic: bool = True, key=None):
         n = jax.tree_util.tree_leaves(params)[0].shape[0]
         keys = None if key is None else jax.random.split(key, n)
@@ -135,3 +131,14 @@ def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels) ->
         return ensemble_action(actions, action_mode, position_levels)
 
     return apply
+
+
+def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels) -> Callable:
+    """A ``policy_apply`` over stacked members' (params, obs_stats): every member acts on the raw
+    observation with ITS OWN frozen statistics, then :func:`ensemble_action` combines them.
+
+    Sampled (non-deterministic) evaluation gives each member its own stream of ``key``. One
+    function per (policy, action space): the compiled walk takes it as a static argument, so a
+    second evaluation of an ensemble never recompiles.
+    """
+    return _ensemble(policy_apply, action_mode, tuple(float(v) for v in position_levels))
