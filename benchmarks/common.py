@@ -148,6 +148,15 @@ def per_bar_sharpe(returns: list[np.ndarray]) -> float:
 # ------------------------------------------------------------------------------------ machine
 
 
+def have_sb3() -> bool:
+    """Whether stable-baselines3 is installed (the ``bench`` / ``test`` extras): the peer side runs."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

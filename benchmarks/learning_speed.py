@@ -179,11 +179,7 @@ def train_sb3(pm, args, target: float) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import stable_baselines3  # noqa: F401
-        have_sb3 = True
-    except ImportError:
-        have_sb3 = False
+    have_sb3 = common.have_sb3()
     pm = common.planted_market(args.symbols, args.bars, signal_rho=args.rho, seed=args.seed,
                                window_size=args.window)
     oracle = common.oracle_sharpe(pm, ROLE_VAL, cost_bps=FEE_BPS)

@@ -220,11 +220,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import stable_baselines3  # noqa: F401
-        have_sb3 = True
-    except ImportError:
-        have_sb3 = False
+    have_sb3 = common.have_sb3()
     markets = {}
     for name in args.markets.split(","):
         mk = load_market(name, args)

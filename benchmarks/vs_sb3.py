@@ -119,11 +119,7 @@ def best_sb3(pm, params, args) -> tuple[dict, list[dict]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import stable_baselines3  # noqa: F401
-        have_sb3 = True
-    except ImportError:
-        have_sb3 = False
+    have_sb3 = common.have_sb3()
     pm = common.planted_market(args.symbols, args.bars, seed=args.seed, window_size=args.window)
     params = common.env_params(pm, episode_len=64 if args.tiny else 256)
     print(f"market: {args.symbols} symbols x {args.bars} bars, window {args.window}, "
