@@ -5,9 +5,8 @@ and what to change; an unknown key suggests the nearest valid one (``ppo.learnig
 mean ppo.learning_rate?"). Fields split into static shapes (hashable, part of the compiled
 program) and continuous values (traced float leaves of ``HParams``; docs/DESIGN.md).
 
-This module is the ONLY place where defaults live: the env's cost defaults (tbjax.env.market),
-the learner's HParams and TrainerSpec defaults (tbjax.agent.hparams) are read from these
-dataclasses, and configs/base.yaml shows the same values (a test loads an empty YAML and compares).
+The ONLY place where defaults live: tbjax.env.market and tbjax.agent.hparams read them from these
+dataclasses; configs/base.yaml shows the same values (a test loads an empty YAML and compares).
 """
 
 from __future__ import annotations
@@ -92,6 +91,8 @@ class PPOConfig:
     n_epochs: int = static(4)
     n_minibatches: int = static(4)
     hidden_sizes: list[int] = static(factory=lambda: [64, 64])
+    policy: str = static("mlp")  # mlp | gru | lstm (a recurrent core after the MLP encoder)
+    rnn_size: int = static(64)
     num_quantiles: int = static(32)
     non_crossing: bool = static(True)
     shared_torso: bool = static(False)
@@ -213,13 +214,10 @@ def _unknown_key(path: str) -> InputError:
 def _coerce(value: Any, hint: Any, path: str) -> Any:
     """Check ``value`` against a field's type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(hint)
-    if hint is Any:
+    if hint is Any or (value is None and origin in (typing.Union, types.UnionType)):
         return value
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], path)
+        return _coerce(value, [a for a in typing.get_args(hint) if a is not type(None)][0], path)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"config key '{path}' must be a list, got {value!r}")
@@ -343,8 +341,11 @@ def _validate_walkforward(w: WalkForwardConfig) -> None:  # fit to the data: tbj
 def validate(cfg: Config) -> None:
     """Ranges and cross-field rules, each with a message that says what to change."""
     e, p, t, ev = cfg.env, cfg.ppo, cfg.train, cfg.eval
-    for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles"):
+    for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles", "rnn_size"):
         _check(getattr(p, name) >= 1, f"ppo.{name} must be >= 1, got {getattr(p, name)}")
+    _check(p.policy in ("mlp", "gru", "lstm"), f"ppo.policy must be 'mlp', 'gru' or 'lstm', got '{p.policy}'")
+    _check(p.policy == "mlp" or p.n_envs % p.n_minibatches == 0, f"ppo.n_minibatches = {p.n_minibatches} must divide "
+           f"ppo.n_envs = {p.n_envs} for a recurrent policy (minibatches are whole env sequences)")
     _check(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes),
            f"ppo.hidden_sizes must be a non-empty list of positive widths, got {p.hidden_sizes}")
     _check((p.n_steps * p.n_envs) % p.n_minibatches == 0,
@@ -356,8 +357,8 @@ def validate(cfg: Config) -> None:
     _check(0 < p.gamma <= 1, f"ppo.gamma must lie in (0, 1], got {p.gamma}")
     _check(0 <= p.gae_lambda <= 1, f"ppo.gae_lambda must lie in [0, 1], got {p.gae_lambda}")
     _check(0 < p.clip_eps < 1, f"ppo.clip_eps must lie in (0, 1), got {p.clip_eps}")
-    _check(p.ent_coef >= 0 and p.vf_coef >= 0, "ppo.ent_coef and ppo.vf_coef must be >= 0")
-    _check(p.max_grad_norm > 0, f"ppo.max_grad_norm must be > 0, got {p.max_grad_norm}")
+    _check(p.ent_coef >= 0 and p.vf_coef >= 0 and p.max_grad_norm > 0, "ppo.ent_coef and ppo.vf_coef must be >= 0, "
+           f"ppo.max_grad_norm > 0; got {p.ent_coef}, {p.vf_coef}, {p.max_grad_norm}")
     _check(0 < p.cvar_alpha < 1, f"ppo.cvar_alpha must lie in (0, 1), got {p.cvar_alpha}")
     _check(p.cvar_weight >= 0, f"ppo.cvar_weight must be >= 0, got {p.cvar_weight}")
     # With N quantiles the critic's tail has mass 1/N per quantile: below alpha = 1/N both VaR and
@@ -390,10 +391,9 @@ def validate(cfg: Config) -> None:
     _check(t.precision in ("float32", "bfloat16"), f"train.precision must be 'float32' or 'bfloat16', got '{t.precision}'")
     _check(min(ev.w_val, ev.w_choppy, ev.w_trend) >= 0, "eval.w_val, eval.w_choppy and eval.w_trend must be >= 0")
     _check(ev.regime_bars >= 200, f"eval.regime_bars must be >= 200, got {ev.regime_bars}")
-    if cfg.data.embargo_bars is not None:
-        _check(cfg.data.embargo_bars >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
-    if cfg.data.bars_per_year is not None:
-        _check(cfg.data.bars_per_year > 0, f"data.bars_per_year must be > 0, got {cfg.data.bars_per_year}")
+    _check((cfg.data.embargo_bars or 0) >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
+    _check(cfg.data.bars_per_year is None or cfg.data.bars_per_year > 0,
+           f"data.bars_per_year must be > 0, got {cfg.data.bars_per_year}")
     _validate_walkforward(cfg.walkforward)
     _check(cfg.hpo.batch >= 1 and cfg.hpo.n_trials >= 1, "hpo.batch and hpo.n_trials must be >= 1")
     _check(cfg.hpo.pruner in ("successive_halving", "median", "hyperband", "patient", "none"),
