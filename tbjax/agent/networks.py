@@ -107,10 +107,11 @@ def _fused(features: int, dtype, name: str, bias: bool = True) -> nn.Dense:
 class ResetCell(nn.Module):
     """One step of a GRU (Cho et al. 2014) or LSTM (Hochreiter & Schmidhuber 1997) with reset.
 
-    Gates are fused: one matmul on the input and one on the state. GRU as in PyTorch:
-    r, z = sigmoid(W_x x + W_h h), n = tanh(W_xn x + r * (W_hn h + b_hn)), h' = (1 - z) n + z h.
-    LSTM: i, f, g, o from W_x x + W_h h; c' = sig(f) c + sig(i) tanh(g), h' = sig(o) tanh(c').
-    ``carry`` is the float32 state [..., state_size]; inputs = (x, reset).
+    Gates are fused: ``gx`` is the input's projection W_x x + b (computed for a whole sequence
+    at once by :class:`RecurrentCore`, outside the time loop) and one matmul W_h h runs per step.
+    GRU as in PyTorch: r, z = sigmoid(gx_rz + W_h,rz h + b_h,rz), n = tanh(gx_n + r (W_hn h + b_hn)),
+    h' = (1 - z) n + z h. LSTM: i, f, g, o = gx + W_h h; c' = sig(f) c + sig(i) tanh(g),
+    h' = sig(o) tanh(c'). ``carry`` is the float32 state [..., state_size]; inputs = (gx, reset).
     """
 
     cell: str
@@ -119,10 +120,9 @@ class ResetCell(nn.Module):
 
     @nn.compact
     def __call__(self, carry: jax.Array, inputs) -> tuple[jax.Array, jax.Array]:
-        x, reset = inputs
+        gx, reset = inputs
         state = jnp.where(reset[..., None], 0.0, carry)
         n_gates = 3 if self.cell == "gru" else 4
-        gx = _fused(n_gates * self.size, self.dtype, "input")(x).astype(jnp.float32)
         if self.cell == "gru":
             gh = _fused(n_gates * self.size, self.dtype, "state")(state).astype(jnp.float32)
             xr, xz, xn = jnp.split(gx, 3, axis=-1)
@@ -148,10 +148,12 @@ class RecurrentCore(nn.Module):
 
     @nn.compact
     def __call__(self, state: jax.Array, x: jax.Array, reset: jax.Array):
+        n_gates = 3 if self.cell == "gru" else 4
+        gx = _fused(n_gates * self.size, self.dtype, "input")(x).astype(jnp.float32)
         if reset.ndim == state.ndim - 1:
-            return ResetCell(self.cell, self.size, self.dtype, name="step")(state, (x, reset))
+            return ResetCell(self.cell, self.size, self.dtype, name="step")(state, (gx, reset))
         scan = nn.scan(ResetCell, variable_broadcast="params", split_rngs={"params": False})
-        return scan(self.cell, self.size, self.dtype, name="step")(state, (x, reset))
+        return scan(self.cell, self.size, self.dtype, name="step")(state, (gx, reset))
 
 
 def state_size(policy: str, rnn_size: int, shared_torso: bool) -> int:

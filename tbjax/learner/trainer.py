@@ -30,7 +30,7 @@ from tbjax.agent import ppo
 from tbjax.agent.diagnostics import explained_variance
 from tbjax.agent.hparams import HParams, TrainerSpec, make_hparams  # noqa: F401 (re-export)
 from tbjax.agent.networks import init_params, policy_mode, policy_sample
-from tbjax.agent.normalize import init_running_stats, normalize_obs
+from tbjax.agent.normalize import init_running_stats
 from tbjax.agent.popart import init_popart, popart_sigma
 from tbjax.errors import InputError
 from tbjax.learner.carry import NonFiniteUpdateError, TrainCarry, raise_if_nonfinite  # noqa: F401 (re-export)

@@ -90,7 +90,7 @@ def ppo_batch(ctx: Learner, traj: Transition, policy_adv, returns, obs_stats, po
     if ctx.recurrent:
         layout = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         starts = jnp.concatenate([jnp.zeros_like(traj.done[:1]), traj.done[:-1]], axis=0)
-        extra = dict(hidden=hidden0, reset=layout(starts))
+        extra = {"hidden": hidden0, "reset": layout(starts)}
     else:
         layout = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         extra = {}

@@ -31,8 +31,9 @@ def test_gru_step_matches_numpy():
 
     torso = p["torso"]["Dense_0"]
     x = np.tanh(obs @ torso["kernel"] + torso["bias"])
-    cell = p["torso_core"]["step"]
-    gx = x @ cell["input"]["kernel"] + cell["input"]["bias"]
+    core = p["torso_core"]
+    cell = core["step"]
+    gx = x @ core["input"]["kernel"] + core["input"]["bias"]
     gh = h @ cell["state"]["kernel"] + cell["state"]["bias"]
     r = _sigmoid(gx[:, :RNN] + gh[:, :RNN])
     z = _sigmoid(gx[:, RNN:2 * RNN] + gh[:, RNN:2 * RNN])

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from env_fixtures import toy_market
 from memory_market import memory_env_params, memory_market, oracle_val_sharpe
+
 from tbjax.agent.networks import init_params, policy_log_prob
 from tbjax.agent.normalize import init_running_stats, update_running_stats
 from tbjax.agent.popart import PopArtStats, denormalize_value
