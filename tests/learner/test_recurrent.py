@@ -97,3 +97,26 @@ def test_recurrent_minibatches_must_divide_the_envs():
     with pytest.raises(InputError, match="ppo.n_minibatches"):
         load_config(None, ["ppo.policy=gru", "ppo.n_envs=6", "ppo.n_minibatches=4", "ppo.n_steps=64"])
     load_config(None, ["ppo.policy=mlp", "ppo.n_envs=6", "ppo.n_minibatches=4", "ppo.n_steps=64"])
+
+
+def test_hpo_batched_program_runs_a_gru_like_separate_trials():
+    """HPO's batched path (vmapped init and train_chunk over stacked HParams) carries each trial's
+    own recurrent state: two trials in one program match the same trials run one by one."""
+    from tbjax.hpo.program import batched_program, stack_trees
+
+    data = toy_market()
+    env_params = market.make_env_params(window_size=4, episode_len=10)
+    spec = TrainerSpec(n_envs=8, n_steps=12, n_epochs=1, n_minibatches=2, updates_per_chunk=2, hidden_sizes=(16,),
+                       num_quantiles=8, holdout_size=16, policy="gru", rnn_size=8)
+    trainer = make_trainer(spec, MarketEnv(), env_params)
+    hps = [make_hparams(env_params, learning_rate=lr) for lr in (1e-3, 3e-3)]
+    program = batched_program(trainer, 2)
+    carry = program.start(jax.random.PRNGKey(0), stack_trees(hps), data)
+    carry, metrics = program.advance(carry, stack_trees(hps), [True, True], data)
+    assert carry.hidden.shape == (2, 8, 16) and float(jnp.abs(carry.hidden).max()) > 0
+    for i, hp in enumerate(hps):
+        alone, alone_metrics = trainer.train_chunk(trainer.init(jax.random.PRNGKey(0), hp, data), hp, data)
+        for key in ("loss/value", "loss/policy", "reward_mean", "approx_kl"):
+            np.testing.assert_allclose(np.asarray(metrics[key])[i], np.asarray(alone_metrics[key]), rtol=2e-3,
+                                       atol=2e-5, err_msg=key)
+        np.testing.assert_allclose(np.asarray(carry.hidden[i]), np.asarray(alone.hidden), rtol=1e-3, atol=1e-4)
