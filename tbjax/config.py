@@ -5,9 +5,8 @@ and what to change; an unknown key suggests the nearest valid one (``ppo.learnig
 mean ppo.learning_rate?"). Fields split into static shapes (hashable, part of the compiled
 program) and continuous values (traced float leaves of ``HParams``; docs/DESIGN.md).
 
-This module is the ONLY place where defaults live: the env's cost defaults (tbjax.env.market),
-the learner's HParams and TrainerSpec defaults (tbjax.agent.hparams) are read from these
-dataclasses, and configs/base.yaml shows the same values (a test loads an empty YAML and compares).
+The ONLY place where defaults live: tbjax.env.market and tbjax.agent.hparams read them from these
+dataclasses; configs/base.yaml shows the same values (a test loads an empty YAML and compares).
 """
 
 from __future__ import annotations
@@ -92,6 +91,8 @@ class PPOConfig:
     n_epochs: int = static(4)
     n_minibatches: int = static(4)
     hidden_sizes: list[int] = static(factory=lambda: [64, 64])
+    policy: str = static("mlp")  # mlp | gru | lstm (a recurrent core after the MLP encoder)
+    rnn_size: int = static(64)
     num_quantiles: int = static(32)
     non_crossing: bool = static(True)
     shared_torso: bool = static(False)
@@ -217,13 +218,10 @@ def _unknown_key(path: str) -> InputError:
 def _coerce(value: Any, hint: Any, path: str) -> Any:
     """Check ``value`` against a field's type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(hint)
-    if hint is Any:
+    if hint is Any or (value is None and origin in (typing.Union, types.UnionType)):
         return value
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], path)
+        return _coerce(value, [a for a in typing.get_args(hint) if a is not type(None)][0], path)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"config key '{path}' must be a list, got {value!r}")

@@ -27,11 +27,12 @@ def _validate_walkforward(w) -> None:  # fit to the data: tbjax.run.folds
                f"walkforward.{n} must be null, a number of bars >= {least} or a duration like '90d', got {v!r}")
 
 
-def validate(cfg) -> None:
-    """Ranges and cross-field rules, each with a message that says what to change."""
-    e, p, t, ev = cfg.env, cfg.ppo, cfg.train, cfg.eval
-    for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles"):
+def _validate_ppo(p) -> None:
+    for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles", "rnn_size"):
         _check(getattr(p, name) >= 1, f"ppo.{name} must be >= 1, got {getattr(p, name)}")
+    _check(p.policy in ("mlp", "gru", "lstm"), f"ppo.policy must be 'mlp', 'gru' or 'lstm', got '{p.policy}'")
+    _check(p.policy == "mlp" or p.n_envs % p.n_minibatches == 0, f"ppo.n_minibatches = {p.n_minibatches} must divide "
+           f"ppo.n_envs = {p.n_envs} for a recurrent policy (minibatches are whole env sequences)")
     _check(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes),
            f"ppo.hidden_sizes must be a non-empty list of positive widths, got {p.hidden_sizes}")
     _check((p.n_steps * p.n_envs) % p.n_minibatches == 0,
@@ -56,6 +57,12 @@ def validate(cfg) -> None:
            f"to >= {math.ceil(1.0 / p.cvar_alpha)}")
     _check(0 < p.popart_beta <= 1, f"ppo.popart_beta must lie in (0, 1], got {p.popart_beta}")
     _check(p.huber_kappa > 0 and p.obs_clip > 0, "ppo.huber_kappa and ppo.obs_clip must be > 0")
+
+
+def validate(cfg) -> None:
+    """Ranges and cross-field rules, each with a message that says what to change."""
+    e, t, ev = cfg.env, cfg.train, cfg.eval
+    _validate_ppo(cfg.ppo)
 
     _check(e.window_size >= SLOWEST_INDICATOR_WINDOW,
            f"env.window_size = {e.window_size} is below the slowest indicator window "

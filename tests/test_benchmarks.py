@@ -6,6 +6,7 @@ always runs. vs_sb3 and learning_speed use the same tiny trainer settings, so in
 second reuses the first's compiled trainer (``common.tbjax_trainer`` is cached).
 """
 
+import importlib.util
 import json
 import math
 import sys
@@ -104,6 +105,18 @@ def test_vs_sb3_tiny(tmp_path):
         assert data["settings"]["sb3"]["env_steps"] == 2 * 2 * 16  # 2 rollouts of 2 envs x 16 steps
     else:
         assert data["sb3_steps_per_s"] is None
+
+
+def test_vs_sb3_recurrent_tiny(tmp_path):
+    """tbjax's GRU against sb3-contrib's RecurrentPPO on the same tiny work."""
+    out = tmp_path / "vs_sb3_recurrent.json"
+    assert vs_sb3.main(["--tiny", "--policy", "gru", "--out", str(out)]) == 0
+    data = _check_json(out, ["tbjax_steps_per_s", "ratio_per_policy", "settings"])
+    assert data["policy"] == "gru" and data["settings"]["tbjax"]["policy"] == "gru"
+    assert data["settings"]["tbjax"]["env_steps"] == 64 * 16
+    if HAVE_SB3 and importlib.util.find_spec("sb3_contrib"):
+        assert data["sb3_steps_per_s"] > 0 and data["ratio_per_policy"]["gru"] > 0
+        assert data["settings"]["sb3"]["env_steps"] == 2 * 2 * 16
 
 
 def test_learning_speed_tiny(tmp_path):
