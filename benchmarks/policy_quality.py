@@ -105,7 +105,7 @@ def run_tbjax(mk: Market, args, seed: int) -> dict:
     seconds = time.perf_counter() - t0
     chosen = select_members([b[0] for b in best], None)
     params, stats = stack_trees([best[i][1][0] for i in chosen]), stack_trees([best[i][1][1] for i in chosen])
-    apply = ensemble_apply(trainer.policy_apply, "discrete", mk.levels)
+    apply = ensemble_apply(trainer.policy_apply, "discrete", mk.levels, len(chosen))
     res, _ = backtest(apply, params, stats, mk.market, mk.params[ROLE_TEST], ROLE_TEST, mk.bars_per_year,
                       time_ms=mk.time_ms, significance=False)
     steps = updates * args.tbjax_envs * args.n_steps * size

@@ -244,5 +244,5 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     meta = {**meta, "selected": selected}
     idx = jnp.asarray(selected, jnp.int32)
     params, stats = jax.tree_util.tree_map(lambda x: x[idx], (carry.params, carry.obs_stats))
-    apply = ensemble_apply(trainer.policy_apply, cfg.env.action_mode, cfg.env.position_levels)
+    apply = ensemble_apply(trainer.policy_apply, cfg.env.action_mode, cfg.env.position_levels, len(selected))
     return TradingPolicy(cfg, pipeline, trainer, params, stats, symbols, kind, meta, policy_apply=apply)

@@ -19,6 +19,7 @@ carry after every chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,27 +119,60 @@ def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels
     return jnp.argmin(jnp.where(nearest, jnp.abs(levels), jnp.inf), axis=-1).astype(member_actions.dtype)
 
 
-@functools.lru_cache(maxsize=64)
-def _ensemble(policy_apply: Callable, action_mode: str, position_levels: tuple) -> Callable:
-    def apply(params, obs_stats, obs, deterministic: bool = True, key=None):
-        n = jax.tree_util.tree_leaves(params)[0].shape[0]
-        keys = None if key is None else jax.random.split(key, n)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Ensemble:
+    """Acting of stacked members (hashable by identity: a static argument of the compiled walk).
+
+    Called like a trainer's acting function; ``step`` carries every member's recurrent state
+    (stacked on the member axis, zero at a split's start) for GRU / LSTM members, and is the plain
+    call for feed-forward ones.
+    """
+
+    base: Callable
+    action_mode: str
+    position_levels: tuple
+    size: int
+
+    def _keys(self, key):
+        return None if key is None else jax.random.split(key, self.size)
+
+    def __call__(self, params, obs_stats, obs, deterministic: bool = True, key=None):
+        keys = self._keys(key)
 
         def one(p, s, k):
-            return policy_apply(p, s, obs, deterministic, key=k)
+            return self.base(p, s, obs, deterministic, key=k)
 
         actions = jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(params, obs_stats, keys)
-        return ensemble_action(actions, action_mode, position_levels)
+        return ensemble_action(actions, self.action_mode, self.position_levels)
 
-    return apply
+    def step(self, params, obs_stats, hidden, obs, deterministic: bool = True, key=None):
+        if not hasattr(self.base, "step"):
+            return self(params, obs_stats, obs, deterministic, key), hidden
+        keys = self._keys(key)
+
+        def one(p, s, h, k):
+            return self.base.step(p, s, h, obs, deterministic, key=k)
+
+        actions, hidden = jax.vmap(one, in_axes=(0, 0, 0, None if keys is None else 0))(params, obs_stats, hidden, keys)
+        return ensemble_action(actions, self.action_mode, self.position_levels), hidden
+
+    def initial_hidden(self, batch: tuple[int, ...]):
+        h = self.base.initial_hidden(batch) if hasattr(self.base, "initial_hidden") else None
+        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (self.size, *x.shape)), h)
 
 
-def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels) -> Callable:
-    """A ``policy_apply`` over stacked members' (params, obs_stats): every member acts on the raw
-    observation with ITS OWN frozen statistics, then :func:`ensemble_action` combines them.
+@functools.lru_cache(maxsize=64)
+def _ensemble(policy_apply: Callable, action_mode: str, position_levels: tuple, size: int) -> Ensemble:
+    return Ensemble(policy_apply, action_mode, position_levels, size)
+
+
+def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels, size: int) -> Ensemble:
+    """The acting function of ``size`` stacked members' (params, obs_stats): every member acts on
+    the raw observation with ITS OWN frozen statistics (and its own recurrent state), then
+    :func:`ensemble_action` combines them.
 
     Sampled (non-deterministic) evaluation gives each member its own stream of ``key``. One
-    function per (policy, action space): the compiled walk takes it as a static argument, so a
+    object per (policy, action space, size): the compiled walk takes it as a static argument, so a
     second evaluation of an ensemble never recompiles.
     """
-    return _ensemble(policy_apply, action_mode, tuple(float(v) for v in position_levels))
+    return _ensemble(policy_apply, action_mode, tuple(float(v) for v in position_levels), int(size))

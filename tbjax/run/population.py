@@ -100,7 +100,7 @@ def ensemble_policy(session, carry, selected: list[int]):
     idx = jnp.asarray(selected, jnp.int32)
     pick = lambda tree: jax.tree_util.tree_map(lambda x: x[idx], tree)  # noqa: E731
     apply = ensemble_apply(session.trainer.policy_apply, session.cfg.env.action_mode,
-                           session.cfg.env.position_levels)
+                           session.cfg.env.position_levels, len(selected))
     return apply, pick(carry.params), pick(carry.obs_stats)
 
 

@@ -79,7 +79,7 @@ def test_each_member_acts_with_its_own_statistics():
     def policy_apply(params, obs_stats, obs, deterministic=True, key=None):
         return jnp.argmax(params * (obs - obs_stats), axis=-1)  # which feature is most above the member's mean
 
-    apply = ensemble_apply(policy_apply, "discrete", [0.0, 0.5, 1.0])
+    apply = ensemble_apply(policy_apply, "discrete", [0.0, 0.5, 1.0], 3)
     obs = jnp.asarray([[1.0, 1.0, 1.0]])
     params = jnp.ones((3, 3))
     stats = jnp.asarray([[0.0, 0.9, 0.9], [0.9, 0.0, 0.9], [0.9, 0.0, 0.9]])  # members pick 0, 1, 1
@@ -141,3 +141,25 @@ def test_a_resumed_population_ends_as_the_uninterrupted_one(population_run, proc
             assert a["val_objective"] == pytest.approx(b["val_objective"], rel=1e-5)
         assert again["pooled"]["sortino"] == pytest.approx(whole["pooled"]["sortino"], rel=1e-5)
     assert (run / "metrics.jsonl").read_bytes() == (population_run / "metrics.jsonl").read_bytes()
+
+
+def test_an_ensemble_of_one_recurrent_policy_twice_acts_as_that_policy(processed, tmp_path):
+    """Two copies of a GRU member: the ensemble's mean is the member's own level on every bar, so
+    its backtest equals the member's only if every copy carries its recurrent state through the
+    split (a state reset each bar would act differently)."""
+    from tbjax.data.market import ROLE_TEST
+    from tbjax.learner.population import stack_trees
+    from tbjax.run.setup import evaluate_split
+
+    session = TrainingSession(config(processed, "ppo.policy=gru", "ppo.rnn_size=8"), tmp_path, write=False)
+    carry = session.template()
+    acting = session.trainer.policy_apply
+    _, alone = evaluate_split(session.exp, acting, carry.params, carry.obs_stats, session.env_params, ROLE_TEST)
+    twice = ensemble_apply(acting, "discrete", session.cfg.env.position_levels, 2)
+    params, stats = stack_trees([carry.params] * 2), stack_trees([carry.obs_stats] * 2)
+    _, both = evaluate_split(session.exp, twice, params, stats, session.env_params, ROLE_TEST)
+    stateless = ensemble_apply(acting.call, "discrete", session.cfg.env.position_levels, 2)
+    _, reset = evaluate_split(session.exp, stateless, params, stats, session.env_params, ROLE_TEST)
+    for sym in alone:
+        np.testing.assert_array_equal(both[sym]["position"], alone[sym]["position"])
+    assert any(not np.array_equal(reset[s]["position"], alone[s]["position"]) for s in alone)  # the state matters
