@@ -47,6 +47,8 @@ BENCHMARKS = (
     Benchmark("prepare_speed", "Data preparation speed", "prepare_speed.py",
               quick_args=("--bars", "100000"), quick_timeout=120.0),
     Benchmark("vs_sb3", "Peer: tbjax vs Stable-Baselines3 (training env-steps/s)", "vs_sb3.py"),
+    Benchmark("vs_sb3_recurrent", "Peer: tbjax GRU / LSTM vs sb3-contrib RecurrentPPO (training env-steps/s)",
+              "vs_sb3.py", quick_args=("--quick", "--policy", "gru,lstm"), full_args=("--policy", "gru,lstm")),
     Benchmark("learning_speed", "Learning speed: time to 80 % of the oracle Sharpe", "learning_speed.py"),
     Benchmark("walkforward_speed", "Walk-forward: K folds vmapped vs sequential", "walkforward_speed.py"),
     Benchmark("policy_quality", "Policy quality at equal wall-clock: tbjax population vs SB3", "policy_quality.py"),

@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
         shape, n_envs, args.n_steps, args.updates, args.repeats = (2, 2000, 8), [64], 16, 1, 1
         window, episode_len = 8, 64
     else:
-        shape, n_envs, args.n_steps, args.updates, args.repeats = (4, 20000, 16), [1024, 4096], 64, 2, 2
+        shape, n_envs, args.n_steps, args.updates, args.repeats = (4, 20000, 16), [1024, 4096], 64, 2, 3
         window, episode_len = 32, 256
     n_envs = args.n_envs or n_envs
     data = synthetic_market(*shape, seed=0)

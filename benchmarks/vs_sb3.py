@@ -19,6 +19,7 @@ after the 2 x 64 encoder) against sb3-contrib's RecurrentPPO with separate 64-un
 LSTMs and the same 2 x 64 layers (``--policy gru,lstm`` times both tbjax cores against one SB3 run).
 
     python benchmarks/vs_sb3.py [--quick]     → benchmarks/results/vs_sb3.json
+    python benchmarks/vs_sb3.py --policy gru,lstm   → benchmarks/results/vs_sb3_recurrent.json
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def parse_args(argv):
     p.add_argument("--sb3-threads", type=int, default=1, help="torch threads of the SB3 side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default="mlp", help="mlp (SB3 PPO), or gru and/or lstm (RecurrentPPO), comma-separated")
-    p.add_argument("--out", default=str(common.RESULTS_DIR / "vs_sb3.json"))
+    p.add_argument("--out", default=None, help="default: results/vs_sb3.json (mlp), vs_sb3_recurrent.json (gru, lstm)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(common.RESULTS_DIR / ("vs_sb3.json" if args.policy == "mlp" else "vs_sb3_recurrent.json"))
     if args.quick:
         args.bars, args.tbjax_envs, args.tbjax_updates, args.sb3_steps = 6_000, "1024", 4, 8_192
         if args.sb3_vec == "auto":
