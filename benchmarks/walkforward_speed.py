@@ -52,6 +52,7 @@ from tbjax.cli import prepare as prepare_cli
 from tbjax.cli import synth as synth_cli
 from tbjax.config import load_config
 from tbjax.run import setup as run_setup
+from tbjax.learner import population
 from tbjax.run import walkforward as wfm
 
 RESULTS = common.RESULTS_DIR / "walkforward_speed.json"
@@ -118,7 +119,7 @@ def timed_chunks(chunk_times: list[float], first_call: list[float]):
 def fresh_caches() -> None:
     """Every measurement pays its own compile: clear JAX's jit caches and the drivers' caches."""
     jax.clear_caches()
-    wfm._PROGRAMS.clear()
+    population._PROGRAMS.clear()  # the population programs the walk-forward driver compiled
     run_setup._TRAINERS.clear()
 
 
