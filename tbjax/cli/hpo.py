@@ -41,6 +41,7 @@ from tbjax.hpo.storage import (  # noqa: F401
     journal_storage,
     make_storage,
     retries_of,
+    storage_shown,
 )
 
 PRUNER_NAMES = ("successive_halving", "median", "hyperband", "patient", "none")
@@ -303,6 +304,8 @@ def run(argv=None) -> dict:
     finally:
         bar.close()
     summary = write_results(study, run_dir, space.fixed, space.notes)
+    shown = storage_shown(cfg.hpo.storage, run_dir)
+    print(f"storage: {shown} (study '{cfg.hpo.study_name}'; browse it with: optuna-dashboard {shown})")
     error = no_result_error(study, run_dir)
     if error is not None:
         raise error

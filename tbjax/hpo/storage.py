@@ -16,6 +16,17 @@ from tbjax.hpo.liveness_settings import LivenessSettings
 STORAGE_FLAG = "--storage / hpo.storage"
 
 
+def storage_shown(spec: str | None, run_dir: Path) -> str:
+    """The storage as ``optuna-dashboard`` and ``optuna.load_study`` take it (a password is masked)."""
+    if spec is None:
+        return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if "://" not in spec:
+        return str(Path(spec).resolve())  # a journal file
+    from sqlalchemy.engine import make_url
+
+    return make_url(spec).render_as_string(hide_password=True)
+
+
 def make_storage(spec: str | None, run_dir: Path, live: LivenessSettings | None = None, log=None):
     """None → SQLite in the run dir; ``*.log`` → journal file; otherwise an SQLAlchemy URL.
 
