@@ -34,6 +34,7 @@ from tbjax.errors import InputError
 from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.run.distributed import host_copy
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
@@ -172,6 +173,7 @@ class TrainingSession:
 
     def _keep(self, carry, save: dict, val_sortino) -> None:
         """After an evaluation: the best checkpoint when the objective improved, then "latest"."""
+        carry = host_copy(carry)  # several processes: all gather, process 0 saves
         if save["objective"] > self.best_objective:
             self.best_objective = save["objective"]
             if self.write:
@@ -179,8 +181,9 @@ class TrainingSession:
                     self.ckpt.save_best(self.update, carry, save)
         if self.write:
             self._save_latest(carry, {**save, "best_objective": self.best_objective})
-        if self.quiet and self.write:
-            print(f"update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
+        self.saved_update = self.update  # on every process: the end-of-run save decision is then the same on all
+        if self.quiet:
+            print(f"{'' if self.write else f'[process {jax.process_index()}] '}update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
                   f"objective {save['objective']:.3f}", flush=True)
 
     def train(self, resume: bool, stop, max_chunks: int | None = None, carry=None) -> bool:
@@ -206,8 +209,10 @@ class TrainingSession:
                 with contextlib.suppress(OSError):
                     tb.close()
         if self.update < schedule.total_updates:
+            if self.saved_update != self.update:
+                host = host_copy(carry)  # every process (a collective), then process 0 saves
             if self.write and self.saved_update != self.update:
-                self._save_latest(carry, {"update": self.update, "env_steps": self.update * steps_per_update,
+                self._save_latest(host, {"update": self.update, "env_steps": self.update * steps_per_update,
                                           "best_objective": self.best_objective})
             return False
         self.carry = carry
@@ -215,7 +220,10 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ final artifacts
     def final_evaluation(self, which: str = "best") -> dict:
-        template = self.trainer.init(jax.random.PRNGKey(self.cfg.train.seed), self.hparams, self.exp.market)
+        """Process 0 only when several train together: it restores its checkpoint to its own devices."""
+        init = (self.trainer.init if jax.process_count() == 1 else
+                lambda *a: jax.eval_shape(self.trainer.init, *a))  # no global computation on one process
+        template = init(jax.random.PRNGKey(self.cfg.train.seed), self.hparams, self.exp.market)
         if which == "best" and self.ckpt.best_step() is None:
             which = "latest"
         carry, meta = self.ckpt.restore(which, template)
