@@ -281,3 +281,21 @@ def test_heartbeat_thread_keeps_a_long_trial_alive(tmp_path):
     age_heartbeats()
     assert recover_stale(study) == [0]
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]  # max_retry 0: not queued again
+
+
+def test_every_member_of_a_batch_has_its_own_heartbeat(tmp_path):
+    """B trials trained as one vmapped program: each beats from its own Optuna heartbeat thread."""
+    storage = make_storage(None, tmp_path, LivenessSettings(interval=1, grace=3, max_retry=0), log=lambda _: None)
+    study = optuna.create_study(storage=storage)
+    with warnings.catch_warnings():  # ask() outside optimize() warns
+        warnings.simplefilter("ignore")
+        batch = [study.ask() for _ in range(3)]
+    with Liveness(study) as liveness:
+        for trial in batch:
+            liveness.add(trial)
+        with sqlite3.connect(tmp_path / "study.db") as db:
+            beating = sorted(row[0] for row in db.execute("SELECT trial_id FROM trial_heartbeats"))
+        assert beating == sorted(t._trial_id for t in batch)
+        liveness.discard(batch[0])  # pruned early: its beat stops, the others go on
+        assert [liveness.mine(t) for t in batch] == [False, True, True]
+    assert not any(liveness.mine(t) for t in batch)

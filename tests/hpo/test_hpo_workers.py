@@ -133,3 +133,16 @@ def test_three_workers_finish_exactly_n_trials_after_a_kill(setup, tmp_path, kin
     surplus = len(trials) - N_TRIALS - 1
     print(f"FIGURES {kind}: workers 1+3, kills 1, trials finished {len(ran)}, retried {len(retries)}, "
           f"surplus {surplus}, lost 0, duplicated 0")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grace-period", "0"], "--grace-period must be an integer >= 1, got 0"),
+    (["--max-retries", "-1"], "--max-retries must be an integer >= 0, got -1"),
+    (["--heartbeat-interval", "60", "--grace-period", "60"], "--grace-period (60 s) must exceed --heartbeat-interval"),
+])
+def test_bad_liveness_flags_are_one_message(flags, message, capsys):
+    from tbjax.cli.hpo import main
+
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
