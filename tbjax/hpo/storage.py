@@ -7,6 +7,7 @@ an Optuna journal file, each with Optuna's heartbeat and stale-trial retry (:mod
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from tbjax.errors import InputError
@@ -14,6 +15,7 @@ from tbjax.hpo.liveness import HeartbeatJournalStorage, StaleTrialRetry
 from tbjax.hpo.liveness_settings import LivenessSettings
 
 STORAGE_FLAG = "--storage / hpo.storage"
+SCHEMA_ATTEMPTS = 3  # opening a new database races with the other workers creating its tables
 
 
 def storage_shown(spec: str | None, run_dir: Path) -> str:
@@ -50,11 +52,20 @@ def make_storage(spec: str | None, run_dir: Path, live: LivenessSettings | None 
                          "postgresql://user@host/db) nor a journal file ending in .log")
     # SQLite: wait for the write lock; PostgreSQL: drop connections the server closed (Optuna's advice)
     engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
     try:
-        with warnings.catch_warnings():  # heartbeat_interval is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(spec, engine_kwargs=engine, heartbeat_interval=live.interval,
-                                              grace_period=live.grace, heartbeat_stale_trial_callback=retry)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(spec, engine_kwargs=engine, heartbeat_interval=live.interval,
+                                                      grace_period=live.grace, heartbeat_stale_trial_callback=retry)
+            except (IntegrityError, OperationalError):  # workers started together on a new database: the tables
+                # another one was creating ("already exists", a unique version row); an unreachable server too
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)
     except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
         raise InputError(f"cannot open {STORAGE_FLAG} '{spec}' ({type(exc).__name__}: {exc}): "
                          "check the URL and that the database is reachable and writable") from None

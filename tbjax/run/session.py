@@ -182,8 +182,9 @@ class TrainingSession:
         if self.write:
             self._save_latest(carry, {**save, "best_objective": self.best_objective})
         self.saved_update = self.update  # on every process: the end-of-run save decision is then the same on all
-        if self.quiet:
-            print(f"{'' if self.write else f'[process {jax.process_index()}] '}update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
+        if self.quiet:  # other processes print the same line, marked
+            who = "" if self.write else f"[process {jax.process_index()}] "
+            print(f"{who}update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
                   f"objective {save['objective']:.3f}", flush=True)
 
     def train(self, resume: bool, stop, max_chunks: int | None = None, carry=None) -> bool:

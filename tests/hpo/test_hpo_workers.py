@@ -146,3 +146,16 @@ def test_bad_liveness_flags_are_one_message(flags, message, capsys):
     assert main(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
+    """Four workers opening a new SQLite study at the same moment race to create Optuna's tables;
+    the losers retry (tbjax.hpo.storage.SCHEMA_ATTEMPTS) instead of exiting."""
+    code = ("import sys, optuna; from pathlib import Path; from tbjax.hpo.storage import make_storage; "
+            "optuna.create_study(storage=make_storage(None, Path(sys.argv[1])), study_name='s', load_if_exists=True)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials == []
