@@ -148,6 +148,15 @@ def per_bar_sharpe(returns: list[np.ndarray]) -> float:
 # ------------------------------------------------------------------------------------ machine
 
 
+def have_sb3() -> bool:
+    """Whether stable-baselines3 is installed (the ``bench`` / ``test`` extras): the peer side runs."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -233,19 +242,21 @@ HIDDEN = (64, 64)
 
 @functools.lru_cache(maxsize=8)
 def tbjax_trainer(n_envs: int, n_steps: int, n_epochs: int, n_minibatches: int, updates_per_chunk: int,
-                  n_groups: int, total_updates: int = 1_000, position_levels: tuple = LONG_SHORT, mesh=None):
+                  n_groups: int, total_updates: int = 1_000, position_levels: tuple = LONG_SHORT, mesh=None,
+                  policy: str = "mlp"):
     """The tbjax trainer over the market env with the shared widths (2 x 64) and a constant lr.
 
     Cached per settings: benchmarks run in one process (tests, notebooks) reuse one compiled
     trainer instead of compiling the same program again. ``position_levels`` fixes the action
-    space (the network's output size), ``mesh`` shards the env axis over devices."""
+    space (the network's output size), ``mesh`` shards the env axis over devices; ``policy``
+    gru / lstm adds separate actor and critic cores of HIDDEN[-1] units after the encoder."""
     from tbjax.env.protocol import MarketEnv
     from tbjax.learner.trainer import TrainerSpec, make_trainer
 
     spec = TrainerSpec(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
                        updates_per_chunk=updates_per_chunk, total_updates=total_updates,
                        hidden_sizes=HIDDEN, lr_schedule="constant", n_groups=n_groups,
-                       holdout_size=min(1024, n_envs * n_steps))
+                       holdout_size=min(1024, n_envs * n_steps), policy=policy, rnn_size=HIDDEN[-1])
     action_space = market_env.make_env_params(action_mode="discrete", position_levels=tuple(position_levels))
     return make_trainer(spec, MarketEnv(), action_space, mesh=mesh)
 
@@ -295,6 +306,25 @@ def sb3_ppo(venv, n_steps: int, n_epochs: int, n_minibatches: int, seed: int, to
                vf_coef=s["vf_coef"], max_grad_norm=s["max_grad_norm"],
                policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}},
                seed=seed, device="cpu", verbose=0)
+
+
+def sb3_recurrent_ppo(venv, n_steps: int, n_epochs: int, n_minibatches: int, seed: int, torch_threads: int = 1):
+    """sb3-contrib RecurrentPPO with the same settings and sizes as tbjax's recurrent policy:
+    separate actor and critic LSTMs of HIDDEN[-1] units (``shared_lstm=False``,
+    ``enable_critic_lstm=True``) and 2 x 64 layers, the batch split in n_minibatches (of whole
+    sequences, as RecurrentPPO samples them)."""
+    import torch
+    from sb3_contrib import RecurrentPPO
+
+    torch.set_num_threads(torch_threads)
+    s = PPO_SETTINGS
+    return RecurrentPPO(
+        "MlpLstmPolicy", venv, n_steps=n_steps, batch_size=venv.num_envs * n_steps // n_minibatches,
+        n_epochs=n_epochs, learning_rate=s["learning_rate"], gamma=s["gamma"], gae_lambda=s["gae_lambda"],
+        clip_range=s["clip_eps"], ent_coef=s["ent_coef"], vf_coef=s["vf_coef"], max_grad_norm=s["max_grad_norm"],
+        policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "lstm_hidden_size": HIDDEN[-1],
+                       "shared_lstm": False, "enable_critic_lstm": True},
+        seed=seed, device="cpu", verbose=0)
 
 
 def add_workload_args(p, ppo_shape: bool = True) -> None:

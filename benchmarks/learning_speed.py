@@ -119,7 +119,8 @@ def train_tbjax(pm, args, target: float) -> dict:
 
 
 def walk_twin_split(venv_norm, model, pm, val_params) -> list[np.ndarray]:
-    """Deterministic walk of every symbol's val split in the twin, all symbols in lockstep.
+    """Deterministic walk of every symbol's val split in the twin, all symbols in lockstep (a
+    recurrent SB3 model, e.g. RecurrentPPO, carries its state through the split as tbjax's walk does).
 
     Starts and lengths follow ``tbjax.evaluation.backtest.split_walk``; like backtest, the walk keeps the
     training ``episode_len`` (it scales the bars-held feature) and ignores the time-limit flag.
@@ -133,8 +134,11 @@ def walk_twin_split(venv_norm, model, pm, val_params) -> list[np.ndarray]:
     obs = np.stack([e.reset(options={"symbol": s, "bar": int(start[s])})[0] for s, e in enumerate(envs)])
     equity = np.ones(len(envs))
     returns = [np.empty(int(n)) for n in n_valid]
+    state, starts = None, np.ones(len(envs), bool)  # a recurrent model's state, zero at each symbol's start
     for i in range(int(n_valid.max())):
-        actions, _ = model.predict(venv_norm.normalize_obs(obs), deterministic=True)
+        actions, state = model.predict(venv_norm.normalize_obs(obs), state=state, episode_start=starts,
+                                       deterministic=True)
+        starts[:] = False
         for s, env in enumerate(envs):
             if i >= n_valid[s]:
                 continue
@@ -179,11 +183,7 @@ def train_sb3(pm, args, target: float) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import stable_baselines3  # noqa: F401
-        have_sb3 = True
-    except ImportError:
-        have_sb3 = False
+    have_sb3 = common.have_sb3()
     pm = common.planted_market(args.symbols, args.bars, signal_rho=args.rho, seed=args.seed,
                                window_size=args.window)
     oracle = common.oracle_sharpe(pm, ROLE_VAL, cost_bps=FEE_BPS)

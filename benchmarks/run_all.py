@@ -49,6 +49,7 @@ BENCHMARKS = (
     Benchmark("vs_sb3", "Peer: tbjax vs Stable-Baselines3 (training env-steps/s)", "vs_sb3.py"),
     Benchmark("learning_speed", "Learning speed: time to 80 % of the oracle Sharpe", "learning_speed.py"),
     Benchmark("walkforward_speed", "Walk-forward: K folds vmapped vs sequential", "walkforward_speed.py"),
+    Benchmark("policy_quality", "Policy quality at equal wall-clock: tbjax population vs SB3", "policy_quality.py"),
     Benchmark("scaling", "Scaling over devices", "scaling.py", in_quick=False),
 )
 

@@ -1,6 +1,7 @@
 """Training throughput of the fused loop (rollout + distributional PPO update) on the market env.
 
-For each n_envs: one compiled ``train_chunk`` (compile and a warm-up call excluded) is timed over
+For each policy (mlp, gru, lstm: the recurrent core of 64 units after the 2 x 64 encoder, separate
+actor and critic cores) and each n_envs: one compiled ``train_chunk`` (compile and a warm-up call excluded) is timed over
 ``updates`` updates; env-steps/s = n_envs * n_steps * updates / seconds (best of ``repeats``; the
 machine may be shared). The two phases are also timed alone (jit of the rollout, jit of the PPO
 update on a batch of the same size) to say which one dominates.
@@ -12,6 +13,7 @@ matmul peak is the best time of a 2048 x 2048 float32 ``jnp.dot`` (2 n^3 flops).
 
     python benchmarks/train_throughput.py          # 4 symbols x 20,000 bars x 16 features, window 32
     python benchmarks/train_throughput.py --quick  # seconds
+    python benchmarks/train_throughput.py --policies mlp --n-envs 1024
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 
+from common import machine_info
 from env_throughput import synthetic_market  # same synthetic MarketData as the env benchmark
 from tbjax.agent import ppo
 from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
 from tbjax.learner.rollout import rollout as learner_rollout
 from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
+from tbjax.learner.update import ppo_batch
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+RNN_SIZE = 64
 
 
 def best_time(fn, repeats: int) -> float:
@@ -63,10 +68,11 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def measure(n_envs: int, args, data, env_params) -> dict:
+def measure(policy: str, n_envs: int, args, data, env_params) -> dict:
     spec = TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
                        updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
-                       holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant")
+                       holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant",
+                       policy=policy, rnn_size=RNN_SIZE)
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(0), hp, data)
@@ -83,15 +89,13 @@ def measure(n_envs: int, args, data, env_params) -> dict:
     # Phase timings: the rollout alone and the PPO update alone on a batch of the same size.
     rollout = jax.jit(functools.partial(learner_rollout, trainer.context))
     roll_args = (carry.params, carry.obs_stats, carry.popart, carry.env_state, carry.last_obs,
-                 carry.rng, hp, data)
+                 carry.rng, hp, data, carry.hidden)
     out = rollout(*roll_args)
     jax.block_until_ready(out)
     rollout_s = best_time(lambda: rollout(*roll_args), args.repeats)
-    traj = out[0]
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
-    batch = ppo.PPOBatch(obs=flat(traj.obs), action=flat(traj.action), log_prob=flat(traj.log_prob),
-                         advantage=flat(out[1]), target=flat(out[2]), tradable=flat(traj.tradable))
-    kw = dict(apply_fn=trainer.apply, action_mode=trainer.action_mode, huber_kappa=1.0,
+    ctx = trainer.context
+    batch = ppo_batch(ctx, out[0], out[1], out[2], carry.obs_stats, carry.popart, carry.hidden)
+    kw = dict(apply_fn=ctx.replay if ctx.recurrent else ctx.apply, action_mode=trainer.action_mode, huber_kappa=1.0,
               n_epochs=spec.n_epochs, n_minibatches=spec.n_minibatches)
     update = jax.jit(lambda p, o, b, k: ppo.ppo_update(p, o, b, k, hp, hp.learning_rate, **kw))
     jax.block_until_ready(update(carry.params, carry.opt_state, batch, carry.rng))
@@ -103,6 +107,7 @@ def measure(n_envs: int, args, data, env_params) -> dict:
     step_flops = flops_of(step.lower(carry.params, carry.opt_state, mb, carry.rng).compile())
     update_flops = step_flops * spec.n_epochs * spec.n_minibatches
     return {
+        "policy": policy,
         "n_envs": n_envs,
         "steps_per_s": n_envs * spec.n_steps / per_update,
         "update_gflops": update_flops / update_s / 1e9,
@@ -117,13 +122,14 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny run (seconds)")
     p.add_argument("--n-envs", type=int, nargs="*", default=None)
+    p.add_argument("--policies", default="mlp,gru,lstm", help="comma-separated: mlp, gru, lstm")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
         shape, n_envs, args.n_steps, args.updates, args.repeats = (2, 2000, 8), [64], 16, 1, 1
         window, episode_len = 8, 64
     else:
-        shape, n_envs, args.n_steps, args.updates, args.repeats = (4, 20000, 16), [256, 1024, 4096], 64, 2, 2
+        shape, n_envs, args.n_steps, args.updates, args.repeats = (4, 20000, 16), [1024, 4096], 64, 2, 2
         window, episode_len = 32, 256
     n_envs = args.n_envs or n_envs
     data = synthetic_market(*shape, seed=0)
@@ -134,18 +140,22 @@ def main(argv=None) -> dict:
     device = f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{jax.device_count()}"
     results = []
     print(f"device {device}; matmul peak {peak:.1f} GFLOP/s")
-    print(f"{'n_envs':>7} {'env-steps/s':>12} {'s/update':>9} {'rollout s':>10} {'update s':>9} "
+    print(f"{'policy':>6} {'n_envs':>7} {'env-steps/s':>12} {'s/update':>9} {'rollout s':>10} {'update s':>9} "
           f"{'GFLOP/upd':>10} {'GFLOP/s':>8} {'% peak':>7}")
-    for n in n_envs:
-        r = measure(n, args, data, env_params)
-        r["matmul_peak_gflops"] = peak
-        results.append(r)
-        print(f"{n:>7} {r['steps_per_s']:>12,.0f} {r['seconds_per_update']:>9.3f} {r['rollout_s']:>10.3f} "
-              f"{r['ppo_update_s']:>9.3f} {r['update_gflop']:>10.2f} {r['update_gflops']:>8.1f} "
-              f"{100 * r['update_gflops'] / peak:>6.1f}%", flush=True)
-    report = {"device": device, "quick": args.quick,
+    for policy in args.policies.split(","):
+        for n in n_envs:
+            r = measure(policy, n, args, data, env_params)
+            r["matmul_peak_gflops"] = peak
+            mlp = next((m for m in results if m["policy"] == "mlp" and m["n_envs"] == n), None)
+            r["vs_mlp"] = r["steps_per_s"] / mlp["steps_per_s"] if mlp else None
+            results.append(r)
+            print(f"{policy:>6} {n:>7} {r['steps_per_s']:>12,.0f} {r['seconds_per_update']:>9.3f} "
+                  f"{r['rollout_s']:>10.3f} {r['ppo_update_s']:>9.3f} {r['update_gflop']:>10.2f} "
+                  f"{r['update_gflops']:>8.1f} {100 * r['update_gflops'] / peak:>6.1f}%", flush=True)
+    report = {"device": device, "quick": args.quick, "machine": machine_info(),
               "config": {"symbols_bars_features": list(shape), "window": window, "n_steps": args.n_steps,
-                         "n_epochs": 4, "n_minibatches": 4, "hidden_sizes": [64, 64], "num_quantiles": 32},
+                         "n_epochs": 4, "n_minibatches": 4, "hidden_sizes": [64, 64], "num_quantiles": 32,
+                         "rnn_size": RNN_SIZE, "recurrent_cores": "separate actor and critic"},
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

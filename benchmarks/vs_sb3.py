@@ -14,6 +14,10 @@ the rate (the first init + train_chunk calls compile; the timed chunks follow) a
 separately; SB3 has no compile step, its model construction is excluded likewise.
 tbjax also trains a 32-quantile critic with PopArt and CVaR terms, so it does more work per step.
 
+``--policy gru`` / ``lstm``: tbjax's recurrent policy (separate actor and critic cores of 64 units
+after the 2 x 64 encoder) against sb3-contrib's RecurrentPPO with separate 64-unit actor and critic
+LSTMs and the same 2 x 64 layers (``--policy gru,lstm`` times both tbjax cores against one SB3 run).
+
     python benchmarks/vs_sb3.py [--quick]     → benchmarks/results/vs_sb3.json
 """
 
@@ -45,6 +49,7 @@ def parse_args(argv):
     p.add_argument("--sb3-steps", type=int, default=65_536, help="timed SB3 env steps")
     p.add_argument("--sb3-threads", type=int, default=1, help="torch threads of the SB3 side")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", default="mlp", help="mlp (SB3 PPO), or gru and/or lstm (RecurrentPPO), comma-separated")
     p.add_argument("--out", default=str(common.RESULTS_DIR / "vs_sb3.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -58,7 +63,7 @@ def parse_args(argv):
     return args
 
 
-def time_tbjax(pm, params, n_envs: int, args) -> dict:
+def time_tbjax(pm, params, n_envs: int, args, policy: str = "mlp") -> dict:
     """Time ``tbjax_updates`` fused updates after the first (compiling) calls.
 
     compile_s = first init call + first train_chunk call - one steady chunk: the compile time
@@ -67,7 +72,7 @@ def time_tbjax(pm, params, n_envs: int, args) -> dict:
     updates = args.tbjax_updates
     per_chunk = 2 if updates % 2 == 0 else 1
     trainer = common.tbjax_trainer(n_envs, args.n_steps, args.epochs, args.minibatches, per_chunk,
-                                   n_groups=len(pm.symbols))
+                                   n_groups=len(pm.symbols), policy=policy)
     hp = common.tbjax_hparams(params)
     t0 = time.perf_counter()
     carry = jax.block_until_ready(trainer.init(jax.random.PRNGKey(args.seed), hp, pm.market))
@@ -80,7 +85,7 @@ def time_tbjax(pm, params, n_envs: int, args) -> dict:
     seconds = time.perf_counter() - t0
     steps = updates * n_envs * args.n_steps
     return {"steps_per_s": steps / seconds, "env_steps": steps, "seconds": seconds,
-            "compile_s": max(first_s - seconds / (updates // per_chunk), 0.0), "n_envs": n_envs,
+            "compile_s": max(first_s - seconds / (updates // per_chunk), 0.0), "n_envs": n_envs, "policy": policy,
             "updates_per_chunk": per_chunk, "reward_mean": float(metrics["reward_mean"][-1])}
 
 
@@ -89,8 +94,8 @@ def time_sb3(pm, params, vec: str, n_envs: int, steps: int, args) -> dict:
     after one untimed warm-up rollout (torch's first-call set-up, like tbjax's compile)."""
     venv = common.sb3_vec_env(pm.market, params, n_envs, vec, args.seed)
     try:
-        model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
-                               torch_threads=args.sb3_threads)
+        build = common.sb3_ppo if args.policy == "mlp" else common.sb3_recurrent_ppo
+        model = build(venv, args.n_steps, args.epochs, args.minibatches, args.seed, torch_threads=args.sb3_threads)
         rollouts = max(2, steps // (n_envs * args.n_steps))
         model.learn(total_timesteps=n_envs * args.n_steps)  # warm-up rollout + update, not timed
         warm = model.num_timesteps
@@ -119,27 +124,33 @@ def best_sb3(pm, params, args) -> tuple[dict, list[dict]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import stable_baselines3  # noqa: F401
-        have_sb3 = True
-    except ImportError:
-        have_sb3 = False
+    have_sb3 = common.have_sb3()
+    if have_sb3 and args.policy != "mlp":
+        try:
+            import sb3_contrib  # noqa: F401
+        except ImportError:
+            have_sb3 = False
     pm = common.planted_market(args.symbols, args.bars, seed=args.seed, window_size=args.window)
     params = common.env_params(pm, episode_len=64 if args.tiny else 256)
     print(f"market: {args.symbols} symbols x {args.bars} bars, window {args.window}, "
           f"obs {args.window * pm.market.n_features + 4}; device {common.device_string()}", flush=True)
     tb_runs = []
-    for n_envs in (int(v) for v in str(args.tbjax_envs).split(",")):
-        tb_runs.append(time_tbjax(pm, params, n_envs, args))
-        print(f"  tbjax {n_envs} envs: {tb_runs[-1]['steps_per_s']:,.0f} steps/s "
-              f"(compile {tb_runs[-1]['compile_s']:.1f} s)", flush=True)
-    tb = max(tb_runs, key=lambda r: r["steps_per_s"])
+    for policy in args.policy.split(","):
+        for n_envs in (int(v) for v in str(args.tbjax_envs).split(",")):
+            tb_runs.append(time_tbjax(pm, params, n_envs, args, policy))
+            print(f"  tbjax {policy} {n_envs} envs: {tb_runs[-1]['steps_per_s']:,.0f} steps/s "
+                  f"(compile {tb_runs[-1]['compile_s']:.1f} s)", flush=True)
+    best_of = {p: max((r for r in tb_runs if r["policy"] == p), key=lambda r: r["steps_per_s"])
+               for p in args.policy.split(",")}
+    tb = max(best_of.values(), key=lambda r: r["steps_per_s"])
     sb, probes = (best_sb3(pm, params, args) if have_sb3 else (None, []))
     ratio = tb["steps_per_s"] / sb["steps_per_s"] if sb else None
-    rows = [{"learner": "tbjax", "setting": f"{tb['n_envs']} envs, jit", "steps/s": tb["steps_per_s"],
-             "env steps": tb["env_steps"], "seconds": tb["seconds"], "compile s": tb["compile_s"]}]
+    rows = [{"learner": f"tbjax {r['policy']}", "setting": f"{r['n_envs']} envs, jit", "steps/s": r["steps_per_s"],
+             "env steps": r["env_steps"], "seconds": r["seconds"], "compile s": r["compile_s"]}
+            for r in best_of.values()]
     if sb:
-        rows.append({"learner": "sb3", "setting": f"{sb['vec_env']} x {sb['n_envs']}",
+        rows.append({"learner": "sb3" if args.policy == "mlp" else "sb3-contrib RecurrentPPO",
+                     "setting": f"{sb['vec_env']} x {sb['n_envs']}",
                      "steps/s": sb["steps_per_s"], "env steps": sb["env_steps"], "seconds": sb["seconds"],
                      "compile s": 0.0})
     common.print_table(rows, ["learner", "setting", "steps/s", "env steps", "seconds", "compile s"])
@@ -150,7 +161,10 @@ def main(argv=None) -> int:
         "sb3_steps_per_s": sb["steps_per_s"] if sb else None,
         "ratio": ratio,
         "tbjax_compile_s": tb["compile_s"],
-        "versions": common.versions("jax", "jaxlib", "flax", "optax", "stable_baselines3", "torch",
+        "policy": args.policy,
+        "ratio_per_policy": {p: (r["steps_per_s"] / sb["steps_per_s"] if sb else None) for p, r in best_of.items()},
+        "tbjax_steps_per_s_per_policy": {p: r["steps_per_s"] for p, r in best_of.items()},
+        "versions": common.versions("jax", "jaxlib", "flax", "optax", "stable_baselines3", "sb3_contrib", "torch",
                                     "gymnasium", "numpy"),
         "settings": {
             "market": {"symbols": args.symbols, "bars": args.bars, "window": args.window,

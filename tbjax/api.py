@@ -97,8 +97,11 @@ class TradingPolicy:
     """A restored agent: frozen feature pipeline, frozen observation statistics, deterministic policy."""
 
     def __init__(self, cfg: Config, pipeline: FeaturePipeline, trainer, params, obs_stats, symbols: list[str],
-                 checkpoint: str, meta: dict):
+                 checkpoint: str, meta: dict, policy_apply=None):
+        """``policy_apply``: the trainer's, or a population's ensemble over stacked members' params."""
         self.config, self.pipeline, self.trainer = cfg, pipeline, trainer
+        self.policy_apply = policy_apply or trainer.policy_apply
+        self.members = list(meta.get("selected") or [])  # a population's ensemble members ([] for one policy)
         self.params, self.obs_stats = params, obs_stats
         self.symbols = list(symbols)
         self.feature_columns = list(pipeline.columns)
@@ -141,7 +144,7 @@ class TradingPolicy:
         market, n = self._market(_as_columns(bars))
         n_decisions = n - self.window_size + 1
         env_params = _env_params(self.config, role=WALK_ROLE, equity_floor=0.0)
-        outs = walk(self.trainer.policy_apply, self.params, self.obs_stats, env_params, market,
+        outs = walk(self.policy_apply, self.params, self.obs_stats, env_params, market,
                     jnp.asarray([self.window_size - 1], jnp.int32), jnp.asarray([n_decisions], jnp.int32),
                     jnp.asarray([position], jnp.float32), jax.random.PRNGKey(0), n_decisions, True)
         target = np.asarray(outs["target"][0], np.float64)
@@ -204,7 +207,9 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     from tbjax.data.market import market_data_from_arrays
     from tbjax.run.setup import hparams_from_config, spec_from_config
     from tbjax.env.protocol import MarketEnv
+    from tbjax.learner.population import ensemble_apply, member_keys
     from tbjax.learner.trainer import make_trainer
+    from tbjax.run.population import population_hparams, select_members
 
     run_dir, kinds = _resolve(run_dir_or_checkpoint)
     cfg = _resolve_run_paths(load_config(run_dir / "config.yaml"), run_dir)
@@ -220,12 +225,24 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
         open_=[zeros + 1], close=[zeros + 1], volatility=[zeros], volume=[zeros + 1],
         tradable=[np.ones(rows, bool)], hour_of_week=[np.zeros(rows, np.int32)],
         role_ranges=[[(0, rows), (0, 0), (0, 0)]], feature_names=[f"{c}_z" for c in pipeline.columns])
-    template = jax.eval_shape(trainer.init, jax.random.PRNGKey(cfg.train.seed),
-                              hparams_from_config(cfg, env_params), market)
+    hparams = hparams_from_config(cfg, env_params)
+    if cfg.train.population == 1:
+        template = jax.eval_shape(trainer.init, jax.random.PRNGKey(cfg.train.seed), hparams, market)
+    else:  # a population run: the stacked carry of its members (tbjax.run.population)
+        template = jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, 0, None)),
+                                  member_keys(cfg.train.seed, cfg.train.population),
+                                  population_hparams(cfg, hparams), market)
     ckpt = RunCheckpoints(run_dir)
     kind = next((k for k in kinds if ckpt.meta(k) is not None), None)
     if kind is None:
         raise InputError(f"no {' or '.join(kinds)} checkpoint under '{run_dir / 'checkpoints'}': the run has not "
                          "saved one yet; train it (python -m tbjax.train) or pick another run dir")
     carry, meta = ckpt.restore(kind, template)
-    return TradingPolicy(cfg, pipeline, trainer, carry.params, carry.obs_stats, symbols, kind, meta)
+    if cfg.train.population == 1:
+        return TradingPolicy(cfg, pipeline, trainer, carry.params, carry.obs_stats, symbols, kind, meta)
+    selected = meta.get("selected") or select_members(meta.get("member_objective", []), cfg.train.ensemble_top_k)
+    meta = {**meta, "selected": selected}
+    idx = jnp.asarray(selected, jnp.int32)
+    params, stats = jax.tree_util.tree_map(lambda x: x[idx], (carry.params, carry.obs_stats))
+    apply = ensemble_apply(trainer.policy_apply, cfg.env.action_mode, cfg.env.position_levels, len(selected))
+    return TradingPolicy(cfg, pipeline, trainer, params, stats, symbols, kind, meta, policy_apply=apply)

@@ -5,9 +5,8 @@ and what to change; an unknown key suggests the nearest valid one (``ppo.learnig
 mean ppo.learning_rate?"). Fields split into static shapes (hashable, part of the compiled
 program) and continuous values (traced float leaves of ``HParams``; docs/DESIGN.md).
 
-This module is the ONLY place where defaults live: the env's cost defaults (tbjax.env.market),
-the learner's HParams and TrainerSpec defaults (tbjax.agent.hparams) are read from these
-dataclasses, and configs/base.yaml shows the same values (a test loads an empty YAML and compares).
+The ONLY place where defaults live: tbjax.env.market and tbjax.agent.hparams read them from these
+dataclasses; configs/base.yaml shows the same values (a test loads an empty YAML and compares).
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ from typing import Any, Optional
 
 import yaml
 
+from tbjax.config_rules import SLOWEST_INDICATOR_WINDOW, validate  # noqa: F401 (re-exported)
 from tbjax.errors import InputError
 
-SLOWEST_INDICATOR_WINDOW = 26  # MACD slow EMA; tbjax.data.features.SLOWEST_WINDOW must agree
 
 
 def traced(default: Any):
@@ -92,6 +91,8 @@ class PPOConfig:
     n_epochs: int = static(4)
     n_minibatches: int = static(4)
     hidden_sizes: list[int] = static(factory=lambda: [64, 64])
+    policy: str = static("mlp")  # mlp | gru | lstm (a recurrent core after the MLP encoder)
+    rnn_size: int = static(64)
     num_quantiles: int = static(32)
     non_crossing: bool = static(True)
     shared_torso: bool = static(False)
@@ -118,6 +119,9 @@ class TrainConfig:
     eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
     seed: int = 0
     precision: str = "float32"
+    population: int = 1  # members trained as ONE vmapped program, seeds seed .. seed+P-1; > 1: an ensemble policy
+    ensemble_top_k: Optional[int] = None  # None: every member whose val objective beats flat's (0), at least the best
+    population_jitter: float = 0.0  # sigma of log-normal jitter of ppo.learning_rate and ppo.ent_coef (member 0: none)
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,12 @@ class HPOConfig:
 class WalkForwardConfig:
     folds: int = 4
     train_mode: str = "expanding"  # expanding: train from the first bar; rolling: the last train_bars
-    train_bars: Optional[int] = None  # None: expanding, everything before val; rolling: fold 0's train length
-    val_bars: Optional[int] = None  # None: the data's bars // (folds + 4)
-    test_bars: Optional[int] = None  # None: the data's bars // (folds + 4)
-    step_bars: Optional[int] = None  # None: test_bars (test segments tile the end of the data)
-    embargo_bars: Optional[int] = None  # None: the warm-up length
+    # Spans: bars (int) or a duration ('90d', '12w', '720h') turned into bars at the data's average bar rate
+    train_bars: Any = None  # None: expanding, everything before val; rolling: fold 0's train length
+    val_bars: Any = None  # None: the data's bars // (folds + 4)
+    test_bars: Any = None  # None: the data's bars // (folds + 4)
+    step_bars: Any = None  # None: test_bars (test segments tile the end of the data)
+    embargo_bars: Any = None  # None: the warm-up length
 
 
 @dataclass(frozen=True)
@@ -213,13 +218,10 @@ def _unknown_key(path: str) -> InputError:
 def _coerce(value: Any, hint: Any, path: str) -> Any:
     """Check ``value`` against a field's type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(hint)
-    if hint is Any:
+    if hint is Any or (value is None and origin in (typing.Union, types.UnionType)):
         return value
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], path)
+        return _coerce(value, [a for a in typing.get_args(hint) if a is not type(None)][0], path)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"config key '{path}' must be a list, got {value!r}")
@@ -323,78 +325,3 @@ def config_to_dict(cfg: Config) -> dict:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)
-
-
-def _validate_walkforward(w: WalkForwardConfig) -> None:  # fit to the data: tbjax.run.folds
-    _check(w.folds >= 1, f"walkforward.folds must be >= 1, got {w.folds}")
-    _check(w.train_mode in ("expanding", "rolling"), f"walkforward.train_mode must be 'expanding' or 'rolling', got '{w.train_mode}'")
-    bad = [f"walkforward.{n}" for n in ("train_bars", "val_bars", "test_bars", "step_bars") if getattr(w, n) is not None and getattr(w, n) < 1]
-    _check(not bad and (w.embargo_bars or 0) >= 0, f"{', '.join(bad) or 'walkforward.embargo_bars'} must be null or >= {int(bool(bad))}")
-
-
-def validate(cfg: Config) -> None:
-    """Ranges and cross-field rules, each with a message that says what to change."""
-    e, p, t, ev = cfg.env, cfg.ppo, cfg.train, cfg.eval
-    for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles"):
-        _check(getattr(p, name) >= 1, f"ppo.{name} must be >= 1, got {getattr(p, name)}")
-    _check(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes),
-           f"ppo.hidden_sizes must be a non-empty list of positive widths, got {p.hidden_sizes}")
-    _check((p.n_steps * p.n_envs) % p.n_minibatches == 0,
-           f"ppo.n_steps * ppo.n_envs = {p.n_steps * p.n_envs} is not divisible by ppo.n_minibatches = "
-           f"{p.n_minibatches}: choose n_minibatches dividing {p.n_steps * p.n_envs} (e.g. a power of two)")
-    _check(p.learning_rate > 0, f"ppo.learning_rate must be > 0, got {p.learning_rate}")
-    _check(0 <= p.lr_min <= p.learning_rate, f"ppo.lr_min must lie in [0, learning_rate], got {p.lr_min}")
-    _check(p.lr_schedule in ("constant", "linear"), f"ppo.lr_schedule must be 'constant' or 'linear', got '{p.lr_schedule}'")
-    _check(0 < p.gamma <= 1, f"ppo.gamma must lie in (0, 1], got {p.gamma}")
-    _check(0 <= p.gae_lambda <= 1, f"ppo.gae_lambda must lie in [0, 1], got {p.gae_lambda}")
-    _check(0 < p.clip_eps < 1, f"ppo.clip_eps must lie in (0, 1), got {p.clip_eps}")
-    _check(p.ent_coef >= 0 and p.vf_coef >= 0, "ppo.ent_coef and ppo.vf_coef must be >= 0")
-    _check(p.max_grad_norm > 0, f"ppo.max_grad_norm must be > 0, got {p.max_grad_norm}")
-    _check(0 < p.cvar_alpha < 1, f"ppo.cvar_alpha must lie in (0, 1), got {p.cvar_alpha}")
-    _check(p.cvar_weight >= 0, f"ppo.cvar_weight must be >= 0, got {p.cvar_weight}")
-    # With N quantiles the critic's tail has mass 1/N per quantile: below alpha = 1/N both VaR and
-    # CVaR are the lowest quantile, so alpha would only rescale ppo.cvar_weight (docs/ALGORITHMS.md).
-    _check(p.cvar_weight == 0 or p.cvar_alpha >= 1.0 / p.num_quantiles,
-           f"ppo.cvar_alpha = {p.cvar_alpha} is below 1/ppo.num_quantiles = 1/{p.num_quantiles} = "
-           f"{1.0 / p.num_quantiles:.4g}: the critic cannot resolve a thinner tail (VaR and CVaR would both be "
-           f"its lowest quantile); raise ppo.cvar_alpha to >= {1.0 / p.num_quantiles:.4g} or ppo.num_quantiles "
-           f"to >= {math.ceil(1.0 / p.cvar_alpha)}")
-    _check(0 < p.popart_beta <= 1, f"ppo.popart_beta must lie in (0, 1], got {p.popart_beta}")
-    _check(p.huber_kappa > 0 and p.obs_clip > 0, "ppo.huber_kappa and ppo.obs_clip must be > 0")
-
-    _check(e.window_size >= SLOWEST_INDICATOR_WINDOW,
-           f"env.window_size = {e.window_size} is below the slowest indicator window "
-           f"({SLOWEST_INDICATOR_WINDOW} bars, MACD's slow EMA): set env.window_size >= {SLOWEST_INDICATOR_WINDOW}")
-    _check(e.episode_len >= 1, f"env.episode_len must be >= 1, got {e.episode_len}")
-    _check(e.action_mode in ("discrete", "continuous"), f"env.action_mode must be 'discrete' or 'continuous', got '{e.action_mode}'")
-    levels = e.position_levels
-    _check(len(levels) >= 2 and all(math.isfinite(v) for v in levels) and list(levels) == sorted(set(levels)),
-           f"env.position_levels must be at least two finite, sorted, distinct target positions, got {levels}")
-    _check(e.min_position < e.max_position, f"env.min_position must be < env.max_position, got {e.min_position} >= {e.max_position}")
-    _check(e.symbol_sampling in ("uniform", "length"), f"env.symbol_sampling must be 'uniform' or 'length', got '{e.symbol_sampling}'")
-    for name in ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar", "turnover_penalty"):
-        _check(getattr(e, name) >= 0, f"env.{name} must be >= 0, got {getattr(e, name)}")
-    _check(0 <= e.equity_floor < 1, f"env.equity_floor must lie in [0, 1) (a fraction of starting equity), got {e.equity_floor}")
-    _check(e.capital > 0, f"env.capital must be > 0, got {e.capital}")
-
-    _check(t.total_env_steps >= 1 and t.updates_per_chunk >= 1 and t.eval_every >= 1,
-           "train.total_env_steps, train.updates_per_chunk and train.eval_every must be >= 1")
-    _check(t.precision in ("float32", "bfloat16"), f"train.precision must be 'float32' or 'bfloat16', got '{t.precision}'")
-    _check(min(ev.w_val, ev.w_choppy, ev.w_trend) >= 0, "eval.w_val, eval.w_choppy and eval.w_trend must be >= 0")
-    _check(ev.regime_bars >= 200, f"eval.regime_bars must be >= 200, got {ev.regime_bars}")
-    if cfg.data.embargo_bars is not None:
-        _check(cfg.data.embargo_bars >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
-    if cfg.data.bars_per_year is not None:
-        _check(cfg.data.bars_per_year > 0, f"data.bars_per_year must be > 0, got {cfg.data.bars_per_year}")
-    _validate_walkforward(cfg.walkforward)
-    _check(cfg.hpo.batch >= 1 and cfg.hpo.n_trials >= 1, "hpo.batch and hpo.n_trials must be >= 1")
-    _check(cfg.hpo.pruner in ("successive_halving", "median", "hyperband", "patient", "none"),
-           f"hpo.pruner must be one of successive_halving, median, hyperband, patient, none; got '{cfg.hpo.pruner}'")

@@ -6,6 +6,7 @@ always runs. vs_sb3 and learning_speed use the same tiny trainer settings, so in
 second reuses the first's compiled trainer (``common.tbjax_trainer`` is cached).
 """
 
+import importlib.util
 import json
 import math
 import sys
@@ -17,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, learning_speed, run_all, scaling, vs_sb3, walkforward_speed  # noqa: E402
+from benchmarks import common, learning_speed, policy_quality, run_all, scaling, vs_sb3, walkforward_speed  # noqa: E402
 from tbjax.evaluation.backtest import split_walk  # noqa: E402
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL  # noqa: E402
 
@@ -106,6 +107,18 @@ def test_vs_sb3_tiny(tmp_path):
         assert data["sb3_steps_per_s"] is None
 
 
+def test_vs_sb3_recurrent_tiny(tmp_path):
+    """tbjax's GRU against sb3-contrib's RecurrentPPO on the same tiny work."""
+    out = tmp_path / "vs_sb3_recurrent.json"
+    assert vs_sb3.main(["--tiny", "--policy", "gru", "--out", str(out)]) == 0
+    data = _check_json(out, ["tbjax_steps_per_s", "ratio_per_policy", "settings"])
+    assert data["policy"] == "gru" and data["settings"]["tbjax"]["policy"] == "gru"
+    assert data["settings"]["tbjax"]["env_steps"] == 64 * 16
+    if HAVE_SB3 and importlib.util.find_spec("sb3_contrib"):
+        assert data["sb3_steps_per_s"] > 0 and data["ratio_per_policy"]["gru"] > 0
+        assert data["settings"]["sb3"]["env_steps"] == 2 * 2 * 16
+
+
 def test_learning_speed_tiny(tmp_path):
     out = tmp_path / "learning_speed.json"
     assert learning_speed.main(["--tiny", "--out", str(out)]) == 0
@@ -117,6 +130,22 @@ def test_learning_speed_tiny(tmp_path):
     assert data["tbjax"]["history"] and all(math.isfinite(h["val_sharpe_per_bar"]) for h in data["tbjax"]["history"])
     if HAVE_SB3:
         assert isinstance(data["sb3_reached"], bool) and data["sb3"]["history"]
+
+
+def test_policy_quality_tiny(tmp_path):
+    """Writes the issue's JSON keys; the tbjax ensemble is the members that beat flat on VAL."""
+    out = tmp_path / "policy_quality.json"
+    assert policy_quality.main(["--tiny", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {"device", "budget_s", "markets"} <= set(doc)
+    side = doc["markets"]["planted_weak"]
+    assert (side["sb3"] is not None) == HAVE_SB3
+    run = side["tbjax"]["runs"][0]
+    val = run["members_val_sortino"]
+    winners = sorted((i for i, v in enumerate(val) if v > 0), key=lambda i: -val[i])
+    assert run["chosen"] == (winners or [int(np.argmax(val))])
+    for key in ("sharpe", "sortino", "turnover"):
+        assert math.isfinite(side["tbjax"][key]["mean"]) and side["tbjax"][key]["spread"] == 0.0  # one repetition
 
 
 def test_sb3_twin_walk_matches_backtest_bars(tiny_market):

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "tbjax"
 # lowest first; a module may import its own layer and any layer before it
 LAYERS = [
-    ("tbjax.errors", "tbjax.config", "tbjax.atomic"),
+    ("tbjax.errors", "tbjax.config", "tbjax.config_rules", "tbjax.atomic"),
     ("tbjax.data",),
     ("tbjax.env",),
     ("tbjax.agent",),

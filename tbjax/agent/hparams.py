@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tbjax.agent.networks import POLICIES
 from tbjax.config import PPOConfig, TrainConfig, default_config, keys_of_kind
 from tbjax.errors import InputError
 
@@ -118,6 +119,8 @@ class TrainerSpec:
     num_quantiles: int = _PPO.num_quantiles
     non_crossing: bool = _PPO.non_crossing
     shared_torso: bool = _PPO.shared_torso
+    policy: str = _PPO.policy
+    rnn_size: int = _PPO.rnn_size
     huber_kappa: float = _PPO.huber_kappa
     obs_clip: float = _PPO.obs_clip
     lr_schedule: str = _PPO.lr_schedule
@@ -129,7 +132,7 @@ class TrainerSpec:
     def validate(self, n_devices: int = 1) -> None:
         """Raise InputError naming the field and the fix for an inconsistent spec."""
         for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "updates_per_chunk",
-                     "total_updates", "num_quantiles", "holdout_size", "n_groups"):
+                     "total_updates", "num_quantiles", "holdout_size", "n_groups", "rnn_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"trainer.{name}: got {getattr(self, name)}; use an integer >= 1")
         batch = self.n_envs * self.n_steps
@@ -137,6 +140,13 @@ class TrainerSpec:
             raise InputError(
                 f"trainer.n_minibatches: {self.n_minibatches} does not divide the batch "
                 f"n_envs*n_steps = {batch}; choose a divisor of {batch}"
+            )
+        if self.policy not in POLICIES:
+            raise InputError(f"trainer.policy: got {self.policy!r}; use one of {', '.join(POLICIES)}")
+        if self.policy != "mlp" and self.n_envs % self.n_minibatches:
+            raise InputError(
+                f"trainer.n_minibatches: {self.n_minibatches} does not divide n_envs = {self.n_envs}; a "
+                f"recurrent policy's minibatches are whole env sequences: choose a divisor of {self.n_envs}"
             )
         if self.n_envs % n_devices:
             raise InputError(

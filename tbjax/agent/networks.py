@@ -18,6 +18,12 @@ leaves "kernel" and "bias":
   kernel > 0; PopArt multiplies the kernel by sigma / sigma' > 0, and the forward pass stops the
   gradient into the kernel, so training cannot flip its sign. The kernel therefore starts at 1
   and changes only through popart_rescale; the shared bias is trainable (order-preserving).
+
+Recurrent policies (``policy`` "gru" or "lstm"; docs/ALGORITHMS.md, "Recurrent policy"): the torso
+is the MLP encoder followed by a recurrent core of ``rnn_size`` units, and the heads read the
+core's output. The state of every core is one float32 array [..., state_size] (GRU: h; LSTM:
+c then h; separate actor and critic cores: actor's then critic's), zeroed where ``reset`` is
+true BEFORE the step, so a sequence with an episode start inside equals two separate sequences.
 """
 
 from __future__ import annotations
@@ -40,14 +46,18 @@ from tbjax.agent.policy import (  # re-exported: the trainer imports the policy 
 
 __all__ = [
     "ACTION_MODES",
+    "POLICIES",
     "ActorCritic",
     "critic_head_path",
+    "init_params",
     "policy_entropy",
     "policy_log_prob",
     "policy_mode",
     "policy_sample",
+    "state_size",
 ]
 
+POLICIES = ("mlp", "gru", "lstm")
 # Clamp for the continuous policy's log standard deviation: std in [e^-5, e^2] ~ [0.007, 7.4].
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
@@ -89,6 +99,79 @@ class MLPTorso(nn.Module):
         return x
 
 
+def _fused(features: int, dtype, name: str, bias: bool = True) -> nn.Dense:
+    return nn.Dense(features, use_bias=bias, kernel_init=_orthogonal(1.0), bias_init=nn.initializers.zeros,
+                    dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ResetCell(nn.Module):
+    """One step of a GRU (Cho et al. 2014) or LSTM (Hochreiter & Schmidhuber 1997) with reset.
+
+    Gates are fused: ``gx`` is the input's projection W_x x + b (computed for a whole sequence
+    at once by :class:`RecurrentCore`, outside the time loop) and one matmul W_h h runs per step.
+    GRU as in PyTorch: r, z = sigmoid(gx_rz + W_h,rz h + b_h,rz), n = tanh(gx_n + r (W_hn h + b_hn)),
+    h' = (1 - z) n + z h. LSTM: i, f, g, o = gx + W_h h; c' = sig(f) c + sig(i) tanh(g),
+    h' = sig(o) tanh(c'). ``carry`` is the float32 state [..., state_size]; inputs = (gx, reset).
+    """
+
+    cell: str
+    size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry: jax.Array, inputs) -> tuple[jax.Array, jax.Array]:
+        gx, reset = inputs
+        state = jnp.where(reset[..., None], 0.0, carry)
+        n_gates = 3 if self.cell == "gru" else 4
+        if self.cell == "gru":
+            gh = _fused(n_gates * self.size, self.dtype, "state")(state).astype(jnp.float32)
+            xr, xz, xn = jnp.split(gx, 3, axis=-1)
+            hr, hz, hn = jnp.split(gh, 3, axis=-1)
+            r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+            h = (1.0 - z) * jnp.tanh(xn + r * hn) + z * state
+            return h, h
+        c, h = jnp.split(state, 2, axis=-1)
+        gh = _fused(n_gates * self.size, self.dtype, "state", bias=False)(h).astype(jnp.float32)
+        i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return jnp.concatenate([c, h], axis=-1), h
+
+
+class RecurrentCore(nn.Module):
+    """A ResetCell over one step (x [B, E], reset [B]) or a time-major sequence (x [T, B, E],
+    reset [T, B]) by ``nn.scan``; returns (final state [B, state], outputs [(T,) B, size])."""
+
+    cell: str
+    size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, state: jax.Array, x: jax.Array, reset: jax.Array):
+        n_gates = 3 if self.cell == "gru" else 4
+        gx = _fused(n_gates * self.size, self.dtype, "input")(x).astype(jnp.float32)
+        if reset.ndim == state.ndim - 1:
+            return ResetCell(self.cell, self.size, self.dtype, name="step")(state, (gx, reset))
+        scan = nn.scan(ResetCell, variable_broadcast="params", split_rngs={"params": False})
+        return scan(self.cell, self.size, self.dtype, name="step")(state, (gx, reset))
+
+
+def state_size(policy: str, rnn_size: int, shared_torso: bool) -> int:
+    """Width of the recurrent state array (0 for the MLP policy)."""
+    if policy == "mlp":
+        return 0
+    return (1 if shared_torso else 2) * (2 if policy == "lstm" else 1) * rnn_size
+
+
+def init_params(network: ActorCritic, key: jax.Array, obs_dim: int):
+    """Initial variables of ``network`` for observations of width ``obs_dim``."""
+    if network.policy == "mlp":
+        return network.init(key, jnp.zeros((obs_dim,), jnp.float32))
+    size = state_size(network.policy, network.rnn_size, network.shared_torso)
+    return network.init(key, jnp.zeros((1, obs_dim), jnp.float32), jnp.zeros((1, size), jnp.float32),
+                        jnp.zeros((1,), bool))
+
+
 class SharedAffine(nn.Module):
     """y = stop_gradient(kernel) * theta + bias with scalar kernel (init 1) and bias (init 0).
 
@@ -112,7 +195,8 @@ class ActorCritic(nn.Module):
         action_mode: "discrete" (logits) or "continuous" ((mean, log_std) of a pre-tanh Gaussian).
         num_quantiles: N quantiles of the normalised return.
         non_crossing: monotone quantile head (see the module docstring).
-        shared_torso: one torso for actor and critic instead of two.
+        shared_torso: one torso (encoder, and core if recurrent) for actor and critic instead of two.
+        policy: "mlp", or "gru" / "lstm": a recurrent core of ``rnn_size`` units after the encoder.
         dtype: compute dtype (bfloat16 on GPU/TPU); parameters stay float32, outputs are float32.
     """
 
@@ -122,22 +206,31 @@ class ActorCritic(nn.Module):
     num_quantiles: int = 32
     non_crossing: bool = True
     shared_torso: bool = False
+    policy: str = "mlp"
+    rnn_size: int = 64
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """obs [..., obs_dim] -> (policy_params, quantiles_normalised [..., num_quantiles]).
+    def __call__(self, obs: jax.Array, hidden: jax.Array | None = None, reset: jax.Array | None = None):
+        """MLP: obs [..., obs_dim] -> (policy_params, quantiles_normalised [..., num_quantiles]).
 
-        policy_params: logits [..., n_actions] (discrete) or [..., 2] = (mean, log_std).
+        Recurrent: (obs [B, obs_dim], hidden [B, state], reset [B]) for one step, or a time-major
+        sequence (obs [T, B, obs_dim], hidden [B, state], reset [T, B]) -> (policy_params,
+        quantiles, final hidden [B, state]). policy_params: logits [..., n_actions] (discrete) or
+        [..., 2] = (mean, log_std).
         """
         check_action_mode(self.action_mode)
         x = jnp.asarray(obs, self.dtype)
-        if self.shared_torso:
-            actor_h = critic_h = MLPTorso(self.hidden_sizes, self.dtype, name="torso")(x)
-        else:
-            actor_h = MLPTorso(self.hidden_sizes, self.dtype, name="actor_torso")(x)
-            critic_h = MLPTorso(self.hidden_sizes, self.dtype, name="critic_torso")(x)
-        return self._policy_head(actor_h), self._critic_head(critic_h)
+        names = ("torso",) if self.shared_torso else ("actor_torso", "critic_torso")
+        encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(x) for name in names]
+        if self.policy == "mlp":
+            return self._policy_head(encoded[0]), self._critic_head(encoded[-1])
+        outs, states = [], []
+        for name, e, state in zip(names, encoded, jnp.split(hidden, len(names), axis=-1)):
+            state, y = RecurrentCore(self.policy, self.rnn_size, self.dtype, name=f"{name}_core")(state, e, reset)
+            outs.append(y.astype(self.dtype))
+            states.append(state)
+        return self._policy_head(outs[0]), self._critic_head(outs[-1]), jnp.concatenate(states, axis=-1)
 
     def _dense(self, features: int, scale: float, name: str, bias: float = 0.0) -> nn.Dense:
         return nn.Dense(

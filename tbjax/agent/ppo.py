@@ -22,7 +22,7 @@ different values share one compiled program.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -123,7 +123,9 @@ class PPOBatch:
     obs: observations normalised with the rollout's RunningStats; action, log_prob: behaviour
     policy; advantage: CVaR-shaped policy advantage (not yet standardised); target: lambda-return
     normalised with the NEW PopArt statistics; tradable: the action was executed (fill bar
-    tradable).
+    tradable). Recurrent policies: leaves are env-major sequences [B, T, ...], ``hidden`` [B, state]
+    is the core's state at the first step and ``reset`` [B, T] marks episode starts; the MLP leaves
+    both None.
     """
 
     obs: jax.Array
@@ -132,6 +134,8 @@ class PPOBatch:
     advantage: jax.Array
     target: jax.Array
     tradable: jax.Array
+    hidden: Any = None
+    reset: Any = None
 
 
 def ppo_loss(
@@ -149,7 +153,10 @@ def ppo_loss(
     information about the action taken. The critic learns every transition (the return is
     defined whether or not the action was executed).
     """
-    policy_params, quantiles = apply_fn(params, batch.obs)
+    if batch.hidden is None:
+        policy_params, quantiles = apply_fn(params, batch.obs)
+    else:  # a recurrent core re-runs each sequence from its stored state
+        policy_params, quantiles = apply_fn(params, batch.obs, batch.hidden, batch.reset)
     mask = batch.tradable
     log_ratio = policy_log_prob(policy_params, batch.action, action_mode) - batch.log_prob
     ratio = jnp.exp(log_ratio)
@@ -194,7 +201,8 @@ def ppo_update(
 ):
     """n_epochs x n_minibatches SGD steps as nested scans (PureJaxRL's update shape).
 
-    Each epoch reshuffles the whole batch. Returns (params, opt_state, metrics, finite) where
+    Each epoch reshuffles the batch along its leading axis (transitions, or whole env sequences
+    for a recurrent policy). Returns (params, opt_state, metrics, finite) where
     metrics average over all steps and ``finite`` is False if any step saw a non-finite loss or
     gradient (the caller then discards the whole update).
     """

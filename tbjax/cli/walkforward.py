@@ -46,7 +46,14 @@ def main(argv=None) -> int:
         doc = run_walkforward(cfg, run_dir, sequential=args.sequential, log=log)
     except InputError as exc:
         return print_error(exc)
+    def num(v):
+        return "n/a" if v is None else f"{v:.3f}"
     for row in doc["folds"]:
-        print(f"fold {row['fold']}: val sortino {row['val_sortino']}, test {row['test']}")
-    print(f"stitched: {doc['stitched']['metrics'].get('sortino')} sortino; written to {run_dir}")
+        t = row["test"]
+        print(f"fold {row['fold']}: val sortino {num(row['val_sortino'])}; test sortino {num(t.get('sortino'))}, "
+              f"return {num(t.get('total_return'))} (buy-and-hold sortino {num(t['buy_and_hold'].get('sortino'))})")
+    st = doc["stitched"]
+    print(f"stitched out-of-sample: sortino {num(st['metrics'].get('sortino'))} vs buy-and-hold "
+          f"{num(st['buy_and_hold'].get('sortino'))}; {st['is_it_real'].get('reading', '')}")
+    print(f"written to {run_dir} (each fold's policy in {run_dir / 'folds'})")
     return 0

@@ -38,12 +38,13 @@ _UNIT_MS = {"s": 1000, "m": MS_PER_MINUTE, "h": 3_600_000, "d": MS_PER_DAY, "w":
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 
-def parse_timeframe(text: str) -> int:
-    """'15m', '1h', '4h', '1d', '1w', '30s' → milliseconds (prepare's and synth's --timeframe)."""
+def parse_timeframe(text: str, key: str = "--timeframe") -> int:
+    """'15m', '1h', '4h', '1d', '1w', '30s' → milliseconds (prepare's and synth's --timeframe, the
+    walk-forward spans given as durations; ``key`` names the setting in the error)."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", str(text).lower())
     if not match or int(match.group(1)) == 0:
-        raise InputError(f"--timeframe {text!r} is not a bar length; use a number and a unit "
-                         f"s/m/h/d/w, e.g. 1m, 15m, 1h, 4h, 1d")
+        raise InputError(f"{key} {text!r} is not a length of time; use a number and a unit "
+                         f"s/m/h/d/w, e.g. 1m, 15m, 1h, 4h, 1d, 90d, 12w")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 

@@ -23,6 +23,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tbjax.evaluation.population_report import population_section
 from tbjax.atomic import write_atomic, write_with  # noqa: E402
 from tbjax.errors import InputError  # noqa: E402
 from tbjax.evaluation.metrics import METRIC_KEYS, drawdown_curve, var_cvar  # noqa: E402
@@ -376,6 +377,7 @@ def write_report(run_dir: Path, evals: dict[str, dict],
 
     lines = [f"# tbjax run report: {run_dir.name}", ""]
     lines += _summary(run_dir, splits, evals, series, history)
+    lines += population_section(run_dir, evals)  # members and their spread before the ensemble's tables
     for split in splits:
         n_sym = len(series.get(split) or {})
         lines += _split_section(split, evals.get(split) or {}, plot_names[split])

@@ -22,6 +22,9 @@ from tbjax.agent.popart import PopArtStats
 class TrainCarry:
     """Everything the fused loop carries from one update to the next (donated each chunk).
 
+    A recurrent policy's ``hidden`` is the state after the last rollout step, already zeroed where
+    that step ended an episode, so the next rollout starts from it as stored (docs/ALGORITHMS.md).
+
     PopArt starts from the moments of the initial policy's returns (rollout.initial_popart); the
     holdout is a fixed batch of the initial policy's transitions whose EV against the current
     critic is reported per chunk (popart/holdout_ev), a check that rescaling keeps the critic
@@ -42,6 +45,8 @@ class TrainCarry:
     holdout_obs: jax.Array      # [H, obs_dim] raw observations of the initial policy's rollout
     holdout_returns: jax.Array  # [H] their lambda-returns (initial critic)
     holdout_mask: jax.Array     # [H] tradable
+    hidden: Any = None          # [N, state] recurrent state for last_obs (sharded over "env"); None: mlp
+    holdout_hidden: Any = None  # [H, state] recurrent state before each holdout observation; None: mlp
 
 
 @flax.struct.dataclass
@@ -64,6 +69,7 @@ class Transition:
     ep_return: jax.Array
     ep_length: jax.Array
     ep_equity: jax.Array
+    hidden: Any = None  # recurrent state before the step (recorded only for the holdout)
 
 
 def all_finite(tree) -> jax.Array:

@@ -11,11 +11,12 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tbjax.agent.hparams import TrainerSpec
-from tbjax.agent.networks import ActorCritic
+from tbjax.agent.networks import ActorCritic, state_size
 from tbjax.agent.normalize import normalize_obs
 from tbjax.agent.popart import denormalize_value
 
@@ -44,10 +45,45 @@ class Learner:
         sharding = NamedSharding(self.mesh, P("env"))
         return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
+    @property
+    def recurrent(self) -> bool:
+        return self.network.policy != "mlp"
+
     def forward(self, params, obs_stats, popart, obs):
         """(logits, de-normalised critic quantiles) of raw observations with the given statistics."""
         logits, q = self.apply(params, normalize_obs(obs_stats, obs, self.spec.obs_clip))
         return logits, denormalize_value(popart, q, self.spec.popart_sigma_min)
+
+    def initial_hidden(self, batch: tuple[int, ...]):
+        """Zero recurrent state [*batch, state_size]; None for the MLP policy (no state)."""
+        if not self.recurrent:
+            return None
+        size = state_size(self.network.policy, self.network.rnn_size, self.network.shared_torso)
+        return jnp.zeros(tuple(batch) + (size,), jnp.float32)
+
+    def step(self, params, obs_stats, popart, hidden, obs):
+        """One acting step of raw observations [B, obs_dim]: (logits, quantiles, next hidden), the
+        quantiles de-normalised with ``popart`` (left normalised when it is None). The MLP ignores
+        ``hidden`` (None) and returns it unchanged."""
+        x = normalize_obs(obs_stats, obs, self.spec.obs_clip)
+        if self.recurrent:
+            logits, q, hidden = self.apply(params, x, hidden, jnp.zeros(obs.shape[:-1], bool))
+        else:
+            logits, q = self.apply(params, x)
+        return logits, (q if popart is None else denormalize_value(popart, q, self.spec.popart_sigma_min)), hidden
+
+    def replay(self, params, obs, hidden, reset):
+        """Re-run env-major sequences: normalised obs [B, T, obs_dim] from the stored states
+        [B, state] with episode starts ``reset`` [B, T] -> (logits, normalised quantiles) [B, T, ...]."""
+        logits, q, _ = self.apply(params, jnp.swapaxes(obs, 0, 1), hidden, jnp.swapaxes(reset, 0, 1))
+        return jnp.swapaxes(logits, 0, 1), jnp.swapaxes(q, 0, 1)
+
+
+def reset_hidden(hidden, done):
+    """Zero the state of envs whose episode ended (auto-reset starts a new one); None stays None."""
+    if hidden is None:
+        return None
+    return jnp.where(done[..., None], 0.0, hidden)
 
 
 def build_network(spec: TrainerSpec, env, env_params) -> ActorCritic:
@@ -55,7 +91,8 @@ def build_network(spec: TrainerSpec, env, env_params) -> ActorCritic:
     return ActorCritic(
         hidden_sizes=tuple(spec.hidden_sizes), n_actions=env.n_actions(env_params),
         action_mode=env.action_mode(env_params), num_quantiles=spec.num_quantiles,
-        non_crossing=spec.non_crossing, shared_torso=spec.shared_torso, dtype=spec.compute_dtype)
+        non_crossing=spec.non_crossing, shared_torso=spec.shared_torso, policy=spec.policy,
+        rnn_size=spec.rnn_size, dtype=spec.compute_dtype)
 
 
 def make_mesh(devices=None) -> Mesh:

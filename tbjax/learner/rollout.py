@@ -3,7 +3,8 @@
 Values are the mean of the critic's de-normalised quantiles; VaR_alpha and CVaR_alpha of those
 quantiles are kept per step for the CVaR advantage. On truncation the bootstrap is
 V(info["final_obs"]); that forward pass runs under a batch-level ``lax.cond(any(truncated))``, so
-steps where no env was truncated pay nothing. Formulas: docs/ALGORITHMS.md (GAE, CVaR).
+steps where no env was truncated pay nothing. A recurrent policy carries its state through the
+scan and zeroes it where an episode ends (auto-reset). Formulas: docs/ALGORITHMS.md (GAE, CVaR).
 """
 
 from __future__ import annotations
@@ -17,28 +18,35 @@ from tbjax.agent.hparams import HParams
 from tbjax.agent.networks import policy_sample
 from tbjax.agent.popart import PopArtStats, init_popart, update_popart
 from tbjax.learner.carry import Transition
-from tbjax.learner.context import Learner
+from tbjax.learner.context import Learner, reset_hidden
 
 
-def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, last_obs, key, hp: HParams, data):
-    """(trajectory, advantages, lambda-returns, env_state, last_obs) of n_steps x n_envs."""
+def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, last_obs, key, hp: HParams, data,
+            hidden=None, record_hidden: bool = False):
+    """(trajectory, advantages, lambda-returns, env_state, last_obs, hidden) of n_steps x n_envs.
+
+    ``hidden`` is the recurrent state for ``last_obs`` (None for the MLP); it is zeroed where an
+    episode ends, and ``record_hidden`` keeps the state before each step in the trajectory.
+    """
     s = ctx.spec
     vstep = jax.vmap(ctx.env.step, in_axes=(0, 0, 0, None, None))
 
-    def mean_value(obs):
-        return jnp.mean(ctx.forward(params, obs_stats, popart, obs)[1], axis=-1)
+    def mean_value(obs_hidden):
+        obs, h = obs_hidden
+        return jnp.mean(ctx.step(params, obs_stats, popart, h, obs)[1], axis=-1)
 
     def env_step(runner, step_key):
-        env_state, obs = runner
+        env_state, obs, h = runner
         key_act, key_env = jax.random.split(step_key)
-        logits, q = ctx.forward(params, obs_stats, popart, obs)
+        logits, q, next_h = ctx.step(params, obs_stats, popart, h, obs)
         action, log_prob = policy_sample(key_act, logits, ctx.action_mode)
         next_obs, env_state, reward, done, info = vstep(jax.random.split(key_env, s.n_envs), env_state, action,
                                                         hp.env, data)
-        env_state, next_obs = ctx.shard_env((env_state, next_obs))
         truncated = info["truncated"]
+        # V of the pre-reset observation: a recurrent critic reads it with the state it continues
         final_value = jax.lax.cond(jnp.any(truncated), mean_value,
-                                   lambda o: jnp.zeros(o.shape[:1], jnp.float32), info["final_obs"])
+                                   lambda oh: jnp.zeros(oh[0].shape[:1], jnp.float32), (info["final_obs"], next_h))
+        env_state, next_obs, next_h = ctx.shard_env((env_state, next_obs, reset_hidden(next_h, done)))
         t = Transition(
             obs=obs, action=action, log_prob=log_prob, value=jnp.mean(q, axis=-1),
             final_value=final_value, reward=reward.astype(jnp.float32),
@@ -47,14 +55,16 @@ def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, las
             tradable=info["tradable"], symbol=info["symbol"],
             ep_return=info["episode_return"].astype(jnp.float32),
             ep_length=info["episode_length"].astype(jnp.float32),
-            ep_equity=info["final_equity"].astype(jnp.float32))
-        return (env_state, next_obs), t
+            ep_equity=info["final_equity"].astype(jnp.float32), hidden=h if record_hidden else None)
+        return (env_state, next_obs, next_h), t
 
-    (env_state, last_obs), traj = jax.lax.scan(env_step, (env_state, last_obs), jax.random.split(key, s.n_steps))
-    next_values = ppo.next_state_values(traj.value, mean_value(last_obs), traj.final_value, traj.truncated)
+    (env_state, last_obs, hidden), traj = jax.lax.scan(env_step, (env_state, last_obs, hidden),
+                                                       jax.random.split(key, s.n_steps))
+    next_values = ppo.next_state_values(traj.value, mean_value((last_obs, hidden)), traj.final_value,
+                                        traj.truncated)
     advantages, returns = ppo.gae(traj.reward, traj.value, next_values, traj.terminated, traj.done,
                                   hp.gamma, hp.gae_lambda)
-    return traj, advantages, returns, env_state, last_obs
+    return traj, advantages, returns, env_state, last_obs, hidden
 
 
 def initial_popart(traj: Transition, hp: HParams) -> PopArtStats:

@@ -9,7 +9,8 @@
    (networks.critic_head_path()) so unnormalised outputs do not move; the critic trains on G_t
    normalised with the NEW stats. Adam's moments are left as they are;
 4. CVaR shaping of the policy advantage (ppo.cvar_policy_advantage), then n_epochs x
-   n_minibatches SGD steps as nested scans (ppo.ppo_update);
+   n_minibatches SGD steps as nested scans (ppo.ppo_update); a recurrent policy's minibatches are
+   slices of the env axis that the core replays from the rollout's stored state (ppo_batch);
 5. the guard (learner.carry): a non-finite step discards the whole update.
 Formulas: docs/ALGORITHMS.md.
 """
@@ -78,27 +79,46 @@ def update_metrics(ctx: Learner, carry: TrainCarry, traj: Transition, returns, p
     }
 
 
+def ppo_batch(ctx: Learner, traj: Transition, policy_adv, returns, obs_stats, popart, hidden0) -> ppo.PPOBatch:
+    """The update's training batch; its leading axis is what minibatches slice.
+
+    MLP: transitions flattened to [n_steps * n_envs]. Recurrent: env-major sequences [n_envs,
+    n_steps] with the state stored at the rollout's start and the episode starts inside each
+    sequence (the step after a done), so the core re-runs exactly as it acted (truncated BPTT).
+    """
+    s = ctx.spec
+    if ctx.recurrent:
+        layout = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        starts = jnp.concatenate([jnp.zeros_like(traj.done[:1]), traj.done[:-1]], axis=0)
+        extra = {"hidden": hidden0, "reset": layout(starts)}
+    else:
+        layout = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+        extra = {}
+    return ppo.PPOBatch(
+        obs=layout(normalize_obs(obs_stats, traj.obs, s.obs_clip)), action=layout(traj.action),
+        log_prob=layout(traj.log_prob), advantage=layout(policy_adv),
+        target=layout(normalize_value(popart, returns, s.popart_sigma_min)), tradable=layout(traj.tradable),
+        **extra)
+
+
 def update(ctx: Learner, carry: TrainCarry, hp: HParams, data):
     """One rollout + PPO update (see the module docstring): (new carry, metrics)."""
     s = ctx.spec
     rng, key_roll, key_sgd = jax.random.split(carry.rng, 3)
-    traj, advantages, returns, env_state, last_obs = rollout(
-        ctx, carry.params, carry.obs_stats, carry.popart, carry.env_state, carry.last_obs, key_roll, hp, data)
+    traj, advantages, returns, env_state, last_obs, hidden = rollout(
+        ctx, carry.params, carry.obs_stats, carry.popart, carry.env_state, carry.last_obs, key_roll, hp, data,
+        carry.hidden)
     obs_stats = update_running_stats(carry.obs_stats, traj.obs)
     obs_stats = select(all_finite(obs_stats), obs_stats, carry.obs_stats)
     popart = update_popart(carry.popart, returns, traj.tradable, hp.popart_beta)
     params = rescale_critic_head(ctx, carry.params, carry.popart, popart)
 
     policy_adv = ppo.cvar_policy_advantage(advantages, returns, traj.var, hp.cvar_alpha, hp.cvar_weight)
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
-    batch = ppo.PPOBatch(
-        obs=flat(normalize_obs(carry.obs_stats, traj.obs, s.obs_clip)), action=flat(traj.action),
-        log_prob=flat(traj.log_prob), advantage=flat(policy_adv),
-        target=flat(normalize_value(popart, returns, s.popart_sigma_min)), tradable=flat(traj.tradable))
+    batch = ppo_batch(ctx, traj, policy_adv, returns, carry.obs_stats, popart, carry.hidden)
     lr = ppo.learning_rate_at(hp, carry.update, s.total_updates, s.lr_schedule)
     new_params, new_opt, losses, finite = ppo.ppo_update(
-        params, carry.opt_state, batch, key_sgd, hp, lr, apply_fn=ctx.apply, action_mode=ctx.action_mode,
-        huber_kappa=s.huber_kappa, n_epochs=s.n_epochs, n_minibatches=s.n_minibatches)
+        params, carry.opt_state, batch, key_sgd, hp, lr, apply_fn=ctx.replay if ctx.recurrent else ctx.apply,
+        action_mode=ctx.action_mode, huber_kappa=s.huber_kappa, n_epochs=s.n_epochs, n_minibatches=s.n_minibatches)
     # the guard: a discarded update leaves no trace (params, optimiser, PopArt, observation stats)
     ok = finite & all_finite(new_params) & all_finite(popart)
     new_params, new_opt, popart, obs_stats = select(
@@ -107,6 +127,6 @@ def update(ctx: Learner, carry: TrainCarry, hp: HParams, data):
     ev_ema, metrics = update_metrics(ctx, carry, traj, returns, popart, losses, lr, ok, guard_count)
     carry = carry.replace(
         params=new_params, opt_state=new_opt, popart=popart, obs_stats=obs_stats, env_state=env_state,
-        last_obs=last_obs, rng=rng, update=carry.update + 1, ev_ema=ev_ema, nan_guard_count=guard_count,
-        episode_count=carry.episode_count + jnp.sum(traj.done).astype(jnp.int32))
+        last_obs=last_obs, hidden=hidden, rng=rng, update=carry.update + 1, ev_ema=ev_ema,
+        nan_guard_count=guard_count, episode_count=carry.episode_count + jnp.sum(traj.done).astype(jnp.int32))
     return carry, metrics

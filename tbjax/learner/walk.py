@@ -16,6 +16,19 @@ import numpy as np
 
 from tbjax.env import market as market_env
 
+def _stepper(policy_apply):
+    """(step, initial state) of an acting function: the trainer's ``Acting`` carries a recurrent
+    state through ``.step``; a plain ``policy_apply(params, obs_stats, obs, deterministic, key)``
+    is stateless (state None)."""
+    if hasattr(policy_apply, "step"):
+        return policy_apply.step, policy_apply.initial_hidden((1,))
+
+    def stateless(params, obs_stats, hidden, obs, deterministic, key=None):
+        return policy_apply(params, obs_stats, obs, deterministic, key=key), hidden
+
+    return stateless, None
+
+
 @partial(jax.jit, static_argnames=("policy_apply", "n_steps", "deterministic"))
 def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, position0, key, n_steps: int,
          deterministic: bool):
@@ -25,7 +38,8 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
     the same way in both. Per decision bar t: ``observe`` (account features + window) → policy with
     FROZEN ``obs_stats`` → ``market_step`` (fill at t+1's open with every cost, mark at t+1's
     close). Steps past ``n_valid[s]`` keep the state and are marked invalid; ``n_steps`` (static)
-    is the scan length. The account starts flat-equity at ``position0[s]``.
+    is the scan length. The account starts flat-equity at ``position0[s]``; a recurrent policy's
+    state starts at zero for every symbol and is carried through the split in bar order.
 
     The walk never reads ``env_params.role`` to place itself (``start`` comes from the host; the
     out-of-rows truncation flag is ignored), so callers pin the role to one value and val, test
@@ -39,17 +53,21 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
     tradable and the step valid) and valid.
     """
 
+    step, hidden0 = _stepper(policy_apply)
+
     def one_symbol(sym, t0, n_sym, p0):
-        state = market_env.fresh_account(sym, t0, p0)
+        state = (market_env.fresh_account(sym, t0, p0), hidden0)
         sym_key = jax.random.fold_in(key, sym)
 
         def body(state, i):
-            obs = market_env.observe(state, env_params, market)
+            account, hidden = state
+            obs = market_env.observe(account, env_params, market)
             step_key = None if deterministic else jax.random.fold_in(sym_key, i)
-            action = policy_apply(params, obs_stats, obs[None], deterministic, key=step_key)[0]
-            new_state, _, _, _, info = market_env.market_step(state, action, env_params, market)
+            action, hidden = step(params, obs_stats, hidden, obs[None], deterministic, key=step_key)
+            action = action[0]
+            new_account, _, _, _, info = market_env.market_step(account, action, env_params, market)
             valid = i < n_sym
-            state = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_state, state)
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), (new_account, hidden), state)
             out = dict(equity=info["equity"], target=market_env.target_position(action, env_params),
                        turnover=jnp.where(valid, info["turnover"], 0.0), tradable=info["tradable"] & valid,
                        valid=valid)

@@ -27,6 +27,7 @@ import numpy as np
 
 from tbjax.config import Config
 from tbjax.data import features as feats
+from tbjax.data.tables import parse_timeframe
 from tbjax.errors import InputError
 
 
@@ -54,19 +55,42 @@ def union_times(tables: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
     return union[(union >= first) & (union <= last)]
 
 
-def embargo_for(cfg: Config) -> int:
-    w = cfg.walkforward
-    return feats.warmup_bars(cfg.env.window_size) if w.embargo_bars is None else int(w.embargo_bars)
+def embargo_for(cfg: Config, per_day: float | None = None) -> int:
+    emb = span_bars(cfg, "embargo_bars", per_day)
+    return feats.warmup_bars(cfg.env.window_size) if emb is None else emb
 
 
-def plan_folds(cfg: Config, n_bars: int) -> list[Fold]:
-    """The K folds over ``n_bars`` union bars; InputError naming ``walkforward.*`` for a bad plan."""
+def span_bars(cfg: Config, name: str, per_day: float | None) -> int | None:
+    """``walkforward.<name>`` in bars: an int as written, a duration ('90d', '12w', '720h') times the
+    data's average bars per day (``per_day``, :func:`bars_per_day`: union bars over the span they cover, so '365d' is
+    about 252 bars of exchange-daily data and 8760 of hourly crypto), None when null."""
+    value = getattr(cfg.walkforward, name)
+    if not isinstance(value, str):
+        return value
+    if per_day is None:
+        raise InputError(f"walkforward.{name} = {value!r}: a duration needs the data's bar times; give a number "
+                         "of bars instead")
+    bars = int(round(parse_timeframe(value, f"walkforward.{name}") / 86_400_000 * per_day))
+    if bars < (name != "embargo_bars"):
+        raise InputError(f"walkforward.{name} = {value!r} is {bars} bars of this data; give a longer duration")
+    return bars
+
+
+def bars_per_day(union: np.ndarray) -> float | None:
+    """Average union bars per day over the planned span (None for fewer than two bars)."""
+    span = float(union[-1] - union[0]) if len(union) > 1 else 0.0
+    return (len(union) - 1) / span * 86_400_000 if span > 0 else None
+
+
+def plan_folds(cfg: Config, n_bars: int, per_day: float | None = None) -> list[Fold]:
+    """The K folds over ``n_bars`` union bars (``per_day``: :func:`bars_per_day`, for spans given as
+    durations); InputError naming ``walkforward.*`` for a bad plan."""
     w, window = cfg.walkforward, cfg.env.window_size
-    k_folds, emb = w.folds, embargo_for(cfg)
+    k_folds, emb = w.folds, embargo_for(cfg, per_day)
     default = n_bars // (k_folds + 4)
-    test = w.test_bars or default
-    val = w.val_bars or default
-    step = w.step_bars or test
+    test = span_bars(cfg, "test_bars", per_day) or default
+    val = span_bars(cfg, "val_bars", per_day) or default
+    step = span_bars(cfg, "step_bars", per_day) or test
     if step < test:
         raise InputError(f"walkforward.step_bars = {step} is below walkforward.test_bars = {test}: the folds' "
                          "test segments would overlap; set step_bars >= test_bars (or null)")
@@ -77,7 +101,8 @@ def plan_folds(cfg: Config, n_bars: int) -> list[Fold]:
     need_train = window + cfg.env.episode_len + 1
     first_seg = n_bars - test - (k_folds - 1) * step
     fold0_train = first_seg - window - emb - val - emb
-    train_len = w.train_bars if w.train_mode == "rolling" and w.train_bars else fold0_train
+    train_bars = span_bars(cfg, "train_bars", per_day)
+    train_len = train_bars if w.train_mode == "rolling" and train_bars else fold0_train
     if fold0_train < need_train or train_len < need_train or train_len > fold0_train:
         raise InputError(
             f"walkforward plan does not fit {n_bars} bars: fold 0 has {fold0_train} train bars available "

@@ -40,12 +40,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str, splits: tuple[str, ...],
                  fix: str | Callable[[], str] | None = None) -> tuple[dict, dict]:
     """(eval dict per split, report series per split) of ``run_dir``'s ``checkpoint`` ("best" or
     "latest"); ``fix`` is what to do when the run has no usable one (see ``RunCheckpoints.restore``)."""
-    import jax
-
     from tbjax.run.session import evaluate_checkpoint
 
     session = open_run(Path(run_dir))
-    template = session.trainer.init(jax.random.PRNGKey(session.cfg.train.seed), session.hparams,
-                                    session.exp.market)
-    carry, meta = session.ckpt.restore(checkpoint, template, fix=fix)
+    carry, meta = session.ckpt.restore(checkpoint, session.template(), fix=fix)
     return evaluate_checkpoint(session, carry, meta, checkpoint, splits)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tbjax.atomic import append_line, write_atomic
@@ -33,11 +34,13 @@ from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
+from tbjax.learner.population import member_keys, population_program
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.distributed import host_copy
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
+from tbjax.run.population import MemberBook, evaluate_population, population_hparams
 from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
                              hparams_from_config, spec_from_config, trainer_for)
 
@@ -74,6 +77,11 @@ class TrainingSession:
         self.hparams = hparams_from_config(cfg, self.env_params)
         self.spec = spec_from_config(cfg, n_groups=len(self.exp.symbols))
         self.trainer = trainer_for(self.spec, self.env_params)
+        # train.population > 1: P seeds as one vmapped program (tbjax.run.population); 1: the trainer's own
+        self.population = cfg.train.population
+        self.program = population_program(self.trainer, self.population)
+        self.run_hparams = self.hparams if self.population == 1 else population_hparams(cfg, self.hparams)
+        self.book = MemberBook(self.population) if self.population > 1 else None
         self.ckpt = RunCheckpoints(self.run_dir)
         self.update = 0
         self.best_objective = -math.inf
@@ -115,11 +123,18 @@ class TrainingSession:
                                        self.env_params, role)
 
     # ------------------------------------------------------------------ training
+    def template(self):
+        """A fresh carry from ``train.seed`` (stacked, member i from seed + i, for a population)."""
+        seed = self.cfg.train.seed
+        key = jax.random.PRNGKey(seed) if self.population == 1 else member_keys(seed, self.population)
+        return self.program.start(key, self.run_hparams, self.exp.market)
+
     def start(self, resume: bool, fix: str | None = None):
         """The carry training continues from: a fresh one from ``train.seed``, or the newest usable
         "latest" checkpoint (``fix``: the advice when there is none). Reads only."""
-        carry = self.trainer.init(jax.random.PRNGKey(self.cfg.train.seed), self.hparams, self.exp.market)
+        carry = self.template()
         self.update, self.best_objective, self.saved_update, self._metrics_lines = 0, -math.inf, None, []
+        self.book = MemberBook(self.population) if self.population > 1 else None
         self._metrics_synced = False  # the file on disk may still hold lines past the restored update
         if resume:
             carry, meta = self.ckpt.restore("latest", carry, fix=fix)
@@ -127,13 +142,19 @@ class TrainingSession:
             best = meta.get("best_objective")  # JSON has no -inf: None means "no evaluation yet"
             self.best_objective = -math.inf if best is None else float(best)
             self._metrics_lines = read_metrics_lines(self.run_dir / "metrics.jsonl", self.update)
+            if self.book is not None:
+                best_carry = self.ckpt.restore("best", carry)[0] if self.ckpt.best_step() is not None else None
+                self.book.restore(meta, best_carry)
         return carry
 
     def compile(self, carry) -> None:
         """Compile ``train_chunk`` for ``carry`` now (jit's cache keeps the executable for the first
         chunk): a compile failure, or an interrupt while XLA compiles (often the longest wait before
         the first chunk), then happens before the run directory is touched."""
-        self.trainer.train_chunk.lower(carry, self.hparams, self.exp.market).compile()
+        if self.population == 1:
+            self.trainer.train_chunk.lower(carry, self.hparams, self.exp.market).compile()
+        else:
+            self.program.chunk.lower(carry, self.run_hparams, jnp.ones(self.population, bool), self.exp.market).compile()
 
     def _log(self, row: dict, tb) -> None:
         """Append the chunk's row to metrics.jsonl (the first time: the trimmed file rewritten
@@ -172,15 +193,24 @@ class TrainingSession:
             return SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
     def _keep(self, carry, save: dict, val_sortino) -> None:
-        """After an evaluation: the best checkpoint when the objective improved, then "latest"."""
+        """After an evaluation: the best checkpoint when the objective improved, then "latest".
+        A population saves every member's best carry, stacked, when any member improved."""
         carry = host_copy(carry)  # several processes: all gather, process 0 saves
-        if save["objective"] > self.best_objective:
+        if self.book is not None:
+            save = {**save, **self.book.meta(self.cfg.train.ensemble_top_k)}
+            if self.book.improved and self.write:
+                with run_write(self.ckpt.paths["best"]):
+                    self.ckpt.save_best(self.update, self.book.best_carry(carry), save)
+            self.book.improved = False
+            self.best_objective = max(self.book.objective)
+        elif save["objective"] > self.best_objective:
             self.best_objective = save["objective"]
             if self.write:
                 with run_write(self.ckpt.paths["best"]):
                     self.ckpt.save_best(self.update, carry, save)
         if self.write:
-            self._save_latest(carry, {**save, "best_objective": self.best_objective})
+            best = self.best_objective if math.isfinite(self.best_objective) else None
+            self._save_latest(carry, {**save, "best_objective": best})
         self.saved_update = self.update  # on every process: the end-of-run save decision is then the same on all
         if self.quiet:  # other processes print the same line, marked
             who = "" if self.write else f"[process {jax.process_index()}] "
@@ -201,9 +231,10 @@ class TrainingSession:
         bar = tqdm(total=schedule.total_updates * steps_per_update, initial=self.update * steps_per_update,
                    unit="step", unit_scale=True, disable=self.quiet or not self.write, dynamic_ncols=True)
         try:
+            hooks = (_TrainingChunks if self.population == 1 else _PopulationChunks)(self, stop, tb, bar)
             carry, self.update = run_chunks(
-                lambda c, _alive: self.trainer.train_chunk(c, self.hparams, self.exp.market), carry, schedule,
-                _TrainingChunks(self, stop, tb, bar), start_update=self.update, max_chunks=max_chunks)
+                lambda c, alive: self.program.advance(c, self.run_hparams, alive, self.exp.market), carry, schedule,
+                hooks, batch=self.program.stacked, start_update=self.update, max_chunks=max_chunks)
         finally:
             bar.close()
             if tb is not None:
@@ -222,9 +253,8 @@ class TrainingSession:
     # ------------------------------------------------------------------ final artifacts
     def final_evaluation(self, which: str = "best") -> dict:
         """Process 0 only when several train together: it restores its checkpoint to its own devices."""
-        init = (self.trainer.init if jax.process_count() == 1 else
-                lambda *a: jax.eval_shape(self.trainer.init, *a))  # no global computation on one process
-        template = init(jax.random.PRNGKey(self.cfg.train.seed), self.hparams, self.exp.market)
+        # several processes: no global computation on this one alone, only the shapes
+        template = self.template() if jax.process_count() == 1 else jax.eval_shape(self.template)
         if which == "best" and self.ckpt.best_step() is None:
             which = "latest"
         carry, meta = self.ckpt.restore(which, template)
@@ -280,9 +310,58 @@ class _TrainingChunks(ChunkHooks):
         self.t0 = time.perf_counter()
 
 
+class _PopulationChunks(_TrainingChunks):
+    """P members at the chunk loop's hooks: a member whose NaN guard fires stops alone (its last
+    good carry is kept; all of them diverging is the error); every evaluation is offered to the
+    member's book (:class:`tbjax.run.population.MemberBook`); the logged row is the members'
+    mean of each training metric and the median (and best) of their val objectives."""
+
+    def __init__(self, session: TrainingSession, stop, tb, bar):
+        super().__init__(session, stop, tb, bar)
+        self.rows: dict[int, dict] = {}
+        self.vals: dict[int, tuple[float, float]] = {}
+        self.dead: dict[int, str] = {}
+
+    def alive(self):
+        return [i not in self.dead for i in range(self.session.population)]
+
+    def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
+        self.rows[i] = reduce_chunk_metrics(metrics)
+
+    def diverged(self, i: int, error, chunk: Chunk) -> None:
+        self.dead[i] = str(error)
+        print(f"warning: population member {i} (seed {self.session.cfg.train.seed + i}) diverged at update "
+              f"{chunk.update} and stops training; its best carry so far stays: {error}", flush=True)
+        if len(self.dead) == self.session.population:
+            super().diverged(i, error, chunk)
+
+    def evaluate(self, i: int, carry, chunk: Chunk) -> None:
+        value, val_eval, _ = self.session.objective(carry)
+        self.vals[i] = (value, val_eval["pooled"]["sortino"])
+        self.session.book.offer(i, value, chunk.update, carry, val_eval["pooled"]["sortino"])
+
+    def chunk_done(self, carry, chunk: Chunk) -> None:
+        rows = [r for i, r in self.rows.items() if i not in self.dead] or list(self.rows.values())
+        self.row = {"update": chunk.update, "env_steps": chunk.update * self.session.cfg.batch_size,
+                    "population/alive": self.session.population - len(self.dead),
+                    **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}}
+        self.rows, self.save = {}, None
+        if self.vals:
+            objectives = [v[0] for v in self.vals.values()]
+            self.last_val = {"val/objective": float(np.median(objectives)), "val/objective_best": max(objectives),
+                             "val/sortino": float(np.median([v[1] for v in self.vals.values()]))}
+            self.row.update(self.last_val)
+            self.save = {"update": chunk.update, "env_steps": self.row["env_steps"], "objective": max(objectives)}
+            self.vals = {}
+        super().chunk_done(carry, chunk)
+
+
 def evaluate_checkpoint(session: TrainingSession, carry, meta: dict, which: str,
                         splits=("val", "test")) -> tuple[dict, dict]:
-    """(eval dict per split, report series per split) of a restored checkpoint; writes nothing."""
+    """(eval dict per split, report series per split) of a restored checkpoint; writes nothing.
+    A population is evaluated as its ensemble, with every member's metrics beside it."""
+    if session.population > 1:
+        return evaluate_population(session, carry, meta, which, splits)
     evals, series = {}, {}
     for split in splits:
         role = {"val": ROLE_VAL, "test": ROLE_TEST}[split]

@@ -13,7 +13,6 @@ that fold's best policy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tbjax.atomic import write_atomic
 from tbjax.config import Config
 from tbjax.data.bars import market_from_tables
 from tbjax.data.pipeline import FeaturePipeline
@@ -29,8 +27,9 @@ from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
 from tbjax.evaluation.significance import is_it_real
+from tbjax.learner.population import population_program, stack_trees
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
-from tbjax.run.folds import Fold, check_ranges, plan_folds, symbol_ranges, union_times
+from tbjax.run.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
 from tbjax.run.setup import (
     backtest_as_configured,
     bar_times,
@@ -69,10 +68,6 @@ class WalkForward:
     diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
 
 
-def stack(trees: list):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-
-
 def uses_regimes(cfg: Config) -> bool:
     """The regime markets matter to the objective only with a non-zero weight on one of them."""
     return bool(cfg.eval.w_choppy or cfg.eval.w_trend)
@@ -84,7 +79,7 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     tables, columns = loaded if loaded is not None else load_processed(cfg)[:2]
     union = union_times(tables)
     timeframe_ms = int(np.median(np.diff(union))) if len(union) > 1 else 3_600_000
-    plan = plan_folds(cfg, len(union))
+    plan = plan_folds(cfg, len(union), bars_per_day(union))
     out = []
     for fold in plan:
         ranges = {s: symbol_ranges(fold, union, t["open_time"]) for s, t in tables.items()}
@@ -105,7 +100,7 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     from tbjax.env import market as market_env
     for fd in out:
         market_env.check_data(wf.env_params, fd.market)
-    wf.trainer = trainer_for(spec_from_config(cfg, 1), wf.env_params)
+    wf.trainer = trainer_for(spec_from_config(cfg, len(tables)), wf.env_params)
     wf.hparams = hparams_from_config(cfg, wf.env_params)
     return wf
 
@@ -160,27 +155,15 @@ def seed_keys(cfg: Config, k: int):
     return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
 
 
-_PROGRAMS: dict = {}
-
-
-def vmapped_program(trainer):
-    """``jit(vmap(init))`` and ``jit(vmap(train_chunk))`` over (key, hparams, MarketData) folds."""
-    if trainer not in _PROGRAMS:
-        init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, 0)))
-        chunk = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, 0, 0)), donate_argnums=0)
-        _PROGRAMS[trainer] = (init, chunk)
-    return _PROGRAMS[trainer]
-
-
 def train_vmapped(wf: WalkForward, log=None) -> None:
     n = len(wf.folds)
     wf.best, wf.diverged = [None] * n, {}
-    init, chunk = vmapped_program(wf.trainer)
-    datas = stack([fd.market for fd in wf.folds])
-    hps = stack([wf.hparams] * n)
-    keys = jnp.stack([seed_keys(wf.cfg, k) for k in range(n)])
-    carry = init(keys, hps, datas)
-    run_chunks(lambda c, alive: chunk(c, hps, datas), carry, ChunkSchedule.of(wf.cfg), BestByVal(wf, 0, log, n), batch=n)
+    program = population_program(wf.trainer, n, data_axis=0)
+    datas = stack_trees([fd.market for fd in wf.folds])
+    hps = stack_trees([wf.hparams] * n)
+    carry = program.start(jnp.stack([seed_keys(wf.cfg, k) for k in range(n)]), hps, datas)
+    run_chunks(lambda c, alive: program.advance(c, hps, alive, datas), carry, ChunkSchedule.of(wf.cfg),
+               BestByVal(wf, 0, log, n), batch=program.stacked)
 
 
 def train_sequential(wf: WalkForward, log=None) -> None:
@@ -192,9 +175,15 @@ def train_sequential(wf: WalkForward, log=None) -> None:
                    BestByVal(wf, k, log))
 
 
+SUMMARY_KEYS = ("sortino", "sharpe", "total_return", "max_drawdown", "turnover", "n_bars")
+
+
 def _summary(res: dict) -> dict:
-    keep = ("sortino", "sharpe", "total_return", "max_drawdown", "n_bars")
-    return {k: v for k, v in res["pooled"].items() if k in keep}
+    """Pooled core metrics, the same per symbol under "per_symbol", and buy-and-hold's pooled ones."""
+    def pick(m):
+        return {k: v for k, v in m.items() if k in SUMMARY_KEYS}
+    return {**pick(res["pooled"]), "per_symbol": {s: pick(m) for s, m in res["per_symbol"].items()},
+            "buy_and_hold": pick(res["baselines"]["buy_and_hold"])}
 
 
 def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
@@ -232,81 +221,11 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
     return rows, stitched
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def plot_equity(path: Path, rows: list[dict], stitched: dict) -> None:
-    """Stitched equity vs buy-and-hold, a dashed line at each fold's first test bar (atomic write)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tbjax.atomic import write_with
-
-    days = np.asarray(stitched["time_ms"], np.float64) / 86_400_000.0
-    fig, ax = plt.subplots(figsize=(9, 4))
-    try:
-        ax.plot(days, np.cumprod(1.0 + stitched["returns"]), label="agent (stitched out-of-sample)")
-        ax.plot(days, np.cumprod(1.0 + stitched["buy_and_hold_returns"]), label="buy and hold")
-        for r in rows:
-            ax.axvline(r["test_start_ms"] / 86_400_000.0, color="grey", ls="--", lw=0.8)
-        ax.set_xlabel("days since 1970-01-01 (dashed: fold starts)")
-        ax.set_ylabel("equity")
-        ax.legend()
-        write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-
-
-def write_outputs(run_dir: Path, rows: list[dict], stitched: dict, mode: str) -> dict:
-    """``walkforward.json``, ``report.md`` and ``walkforward_equity.png`` (atomic writes)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plot_equity(run_dir / "walkforward_equity.png", rows, stitched)
-    doc = _jsonable({"mode": mode, "folds": rows, "stitched": stitched})
-    write_atomic(run_dir / "walkforward.json", json.dumps(doc, indent=1))
-    write_atomic(run_dir / "report.md", "\n".join(report_lines(rows, stitched, mode)))
-    return doc
-
-
-def _cell(metrics: dict, key: str, digits: int) -> str:
-    value = metrics.get(key)
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
-    """report.md: one row per fold (best carry's val objective and Sortino, its test metrics) and the stitched row."""
-    lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by the val objective", "",
-             ("| fold | test bars (UTC ms) | best update | val objective | val Sortino | test Sortino | test return "
-              "| test max DD |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        t = r["test"]
-        lines.append(f"| {r['fold']} | {r['test_start_ms']} .. {r['test_end_ms']} | {r['best_update']} | "
-                     f"{_cell(r, 'val_objective', 3)} | {_cell(r, 'val_sortino', 3)} | {_cell(t, 'sortino', 3)} | {_cell(t, 'total_return', 4)} | "
-                     f"{_cell(t, 'max_drawdown', 4)} |")
-    m, b = stitched["metrics"], stitched["buy_and_hold"]
-    lines.append(f"| stitched | all | | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
-                 f"{_cell(m, 'max_drawdown', 4)} |")
-    lines += ["", (f"buy-and-hold over the same bars: Sortino {_cell(b, 'sortino', 3)}, "
-                   f"return {_cell(b, 'total_return', 4)}; flat: return 0"), "",
-              f"is it real: {stitched['is_it_real'].get('reading', '')}", "",
-              "![stitched equity](walkforward_equity.png)", ""]
-    return lines
-
-
 def run_walkforward(cfg: Config, run_dir: Path, sequential: bool = False, log=None) -> dict:
+    from tbjax.run.walkforward_outputs import save_fold_runs, write_outputs
+
     wf = build_folds(cfg)
     (train_sequential if sequential else train_vmapped)(wf, log)
     rows, stitched = fold_results(wf)
+    save_fold_runs(Path(run_dir), wf)
     return write_outputs(Path(run_dir), rows, stitched, "sequential" if sequential else "vmapped")

@@ -35,15 +35,13 @@ def tiny_config(processed_dir) -> list[str]:
             "train.updates_per_chunk=2", "train.total_env_steps=512", "output.tensorboard=false"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def _train_tiny_run(root, extra: tuple[str, ...] = ()):
     """Prepared synthetic data → experiment → 2 chunks of training → run directory with the best
     checkpoint after chunk 1 and the latest after chunk 2 (the files train.py writes)."""
-    root = tmp_path_factory.mktemp("policy")
     synth.run(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1000", "--timeframe", "1h",
                "--seed", "3", "--signal", "0.3"])
     prepare.prepare(root / "raw", root / "processed", window_size=WINDOW, log=lambda *_: None)
-    cfg = load_config(None, tiny_config(root / "processed"))
+    cfg = load_config(None, tiny_config(root / "processed") + list(extra))
     exp = build_experiment(cfg, with_regimes=False)
     run = root / "run"
     run.mkdir()
@@ -74,6 +72,17 @@ def tiny_run(tmp_path_factory):
             "trainer": trainer, "best_state": best, "env_params": env_params}
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return _train_tiny_run(tmp_path_factory.mktemp("policy"))
+
+
+@pytest.fixture(scope="module")
+def tiny_gru_run(tmp_path_factory):
+    """The same run with a GRU policy (separate actor and critic cores)."""
+    return _train_tiny_run(tmp_path_factory.mktemp("policy_gru"), ("ppo.policy=gru", "ppo.rnn_size=8"))
+
+
 def split_bars(exp, sym: str) -> dict[str, np.ndarray]:
     """One symbol's processed rows of the test split (what a user would pass in)."""
     s = exp.symbols.index(sym)
@@ -100,6 +109,19 @@ def test_target_positions_equal_backtest_positions_of_the_same_checkpoint(tiny_r
         assert positions[-1] in policy.position_levels  # the decision on the last close, for the next open
     # The comparison is meaningful only if the policy actually changes its mind across bars.
     assert len(np.unique(np.concatenate(list(tiny_run["best"].values())))) >= 2
+
+
+def test_recurrent_target_positions_equal_backtest_positions(tiny_gru_run):
+    """load_policy carries the GRU state through the bars in order, from zero at the first
+    decision, as the backtest does through the split."""
+    exp = tiny_gru_run["exp"]
+    policy = tbjax.load_policy(tiny_gru_run["run"])
+    assert policy.config.ppo.policy == "gru" and policy.checkpoint == "best"
+    for sym in exp.symbols:
+        positions = policy.target_positions(split_bars(exp, sym))
+        expected = tiny_gru_run["best"][sym]
+        np.testing.assert_array_equal(positions[WINDOW - 1: WINDOW - 1 + len(expected)], expected)
+    assert len(np.unique(np.concatenate(list(tiny_gru_run["best"].values())))) >= 2
 
 
 def test_checkpoint_path_selects_latest_and_inputs_may_be_table_or_feather(tiny_run, tmp_path):

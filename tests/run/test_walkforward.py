@@ -79,7 +79,9 @@ def test_regime_markets_use_each_folds_pipeline_and_zero_weights_skip_them(train
 
 def test_one_compile_for_k_folds(trained):
     wf = trained[0]
-    _, chunk = wfm.vmapped_program(wf.trainer)
+    from tbjax.learner.population import population_program
+
+    chunk = population_program(wf.trainer, len(wf.folds), data_axis=0).chunk
     assert len(wf.folds) == 2 and chunk._cache_size() == 1
 
 
@@ -161,3 +163,43 @@ def test_a_diverged_fold_stops_alone(trained):
             wfm.fold_results(wf)
     finally:
         wf.best, wf.diverged = saved_best, saved_div
+
+
+def test_spans_given_as_durations_are_bars_at_the_datas_rate(processed):
+    from tbjax.run.folds import bars_per_day, plan_folds
+
+    union = union_times(load_processed(config(processed))[0])
+    per_day = bars_per_day(union)
+    assert per_day == pytest.approx(24.0)  # synthetic hourly bars without gaps
+    in_bars = plan_folds(config(processed, "walkforward.test_bars=120", "walkforward.val_bars=96",
+                                "walkforward.embargo_bars=48"), len(union), per_day)
+    as_time = plan_folds(config(processed, "walkforward.test_bars=5d", "walkforward.val_bars=96h",
+                                "walkforward.embargo_bars=2d"), len(union), per_day)
+    assert in_bars == as_time
+    with pytest.raises(wfm.InputError, match="walkforward.test_bars '5x' is not a length of time"):
+        plan_folds(config(processed, "walkforward.test_bars=5x"), len(union), per_day)
+
+
+def test_each_folds_saved_policy_trades_as_the_walkforward_did(trained, tmp_path):
+    """folds/fold_<k> restores with tbjax.load_policy and decides on fold k's test bars exactly as the
+    walk-forward's backtest of that fold's best carry (the stitched series' positions)."""
+    import tbjax
+    from tbjax.run.walkforward_outputs import save_fold_runs
+
+    wf, stitched = trained[0], trained[3]
+    window = wf.cfg.env.window_size
+    folders = save_fold_runs(tmp_path, wf)
+    for k, (fd, folder) in enumerate(zip(wf.folds, folders)):
+        policy = tbjax.load_policy(folder)
+        assert policy.checkpoint == "best" and policy.meta["fold"] == k and policy.meta["update"] == wf.best[k][1]
+        carry = wf.best[k][2]
+        _, series = wfm.evaluate_fold(wf, k, carry.params, carry.obs_stats, wfm.ROLE_TEST)
+        for sym, table in wf.tables.items():
+            lo, hi = fd.ranges[sym][2]
+            positions = policy.target_positions({c: np.asarray(v)[lo:hi] for c, v in table.items()})
+            expected = series[sym]["position"]
+            np.testing.assert_array_equal(positions[window - 1: window - 1 + len(expected)], expected)
+            in_stitched = np.isin(stitched["time_ms"], series[sym]["time_ms"])
+            assert in_stitched.sum() == len(expected)  # one symbol: the stitched bars are this fold's bars
+        meta = json.loads((folder / "fold.json").read_text())
+        assert meta["time_ms"]["segment"][0] == union_times(wf.tables)[fd.fold.segment[0]]

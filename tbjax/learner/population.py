@@ -1,0 +1,178 @@
+"""Populations: P trainer carries on one leading axis, trained by ONE compiled program, and the
+ensemble policy that acts for several of them.
+
+One mechanism for every population tbjax trains:
+
+* seeds of one training run (``train.population``): the market data is shared (``data_axis``
+  None), each member has its own key, so its own network init, env draws, observation and
+  PopArt statistics;
+* batched HPO trials (``hpo.batch``): shared data, stacked HParams (traced leaves, so a new
+  trial's values never recompile);
+* walk-forward folds: each fold has its own MarketData (role ranges and feature z-scores fit on
+  its train rows), stacked on the same axis (``data_axis`` 0).
+
+``jit(vmap(init))`` and ``jit(vmap(train_chunk))``; vmapped members do not interact, so member i
+of a population equals a lone run with member i's key, hparams and data (a test checks it). A
+member that is pruned or diverges stops learning at once: the ``alive`` mask selects its old
+carry after every chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tbjax.learner.trainer import Trainer
+
+
+def stack_trees(trees: list) -> Any:
+    """Pytrees with one structure → one pytree with a leading member axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def member_keys(seed: int, size: int) -> jax.Array:
+    """Member i's key is ``PRNGKey(seed + i)``: member i of a population trains exactly as a lone
+    run with ``train.seed = seed + i``, and member 0 as the run without a population."""
+    return jnp.stack([jax.random.PRNGKey(seed + i) for i in range(size)])
+
+
+@dataclass
+class Program:
+    """The compiled functions of one static signature (size 1: the trainer's own, unstacked)."""
+
+    trainer: Trainer
+    init: Callable
+    chunk: Callable
+    batch: int
+
+    @property
+    def stacked(self) -> int | None:
+        """Members on the carry's leading axis (``run_chunks``' ``batch``); None for size 1."""
+        return None if self.batch == 1 else self.batch
+
+    def start(self, key, hparams, data):
+        """The initial carry: one key for every member (common random numbers) unless ``key`` is
+        already stacked (one row per member)."""
+        if self.batch > 1 and jnp.ndim(key) == 1:
+            key = jnp.stack([key] * self.batch)
+        return self.init(key, hparams, data)
+
+    def advance(self, carry, hparams, alive, data):
+        """One chunk for every member; a dead member (``alive`` False) keeps its carry."""
+        if self.batch == 1:
+            return self.chunk(carry, hparams, data)
+        return self.chunk(carry, hparams, jnp.asarray(alive), data)
+
+
+_PROGRAMS: dict = {}
+
+
+def population_program(trainer: Trainer, size: int, data_axis: int | None = None) -> Program:
+    """``jit(vmap(init))`` and ``jit(vmap(train_chunk))`` over ``size`` members, carry donated.
+
+    ``data_axis`` None: the MarketData is shared; 0: stacked, one per member. Size 1 returns the
+    trainer's own jitted functions. Programs are cached per (trainer, size, data_axis), so a
+    second population with the same signature never recompiles.
+    """
+    if size == 1:
+        return Program(trainer, trainer.init, trainer.train_chunk, 1)
+    key = (trainer, size, data_axis)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+
+    def init(keys, hps, data):
+        return jax.vmap(trainer.init, in_axes=(0, 0, data_axis))(keys, hps, data)
+
+    def chunk(carry, hps, alive, data):
+        new, metrics = jax.vmap(trainer.train_chunk, in_axes=(0, 0, data_axis))(carry, hps, data)
+
+        def keep(n, o):
+            return jnp.where(alive.reshape(alive.shape + (1,) * (n.ndim - 1)), n, o)
+
+        return jax.tree_util.tree_map(keep, new, carry), metrics
+
+    _PROGRAMS[key] = Program(trainer, jax.jit(init), jax.jit(chunk, donate_argnums=0), size)
+    return _PROGRAMS[key]
+
+
+def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels) -> jax.Array:
+    """The ensemble's action from its members' actions ``[members, ...]``.
+
+    Continuous: the mean of the members' actions clipped to [-1, 1]; the env maps an action to a
+    target position affinely, so this IS the mean of the members' target positions. Discrete: the
+    level nearest the mean of the members' target levels, ties going to the smaller absolute
+    position (the less exposed of two equally near levels), so the ensemble stays in the env's
+    action space and never takes more risk than its average member.
+    """
+    if action_mode == "continuous":
+        return jnp.mean(jnp.clip(member_actions, -1.0, 1.0), axis=0)
+    levels = jnp.asarray(position_levels, jnp.float32)
+    mean = jnp.mean(levels[member_actions], axis=0)
+    distance = jnp.abs(mean[..., None] - levels)
+    nearest = distance <= jnp.min(distance, axis=-1, keepdims=True) + 1e-6  # float32 rounding of a tie
+    return jnp.argmin(jnp.where(nearest, jnp.abs(levels), jnp.inf), axis=-1).astype(member_actions.dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Ensemble:
+    """Acting of stacked members (hashable by identity: a static argument of the compiled walk).
+
+    Called like a trainer's acting function; ``step`` carries every member's recurrent state
+    (stacked on the member axis, zero at a split's start) for GRU / LSTM members, and is the plain
+    call for feed-forward ones.
+    """
+
+    base: Callable
+    action_mode: str
+    position_levels: tuple
+    size: int
+
+    def _keys(self, key):
+        return None if key is None else jax.random.split(key, self.size)
+
+    def __call__(self, params, obs_stats, obs, deterministic: bool = True, key=None):
+        keys = self._keys(key)
+
+        def one(p, s, k):
+            return self.base(p, s, obs, deterministic, key=k)
+
+        actions = jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(params, obs_stats, keys)
+        return ensemble_action(actions, self.action_mode, self.position_levels)
+
+    def step(self, params, obs_stats, hidden, obs, deterministic: bool = True, key=None):
+        if not hasattr(self.base, "step"):
+            return self(params, obs_stats, obs, deterministic, key), hidden
+        keys = self._keys(key)
+
+        def one(p, s, h, k):
+            return self.base.step(p, s, h, obs, deterministic, key=k)
+
+        actions, hidden = jax.vmap(one, in_axes=(0, 0, 0, None if keys is None else 0))(params, obs_stats, hidden, keys)
+        return ensemble_action(actions, self.action_mode, self.position_levels), hidden
+
+    def initial_hidden(self, batch: tuple[int, ...]):
+        h = self.base.initial_hidden(batch) if hasattr(self.base, "initial_hidden") else None
+        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (self.size, *x.shape)), h)
+
+
+@functools.lru_cache(maxsize=64)
+def _ensemble(policy_apply: Callable, action_mode: str, position_levels: tuple, size: int) -> Ensemble:
+    return Ensemble(policy_apply, action_mode, position_levels, size)
+
+
+def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels, size: int) -> Ensemble:
+    """The acting function of ``size`` stacked members' (params, obs_stats): every member acts on
+    the raw observation with ITS OWN frozen statistics (and its own recurrent state), then
+    :func:`ensemble_action` combines them.
+
+    Sampled (non-deterministic) evaluation gives each member its own stream of ``key``. One
+    object per (policy, action space, size): the compiled walk takes it as a static argument, so a
+    second evaluation of an ensemble never recompiles.
+    """
+    return _ensemble(policy_apply, action_mode, tuple(float(v) for v in position_levels), int(size))

@@ -1,0 +1,137 @@
+"""Seed populations of one training run (``train.population`` = P > 1) and their ensemble policy.
+
+Why: on real markets the seed-to-seed spread of a PPO agent is often larger than the gap between
+learners, so one seed's test score says little. tbjax trains P members as ONE vmapped program
+(:func:`tbjax.learner.population.population_program`: member i is exactly a lone run with
+``train.seed + i``), each with its own observation and PopArt statistics, and keeps each member's
+best carry by ITS val objective. The run's policy is the ensemble of the members chosen on val
+(:func:`select_members`), each acting with its own frozen statistics
+(:func:`tbjax.learner.population.ensemble_apply`).
+
+On disk a population run is a training run whose checkpoints hold the stacked carry (members on
+the leading axis): "latest" the current carries, "best" every member's best carry, with the
+members' val objectives and the chosen members in its meta. ``tbjax.evaluate``,
+``tbjax.load_policy`` and the report treat it as one policy and still list every member.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tbjax.config import Config
+from tbjax.data.market import ROLE_TEST, ROLE_VAL
+from tbjax.learner.population import ensemble_apply, stack_trees
+from tbjax.run.chunks import take
+
+JITTERED = ("learning_rate", "ent_coef")
+
+
+def population_hparams(cfg: Config, hparams):
+    """P members' HParams stacked; with ``train.population_jitter`` = s > 0, member i > 0 scales
+    ``ppo.learning_rate`` and ``ppo.ent_coef`` by exp(s·z), z ~ N(0, 1) drawn from ``train.seed``
+    (member 0 keeps the configured values)."""
+    size, sigma = cfg.train.population, cfg.train.population_jitter
+    rng = np.random.default_rng(cfg.train.seed)
+    members = [hparams]
+    for _ in range(1, size):
+        z = rng.standard_normal(len(JITTERED))
+        members.append(hparams.replace(**{name: jnp.float32(float(getattr(hparams, name)) * math.exp(sigma * zi))
+                                          for name, zi in zip(JITTERED, z)}))
+    return stack_trees(members)
+
+
+def select_members(objectives: list[float], top_k: int | None) -> list[int]:
+    """Members of the ensemble, best val objective first; uses VAL objectives only.
+
+    ``top_k`` None: every member whose val objective beats flat's (a flat policy scores 0 on every
+    term of the objective), at least the best one; k: the k best.
+    """
+    scores = [o if o is not None and math.isfinite(o) else -math.inf for o in objectives]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if top_k is not None:
+        return order[:top_k]
+    return [i for i in order if scores[i] > 0.0] or order[:1]
+
+
+class MemberBook:
+    """Each member's best val objective so far, the update it came at and its carry (host copy)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.objective = [-math.inf] * size
+        self.update: list[int | None] = [None] * size
+        self.val_sortino: list[float | None] = [None] * size
+        self.carries: list = [None] * size
+        self.improved = False
+
+    def offer(self, i: int, objective: float, update: int, carry, val_sortino: float) -> None:
+        if objective > self.objective[i]:
+            self.objective[i], self.update[i], self.val_sortino[i] = objective, update, val_sortino
+            self.carries[i] = jax.device_get(carry)
+            self.improved = True
+
+    def best_carry(self, current):
+        """The members' best carries stacked; a member never evaluated contributes its current carry."""
+        return stack_trees([c if c is not None else jax.device_get(take(current, i))
+                            for i, c in enumerate(self.carries)])
+
+    def meta(self, top_k: int | None) -> dict:
+        finite = [o if math.isfinite(o) else None for o in self.objective]
+        return {"member_objective": finite, "member_update": self.update, "member_val_sortino": self.val_sortino,
+                "selected": select_members(finite, top_k)}
+
+    def restore(self, meta: dict, best_carry=None) -> None:
+        """From a checkpoint's meta (and the restored "best" carry) on resume."""
+        self.objective = [-math.inf if o is None else float(o) for o in meta.get("member_objective", [])]
+        self.objective += [-math.inf] * (self.size - len(self.objective))
+        self.update = list(meta.get("member_update", [None] * self.size))
+        self.val_sortino = list(meta.get("member_val_sortino", [None] * self.size))
+        if best_carry is not None:
+            self.carries = [jax.device_get(take(best_carry, i)) if self.update[i] is not None else None
+                            for i in range(self.size)]
+
+
+def ensemble_policy(session, carry, selected: list[int]):
+    """(policy_apply, params, obs_stats) of the ensemble of ``selected`` members of a stacked carry."""
+    idx = jnp.asarray(selected, jnp.int32)
+    pick = lambda tree: jax.tree_util.tree_map(lambda x: x[idx], tree)  # noqa: E731
+    apply = ensemble_apply(session.trainer.policy_apply, session.cfg.env.action_mode,
+                           session.cfg.env.position_levels, len(selected))
+    return apply, pick(carry.params), pick(carry.obs_stats)
+
+
+MEMBER_KEYS = ("sortino", "sharpe", "total_return", "max_drawdown", "turnover")
+
+
+def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "test")) -> tuple[dict, dict]:
+    """The ensemble's eval dict and series per split (what ``evaluate_checkpoint`` returns for one
+    policy), each eval with a "population" entry: every member's metrics on that split, the
+    members chosen on val and the rule that chose them."""
+    from tbjax.run.setup import evaluate_split, evaluate_with_objective
+
+    selected = [int(i) for i in meta.get("selected") or select_members(meta.get("member_objective", []),
+                                                                          session.cfg.train.ensemble_top_k)]
+    apply, params, stats = ensemble_policy(session, carry, selected)
+    evals, series = {}, {}
+    for split in splits:
+        role = {"val": ROLE_VAL, "test": ROLE_TEST}[split]
+        _, result, ser = evaluate_with_objective(session.exp, apply, params, stats, session.env_params, role)
+        members = []
+        for i in range(session.cfg.train.population):
+            one = take(carry, i)
+            res, _ = evaluate_split(session.exp, session.trainer.policy_apply, one.params, one.obs_stats,
+                                    session.env_params, role)
+            members.append({"member": i, "seed": session.cfg.train.seed + i, "selected": i in selected,
+                            "val_objective": (meta.get("member_objective") or [None] * (i + 1))[i],
+                            "best_update": (meta.get("member_update") or [None] * (i + 1))[i],
+                            **{k: res["pooled"].get(k) for k in MEMBER_KEYS}})
+        top_k = session.cfg.train.ensemble_top_k
+        result["population"] = {"size": session.cfg.train.population, "selected": selected, "members": members,
+                                "rule": "top_k" if top_k is not None else "beat flat on val", "top_k": top_k}
+        result["checkpoint"] = {"which": which, **{k: meta.get(k) for k in ("update", "env_steps", "objective")}}
+        evals[split], series[split] = result, ser
+    return evals, series

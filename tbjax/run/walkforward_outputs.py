@@ -1,0 +1,128 @@
+"""Walk-forward outputs: ``walkforward.json``, ``report.md``, the stitched equity plot, and one run
+directory per fold (``folds/fold_<k>``) holding that fold's best checkpoint.
+
+A fold's directory has what :func:`tbjax.load_policy` reads from a training run (``config.yaml``,
+``feature_pipeline.json`` fit on that fold's train rows, ``checkpoints/best`` written with orbax by
+:class:`~tbjax.run.checkpoint.RunCheckpoints``) plus ``fold.json`` with its bar ranges as times, so
+each fold's policy can be restored and traded on new bars like any trained run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tbjax.atomic import write_atomic, write_with
+from tbjax.config import dump_config
+from tbjax.data.splits import format_ms
+from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.run.folds import union_times
+from tbjax.run.rundir import run_write
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def plot_equity(path: Path, rows: list[dict], stitched: dict) -> None:
+    """Stitched equity vs buy-and-hold, a dashed line at each fold's first test bar (atomic write)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = np.asarray(stitched["time_ms"], np.float64) / 86_400_000.0
+    fig, ax = plt.subplots(figsize=(9, 4))
+    try:
+        ax.plot(days, np.cumprod(1.0 + stitched["returns"]), label="agent (stitched out-of-sample)")
+        ax.plot(days, np.cumprod(1.0 + stitched["buy_and_hold_returns"]), label="buy and hold")
+        for r in rows:
+            ax.axvline(r["test_start_ms"] / 86_400_000.0, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("days since 1970-01-01 (dashed: fold starts)")
+        ax.set_ylabel("equity")
+        ax.legend()
+        write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(run_dir: Path, rows: list[dict], stitched: dict, mode: str) -> dict:
+    """``walkforward.json``, ``report.md`` and ``walkforward_equity.png`` (atomic writes)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plot_equity(run_dir / "walkforward_equity.png", rows, stitched)
+    doc = _jsonable({"mode": mode, "folds": rows, "stitched": stitched})
+    write_atomic(run_dir / "walkforward.json", json.dumps(doc, indent=1))
+    write_atomic(run_dir / "report.md", "\n".join(report_lines(rows, stitched, mode)))
+    return doc
+
+
+def _cell(metrics: dict, key: str, digits: int) -> str:
+    value = metrics.get(key)
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _when(ms) -> str:
+    return format_ms(int(ms))[:10] if ms is not None else "n/a"
+
+
+def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
+    """report.md: one row per fold (best carry's val objective and Sortino, its test metrics), the
+    stitched row, then each fold's test metrics per symbol against buy-and-hold."""
+    lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by the val objective; each fold's policy "
+             "is in folds/fold_<k> (load it with tbjax.load_policy)", "",
+             ("| fold | test bars (UTC) | best update | val objective | val Sortino | test Sortino | test return "
+              "| test max DD | B&H test Sortino |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        t = r["test"]
+        lines.append(f"| {r['fold']} | {_when(r['test_start_ms'])} .. {_when(r['test_end_ms'])} | {r['best_update']} | "
+                     f"{_cell(r, 'val_objective', 3)} | {_cell(r, 'val_sortino', 3)} | {_cell(t, 'sortino', 3)} | "
+                     f"{_cell(t, 'total_return', 4)} | {_cell(t, 'max_drawdown', 4)} | "
+                     f"{_cell(t.get('buy_and_hold', {}), 'sortino', 3)} |")
+    m, b = stitched["metrics"], stitched["buy_and_hold"]
+    lines.append(f"| stitched | all | | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
+                 f"{_cell(m, 'max_drawdown', 4)} | {_cell(b, 'sortino', 3)} |")
+    lines += ["", (f"buy-and-hold over the same bars: Sortino {_cell(b, 'sortino', 3)}, "
+                   f"return {_cell(b, 'total_return', 4)}; flat: return 0"), "",
+              f"is it real: {stitched['is_it_real'].get('reading', '')}", "",
+              "![stitched equity](walkforward_equity.png)", "", "## Test metrics per symbol", "",
+              "| fold | symbol | Sortino | Sharpe | return | max DD | turnover |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        for sym, t in sorted(r["test"].get("per_symbol", {}).items()):
+            lines.append(f"| {r['fold']} | {sym} | {_cell(t, 'sortino', 3)} | {_cell(t, 'sharpe', 3)} | "
+                         f"{_cell(t, 'total_return', 4)} | {_cell(t, 'max_drawdown', 4)} | {_cell(t, 'turnover', 3)} |")
+    return lines + [""]
+
+
+def save_fold_runs(run_dir: Path, wf) -> list[Path]:
+    """``folds/fold_<k>``: config (symbols pinned), the fold's pipeline, its best carry, ``fold.json``."""
+    union = union_times(wf.tables)
+    cfg = dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables)))
+    out = []
+    for k, fd in enumerate(wf.folds):
+        score, update, carry, val_sortino = wf.best[k]
+        folder = run_dir / "folds" / f"fold_{k}"
+        with run_write(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / "config.yaml", dump_config(cfg))
+            fd.pipeline.save(str(folder / "feature_pipeline.json"))
+            ranges = {role: [int(union[a]), int(union[b - 1])] for role, (a, b) in
+                      zip(("train", "val", "test", "segment"), (fd.fold.train, fd.fold.val, fd.fold.test, fd.fold.segment))}
+            write_atomic(folder / "fold.json", json.dumps({"fold": k, "time_ms": ranges, "rows": fd.ranges}, indent=1))
+        with run_write(folder / "checkpoints" / "best"), RunCheckpoints(folder) as ckpt:
+            ckpt.save_best(update, carry, {"update": update, "objective": float(score), "fold": k,
+                                           "val_sortino": float(val_sortino)})
+        out.append(folder)
+    return out

@@ -1,0 +1,165 @@
+"""Seed populations (train.population > 1): one vmapped program equal to lone runs, the ensemble's
+arithmetic by hand, selection on val only, and a population run restored by load_policy deciding
+exactly as its backtest."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tbjax
+from tbjax.cli import prepare, synth
+from tbjax.cli import train as train_cli
+from tbjax.config import load_config
+from tbjax.learner.population import ensemble_action, ensemble_apply
+from tbjax.run.chunks import take
+from tbjax.run.population import select_members
+from tbjax.run.reevaluate import evaluate_run
+from tbjax.run.session import TrainingSession
+
+WINDOW = 32
+TINY = [f"env.window_size={WINDOW}", "env.episode_len=16", "env.position_levels=[-1.0, 0.0, 0.5, 1.0]",
+        "data.train_start=2020-01-01", "data.train_end=2020-01-24", "data.val_start=2020-01-25",
+        "data.val_end=2020-01-31", "data.test_start=2020-02-01", "data.test_end=2020-02-28",
+        "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]",
+        "ppo.num_quantiles=8", "ppo.learning_rate=3e-3", "train.updates_per_chunk=2", "train.eval_every=2",
+        "train.total_env_steps=1024", "output.tensorboard=false", "eval.regime_bars=300"]
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("population")
+    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1000", "--timeframe", "1h",
+                       "--seed", "3", "--signal", "0.3"]) == 0
+    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
+    return root / "proc"
+
+
+def config(processed, *extra):
+    return load_config("configs/base.yaml", TINY + [f"data.processed_dir={processed}", *extra])
+
+
+def test_members_equal_lone_runs_with_their_seeds_and_compile_once(processed, tmp_path):
+    plain = ("eval.w_choppy=0", "eval.w_trend=0")  # no regime markets: the objective is the val Sortino
+    pop = TrainingSession(config(processed, "train.population=3", *plain), tmp_path / "pop", write=False, quiet=True)
+    assert pop.train(resume=False, stop=None)
+    assert pop.program.chunk._cache_size() == 1
+    for i in range(3):
+        lone = TrainingSession(config(processed, f"train.seed={i}", *plain), tmp_path / f"lone{i}", write=False,
+                               quiet=True)
+        assert lone.train(resume=False, stop=None)
+        member = take(pop.carry, i)
+        for a, b in zip(jax.tree_util.tree_leaves(member.params), jax.tree_util.tree_leaves(lone.carry.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+        assert pop.book.objective[i] == pytest.approx(lone.best_objective, rel=1e-3, abs=1e-3)
+    # the members differ (own seeds), so the comparison above is not trivially true
+    assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(take(pop.carry, 0).params)[0]),
+                           np.asarray(jax.tree_util.tree_leaves(take(pop.carry, 1).params)[0]))
+
+
+def test_ensemble_action_by_hand():
+    levels = [-1.0, 0.0, 0.5, 1.0]
+    actions = jnp.asarray([[0, 1, 2, 3, 3],    # -1,  0,  .5, 1,  1
+                           [0, 2, 2, 1, 3],    # -1, .5, .5,  0,  1
+                           [1, 3, 2, 0, 1]])   #  0,  1, .5, -1,  0
+    # means -2/3, .5, .5, 0, 2/3 -> nearest levels -1, .5, .5, 0, .5
+    np.testing.assert_array_equal(np.asarray(ensemble_action(actions, "discrete", levels)), [0, 2, 2, 1, 2])
+    # ties go to the flatter level: mean .75 of {.5, 1} -> .5; mean -.75 of {-1, -.5} -> -.5
+    assert int(ensemble_action(jnp.asarray([[1], [2]]), "discrete", [0.0, 0.5, 1.0])[0]) == 1
+    assert int(ensemble_action(jnp.asarray([[0], [1]]), "discrete", [-1.0, -0.5, 0.0])[0]) == 1
+    cont = ensemble_action(jnp.asarray([[0.2], [1.5], [-0.4]]), "continuous", levels)
+    assert float(cont[0]) == pytest.approx((0.2 + 1.0 - 0.4) / 3, rel=1e-6)  # members clipped to [-1, 1]
+
+
+def test_each_member_acts_with_its_own_statistics():
+    def policy_apply(params, obs_stats, obs, deterministic=True, key=None):
+        return jnp.argmax(params * (obs - obs_stats), axis=-1)  # which feature is most above the member's mean
+
+    apply = ensemble_apply(policy_apply, "discrete", [0.0, 0.5, 1.0], 3)
+    obs = jnp.asarray([[1.0, 1.0, 1.0]])
+    params = jnp.ones((3, 3))
+    stats = jnp.asarray([[0.0, 0.9, 0.9], [0.9, 0.0, 0.9], [0.9, 0.0, 0.9]])  # members pick 0, 1, 1
+    assert int(apply(params, stats, obs)[0]) == 1  # mean of 0, .5, .5 = 1/3 -> level .5
+
+
+def test_selection_uses_val_objectives_only():
+    assert select_members([0.5, -0.2, 1.0, None], None) == [2, 0]  # beat flat (0), best first
+    assert select_members([-0.5, -0.2, float("nan")], None) == [1]  # none beats flat: the best alone
+    assert select_members([0.5, -0.2, 1.0], 2) == [2, 0]
+
+
+@pytest.fixture(scope="module")
+def population_run(processed, tmp_path_factory):
+    run = tmp_path_factory.mktemp("poprun") / "run"
+    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
+            f"data.processed_dir={processed}", "--set", "train.population=3"]
+    for s in TINY:
+        argv += ["--set", s]
+    assert train_cli.main(argv) == 0
+    return run
+
+
+def test_population_run_is_one_policy_in_load_policy_evaluate_and_report(population_run, processed):
+    evals, series = evaluate_run(population_run, "best", ("val", "test"))
+    pop = evals["test"]["population"]
+    saved = json.loads((population_run / "eval" / "val.json").read_text())["population"]
+    objectives = [m["val_objective"] for m in saved["members"]]
+    assert pop["selected"] == saved["selected"] == select_members(objectives, None)
+    assert len(pop["members"]) == 3 and "## Population" in (population_run / "report.md").read_text()
+    policy = tbjax.load_policy(population_run)
+    assert policy.members == pop["selected"]
+    session = TrainingSession(load_config(population_run / "config.yaml"), population_run, write=False)
+    market = session.exp.market
+    for s, sym in enumerate(session.exp.symbols):
+        start, end = int(market.role_start[s, 2]), int(market.role_end[s, 2])
+        bars = {c: np.asarray(v)[start:end] for c, v in session.exp.tables[sym].items()}
+        positions = policy.target_positions(bars)
+        expected = series["test"][sym]["position"]
+        np.testing.assert_array_equal(positions[WINDOW - 1: WINDOW - 1 + len(expected)], expected)
+
+
+def test_a_resumed_population_ends_as_the_uninterrupted_one(population_run, processed, tmp_path):
+    """Stopped after 2 chunks (one member's best found before, the rest after) and resumed: the same
+    member bests, the same chosen members and the same ensemble test metrics."""
+    run = tmp_path / "split"
+    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
+            f"data.processed_dir={processed}", "--set", "train.population=3"]
+    for s in TINY:
+        argv += ["--set", s]
+    assert train_cli.main(argv + ["--max-chunks", "2"]) == 0
+    assert train_cli.main(argv + ["--resume"]) == 0
+    for split in ("val", "test"):
+        whole = json.loads((population_run / "eval" / f"{split}.json").read_text())
+        again = json.loads((run / "eval" / f"{split}.json").read_text())
+        assert again["population"]["selected"] == whole["population"]["selected"]
+        for a, b in zip(again["population"]["members"], whole["population"]["members"]):
+            assert a["best_update"] == b["best_update"]
+            assert a["val_objective"] == pytest.approx(b["val_objective"], rel=1e-5)
+        assert again["pooled"]["sortino"] == pytest.approx(whole["pooled"]["sortino"], rel=1e-5)
+    assert (run / "metrics.jsonl").read_bytes() == (population_run / "metrics.jsonl").read_bytes()
+
+
+def test_an_ensemble_of_one_recurrent_policy_twice_acts_as_that_policy(processed, tmp_path):
+    """Two copies of a GRU member: the ensemble's mean is the member's own level on every bar, so
+    its backtest equals the member's only if every copy carries its recurrent state through the
+    split (a state reset each bar would act differently)."""
+    from tbjax.data.market import ROLE_TEST
+    from tbjax.learner.population import stack_trees
+    from tbjax.run.setup import evaluate_split
+
+    session = TrainingSession(config(processed, "ppo.policy=gru", "ppo.rnn_size=8"), tmp_path, write=False)
+    carry = session.template()
+    acting = session.trainer.policy_apply
+    _, alone = evaluate_split(session.exp, acting, carry.params, carry.obs_stats, session.env_params, ROLE_TEST)
+    twice = ensemble_apply(acting, "discrete", session.cfg.env.position_levels, 2)
+    params, stats = stack_trees([carry.params] * 2), stack_trees([carry.obs_stats] * 2)
+    _, both = evaluate_split(session.exp, twice, params, stats, session.env_params, ROLE_TEST)
+    stateless = ensemble_apply(acting.call, "discrete", session.cfg.env.position_levels, 2)
+    _, reset = evaluate_split(session.exp, stateless, params, stats, session.env_params, ROLE_TEST)
+    for sym in alone:
+        np.testing.assert_array_equal(both[sym]["position"], alone[sym]["position"])
+    assert any(not np.array_equal(reset[s]["position"], alone[s]["position"]) for s in alone)  # the state matters
