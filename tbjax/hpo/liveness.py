@@ -34,7 +34,11 @@ from collections.abc import Callable
 
 import optuna
 from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
+from optuna.storages._heartbeat import (
+    BaseHeartbeat,
+    get_heartbeat_thread,
+    is_heartbeat_enabled,
+)
 from optuna.trial import TrialState
 
 from tbjax.hpo.liveness_settings import LivenessSettings  # noqa: F401  (re-exported)
@@ -131,7 +135,12 @@ class Liveness:
         self._lock = threading.Lock()
 
     def add(self, trial) -> None:
-        beat = get_heartbeat_thread(trial._trial_id, self.study._storage)
+        """Beat once now (a trial whose worker dies before its thread's first beat would never be
+        stale: Optuna skips trials without a beat), then from Optuna's thread."""
+        storage = self.study._storage
+        if is_heartbeat_enabled(storage):
+            storage.record_heartbeat(trial._trial_id)
+        beat = get_heartbeat_thread(trial._trial_id, storage)
         with self._lock:
             self._threads[trial._trial_id] = beat
         beat.start()
