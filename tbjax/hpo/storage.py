@@ -59,8 +59,9 @@ def make_storage(spec: str | None, run_dir: Path, live: LivenessSettings | None 
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is marked experimental
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(spec, engine_kwargs=engine, heartbeat_interval=live.interval,
-                                                      grace_period=live.grace, heartbeat_stale_trial_callback=retry)
+                    storage = optuna.storages.RDBStorage(spec, engine_kwargs=engine, heartbeat_interval=live.interval,
+                                                         grace_period=live.grace, heartbeat_stale_trial_callback=retry)
+                return _serialize_sqlite(storage) if spec.startswith("sqlite") else storage
             except (IntegrityError, OperationalError):  # workers started together on a new database: the tables
                 # another one was creating ("already exists", a unique version row); an unreachable server too
                 if attempt == SCHEMA_ATTEMPTS - 1:
@@ -69,6 +70,22 @@ def make_storage(spec: str | None, run_dir: Path, live: LivenessSettings | None 
     except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
         raise InputError(f"cannot open {STORAGE_FLAG} '{spec}' ({type(exc).__name__}: {exc}): "
                          "check the URL and that the database is reachable and writable") from None
+
+
+def _serialize_sqlite(storage):
+    """Every SQLite transaction of ``storage`` starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite
+    recipe). SQLite ignores ``SELECT ... FOR UPDATE``, so without it two workers can both move the
+    same WAITING trial (a retry, an enqueued trial) to RUNNING in Optuna's read-then-write
+    ``_pop_waiting_trial_id`` and train it twice; PostgreSQL's row lock already prevents that."""
+    from sqlalchemy import event
+
+    def no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # pysqlite must not open transactions itself
+
+    event.listen(storage.engine, "connect", no_implicit_begin)
+    event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    storage.engine.dispose()  # connections opened before the listeners are replaced
+    return storage
 
 
 def _journal_problem(path: Path) -> str | None:

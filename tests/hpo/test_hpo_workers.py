@@ -159,3 +159,25 @@ def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials == []
+
+
+def test_sqlite_never_hands_one_waiting_trial_to_two_workers(tmp_path):
+    """Optuna pops a WAITING trial (a retry, an enqueued trial) by reading then writing its state;
+    SQLite ignores FOR UPDATE, so without tbjax's BEGIN IMMEDIATE two workers could both run it
+    (seen: 1-9 duplicates of 40 with 4 workers)."""
+    from tbjax.hpo.storage import make_storage
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="q")
+    for i in range(40):
+        study.enqueue_trial({"x": float(i)})
+    code = ("import sys, warnings, optuna; from pathlib import Path; from tbjax.hpo.storage import make_storage; "
+            "warnings.simplefilter('ignore'); "
+            "s = optuna.load_study(study_name='q', storage=make_storage(None, Path(sys.argv[1]))); "
+            "print(' '.join(str(s.ask().number) for _ in range(10)))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outs]
+    popped = [int(n) for out, _ in outs for n in out.split()]
+    assert sorted(popped) == list(range(40))  # every enqueued trial once: none twice, none lost
