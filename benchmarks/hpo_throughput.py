@@ -13,6 +13,14 @@ the union of the intervals is taken (a nested jit's trace lies inside its caller
 would count it twice). Share = that union / sweep wall time, for the B = 1 sweep (the
 ``compile_share`` field) and the B = 8 sweep. Goals (2-core CPU): compile share < 5 % of a
 20-trial sweep; B = 8 ≥ 2× the trials/hour of B = 1.
+
+    python benchmarks/hpo_throughput.py --storage postgresql://... [--quick] [--trials N]
+
+With ``--storage``: trials per hour of 1 and 2 worker processes (``python -m tbjax.hpo``, the
+command users run, sharing one study) on that storage and on the SQLite default, written to
+``benchmarks/results/hpo_storage_throughput.json``. Each sweep is timed from the workers' launch to
+their exit (process start, data loading and the compiled-program cache read included: that is what
+a worker costs); a warm-up study fills the shared JAX compilation cache first, so no sweep compiles.
 """
 
 from __future__ import annotations
@@ -79,14 +87,71 @@ def sweep(cfg, exp, space, params: list[dict], batch: int, run_dir: Path) -> dic
             "trials_per_hour": done / wall * 3600.0}
 
 
+def worker_sweep(config: Path, storage: str | None, workers: int, n_trials: int, run_dir: Path, env: dict) -> dict:
+    """``workers`` processes of ``python -m tbjax.hpo`` on one new study; trials/hour of the whole."""
+    import subprocess
+    import uuid
+
+    from tbjax.hpo.liveness import counted_trials
+    from tbjax.hpo.storage import make_storage
+
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "tbjax.hpo", "--config", str(config), "--run-dir", str(run_dir), "--study-name", name,
+           "--n-trials", str(n_trials)] + (["--storage", storage] if storage else [])
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(cmd + ["--set", f"hpo.sampler_seed={k}"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for k in range(workers)]
+    errors = [p.communicate()[1] for p in procs]
+    wall = time.perf_counter() - t0
+    for p, err in zip(procs, errors):
+        if p.returncode != 0:
+            raise SystemExit(f"a worker failed ({p.returncode}): {err[-2000:]}")
+    study = optuna.load_study(study_name=name, storage=make_storage(storage, run_dir))
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in counted_trials(study))
+    return {"storage": "sqlite" if storage is None else storage.split(":", 1)[0], "workers": workers,
+            "trials": done, "wall_s": wall, "trials_per_hour": done / wall * 3600.0}
+
+
+def storage_main(args, n_trials: int) -> int:
+    """1 and 2 workers on ``args.storage`` and on SQLite (module docstring)."""
+    import platform
+
+    out_path = Path(args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("hpo_storage_throughput.json"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = make_config(folder, args.quick)
+        env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+               "JAX_COMPILATION_CACHE_DIR": str(folder / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        worker_sweep(config, None, 1, 1, folder / "warmup", env)  # fills the compilation cache
+        sweeps = [worker_sweep(config, storage, w, n_trials, folder / f"{k}-w{w}", env)
+                  for k, storage in (("sqlite", None), ("given", args.storage)) for w in (1, 2)]
+    for r in sweeps:
+        print(f"{r['storage']:>10}, {r['workers']} worker(s): {r['trials']} trials in {r['wall_s']:.1f} s -> "
+              f"{r['trials_per_hour']:.0f} trials/h")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    out = {"cpu": cpu, "cores": os.cpu_count(), "n_trials": n_trials, "quick": args.quick, "sweeps": sweeps}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {out_path}")
+    return 0
+
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hpo_throughput.json"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--storage", help="compare 1 and 2 worker processes on this storage URL with SQLite")
     ap.add_argument("--quick", action="store_true", help="tiny budget, 8 trials: checks that it runs")
     ap.add_argument("--trials", type=int, default=None, help="trials per sweep (default 24; quick 8)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "hpo_throughput.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     n_trials = args.trials or (8 if args.quick else 24)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.storage:
+        return storage_main(args, n_trials)
     common.track_compiles()
     rng = np.random.default_rng(0)
     params = [{"ppo.learning_rate": float(10 ** rng.uniform(-5, -3)), "ppo.cvar_alpha": float(rng.uniform(1 / 16, 0.2)),

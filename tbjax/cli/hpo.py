@@ -2,13 +2,15 @@
 
     python -m tbjax.hpo --config configs/hpo.yaml [--storage URL] [--study-name S] [--n-trials N]
                         [--timeout SEC] [--batch B] [--run-dir DIR] [--set a.b=c]
+                        [--heartbeat-interval S] [--grace-period S] [--max-retries K]
 
 The study lives in a storage that several processes (or machines) can share and that
 ``optuna-dashboard`` opens: by default ``<run-dir>/study.db`` (SQLite); any SQLAlchemy URL; or an
 Optuna journal file (a path ending in ``.log``). The study is always loaded if it exists, so
-re-running the same command resumes it (``n_trials`` is the study's total). SQL storages carry
-Optuna's trial heartbeat (journal files an equivalent attr): a trial whose worker was killed is
-reported, failed and retried with the same parameters (:mod:`tbjax.hpo.runner`). Sampler: TPE seeded
+re-running the same command resumes it (``n_trials`` is the study's total). Every storage carries
+Optuna's trial heartbeat and ``RetryHeartbeatStaleTrialCallback``: a trial whose worker was killed
+is reported, failed after ``--grace-period`` seconds of silence and retried with the same
+parameters up to ``--max-retries`` times (:mod:`tbjax.hpo.liveness`). Sampler: TPE seeded
 with ``hpo.sampler_seed`` (+ the number of trials already stored, so a resumed or second worker
 does not replay the first one's random start); pruner: ``hpo.pruner``. Trial execution, batching
 and pruning rules: :mod:`tbjax.hpo.runner`; the search space: :mod:`tbjax.hpo.space`.
@@ -32,6 +34,15 @@ import sys
 from pathlib import Path
 
 from tbjax.errors import InputError, print_error
+from tbjax.hpo.liveness_settings import LivenessSettings
+from tbjax.hpo.storage import (  # noqa: F401
+    STORAGE_FLAG,
+    failure_reasons,
+    journal_storage,
+    make_storage,
+    retries_of,
+    storage_shown,
+)
 
 PRUNER_NAMES = ("successive_halving", "median", "hyperband", "patient", "none")
 
@@ -51,74 +62,26 @@ def parse_args(argv):
     ap.add_argument("--batch", type=int, help="trials trained together by one vmapped program")
     ap.add_argument("--run-dir", help="HPO run directory (default <runs_dir>/<run_name or hpo-<study>>)")
     ap.add_argument("--set", action="append", default=[], metavar="A.B=C", help="override a config key")
-    return ap.parse_args(argv)
+    d = LivenessSettings()
+    ap.add_argument("--heartbeat-interval", type=int, default=d.interval, metavar="S",
+                    help=f"seconds between a trial's heartbeats (Optuna's heartbeat_interval; default {d.interval})")
+    ap.add_argument("--grace-period", type=int, default=d.grace, metavar="S",
+                    help=f"a RUNNING trial silent this long is failed and retried (default {d.grace})")
+    ap.add_argument("--max-retries", type=int, default=d.max_retry, metavar="K",
+                    help=f"retries of a trial whose worker died (RetryHeartbeatStaleTrialCallback; default {d.max_retry})")
+    args = ap.parse_args(argv)
+    for flag, value, low in (("--heartbeat-interval", args.heartbeat_interval, 1),
+                             ("--grace-period", args.grace_period, 1), ("--max-retries", args.max_retries, 0)):
+        if value < low:
+            raise InputError(f"{flag} must be an integer >= {low}, got {value}")
+    if args.grace_period <= args.heartbeat_interval:
+        raise InputError(f"--grace-period ({args.grace_period} s) must exceed --heartbeat-interval "
+                         f"({args.heartbeat_interval} s), or live trials would be failed as stale")
+    return args
 
 
-STORAGE_FLAG = "--storage / hpo.storage"
-
-
-def make_storage(spec: str | None, run_dir: Path):
-    """None → SQLite in the run dir; ``*.log`` → journal file; otherwise an SQLAlchemy URL.
-
-    SQL storages get Optuna's heartbeat (``heartbeat_interval``, ``grace_period`` from
-    :mod:`tbjax.hpo.runner`), which is how a trial whose worker was killed is recognised.
-    """
-    import warnings
-
-    import optuna
-
-    from tbjax.hpo.liveness import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
-
-    if spec is None:
-        spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    if spec.endswith(".log") and "://" not in spec:
-        return journal_storage(spec)
-    if "://" not in spec:
-        raise InputError(f"{STORAGE_FLAG} '{spec}' is neither an SQLAlchemy URL (e.g. sqlite:///study.db, "
-                         "postgresql://user@host/db) nor a journal file ending in .log")
-    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():  # heartbeat_interval is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(spec, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                              grace_period=GRACE_PERIOD_S)
-    except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
-        raise InputError(f"cannot open {STORAGE_FLAG} '{spec}' ({type(exc).__name__}: {exc}): "
-                         "check the URL and that the database is reachable and writable") from None
-
-
-def _journal_problem(path: Path) -> str | None:
-    """Why a journal file cannot live at ``path`` (None when it can): checked before Optuna opens it."""
-    if path.is_dir():
-        return "is a directory, not a file"
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"cannot be created: '{parent}' is a file, not a folder"
-            break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):  # the journal itself (appended to, never truncated)
-            pass
-        probe = path.with_name(f".{path.name}.probe")  # Optuna also writes its lock file beside it
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        return f"is not writable ({exc.strerror or type(exc).__name__})"
-    return None
-
-
-def journal_storage(spec: str):
-    """An Optuna journal file storage, with one clear InputError when the path cannot hold it."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    path = Path(spec)
-    problem = _journal_problem(path)
-    if problem:
-        raise InputError(f"{STORAGE_FLAG} journal file '{spec}' {problem}: pass a writable file path ending "
-                         "in .log whose folder exists or can be created (e.g. runs/hpo/study.log)")
-    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+def liveness_of(args) -> LivenessSettings:
+    return LivenessSettings(args.heartbeat_interval, args.grace_period, args.max_retries)
 
 
 def make_pruner(name: str, n_updates: int):
@@ -137,10 +100,10 @@ def make_pruner(name: str, n_updates: int):
     return P.NopPruner()
 
 
-def open_study(cfg, run_dir: Path):
+def open_study(cfg, run_dir: Path, live: LivenessSettings | None = None):
     import optuna
 
-    storage = make_storage(cfg.hpo.storage, run_dir)
+    storage = make_storage(cfg.hpo.storage, run_dir, live)
     try:
         n_existing = len(optuna.load_study(study_name=cfg.hpo.study_name, storage=storage).get_trials(deepcopy=False))
     except KeyError:  # a new study
@@ -165,8 +128,7 @@ def write_results(study, run_dir: Path, fixed: tuple = (), notes: tuple = ()) ->
     summary = {"study_name": study.study_name, "n_trials": len(trials), "trial_counts": counts,
                "fixed_by_config": list(fixed), "space_notes": list(notes), "best_trial": None, "best_value": None,
                "best_params": None, "param_importances": None, "importance_error": None,
-               "failed": {t.number: t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL},
-               "retries": {t.number: t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}}
+               "failed": failure_reasons(trials), "retries": retries_of(trials)}
     if complete:
         best = study.best_trial
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
@@ -313,14 +275,14 @@ def run(argv=None) -> dict:
     import optuna
     from tqdm import tqdm
 
-    from tbjax.run.setup import build_experiment
-    from tbjax.hpo.runner import TrialRunner
     from tbjax.hpo.liveness import counted_trials
+    from tbjax.hpo.runner import TrialRunner
+    from tbjax.run.setup import build_experiment
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for note in space.notes:
         print(f"hpo: note: {note}", file=sys.stderr)
-    study = open_study(cfg, run_dir)
+    study = open_study(cfg, run_dir, liveness_of(args))
     exp = build_experiment(cfg)
     runner = TrialRunner(cfg, exp, space, run_dir)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -342,6 +304,8 @@ def run(argv=None) -> dict:
     finally:
         bar.close()
     summary = write_results(study, run_dir, space.fixed, space.notes)
+    shown = storage_shown(cfg.hpo.storage, run_dir)
+    print(f"storage: {shown} (study '{cfg.hpo.study_name}'; browse it with: optuna-dashboard {shown})")
     error = no_result_error(study, run_dir)
     if error is not None:
         raise error

@@ -1,180 +1,223 @@
-"""Liveness of HPO trials: heartbeats of this worker's trials, stale trials of killed workers.
+"""Liveness of HPO trials across workers, with Optuna's own heartbeat and retry machinery.
 
-A worker that dies leaves its trials RUNNING. Every live trial has a heartbeat: Optuna's own
-(``RDBStorage(heartbeat_interval, grace_period)``, sqlite/postgres URLs) or, for storages without
-one (Optuna's journal files), the same rule on the system attr ``tbjax:heartbeat``. A background
-thread beats every ``HEARTBEAT_INTERVAL_S`` for each trial this worker runs (compiles and long
-chunks included, since the Python loop is blocked then). Before asking, a worker fails every trial
-silent for ``GRACE_PERIOD_S`` with a ``fail_reason``, enqueues a retry with the same params (user
-attr ``retry_of`` = the stale trial's number) up to ``MAX_RETRIES`` times, and prints one line
-naming the trials (:func:`recover_stale`); RUNNING trials of other workers are named once when a
-worker starts (:func:`note_foreign_running`).
+A worker that dies (``kill -9``, a lost machine, the OOM killer) leaves its trials RUNNING.
+Optuna's answer, used here as its documentation recommends for distributed runs:
 
-Counting: ``n_trials`` is the study's total (:func:`counted_trials`): every started trial (any
-state but WAITING) except a stale trial that was retried (its retry stands in for it).
+* every trial this worker runs beats from Optuna's per-trial heartbeat thread (the one
+  ``Study.optimize`` starts; a batch of B vmapped trials has B of them), so compiles and long
+  chunks never silence a trial;
+* before each ask, ``optuna.storages.fail_stale_trials`` fails the RUNNING trials silent for the
+  grace period and calls the storage's ``heartbeat_stale_trial_callback``: a
+  ``RetryHeartbeatStaleTrialCallback(max_retry)`` (``RetryFailedTrialCallback`` before Optuna
+  4.9) that queues a WAITING copy with the same params; the copy records its origin in the system
+  attrs ``failed_trial`` / ``retry_history`` (``RetryHeartbeatStaleTrialCallback.retried_trial_number``).
+
+SQL storages are Optuna's ``RDBStorage(heartbeat_interval, grace_period, ...)``. Optuna's journal
+storage has no heartbeat, so :class:`HeartbeatJournalStorage` gives it Optuna's heartbeat interface
+(``BaseHeartbeat``: the beat is a system attr, stale = RUNNING and silent for the grace period),
+and the same Optuna functions serve all three storages.
+
+Counting (``n_trials`` is the study's total, :func:`counted_trials`): every started trial except
+a stale trial that was retried (its retry stands in for it) and a surplus trial. Trial numbers are
+dense and assigned by the storage, so a fresh trial numbered n is surplus when ``n_trials`` fresh
+trials have smaller numbers (concurrent workers asked together at the end): it is failed at once
+with ``surplus`` and a reason, and never trains. So N workers finish exactly ``n_trials``.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import optuna
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import (
+    BaseHeartbeat,
+    get_heartbeat_thread,
+    is_heartbeat_enabled,
+)
 from optuna.trial import TrialState
 
-HEARTBEAT_INTERVAL_S = 30  # Optuna wants whole seconds
-GRACE_PERIOD_S = 600  # silent this long = its worker stopped (a chunk or compile never blocks the beat thread)
-MAX_RETRIES = 2  # a trial that keeps killing its worker (e.g. the OOM killer) is retried this often
-HEARTBEAT_ATTR = "tbjax:heartbeat"  # system attr, for storages without Optuna's heartbeat
+from tbjax.hpo.liveness_settings import LivenessSettings  # noqa: F401  (re-exported)
+
+HEARTBEAT_ATTR = "tbjax:heartbeat"  # journal storages only: Optuna's RDB keeps its own heartbeat table
+SURPLUS_ATTR = "surplus"
 
 
 def numbers(trials) -> str:
     return ", ".join(str(t.number) for t in trials)
 
 
-def optuna_heartbeat_enabled(storage) -> bool:
-    """Whether ``storage`` carries Optuna's heartbeat (an RDBStorage built with ``heartbeat_interval``)."""
-    interval = getattr(storage, "get_heartbeat_interval", None)
-    return interval is not None and interval() is not None
+def grace_of(storage) -> int | None:
+    """The storage's grace period (seconds; Optuna's default is twice the interval), None without a heartbeat."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        return None
+    backend = getattr(storage, "_backend", storage)  # RDBStorage inside Optuna's cache
+    return getattr(backend, "grace_period", None) or 2 * interval
+
+
+class StaleTrialRetry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-stale trial, plus one stderr line naming it.
+
+    The copy starts without the stale trial's user attrs (its partial ``objective_series`` and
+    ``lr_applied`` belong to the killed attempt) and without its journal heartbeat (an old beat
+    would make the copy look stale before its own thread beats). Numbers this process failed are
+    kept in ``failed`` (for :func:`recover_stale`).
+    """
+
+    def __init__(self, max_retry: int, grace: int, log: Callable[[str], None]):
+        with warnings.catch_warnings():  # marked experimental since Optuna 2.8
+            warnings.simplefilter("ignore")
+            super().__init__(max_retry=max_retry)
+        self.grace, self.log, self.failed = grace, log, []
+
+    def __call__(self, study, trial) -> None:
+        retry = copy.deepcopy(trial)
+        retry.user_attrs = {}
+        retry.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}
+        before = len(study.get_trials(deepcopy=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            super().__call__(study, retry)
+        self.failed.append(trial.number)
+        origin = retry.system_attrs.get("failed_trial", trial.number)
+        again = (f"queued again as trial {before} with the same parameters" if len(study.get_trials(deepcopy=False))
+                 > before else f"not retried: trial {origin} was retried {self._max_retry} times already")
+        self.log(f"hpo: stale trial {trial.number} marked FAIL (no heartbeat for over {self.grace} s: its worker "
+                 f"stopped); {again}")
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with Optuna's heartbeat interface (Optuna 5 has none for journals).
+
+    ``record_heartbeat`` writes the time as the system attr ``HEARTBEAT_ATTR``; a RUNNING trial
+    whose last beat is older than ``grace_period`` is stale (one without a beat never is, as in
+    RDBStorage). Worker clocks must agree within the grace period (RDBStorage uses the server's).
+    """
+
+    def __init__(self, backend, heartbeat_interval: int, grace_period: int, heartbeat_stale_trial_callback=None):
+        super().__init__(backend)
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker judged it stale: nothing to keep alive
+            pass
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if HEARTBEAT_ATTR in t.system_attrs and now - float(t.system_attrs[HEARTBEAT_ATTR]) > self.grace_period]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.heartbeat_stale_trial_callback
 
 
 class Liveness:
-    """Heartbeats of this worker's trials and the stale trials of others, for one study.
+    """Optuna's heartbeat thread for each trial this worker runs, for one study.
 
-    Optuna's heartbeat where the storage has it (RDBStorage built with ``heartbeat_interval``:
-    ``record_heartbeat`` and its stale-trial query, the pair ``optuna.storages.fail_stale_trials``
-    uses; that function is not called because it fails a trial before a reason can be attached).
-    Otherwise (journal files) the same rule on the system attr ``HEARTBEAT_ATTR``, falling back
-    to the trial's start time (or the old ``heartbeat`` user attr) when it never beat.
-
-    A daemon thread beats for every registered trial each ``interval`` seconds: Optuna's own
-    heartbeat runs in a thread too, because ``study.optimize`` would otherwise miss beats while a
-    program compiles or a long chunk runs. This runner uses ask/tell, so it keeps the thread.
+    :meth:`add` starts the thread of a trial (it beats at once, then every interval),
+    :meth:`discard` stops it before the trial is told; leaving the context stops the rest.
     """
 
-    def __init__(self, study, interval: float = HEARTBEAT_INTERVAL_S, grace: float = GRACE_PERIOD_S):
-        self.study, self.storage = study, study._storage
-        self.optuna_heartbeat = optuna_heartbeat_enabled(self.storage)
-        if self.optuna_heartbeat:
-            backend = getattr(self.storage, "_backend", self.storage)
-            interval = backend.get_heartbeat_interval()
-            grace = getattr(backend, "grace_period", None) or 2 * interval
-        self.interval, self.grace = float(interval), float(grace)
-        self._ids: set[int] = set()
+    def __init__(self, study):
+        self.study = study
+        self._threads: dict[int, object] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def add(self, trial) -> None:
-        """Beat for ``trial`` now and from the thread until :meth:`discard`."""
+        """Beat once now (a trial whose worker dies before its thread's first beat would never be
+        stale: Optuna skips trials without a beat), then from Optuna's thread."""
+        storage = self.study._storage
+        if is_heartbeat_enabled(storage):
+            storage.record_heartbeat(trial._trial_id)
+        beat = get_heartbeat_thread(trial._trial_id, storage)
         with self._lock:
-            self._ids.add(trial._trial_id)
-        self._beat(trial._trial_id)
+            self._threads[trial._trial_id] = beat
+        beat.start()
 
     def discard(self, trial) -> None:
         with self._lock:
-            self._ids.discard(trial._trial_id)
-
-    def _beat(self, trial_id: int) -> None:
-        try:
-            if self.optuna_heartbeat:
-                self.storage.record_heartbeat(trial_id)
-            else:
-                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except Exception:  # the trial finished meanwhile, or a transient storage error: beat again later
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                ids = list(self._ids)
-            for trial_id in ids:
-                self._beat(trial_id)
-
-    def __enter__(self) -> "Liveness":
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="tbjax-hpo-heartbeat", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+            beat = self._threads.pop(trial._trial_id, None)
+        if beat is not None:
+            beat.join()
 
     def mine(self, trial) -> bool:
         with self._lock:
-            return trial._trial_id in self._ids
+            return trial._trial_id in self._threads
 
-    def stale(self) -> list:
-        """RUNNING trials of the study whose heartbeat is older than the grace period."""
-        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if not self.mine(t)]
-        if self.optuna_heartbeat:
-            ids = set(self.storage._get_stale_trial_ids(self.study._study_id))
-            return [t for t in running if t._trial_id in ids]
-        now = time.time()
-        out = []
-        for t in running:
-            beat = t.system_attrs.get(HEARTBEAT_ATTR, t.user_attrs.get("heartbeat"))
-            if beat is None:
-                beat = t.datetime_start.timestamp() if t.datetime_start else now
-            if now - float(beat) > self.grace:
-                out.append(t)
-        return out
+    def __enter__(self) -> "Liveness":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            beats, self._threads = list(self._threads.values()), {}
+        for beat in beats:
+            beat.join()
 
 
 def retried_numbers(trials) -> set[int]:
     """Numbers of the stale trials that a retry stands in for (they leave the trial count)."""
-    return {t.user_attrs["retry_of"] for t in trials if t.user_attrs.get("retry_of") is not None}
+    return {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+
+
+def is_retry(trial) -> bool:
+    return trial.system_attrs.get("failed_trial") is not None
 
 
 def counted_trials(study) -> list:
-    """The trials ``n_trials`` counts: started ones (not WAITING), minus stale trials that were retried."""
+    """The trials ``n_trials`` counts: started ones, minus stale trials that were retried and surplus trials."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
-    return [t for t in trials if t.state != TrialState.WAITING and t.number not in retried]
+    return [t for t in trials if t.state != TrialState.WAITING and t.number not in retried
+            and not t.user_attrs.get(SURPLUS_ATTR)]
 
 
-def recover_stale(study, liveness: Liveness, log: Callable[[str], None]) -> list:
-    """FAIL trials whose worker stopped (no heartbeat for the grace period) and retry them.
+def waiting_retries(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if is_retry(t)]
 
-    Each gets ``fail_reason``, and a retry with the same params is enqueued (user attrs
-    ``retry_of`` = its number, ``retry_count``) unless it was retried ``MAX_RETRIES`` times
-    already. Two workers may see the same stale trial: only the one whose FAIL lands enqueues.
-    Returns the trials this worker failed; ``log``s one line naming them.
+
+def surplus_reason(study, trial, n_trials: int) -> str | None:
+    """Why ``trial`` (just asked) must not run: ``n_trials`` fresh trials have smaller numbers."""
+    trials = study.get_trials(deepcopy=False)
+    me = next(t for t in trials if t._trial_id == trial._trial_id)
+    if is_retry(me):
+        return None  # a retry stands in for a trial that already holds its place
+    before = [t for t in trials if t.number < me.number and not is_retry(t) and not t.user_attrs.get(SURPLUS_ATTR)]
+    if len(before) < n_trials:
+        return None
+    return (f"surplus: trials {before[0].number}..{before[-1].number} already fill n_trials = {n_trials} "
+            "(another worker asked at the same moment); not run")
+
+
+def recover_stale(study) -> list[int]:
+    """Optuna's ``fail_stale_trials``: FAIL trials whose worker stopped and queue their retries.
+
+    Returns the numbers this call failed (the storage's :class:`StaleTrialRetry` logs each one).
+    Two workers may see the same stale trial: only the one whose FAIL lands retries it.
     """
-    failed, retried = [], []
-    for t in liveness.stale():
-        silent = f"no heartbeat for over {liveness.grace:.0f} s: its worker stopped"
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", silent)
-            won = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-            continue  # another worker failed it first
-        if not won:
-            continue
-        failed.append(t)
-        count = int(t.user_attrs.get("retry_count", 0))
-        if count < MAX_RETRIES:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number, "retry_count": count + 1})
-            retried.append(t)
-    if failed:
-        again = (f"queued again with the same parameters: {numbers(retried)}" if retried else "not retried")
-        given_up = [t for t in failed if t not in retried]
-        tail = f"; given up after {MAX_RETRIES} retries: {numbers(given_up)}" if given_up and retried else ""
-        log(f"hpo: stale trials {numbers(failed)} marked FAIL (no heartbeat for over "
-            f"{liveness.grace:.0f} s: their worker stopped); {again}{tail}")
-    return failed
+    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    seen = len(callback.failed) if isinstance(callback, StaleTrialRetry) else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    return list(callback.failed[seen:]) if isinstance(callback, StaleTrialRetry) else []
 
 
-def note_foreign_running(study, liveness: Liveness | None, log: Callable[[str], None]) -> None:
+def note_foreign_running(study, liveness: Liveness | None, grace: float, log: Callable[[str], None]) -> None:
     """Name the RUNNING trials of other (or stopped) workers once, so they are not counted silently."""
     running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                if not (liveness and liveness.mine(t))]
     if running:
-        grace = liveness.grace if liveness else GRACE_PERIOD_S
         log(f"hpo: trials {numbers(running)} are RUNNING in another worker (or one stopped less than "
             f"{grace:.0f} s ago): they count toward n_trials, and are failed and retried if their "
             "heartbeat stays silent that long")

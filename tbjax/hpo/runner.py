@@ -38,13 +38,9 @@ must fix, such as a full disk) or an interrupt fails the group and stops the wor
 records the learning rate actually applied (``lr_applied``: [update, lr] at the end of each
 chunk) and, for its best checkpoint, ``val_metrics`` and ``test_metrics`` (pooled, core keys).
 
-Counting: ``n_trials`` is the study's total; each worker asks while the study counts fewer
-trials. Counted: every started trial (any state but WAITING: enqueued trials are run, not
-counted) except a stale trial that was retried (its retry stands in for it). Concurrent workers
-may overshoot by up to one batch each (the count is read before asking, as in Optuna's
-MaxTrialsCallback).
-
-Killed workers: heartbeats and stale-trial recovery are :mod:`tbjax.hpo.liveness`.
+Counting and killed workers: ``n_trials`` is the study's total; each worker asks while the
+study counts fewer trials or a retry waits. Optuna's heartbeats, stale-trial retries and the rule
+that makes concurrent workers finish exactly ``n_trials``: :mod:`tbjax.hpo.liveness`.
 """
 
 from __future__ import annotations
@@ -308,18 +304,20 @@ class TrialRunner:
                 m.told = True
 
     # ------------------------------------------------------------------ stale trials
-    def recover_stale(self, study) -> list:
-        """FAIL trials whose worker stopped and queue their retries (:func:`tbjax.hpo.liveness.recover_stale`)."""
-        return _liveness.recover_stale(study, self.liveness or Liveness(study), self.log)
+    def recover_stale(self, study) -> list[int]:
+        """FAIL trials whose worker stopped and queue their retries (Optuna's, :mod:`tbjax.hpo.liveness`)."""
+        return _liveness.recover_stale(study)
 
     def _note_foreign_running(self, study) -> None:
-        _liveness.note_foreign_running(study, self.liveness, self.log)
+        grace = _liveness.grace_of(study._storage)
+        if grace is not None:
+            _liveness.note_foreign_running(study, self.liveness, grace, self.log)
 
     # ------------------------------------------------------------------ the loop
     def optimize(self, study, n_trials: int, batch: int = 1, timeout: float | None = None,
                  on_trial_done: Callable[[], None] | None = None) -> int:
-        """Ask and run trials until the study counts ``n_trials`` (see :func:`counted_trials`) or
-        ``timeout`` passes. Returns the number of trials this call started."""
+        """Ask and run trials until the study counts ``n_trials`` (see :func:`counted_trials`) and no
+        retry waits, or ``timeout`` passes. Returns the number of trials this call started."""
         with Liveness(study) as liveness:
             self.liveness = liveness
             try:
@@ -327,12 +325,18 @@ class TrialRunner:
             finally:
                 self.liveness = None
 
-    def _ask(self, study):
+    def _ask(self, study, n_trials: int):
+        """A trial to run (its heartbeat beating), or None when it is surplus (failed at once, with why)."""
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat here
             warnings.simplefilter("ignore")
             trial = study.ask()
         self.liveness.add(trial)
-        return trial
+        surplus = _liveness.surplus_reason(study, trial, n_trials)
+        if surplus is None:
+            return trial
+        trial.set_user_attr(_liveness.SURPLUS_ATTR, True)
+        self._fail(trial, surplus)
+        return None
 
     def _optimize(self, study, n_trials, batch, timeout, on_trial_done) -> int:
         t0 = time.time()
@@ -342,10 +346,10 @@ class TrialRunner:
         while timeout is None or time.time() - t0 < timeout:
             if started:
                 self.recover_stale(study)
-            remaining = n_trials - len(counted_trials(study))
+            remaining = max(n_trials - len(counted_trials(study)), len(_liveness.waiting_retries(study)))
             if remaining <= 0:
                 break
-            trials = [self._ask(study) for _ in range(min(batch, remaining))]
+            trials = [t for t in (self._ask(study, n_trials) for _ in range(min(batch, remaining))) if t is not None]
             started += len(trials)
             members = [m for m in (self.plan(t) for t in trials) if m is not None]
             groups: dict[tuple, list[Member]] = {}

@@ -34,10 +34,12 @@ def abstract(template):
     """ShapeDtypeStruct per leaf, with the template's sharding where it has one (a sharded env axis
     restores sharded), else on the default device. ``template`` may be concrete or come from
     ``jax.eval_shape(trainer.init, ...)``, which builds no arrays."""
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def one(x):
         sharding = getattr(x, "sharding", None) or default
+        if not sharding.is_fully_addressable:  # several processes: process 0 restores on its own devices
+            sharding = default
         if not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
             x = np.asarray(x)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)

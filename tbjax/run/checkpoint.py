@@ -70,6 +70,17 @@ class _LazyText:
         return format(self.make(), spec)
 
 
+def _this_process_only():
+    """Orbax's options for a manager used by this process alone: with several JAX processes only
+    process 0 reads and writes checkpoints (of host copies, tbjax.run.distributed.host_copy), so
+    orbax must not wait for the others at its barriers."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+
+
 class RunCheckpoints:
     """The two checkpoint series of one run directory (see the module docstring).
 
@@ -89,8 +100,10 @@ class RunCheckpoints:
         if write or kind in self._writers:
             if kind not in self._writers:
                 options = ocp.CheckpointManagerOptions(max_to_keep=KEEP[kind], enable_async_checkpointing=False,
-                                                       create=True, cleanup_tmp_directories=True)
+                                                       create=False, cleanup_tmp_directories=True,
+                                                       multiprocessing_options=_this_process_only())
                 try:
+                    self.paths[kind].mkdir(parents=True, exist_ok=True)  # orbax's create=True refuses active_processes
                     with quiet_orbax():
                         self._writers[kind] = ocp.CheckpointManager(self.paths[kind].resolve(), options=options,
                                                                     item_names=("carry", "meta"))
@@ -102,7 +115,8 @@ class RunCheckpoints:
         if not self.paths[kind].is_dir():
             return None
         with quiet_orbax():  # orbax warns that a read-only manager is read-only
-            options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False)
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False,
+                                                   multiprocessing_options=_this_process_only())
             return ocp.CheckpointManager(self.paths[kind].resolve(), options=options, item_names=("carry", "meta"))
 
     # ------------------------------------------------------------------ saving

@@ -20,6 +20,11 @@ Detection order (the first match wins); see the JAX guide "Multi-process environ
 
 A single-process setting (e.g. SLURM_NTASKS=1, one TPU host, JAX_NUM_PROCESSES=1) initialises
 nothing. Set TBJAX_DISTRIBUTED=0 to skip detection altogether.
+
+CPU processes (tests, or hosts without accelerators) need JAX's CPU collectives:
+JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo. Checkpoints: every process gathers the carry
+(:func:`host_copy`), process 0 saves it; the final evaluation runs on process 0 alone, from its
+own copy of the best checkpoint (docs/SCALE_OUT.md has the launch lines).
 """
 
 from __future__ import annotations
@@ -114,6 +119,20 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None,
 def is_primary() -> bool:
     """True on the process that writes run directories, checkpoints and reports (process 0)."""
     return jax.process_index() == 0
+
+
+def host_copy(carry):
+    """The carry as host arrays with GLOBAL values when several processes train together, else
+    ``carry`` unchanged. A collective: every process must call it at the same point (the
+    checkpoint schedule is the same on all). Process 0 then saves what it holds alone, so orbax
+    needs neither other processes nor a shared file system (:mod:`tbjax.run.checkpoint`)."""
+    if jax.process_count() == 1:
+        return carry
+    from jax.experimental import multihost_utils
+
+    from tbjax.run.carry_storage import storable
+
+    return multihost_utils.process_allgather(storable(carry), tiled=True)
 
 
 def process_summary() -> dict:

@@ -119,6 +119,6 @@ def train_job(plan: Plan, *, command: list[str], quiet: bool = False, max_chunks
         session, carry = open_session(plan, quiet)
     finished = train_chunks(plan, session, carry, command=command, leftovers=leftovers, quiet=quiet,
                             max_chunks=max_chunks, note=note)
-    if finished:
+    if finished and session.write:  # several processes: process 0 evaluates and writes the report
         final_evaluation(session, plan.run_dir)
     return TrainResult(plan.run_dir, finished, session.update)

@@ -36,6 +36,7 @@ from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.learner.population import member_keys, population_program
 from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.run.distributed import host_copy
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
@@ -194,6 +195,7 @@ class TrainingSession:
     def _keep(self, carry, save: dict, val_sortino) -> None:
         """After an evaluation: the best checkpoint when the objective improved, then "latest".
         A population saves every member's best carry, stacked, when any member improved."""
+        carry = host_copy(carry)  # several processes: all gather, process 0 saves
         if self.book is not None:
             save = {**save, **self.book.meta(self.cfg.train.ensemble_top_k)}
             if self.book.improved and self.write:
@@ -209,8 +211,10 @@ class TrainingSession:
         if self.write:
             best = self.best_objective if math.isfinite(self.best_objective) else None
             self._save_latest(carry, {**save, "best_objective": best})
-        if self.quiet and self.write:
-            print(f"update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
+        self.saved_update = self.update  # on every process: the end-of-run save decision is then the same on all
+        if self.quiet:  # other processes print the same line, marked
+            who = "" if self.write else f"[process {jax.process_index()}] "
+            print(f"{who}update {self.update}/{self.cfg.n_updates}  val sortino {finite_or_zero(val_sortino):.3f}  "
                   f"objective {save['objective']:.3f}", flush=True)
 
     def train(self, resume: bool, stop, max_chunks: int | None = None, carry=None) -> bool:
@@ -237,8 +241,10 @@ class TrainingSession:
                 with contextlib.suppress(OSError):
                     tb.close()
         if self.update < schedule.total_updates:
+            if self.saved_update != self.update:
+                host = host_copy(carry)  # every process (a collective), then process 0 saves
             if self.write and self.saved_update != self.update:
-                self._save_latest(carry, {"update": self.update, "env_steps": self.update * steps_per_update,
+                self._save_latest(host, {"update": self.update, "env_steps": self.update * steps_per_update,
                                           "best_objective": self.best_objective})
             return False
         self.carry = carry
@@ -246,7 +252,9 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ final artifacts
     def final_evaluation(self, which: str = "best") -> dict:
-        template = self.template()
+        """Process 0 only when several train together: it restores its checkpoint to its own devices."""
+        # several processes: no global computation on this one alone, only the shapes
+        template = self.template() if jax.process_count() == 1 else jax.eval_shape(self.template)
         if which == "best" and self.ckpt.best_step() is None:
             which = "latest"
         carry, meta = self.ckpt.restore(which, template)

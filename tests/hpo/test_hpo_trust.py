@@ -29,7 +29,7 @@ from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
 from tbjax.cli.hpo import main as hpo_main, make_storage
 from tbjax.config import load_config
 from tbjax.hpo.runner import TrialRunner
-from tbjax.hpo.liveness import HEARTBEAT_ATTR, Liveness, counted_trials
+from tbjax.hpo.liveness import HEARTBEAT_ATTR, Liveness, LivenessSettings, counted_trials, recover_stale
 from tbjax.run.chunks import ChunkSchedule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,15 +176,15 @@ def test_stale_trial_is_reported_failed_and_retried(data, capsys):
 
     assert hpo_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "stale" in ln]
-    assert len(lines) == 1 and "stale trials 0 marked FAIL" in lines[0] and "queued again" in lines[0]
+    assert len(lines) == 1 and "stale trial 0 marked FAIL" in lines[0] and "queued again as trial 1" in lines[0]
 
     study = optuna.load_study(study_name="tbjax", storage=make_storage(None, run_dir))
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2]  # none lost, none duplicated
     stale, retry, fresh = trials
-    assert stale.state == TrialState.FAIL and "no heartbeat" in stale.user_attrs["fail_reason"]
+    assert stale.state == TrialState.FAIL  # by Optuna's fail_stale_trials: its reason is said in the summary
     assert retry.state == TrialState.COMPLETE and retry.params == {"ppo.learning_rate": 5e-4}
-    assert retry.user_attrs["retry_of"] == 0 and "retry_of" not in fresh.user_attrs
+    assert retried_trial_number(retry) == 0 and retried_trial_number(fresh) is None  # Optuna's retry records
     assert fresh.state == TrialState.COMPLETE
     assert [t.number for t in counted_trials(study)] == [1, 2]  # n_trials = 2: the retry stands in for 0
     summary = _load(run_dir / "hpo_summary.json")
@@ -202,23 +202,29 @@ def test_stale_trial_is_reported_failed_and_retried(data, capsys):
     assert "DSR" in bias["reading"] and "PBO" in bias["reading"]
 
 
+def retried_trial_number(trial):
+    with warnings.catch_warnings():  # marked experimental
+        warnings.simplefilter("ignore")
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
 def test_journal_trials_without_heartbeat_are_recovered_once(tmp_path):
-    """Journal storages have no Optuna heartbeat: the system attr does the same job."""
-    storage = make_storage(str(tmp_path / "study.log"), tmp_path)
+    """Journal storages have no Optuna heartbeat: Optuna's heartbeat interface on a system attr does the job."""
+    lines = []
+    storage = make_storage(str(tmp_path / "study.log"), tmp_path, log=lines.append)
     study = optuna.create_study(study_name="j", storage=storage, direction="maximize")
     dist = optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)
     old, recent = study.ask({"ppo.learning_rate": dist}), study.ask({"ppo.learning_rate": dist})
     storage.set_trial_system_attr(old._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
     storage.set_trial_system_attr(recent._trial_id, HEARTBEAT_ATTR, time.time())
-    lines = []
-    runner = TrialRunner(None, None, None, tmp_path, log=lines.append)
-    assert [t.number for t in runner.recover_stale(study)] == [0]
+    runner = TrialRunner(None, None, None, tmp_path)
+    assert runner.recover_stale(study) == [0]
     assert runner.recover_stale(study) == []  # already failed: not failed or retried twice
-    assert len(lines) == 1 and "stale trials 0" in lines[0]
+    assert len(lines) == 1 and "stale trial 0 marked FAIL" in lines[0]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
-    assert trials[2].params == {} and trials[2].user_attrs["retry_of"] == 0
-    assert study._storage.get_trial(trials[2]._trial_id).system_attrs["fixed_params"] == old.params
+    assert trials[2].params == old.params and retried_trial_number(trials[2]) == 0
+    assert HEARTBEAT_ATTR not in trials[2].system_attrs  # the copy does not inherit the stale beat
 
 
 def test_every_trial_failing_exits_2_with_the_reason(data, tmp_path, capsys):
@@ -254,12 +260,12 @@ def test_unusable_journal_path_is_one_error(data, tmp_path, capsys, where):
 
 
 def test_heartbeat_thread_keeps_a_long_trial_alive(tmp_path):
-    """The beat comes from a thread, so a trial whose chunk (or compile) outlasts the grace period lives."""
-    with warnings.catch_warnings():  # heartbeat_interval is experimental; ask() outside optimize() warns
+    """The beat comes from Optuna's heartbeat thread, so a trial whose chunk (or compile) outlasts
+    the grace period lives; once it stops beating, Optuna's fail_stale_trials fails it."""
+    storage = make_storage(None, tmp_path, LivenessSettings(interval=1, grace=3, max_retry=0), log=lambda _: None)
+    study = optuna.create_study(storage=storage)  # sqlite's clock has whole seconds
+    with warnings.catch_warnings():  # ask() outside optimize() warns
         warnings.simplefilter("ignore")
-        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=1,
-                                             grace_period=3)  # sqlite's clock has whole seconds
-        study = optuna.create_study(storage=storage)
         trial = study.ask()
 
     def age_heartbeats():
@@ -269,9 +275,27 @@ def test_heartbeat_thread_keeps_a_long_trial_alive(tmp_path):
     with Liveness(study) as liveness:
         liveness.add(trial)
         age_heartbeats()
-        assert [t.number for t in liveness.stale()] == []  # this worker's own trial is never stale
         time.sleep(2.5)  # the main thread is busy; the beat thread refreshes the heartbeat meanwhile
-        assert [t.number for t in Liveness(study).stale()] == []  # seen from another worker: alive
+        assert recover_stale(study) == []  # seen from another worker: alive
         liveness.discard(trial)
     age_heartbeats()
-    assert [t.number for t in Liveness(study).stale()] == [0]
+    assert recover_stale(study) == [0]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]  # max_retry 0: not queued again
+
+
+def test_every_member_of_a_batch_has_its_own_heartbeat(tmp_path):
+    """B trials trained as one vmapped program: each beats from its own Optuna heartbeat thread."""
+    storage = make_storage(None, tmp_path, LivenessSettings(interval=1, grace=3, max_retry=0), log=lambda _: None)
+    study = optuna.create_study(storage=storage)
+    with warnings.catch_warnings():  # ask() outside optimize() warns
+        warnings.simplefilter("ignore")
+        batch = [study.ask() for _ in range(3)]
+    with Liveness(study) as liveness:
+        for trial in batch:
+            liveness.add(trial)
+        with sqlite3.connect(tmp_path / "study.db") as db:
+            beating = sorted(row[0] for row in db.execute("SELECT trial_id FROM trial_heartbeats"))
+        assert beating == sorted(t._trial_id for t in batch)
+        liveness.discard(batch[0])  # pruned early: its beat stops, the others go on
+        assert [liveness.mine(t) for t in batch] == [False, True, True]
+    assert not any(liveness.mine(t) for t in batch)

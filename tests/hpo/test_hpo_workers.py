@@ -1,0 +1,183 @@
+"""Several HPO workers on one study, on each storage (SQLite, a journal file, PostgreSQL), with a
+worker killed by SIGKILL in the middle of a trial.
+
+One flow per storage, every step through ``python -m tbjax.hpo`` as a user runs it:
+
+1. a worker starts alone and is killed (``kill -9``) once its trial has reported an intermediate
+   value: that trial is left RUNNING;
+2. after the grace period, the same command is run by 3 workers at once (the resume): Optuna's
+   stale-trial check fails the killed trial, its retry (same params, origin recorded by
+   ``RetryHeartbeatStaleTrialCallback``) runs, and the study ends with exactly ``N`` counted
+   trials, no number lost or duplicated, nothing RUNNING or WAITING;
+3. the storage the run prints loads with ``optuna.load_study`` (what ``optuna-dashboard`` opens).
+
+PostgreSQL: ``TBJAX_TEST_POSTGRES_URL`` (``.ci/run`` starts a server; ``scripts/local_postgres.sh``
+for a local one); without it that case is skipped with the reason.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tbjax.cli import prepare, synth
+from tbjax.hpo.liveness import counted_trials
+
+REPO = Path(__file__).resolve().parents[2]
+N_TRIALS = 4
+GRACE = 5  # seconds; heartbeat every second (flags of python -m tbjax.hpo)
+POSTGRES_URL = os.environ.get("TBJAX_TEST_POSTGRES_URL")
+STORAGES = ["sqlite", "journal", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.skipif(
+    not POSTGRES_URL, reason="TBJAX_TEST_POSTGRES_URL is not set: no PostgreSQL server (.ci/run starts one; "
+    "scripts/local_postgres.sh prints the URL)")])]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hpo_workers")
+    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
+    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
+    body = {
+        "data": {"processed_dir": str(root / "processed"), "train_start": "2020-01-01", "train_end": "2020-02-09",
+                 "val_start": "2020-02-10", "val_end": "2020-02-22", "test_start": "2020-02-23",
+                 "test_end": "2020-03-03"},
+        "env": {"episode_len": 32},
+        "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
+                "num_quantiles": 8, "cvar_alpha": 0.25},
+        "train": {"total_env_steps": 1024, "updates_per_chunk": 2, "eval_every": 2},  # 8 updates, 4 reports
+        "eval": {"regime_bars": 200},
+        "hpo": {"n_trials": N_TRIALS, "pruner": "none", "space": {
+            "ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}},
+        "output": {"tensorboard": False},
+    }
+    (root / "hpo.yaml").write_text(yaml.safe_dump(body))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": str(REPO)}
+    return root, env
+
+
+def _worker(root, env, run_dir, storage, study_name, seed):
+    cmd = [sys.executable, "-m", "tbjax.hpo", "--config", str(root / "hpo.yaml"), "--run-dir", str(run_dir),
+           "--study-name", study_name, "--heartbeat-interval", "1", "--grace-period", str(GRACE),
+           "--set", f"hpo.sampler_seed={seed}"] + (["--storage", storage] if storage else [])
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, text=True)
+
+
+def _load(storage_shown: str, study_name: str):
+    if "://" not in storage_shown:  # a journal file: optuna-dashboard takes the path, load_study a storage
+        backend = optuna.storages.journal.JournalFileBackend(storage_shown)
+        return optuna.load_study(study_name=study_name, storage=optuna.storages.JournalStorage(backend))
+    return optuna.load_study(study_name=study_name, storage=storage_shown)
+
+
+def _kill_mid_trial(proc, storage_shown, study_name):
+    """SIGKILL ``proc`` once one of its trials is RUNNING and has reported; that trial."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            running = _load(storage_shown, study_name).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # the study is not created yet
+            running = []
+        if running and running[0].intermediate_values:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            return running[0]
+        time.sleep(0.05)
+    pytest.fail(f"the worker never reached a reported trial: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_three_workers_finish_exactly_n_trials_after_a_kill(setup, tmp_path, kind):
+    root, env = setup
+    run_dir, study_name = tmp_path / "run", f"w-{uuid.uuid4().hex[:8]}"
+    storage = {"sqlite": None, "journal": str(tmp_path / "study.log"), "postgres": POSTGRES_URL}[kind]
+    shown = {"sqlite": f"sqlite:///{run_dir.resolve() / 'study.db'}", "journal": str(tmp_path.resolve() / "study.log"),
+             "postgres": POSTGRES_URL}[kind]
+
+    killed = _kill_mid_trial(_worker(root, env, run_dir, storage, study_name, 0), shown, study_name)
+    time.sleep(GRACE + 2)  # the killed worker's heartbeat is now older than the grace period
+    procs = [_worker(root, env, run_dir, storage, study_name, k) for k in (1, 2, 3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    stale_lines = [ln for _, err in outs for ln in err.splitlines() if "stale trial" in ln]
+    assert len(stale_lines) == 1 and f"stale trial {killed.number} marked FAIL" in stale_lines[0]
+
+    printed = {m for out, _ in outs for m in re.findall(r"^storage: (\S+) ", out, re.M)}
+    assert printed == {shown}  # what optuna-dashboard is told to open
+    study = _load(shown, study_name)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))  # none lost, none duplicated
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len(counted_trials(study)) == N_TRIALS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental
+        retries = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+                   is not None]
+    assert [t.system_attrs["retry_history"] for t in retries] == [[killed.number]]  # its origin, retried once
+    assert retries[0].params == killed.params and retries[0].state == TrialState.COMPLETE
+    assert study.get_trials()[killed.number].state == TrialState.FAIL
+    ran = [t for t in trials if not t.user_attrs.get("surplus") and t.number != killed.number]
+    assert len(ran) == N_TRIALS and all(t.state == TrialState.COMPLETE for t in ran)
+    assert sorted(int(p.name) for p in (run_dir / "trials").iterdir()) == sorted(t.number for t in ran)
+    surplus = len(trials) - N_TRIALS - 1
+    print(f"FIGURES {kind}: workers 1+3, kills 1, trials finished {len(ran)}, retried {len(retries)}, "
+          f"surplus {surplus}, lost 0, duplicated 0")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grace-period", "0"], "--grace-period must be an integer >= 1, got 0"),
+    (["--max-retries", "-1"], "--max-retries must be an integer >= 0, got -1"),
+    (["--heartbeat-interval", "60", "--grace-period", "60"], "--grace-period (60 s) must exceed --heartbeat-interval"),
+])
+def test_bad_liveness_flags_are_one_message(flags, message, capsys):
+    from tbjax.cli.hpo import main
+
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
+    """Four workers opening a new SQLite study at the same moment race to create Optuna's tables;
+    the losers retry (tbjax.hpo.storage.SCHEMA_ATTEMPTS) instead of exiting."""
+    code = ("import sys, optuna; from pathlib import Path; from tbjax.hpo.storage import make_storage; "
+            "optuna.create_study(storage=make_storage(None, Path(sys.argv[1])), study_name='s', load_if_exists=True)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials == []
+
+
+def test_sqlite_never_hands_one_waiting_trial_to_two_workers(tmp_path):
+    """Optuna pops a WAITING trial (a retry, an enqueued trial) by reading then writing its state;
+    SQLite ignores FOR UPDATE, so without tbjax's BEGIN IMMEDIATE two workers could both run it
+    (seen: 1-9 duplicates of 40 with 4 workers)."""
+    from tbjax.hpo.storage import make_storage
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="q")
+    for i in range(40):
+        study.enqueue_trial({"x": float(i)})
+    code = ("import sys, warnings, optuna; from pathlib import Path; from tbjax.hpo.storage import make_storage; "
+            "warnings.simplefilter('ignore'); "
+            "s = optuna.load_study(study_name='q', storage=make_storage(None, Path(sys.argv[1]))); "
+            "print(' '.join(str(s.ask().number) for _ in range(10)))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outs]
+    popped = [int(n) for out, _ in outs for n in out.split()]
+    assert sorted(popped) == list(range(40))  # every enqueued trial once: none twice, none lost
