@@ -113,6 +113,11 @@ def run(args) -> int:
         print(f"stopped after update {result.update}; continue with: {continue_command(result.run_dir, args.quiet)}",
               file=sys.stderr)
         return 0
+    from tbjax.run.distributed import is_primary
+
+    if not is_primary():  # process 0 wrote the run directory; this process trained its share
+        print(f"run finished; process 0 wrote {result.run_dir}")
+        return 0
     print(f"run finished: {result.run_dir}  (report: {result.run_dir / 'report.md'})")
     return 0
 
