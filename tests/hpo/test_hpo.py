@@ -20,7 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tbjax.cli import prepare, synth
+from tiny_run_config import tiny_body, tiny_market
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.config import load_config
 from tbjax.data.market import ROLE_VAL
@@ -44,28 +44,17 @@ PARAMS = [
 
 
 def _tiny_config(processed: Path) -> dict:
-    return {
-        "data": {"processed_dir": str(processed), "train_start": "2020-01-01", "train_end": "2020-02-09",
-                 "val_start": "2020-02-10", "val_end": "2020-02-22", "test_start": "2020-02-23",
-                 "test_end": "2020-03-03"},
-        "env": {"episode_len": 32},
-        "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
-                "num_quantiles": 8, "cvar_alpha": 0.25},  # alpha >= 1/num_quantiles (the CVaR floor)
-        "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2},  # 4 updates, 2 evals
-        "eval": {"regime_bars": 200},
-        "hpo": {"n_trials": 3, "pruner": "none", "space": {
-            "ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}},
-        "output": {"tensorboard": False},
-    }
+    body = tiny_body(processed, total_env_steps=512)  # 4 updates, 2 evals
+    body["hpo"] = {"n_trials": 3, "pruner": "none", "space": {
+        "ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}
+    return body
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("hpo")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
     config_path = root / "hpo.yaml"
-    config_path.write_text(yaml.safe_dump(_tiny_config(root / "processed")))
+    config_path.write_text(yaml.safe_dump(_tiny_config(tiny_market(root))))
     cache = root / "jax_cache"
     old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     jax.config.update("jax_compilation_cache_dir", str(cache))  # subprocesses reuse these programs

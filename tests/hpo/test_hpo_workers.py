@@ -30,7 +30,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tbjax.cli import prepare, synth
+from tiny_run_config import tiny_body, tiny_market
 from tbjax.hpo.liveness import counted_trials
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,21 +45,9 @@ STORAGES = ["sqlite", "journal", pytest.param("postgres", marks=[pytest.mark.pos
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("hpo_workers")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
-    body = {
-        "data": {"processed_dir": str(root / "processed"), "train_start": "2020-01-01", "train_end": "2020-02-09",
-                 "val_start": "2020-02-10", "val_end": "2020-02-22", "test_start": "2020-02-23",
-                 "test_end": "2020-03-03"},
-        "env": {"episode_len": 32},
-        "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
-                "num_quantiles": 8, "cvar_alpha": 0.25},
-        "train": {"total_env_steps": 1024, "updates_per_chunk": 2, "eval_every": 2},  # 8 updates, 4 reports
-        "eval": {"regime_bars": 200},
-        "hpo": {"n_trials": N_TRIALS, "pruner": "none", "space": {
-            "ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}},
-        "output": {"tensorboard": False},
-    }
+    body = tiny_body(tiny_market(root), total_env_steps=1024)  # 8 updates, 4 reports
+    body["hpo"] = {"n_trials": N_TRIALS, "pruner": "none", "space": {
+        "ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}
     (root / "hpo.yaml").write_text(yaml.safe_dump(body))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": str(REPO)}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tbjax.cli import prepare, synth
+from tiny_run_config import tiny_body, tiny_market
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,19 +35,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
-    body = {
-        "data": {"processed_dir": str(root / "processed"), "train_start": "2020-01-01", "train_end": "2020-02-09",
-                 "val_start": "2020-02-10", "val_end": "2020-02-22", "test_start": "2020-02-23",
-                 "test_end": "2020-03-03"},
-        "env": {"episode_len": 32},
-        "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
-                "num_quantiles": 8, "cvar_alpha": 0.25},
-        "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2},  # 4 updates, 2 evaluations
-        "eval": {"regime_bars": 200},
-        "output": {"tensorboard": False},
-    }
+    body = tiny_body(tiny_market(root), total_env_steps=512)  # 4 updates, 2 evaluations
     (root / "tiny.yaml").write_text(yaml.safe_dump(body))
     return root / "tiny.yaml"
 
