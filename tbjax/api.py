@@ -207,9 +207,8 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     from tbjax.data.market import market_data_from_arrays
     from tbjax.run.setup import hparams_from_config, spec_from_config
     from tbjax.env.protocol import MarketEnv
-    from tbjax.learner.population import ensemble_apply, member_keys
     from tbjax.learner.trainer import make_trainer
-    from tbjax.run.population import population_hparams, select_members
+    from tbjax.run.population import chosen_members, ensemble_policy, initial_carry
 
     run_dir, kinds = _resolve(run_dir_or_checkpoint)
     cfg = _resolve_run_paths(load_config(run_dir / "config.yaml"), run_dir)
@@ -226,12 +225,7 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
         tradable=[np.ones(rows, bool)], hour_of_week=[np.zeros(rows, np.int32)],
         role_ranges=[[(0, rows), (0, 0), (0, 0)]], feature_names=[f"{c}_z" for c in pipeline.columns])
     hparams = hparams_from_config(cfg, env_params)
-    if cfg.train.population == 1:
-        template = jax.eval_shape(trainer.init, jax.random.PRNGKey(cfg.train.seed), hparams, market)
-    else:  # a population run: the stacked carry of its members (tbjax.run.population)
-        template = jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, 0, None)),
-                                  member_keys(cfg.train.seed, cfg.train.population),
-                                  population_hparams(cfg, hparams), market)
+    template = jax.eval_shape(lambda: initial_carry(cfg, trainer, hparams, market))  # stacked for a population
     ckpt = RunCheckpoints(run_dir)
     kind = next((k for k in kinds if ckpt.meta(k) is not None), None)
     if kind is None:
@@ -240,9 +234,7 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     carry, meta = ckpt.restore(kind, template)
     if cfg.train.population == 1:
         return TradingPolicy(cfg, pipeline, trainer, carry.params, carry.obs_stats, symbols, kind, meta)
-    selected = meta.get("selected") or select_members(meta.get("member_objective", []), cfg.train.ensemble_top_k)
-    meta = {**meta, "selected": selected}
-    idx = jnp.asarray(selected, jnp.int32)
-    params, stats = jax.tree_util.tree_map(lambda x: x[idx], (carry.params, carry.obs_stats))
-    apply = ensemble_apply(trainer.policy_apply, cfg.env.action_mode, cfg.env.position_levels, len(selected))
-    return TradingPolicy(cfg, pipeline, trainer, params, stats, symbols, kind, meta, policy_apply=apply)
+    selected = chosen_members(cfg, meta)
+    apply, params, stats = ensemble_policy(cfg, trainer, carry, selected)
+    return TradingPolicy(cfg, pipeline, trainer, params, stats, symbols, kind, {**meta, "selected": selected},
+                         policy_apply=apply)

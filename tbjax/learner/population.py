@@ -63,6 +63,13 @@ class Program:
             key = jnp.stack([key] * self.batch)
         return self.init(key, hparams, data)
 
+    def compile(self, carry, hparams, data) -> None:
+        """Compile the chunk for these arguments now (jit's cache keeps it for the first call)."""
+        if self.batch == 1:
+            self.chunk.lower(carry, hparams, data).compile()
+        else:
+            self.chunk.lower(carry, hparams, jnp.ones(self.batch, bool), data).compile()
+
     def advance(self, carry, hparams, alive, data):
         """One chunk for every member; a dead member (``alive`` False) keeps its carry."""
         if self.batch == 1:

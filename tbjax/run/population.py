@@ -24,7 +24,7 @@ import numpy as np
 
 from tbjax.config import Config
 from tbjax.data.market import ROLE_TEST, ROLE_VAL
-from tbjax.learner.population import ensemble_apply, stack_trees
+from tbjax.learner.population import ensemble_apply, member_keys, population_program, stack_trees
 from tbjax.run.chunks import take
 
 JITTERED = ("learning_rate", "ent_coef")
@@ -95,13 +95,31 @@ class MemberBook:
                             for i in range(self.size)]
 
 
-def ensemble_policy(session, carry, selected: list[int]):
-    """(policy_apply, params, obs_stats) of the ensemble of ``selected`` members of a stacked carry."""
+def initial_carry(cfg: Config, trainer, hparams, market):
+    """A fresh carry from ``train.seed``: the trainer's own for one member; for P members stacked,
+    member i from ``train.seed + i`` with its (jittered) HParams. Training, evaluation and
+    ``load_policy`` (under ``jax.eval_shape``) all build their template here."""
+    size, seed = cfg.train.population, cfg.train.seed
+    if size == 1:
+        return trainer.init(jax.random.PRNGKey(seed), hparams, market)
+    return population_program(trainer, size).start(member_keys(seed, size), population_hparams(cfg, hparams), market)
+
+
+def chosen_members(cfg: Config, meta: dict) -> list[int]:
+    """The ensemble's members recorded in a checkpoint's meta; a checkpoint saved before any
+    evaluation has no val evidence, so every member counts."""
+    if meta.get("selected"):
+        return [int(i) for i in meta["selected"]]
+    objectives = meta.get("member_objective")
+    return select_members(objectives, cfg.train.ensemble_top_k) if objectives else list(range(cfg.train.population))
+
+
+def ensemble_policy(cfg: Config, trainer, carry, selected: list[int]):
+    """(acting, params, obs_stats) of the ensemble of ``selected`` members of a stacked carry."""
     idx = jnp.asarray(selected, jnp.int32)
-    pick = lambda tree: jax.tree_util.tree_map(lambda x: x[idx], tree)  # noqa: E731
-    apply = ensemble_apply(session.trainer.policy_apply, session.cfg.env.action_mode,
-                           session.cfg.env.position_levels, len(selected))
-    return apply, pick(carry.params), pick(carry.obs_stats)
+    params, stats = jax.tree_util.tree_map(lambda x: x[idx], (carry.params, carry.obs_stats))
+    apply = ensemble_apply(trainer.policy_apply, cfg.env.action_mode, cfg.env.position_levels, len(selected))
+    return apply, params, stats
 
 
 MEMBER_KEYS = ("sortino", "sharpe", "total_return", "max_drawdown", "turnover")
@@ -113,24 +131,25 @@ def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "
     members chosen on val and the rule that chose them."""
     from tbjax.run.setup import evaluate_split, evaluate_with_objective
 
-    selected = [int(i) for i in meta.get("selected") or select_members(meta.get("member_objective", []),
-                                                                          session.cfg.train.ensemble_top_k)]
-    apply, params, stats = ensemble_policy(session, carry, selected)
+    selected = chosen_members(session.cfg, meta)
+    apply, params, stats = ensemble_policy(session.cfg, session.trainer, carry, selected)
+    size = session.cfg.train.population
+    objectives = meta.get("member_objective") or [None] * size
+    updates = meta.get("member_update") or [None] * size
     evals, series = {}, {}
     for split in splits:
         role = {"val": ROLE_VAL, "test": ROLE_TEST}[split]
         _, result, ser = evaluate_with_objective(session.exp, apply, params, stats, session.env_params, role)
         members = []
-        for i in range(session.cfg.train.population):
+        for i in range(size):
             one = take(carry, i)
             res, _ = evaluate_split(session.exp, session.trainer.policy_apply, one.params, one.obs_stats,
                                     session.env_params, role)
             members.append({"member": i, "seed": session.cfg.train.seed + i, "selected": i in selected,
-                            "val_objective": (meta.get("member_objective") or [None] * (i + 1))[i],
-                            "best_update": (meta.get("member_update") or [None] * (i + 1))[i],
+                            "val_objective": objectives[i], "best_update": updates[i],
                             **{k: res["pooled"].get(k) for k in MEMBER_KEYS}})
         top_k = session.cfg.train.ensemble_top_k
-        result["population"] = {"size": session.cfg.train.population, "selected": selected, "members": members,
+        result["population"] = {"size": size, "selected": selected, "members": members,
                                 "rule": "top_k" if top_k is not None else "beat flat on val", "top_k": top_k}
         result["checkpoint"] = {"which": which, **{k: meta.get(k) for k in ("update", "env_steps", "objective")}}
         evals[split], series[split] = result, ser

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tbjax.atomic import append_line, write_atomic
@@ -34,13 +33,13 @@ from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
-from tbjax.learner.population import member_keys, population_program
+from tbjax.learner.population import population_program
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.distributed import host_copy
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
-from tbjax.run.population import MemberBook, evaluate_population, population_hparams
+from tbjax.run.population import MemberBook, evaluate_population, initial_carry, population_hparams
 from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
                              hparams_from_config, spec_from_config, trainer_for)
 
@@ -81,7 +80,7 @@ class TrainingSession:
         self.population = cfg.train.population
         self.program = population_program(self.trainer, self.population)
         self.run_hparams = self.hparams if self.population == 1 else population_hparams(cfg, self.hparams)
-        self.book = MemberBook(self.population) if self.population > 1 else None
+        self.book: MemberBook | None = None  # a population's member bests, from start()
         self.ckpt = RunCheckpoints(self.run_dir)
         self.update = 0
         self.best_objective = -math.inf
@@ -124,10 +123,8 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ training
     def template(self):
-        """A fresh carry from ``train.seed`` (stacked, member i from seed + i, for a population)."""
-        seed = self.cfg.train.seed
-        key = jax.random.PRNGKey(seed) if self.population == 1 else member_keys(seed, self.population)
-        return self.program.start(key, self.run_hparams, self.exp.market)
+        """A fresh carry from ``train.seed`` (:func:`tbjax.run.population.initial_carry`)."""
+        return initial_carry(self.cfg, self.trainer, self.hparams, self.exp.market)
 
     def start(self, resume: bool, fix: str | None = None):
         """The carry training continues from: a fresh one from ``train.seed``, or the newest usable
@@ -151,10 +148,7 @@ class TrainingSession:
         """Compile ``train_chunk`` for ``carry`` now (jit's cache keeps the executable for the first
         chunk): a compile failure, or an interrupt while XLA compiles (often the longest wait before
         the first chunk), then happens before the run directory is touched."""
-        if self.population == 1:
-            self.trainer.train_chunk.lower(carry, self.hparams, self.exp.market).compile()
-        else:
-            self.program.chunk.lower(carry, self.run_hparams, jnp.ones(self.population, bool), self.exp.market).compile()
+        self.program.compile(carry, self.run_hparams, self.exp.market)
 
     def _log(self, row: dict, tb) -> None:
         """Append the chunk's row to metrics.jsonl (the first time: the trimmed file rewritten
@@ -177,6 +171,14 @@ class TrainingSession:
             with run_write(self.run_dir / "tb"):
                 tb.flush()
 
+    def _latest_meta(self, save: dict) -> dict:
+        """What a checkpoint records besides the carry: the chunk's bookkeeping, the best objective so
+        far (None before any evaluation: JSON has no -inf) and, for a population, every member's best
+        and the members chosen on val (resume restores the book from it, evaluation reads the choice)."""
+        best = self.best_objective if math.isfinite(self.best_objective) else None
+        book = self.book.meta(self.cfg.train.ensemble_top_k) if self.book is not None else {}
+        return {**save, **book, "best_objective": best}
+
     def _save_latest(self, carry, meta: dict) -> None:
         with run_write(self.ckpt.paths["latest"]):
             self.ckpt.save_latest(self.update, carry, meta)
@@ -197,20 +199,18 @@ class TrainingSession:
         A population saves every member's best carry, stacked, when any member improved."""
         carry = host_copy(carry)  # several processes: all gather, process 0 saves
         if self.book is not None:
-            save = {**save, **self.book.meta(self.cfg.train.ensemble_top_k)}
+            self.best_objective = max(self.book.objective)
             if self.book.improved and self.write:
                 with run_write(self.ckpt.paths["best"]):
-                    self.ckpt.save_best(self.update, self.book.best_carry(carry), save)
+                    self.ckpt.save_best(self.update, self.book.best_carry(carry), self._latest_meta(save))
             self.book.improved = False
-            self.best_objective = max(self.book.objective)
         elif save["objective"] > self.best_objective:
             self.best_objective = save["objective"]
             if self.write:
                 with run_write(self.ckpt.paths["best"]):
                     self.ckpt.save_best(self.update, carry, save)
         if self.write:
-            best = self.best_objective if math.isfinite(self.best_objective) else None
-            self._save_latest(carry, {**save, "best_objective": best})
+            self._save_latest(carry, self._latest_meta(save))
         self.saved_update = self.update  # on every process: the end-of-run save decision is then the same on all
         if self.quiet:  # other processes print the same line, marked
             who = "" if self.write else f"[process {jax.process_index()}] "
@@ -243,9 +243,9 @@ class TrainingSession:
         if self.update < schedule.total_updates:
             if self.saved_update != self.update:
                 host = host_copy(carry)  # every process (a collective), then process 0 saves
-            if self.write and self.saved_update != self.update:
-                self._save_latest(host, {"update": self.update, "env_steps": self.update * steps_per_update,
-                                          "best_objective": self.best_objective})
+                if self.write:
+                    self._save_latest(host, self._latest_meta({"update": self.update,
+                                                               "env_steps": self.update * steps_per_update}))
             return False
         self.carry = carry
         return True

@@ -163,3 +163,20 @@ def test_an_ensemble_of_one_recurrent_policy_twice_acts_as_that_policy(processed
     for sym in alone:
         np.testing.assert_array_equal(both[sym]["position"], alone[sym]["position"])
     assert any(not np.array_equal(reset[s]["position"], alone[s]["position"]) for s in alone)  # the state matters
+
+
+def test_a_stop_after_a_chunk_without_evaluation_keeps_every_members_best(processed, tmp_path):
+    """Evaluations at updates 4 and 8; stopped at update 6, the "latest" checkpoint still carries
+    the members' bests from update 4, so a resumed run restores them instead of starting blind."""
+    from tbjax.run.interrupts import StopFlag
+
+    cfg = config(processed, "train.population=2", "train.eval_every=4", "eval.w_choppy=0", "eval.w_trend=0")
+    first = TrainingSession(cfg, tmp_path / "run", quiet=True)
+    first.setup_run_dir("", fresh=True)
+    with StopFlag() as stop:
+        assert not first.train(resume=False, stop=stop, max_chunks=3)
+    assert first.update == 6 and all(u == 4 for u in first.book.update)
+    again = TrainingSession(cfg, tmp_path / "run", write=False, quiet=True)
+    again.start(resume=True)
+    assert again.update == 6 and again.book.update == first.book.update
+    assert again.book.objective == pytest.approx(first.book.objective)
