@@ -34,13 +34,12 @@ import sys
 from pathlib import Path
 
 from tbjax.errors import InputError, print_error
+from tbjax.hpo.liveness import failure_reasons, retries_of
 from tbjax.hpo.liveness_settings import LivenessSettings
 from tbjax.hpo.storage import (  # noqa: F401
     STORAGE_FLAG,
-    failure_reasons,
     journal_storage,
     make_storage,
-    retries_of,
     storage_shown,
 )
 

@@ -165,9 +165,27 @@ class Liveness:
             beat.join()
 
 
+def retries_of(trials) -> dict[int, int]:
+    """Retry number → the stale trial it re-runs (Optuna's ``retry_history``, last entry)."""
+    return {t.number: t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+
+
+def failure_reasons(trials) -> dict[int, str | None]:
+    """FAIL trial number → its reason; a trial failed by Optuna's stale-trial check has none
+    recorded (Optuna fails it before any attr can be set), so its reason is said here."""
+    retried_as = {origin: number for number, origin in retries_of(trials).items()}
+    out = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            stale = "no heartbeat for the grace period: its worker stopped; " + (
+                f"retried as trial {retried_as[t.number]}" if t.number in retried_as else "not retried")
+            out[t.number] = t.user_attrs.get("fail_reason") or stale
+    return out
+
+
 def retried_numbers(trials) -> set[int]:
     """Numbers of the stale trials that a retry stands in for (they leave the trial count)."""
-    return {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    return set(retries_of(trials).values())
 
 
 def is_retry(trial) -> bool:

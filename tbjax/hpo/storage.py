@@ -122,23 +122,3 @@ def journal_storage(spec: str, live: LivenessSettings | None = None, retry=None)
         raise InputError(f"{STORAGE_FLAG} journal file '{spec}' {problem}: pass a writable file path ending "
                          "in .log whose folder exists or can be created (e.g. runs/hpo/study.log)")
     return HeartbeatJournalStorage(JournalFileBackend(spec), live.interval, live.grace, retry)
-
-
-def retries_of(trials) -> dict[int, int]:
-    """Retry number → the stale trial it re-runs (Optuna's ``retry_history``, last entry)."""
-    return {t.number: t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
-
-
-def failure_reasons(trials) -> dict[int, str | None]:
-    """FAIL trial number → its reason; a trial failed by Optuna's stale-trial check has none
-    recorded (Optuna fails it before any attr can be set), so its reason is said here."""
-    from optuna.trial import TrialState
-
-    retried_as = {origin: number for number, origin in retries_of(trials).items()}
-    out = {}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            stale = "no heartbeat for the grace period: its worker stopped; " + (
-                f"retried as trial {retried_as[t.number]}" if t.number in retried_as else "not retried")
-            out[t.number] = t.user_attrs.get("fail_reason") or stale
-    return out
