@@ -10,14 +10,9 @@ from __future__ import annotations
 from tbjax.learner.population import Program, population_program, stack_trees
 from tbjax.learner.trainer import Trainer
 
-__all__ = ["Program", "batched_program", "program_for", "stack_trees"]
-
-
-def batched_program(trainer: Trainer, batch: int) -> Program:
-    """B trials with shared market data (:func:`tbjax.learner.population.population_program`)."""
-    return population_program(trainer, batch, data_axis=None)
+__all__ = ["Program", "program_for", "stack_trees"]
 
 
 def program_for(trainer: Trainer, batch: int) -> Program:
-    """B = 1: the trainer's own jitted functions; B > 1: :func:`batched_program`."""
+    """B trials with shared market data (:func:`tbjax.learner.population.population_program`)."""
     return population_program(trainer, batch, data_axis=None)

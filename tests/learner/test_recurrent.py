@@ -102,7 +102,7 @@ def test_recurrent_minibatches_must_divide_the_envs():
 def test_hpo_batched_program_runs_a_gru_like_separate_trials():
     """HPO's batched path (vmapped init and train_chunk over stacked HParams) carries each trial's
     own recurrent state: two trials in one program match the same trials run one by one."""
-    from tbjax.hpo.program import batched_program, stack_trees
+    from tbjax.hpo.program import program_for, stack_trees
 
     data = toy_market()
     env_params = market.make_env_params(window_size=4, episode_len=10)
@@ -110,7 +110,7 @@ def test_hpo_batched_program_runs_a_gru_like_separate_trials():
                        num_quantiles=8, holdout_size=16, policy="gru", rnn_size=8)
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hps = [make_hparams(env_params, learning_rate=lr) for lr in (1e-3, 3e-3)]
-    program = batched_program(trainer, 2)
+    program = program_for(trainer, 2)
     carry = program.start(jax.random.PRNGKey(0), stack_trees(hps), data)
     carry, metrics = program.advance(carry, stack_trees(hps), [True, True], data)
     assert carry.hidden.shape == (2, 8, 16) and float(jnp.abs(carry.hidden).max()) > 0

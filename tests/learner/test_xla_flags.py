@@ -13,14 +13,14 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from tbjax.config import load_config
     from tbjax.run.setup import build_experiment, trainer_for, spec_from_config, hparams_from_config, env_params_from_config
-    from tbjax.hpo.program import batched_program as _batched_program, stack_trees
+    from tbjax.hpo.program import program_for, stack_trees
     cfg = load_config("configs/base.yaml", ["ppo.n_envs=16", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=4",
                       "ppo.hidden_sizes=[64, 64]", "ppo.num_quantiles=16", "env.episode_len=64",
                       "train.updates_per_chunk=2", "train.total_env_steps=1024"])
     exp = build_experiment(cfg, with_regimes=False)
     trainer = trainer_for(spec_from_config(cfg, len(exp.symbols)), env_params_from_config(cfg, 0))
     hp = hparams_from_config(cfg, env_params_from_config(cfg, 0))
-    prog = _batched_program(trainer, 2)
+    prog = program_for(trainer, 2)
     hps = stack_trees([hp, hp.replace(learning_rate=jnp.float32(1e-4))])
     carry = prog.init(jnp.stack([jax.random.PRNGKey(0)] * 2), hps, exp.market)
     carry, metrics = prog.chunk(carry, hps, jnp.ones(2, bool), exp.market)
