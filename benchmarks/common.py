@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tbjax.config import PPOConfig
 from tbjax.data import features as feats
 from tbjax.data.bars import market_from_tables
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData
@@ -233,38 +234,44 @@ def _fmt(v) -> str:
 
 # ------------------------------------------------------------------------------- both learners
 
-# PPO settings shared by both sides (Schulman et al. 2017 defaults; SB3's ent_coef default is 0,
-# set to tbjax's 0.01 so the two objectives match). Learning rate constant on both sides.
-PPO_SETTINGS = {"learning_rate": 3e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_eps": 0.2,
-                "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5}
-HIDDEN = (64, 64)
+# PPO settings shared by both sides: tbjax's own defaults (tbjax/config.py, chosen by the study in
+# docs/TUNING.md), so SB3 gets the same tuned values. Learning rate constant on both sides (a
+# time-budgeted run has no known end for a decay).
+DEFAULT_PPO = PPOConfig()
+PPO_SETTINGS = {k: getattr(DEFAULT_PPO, k) for k in ("learning_rate", "gamma", "gae_lambda", "clip_eps",
+                                                     "ent_coef", "vf_coef", "max_grad_norm", "weight_decay")}
+HIDDEN = tuple(DEFAULT_PPO.hidden_sizes)
 
 
 @functools.lru_cache(maxsize=8)
 def tbjax_trainer(n_envs: int, n_steps: int, n_epochs: int, n_minibatches: int, updates_per_chunk: int,
                   n_groups: int, total_updates: int = 1_000, position_levels: tuple = LONG_SHORT, mesh=None,
-                  policy: str = "mlp"):
+                  policy: str = "mlp", window_size: int = 32):
     """The tbjax trainer over the market env with the shared widths (2 x 64) and a constant lr.
 
     Cached per settings: benchmarks run in one process (tests, notebooks) reuse one compiled
     trainer instead of compiling the same program again. ``position_levels`` fixes the action
     space (the network's output size), ``mesh`` shards the env axis over devices; ``policy``
-    gru / lstm adds separate actor and critic cores of HIDDEN[-1] units after the encoder."""
+    gru / lstm adds separate actor and critic cores of HIDDEN[-1] units after the encoder;
+    ``window_size`` is the market's (the per-bar encoder reads the window row by row)."""
     from tbjax.env.protocol import MarketEnv
     from tbjax.learner.trainer import TrainerSpec, make_trainer
 
     spec = TrainerSpec(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
                        updates_per_chunk=updates_per_chunk, total_updates=total_updates,
                        hidden_sizes=HIDDEN, lr_schedule="constant", n_groups=n_groups,
+                       bar_features=DEFAULT_PPO.bar_features,
                        holdout_size=min(1024, n_envs * n_steps), policy=policy, rnn_size=HIDDEN[-1])
-    action_space = market_env.make_env_params(action_mode="discrete", position_levels=tuple(position_levels))
+    action_space = market_env.make_env_params(action_mode="discrete", position_levels=tuple(position_levels),
+                                              window_size=window_size)
     return make_trainer(spec, MarketEnv(), action_space, mesh=mesh)
 
 
-def tbjax_hparams(params):
+def tbjax_hparams(params, **overrides: float):
+    """HParams of the shared settings (``PPO_SETTINGS``), with ``overrides`` (a study's trial values)."""
     from tbjax.learner.trainer import make_hparams
 
-    return make_hparams(params, **PPO_SETTINGS)
+    return make_hparams(params, **{**PPO_SETTINGS, **overrides})
 
 
 def host_market(market: MarketData) -> MarketData:
@@ -334,9 +341,9 @@ def add_workload_args(p, ppo_shape: bool = True) -> None:
     p.add_argument("--bars", type=int, default=20_000)
     p.add_argument("--window", type=int, default=32)
     if ppo_shape:
-        p.add_argument("--n-steps", type=int, default=64)
-        p.add_argument("--epochs", type=int, default=4)
-        p.add_argument("--minibatches", type=int, default=4)
+        p.add_argument("--n-steps", type=int, default=DEFAULT_PPO.n_steps)
+        p.add_argument("--epochs", type=int, default=DEFAULT_PPO.n_epochs)
+        p.add_argument("--minibatches", type=int, default=DEFAULT_PPO.n_minibatches)
 
 
 # --------------------------------------------------------------------------- compile time

@@ -1,24 +1,35 @@
-"""Wall-clock time for tbjax and for SB3 PPO to reach 80 % of the oracle Sharpe on validation.
+"""Wall-clock learning curves of tbjax and SB3 PPO on three markets whose right answer is known.
 
-The market has a planted signal (``benchmarks.common.planted_market``, rho = 0.2) and the only cost
-is a 5 bp fee per unit traded, long-short positions {-1, 0, 1}. The target is
-``target_frac`` x the per-bar Sharpe of ``tbjax.evaluation.oracle.threshold_oracle`` on the validation split
-with the same cost (docs/ALGORITHMS.md "Planted-signal oracle").
+Markets (``benchmarks.common.planted_market``, long-short positions {-1, 0, 1}, the only cost a 5 bp
+fee per unit traded), each with its own budget per learner:
 
-Both learners train from the same seed with the shared PPO settings and widths, each at its own
-practical scale, and are evaluated periodically on the val split with frozen observation
-statistics and a deterministic policy:
+* ``rho_0.2``: planted signal, rho = 0.2 (60 s): the headline market;
+* ``rho_0.1``: weak signal, rho = 0.1 (180 s);
+* ``rho_0``: NO signal (60 s): the right answer is to stay out, so what counts is val turnover
+  (goal <= 0.05 per bar) and whether the val Sharpe is distinguishable from zero (PSR).
+
+The oracle is ``tbjax.evaluation.oracle.threshold_oracle``'s per-bar Sharpe on the validation split
+with the same cost (docs/ALGORITHMS.md "Planted-signal oracle"). Both learners train from the same
+seed with the SAME settings: the PPO hyperparameters are tbjax's defaults (``common.PPO_SETTINGS``,
+read from tbjax/config.py, chosen by the study in docs/TUNING.md), each at its own practical scale,
+and are evaluated periodically on the val split with frozen observation statistics and a
+deterministic policy:
 * tbjax: ``tbjax.evaluation.backtest.backtest`` (a compiled walk of every symbol's split);
 * SB3: the Gymnasium twin walked over the same decision bars (the same start per symbol, the same
   rules), observations normalised by VecNormalize's current statistics without updating them.
 Both then compute the SAME per-bar Sharpe (``common.per_bar_sharpe``: mean / std of the
-concatenated per-bar net returns, as the oracle does).
+concatenated per-bar net returns, as the oracle does) and the same turnover (mean |traded| per bar).
 
+Each side trains for its whole budget (to show whether it HOLDS a level, not only reaches it).
 The clock counts training only, compilation included for tbjax (a user waits for it too; it is
-also reported alone). Evaluation time is excluded on both sides. A side that misses the budget
-reports the budget and ``reached: false``.
+also reported alone). Evaluation time is excluded on both sides. Per market and side: seconds to
+50/60/70/80/90 % of the oracle (None if never), the final and peak fraction, the "held" fraction
+(mean over the last third of the evaluations) and the final val turnover. The top-level
+``tbjax_seconds`` / ``sb3_seconds`` / ``ratio`` are the rho 0.2 market's time to 80 %; a side that
+misses reports its budget, so with one miss the ratio is a bound.
 
-    python benchmarks/learning_speed.py [--quick]  → benchmarks/results/learning_speed.json
+    python benchmarks/learning_speed.py [--quick] [--markets rho_0.2,rho_0]
+        → benchmarks/results/learning_speed.json
 """
 
 from __future__ import annotations
@@ -36,9 +47,15 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from tbjax.evaluation.backtest import backtest  # noqa: E402
 from tbjax.data.market import ROLE_VAL  # noqa: E402
+from tbjax.evaluation.significance import probabilistic_sharpe_ratio  # noqa: E402
 
 FEE_BPS = 5.0
 MILESTONES = (0.5, 0.6, 0.7, 0.8, 0.9)
+HEADLINE, HEADLINE_FRAC = "rho_0.2", 0.8
+# name -> (signal rho, budget in seconds per learner at full size)
+MARKETS = {"rho_0.2": (0.2, 60.0), "rho_0.1": (0.1, 180.0), "rho_0": (0.0, 60.0)}
+QUICK_BUDGETS = {"rho_0.2": 20.0, "rho_0.1": 40.0, "rho_0": 20.0}
+NO_SIGNAL_TURNOVER_GOAL = 0.05
 
 
 def milestones(history: list[dict], oracle_sharpe: float) -> dict:
@@ -51,26 +68,47 @@ def milestones(history: list[dict], oracle_sharpe: float) -> dict:
     return out
 
 
+def summarise(history: list[dict], oracle_sharpe: float, final_returns: np.ndarray, bh_returns: np.ndarray) -> dict:
+    """The curve in a few numbers: milestones, final / peak / held fraction of the oracle (held = mean
+    over the last third of the evaluations: a learner that peaks and collapses scores low), final
+    val turnover, and the final val series' PSR against zero and against buy-and-hold's Sharpe."""
+    frac = [h["val_sharpe_per_bar"] / oracle_sharpe for h in history]
+    late = frac[len(frac) - max(1, len(frac) // 3):]
+    bh_sr = common.per_bar_sharpe([bh_returns])
+    return {"milestones_s": milestones(history, oracle_sharpe), "final_fraction": frac[-1],
+            "peak_fraction": max(frac), "held_fraction": float(np.mean(late)),
+            "final_val_sharpe_per_bar": history[-1]["val_sharpe_per_bar"],
+            "final_val_turnover": history[-1]["val_turnover"],
+            "psr_vs_zero": probabilistic_sharpe_ratio(final_returns, 0.0),
+            "psr_vs_buy_and_hold": probabilistic_sharpe_ratio(final_returns, bh_sr)}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small budgets (about 2 minutes in all)")
+    p.add_argument("--quick", action="store_true", help="small budgets (about 5 minutes in all)")
     p.add_argument("--tiny", action="store_true", help="smallest settings, for tests")
     common.add_workload_args(p)
-    p.add_argument("--rho", type=float, default=0.2)
-    p.add_argument("--budget", type=float, default=180.0, help="seconds per learner")
-    p.add_argument("--target-frac", type=float, default=0.8)
-    p.add_argument("--tbjax-envs", type=int, default=256)
+    p.add_argument("--markets", default=",".join(MARKETS), help=f"comma-separated subset of {', '.join(MARKETS)}")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every market's budget")
+    p.add_argument("--tbjax-envs", type=int, default=common.DEFAULT_PPO.n_envs)
     p.add_argument("--tbjax-chunk", type=int, default=4, help="updates between evaluations")
     p.add_argument("--sb3-envs", type=int, default=8)
     p.add_argument("--sb3-eval-every", type=int, default=32_768, help="env steps between evaluations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(common.RESULTS_DIR / "learning_speed.json"))
     args = p.parse_args(argv)
+    args.markets = [m.strip() for m in args.markets.split(",") if m.strip()]
+    unknown = sorted(set(args.markets) - set(MARKETS))
+    if unknown:
+        p.error(f"--markets: unknown {', '.join(unknown)}; use names from {', '.join(MARKETS)}")
+    args.budgets = {m: MARKETS[m][1] * args.budget_scale for m in args.markets}
     if args.quick:
-        args.bars, args.budget, args.sb3_eval_every = 8_000, 30.0, 8_192
+        args.bars, args.sb3_eval_every = 8_000, 8_192
+        args.budgets = {m: QUICK_BUDGETS[m] * args.budget_scale for m in args.markets}
     if args.tiny:
-        args.symbols, args.bars, args.window, args.n_steps, args.budget = 2, 1_500, 8, 16, 1.0
+        args.symbols, args.bars, args.window, args.n_steps = 2, 1_500, 8, 16
         args.tbjax_envs, args.tbjax_chunk, args.sb3_envs, args.sb3_eval_every = 64, 1, 2, 64
+        args.budgets = {m: 1.0 for m in args.markets}
     return args
 
 
@@ -88,15 +126,25 @@ class Stopwatch:
         self._t0 = time.perf_counter()
 
 
-def train_tbjax(pm, args, target: float) -> dict:
+def val_buy_and_hold(pm) -> np.ndarray:
+    """Buy-and-hold's per-bar returns over the val decision bars of every symbol, concatenated."""
+    out = []
+    for s in range(len(pm.symbols)):
+        t = common.decision_bars(pm, s, ROLE_VAL)
+        close = np.asarray(pm.close[s], np.float64)
+        out.append(close[t + 1] / close[t] - 1.0)
+    return np.concatenate(out)
+
+
+def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256)
     val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len)
     trainer = common.tbjax_trainer(args.tbjax_envs, args.n_steps, args.epochs, args.minibatches,
-                                   args.tbjax_chunk, n_groups=len(pm.symbols))
+                                   args.tbjax_chunk, n_groups=len(pm.symbols), window_size=pm.window_size)
     hp = common.tbjax_hparams(params)
     clock, history = Stopwatch(), []
     carry = jax.block_until_ready(trainer.init(jax.random.PRNGKey(args.seed), hp, pm.market))
-    steps, compile_s, sharpe = 0, None, float("nan")
+    steps, compile_s = 0, None
     while True:
         t_chunk = time.perf_counter()
         carry, _ = jax.block_until_ready(trainer.train_chunk(carry, hp, pm.market))
@@ -105,22 +153,23 @@ def train_tbjax(pm, args, target: float) -> dict:
         steps += args.tbjax_chunk * args.tbjax_envs * args.n_steps
         seconds = clock.pause()
         result, series = backtest(trainer.policy_apply, carry.params, carry.obs_stats, pm.market, val_params,
-                                  ROLE_VAL, pm.bars_per_year)
-        sharpe = common.per_bar_sharpe([series[s]["returns"] for s in pm.symbols])
-        history.append({"seconds": seconds, "env_steps": steps, "val_sharpe_per_bar": sharpe})
-        print(f"    tbjax {seconds:7.1f} s {steps:>11,} steps  val Sharpe {sharpe:+.4f}", flush=True)
-        if sharpe >= target or seconds >= args.budget:
+                                  ROLE_VAL, pm.bars_per_year, significance=False)
+        returns = np.concatenate([series[s]["returns"] for s in pm.symbols])
+        history.append({"seconds": seconds, "env_steps": steps, "val_sharpe_per_bar": common.per_bar_sharpe([returns]),
+                        "val_turnover": float(result["pooled"]["turnover"])})
+        print(f"    tbjax {seconds:7.1f} s {steps:>11,} steps  val Sharpe {history[-1]['val_sharpe_per_bar']:+.4f}"
+              f"  turnover {history[-1]['val_turnover']:.3f}", flush=True)
+        if seconds >= budget:
             break
         clock.resume()
-    reached = sharpe >= target and seconds <= args.budget
-    return {"seconds": seconds if reached else args.budget, "reached": bool(reached), "env_steps": steps,
-            "final_val_sharpe_per_bar": sharpe, "compile_and_first_chunk_s": compile_s, "history": history,
-            "n_envs": args.tbjax_envs}
+    return {"env_steps": steps, "compile_and_first_chunk_s": compile_s, "history": history,
+            "n_envs": args.tbjax_envs}, returns
 
 
-def walk_twin_split(venv_norm, model, pm, val_params) -> list[np.ndarray]:
+def walk_twin_split(venv_norm, model, pm, val_params) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Deterministic walk of every symbol's val split in the twin, all symbols in lockstep (a
     recurrent SB3 model, e.g. RecurrentPPO, carries its state through the split as tbjax's walk does).
+    Returns (per-bar net returns, per-bar traded turnover) per symbol.
 
     Starts and lengths follow ``tbjax.evaluation.backtest.split_walk``; like backtest, the walk keeps the
     training ``episode_len`` (it scales the bars-held feature) and ignores the time-limit flag.
@@ -134,6 +183,7 @@ def walk_twin_split(venv_norm, model, pm, val_params) -> list[np.ndarray]:
     obs = np.stack([e.reset(options={"symbol": s, "bar": int(start[s])})[0] for s, e in enumerate(envs)])
     equity = np.ones(len(envs))
     returns = [np.empty(int(n)) for n in n_valid]
+    turnover = [np.empty(int(n)) for n in n_valid]
     state, starts = None, np.ones(len(envs), bool)  # a recurrent model's state, zero at each symbol's start
     for i in range(int(n_valid.max())):
         actions, state = model.predict(venv_norm.normalize_obs(obs), state=state, episode_start=starts,
@@ -144,17 +194,17 @@ def walk_twin_split(venv_norm, model, pm, val_params) -> list[np.ndarray]:
                 continue
             obs[s], _, _, _, info = env.step(actions[s])
             returns[s][i] = float(info["equity"]) / equity[s] - 1.0
+            turnover[s][i] = float(info["turnover"])
             equity[s] = float(info["equity"])
-    return returns
+    return returns, turnover
 
 
-def train_sb3(pm, args, target: float) -> dict:
+def train_sb3(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     from stable_baselines3.common.callbacks import BaseCallback
 
     params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256)
     val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len)
-    clock, history, state = Stopwatch(), [], {"sharpe": float("nan"), "seconds": 0.0,
-                                                    "next": args.sb3_eval_every}
+    clock, history, state = Stopwatch(), [], {"next": args.sb3_eval_every, "returns": None}
     venv = common.sb3_vec_env(pm.market, params, args.sb3_envs, "dummy", args.seed)
     model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed)
 
@@ -164,61 +214,78 @@ def train_sb3(pm, args, target: float) -> dict:
                 return True
             state["next"] += args.sb3_eval_every
             seconds = clock.pause()
-            state["sharpe"] = common.per_bar_sharpe(walk_twin_split(venv, model, pm, val_params))
+            returns, turnover = walk_twin_split(venv, model, pm, val_params)
+            state["returns"] = np.concatenate(returns)
             history.append({"seconds": seconds, "env_steps": self.num_timesteps,
-                            "val_sharpe_per_bar": state["sharpe"]})
-            state["seconds"] = seconds
-            print(f"    sb3   {seconds:7.1f} s {self.num_timesteps:>11,} steps  val Sharpe {state['sharpe']:+.4f}",
-                  flush=True)
+                            "val_sharpe_per_bar": common.per_bar_sharpe(returns),
+                            "val_turnover": float(np.mean(np.concatenate(turnover)))})
+            print(f"    sb3   {seconds:7.1f} s {self.num_timesteps:>11,} steps  val Sharpe "
+                  f"{history[-1]['val_sharpe_per_bar']:+.4f}  turnover {history[-1]['val_turnover']:.3f}", flush=True)
             clock.resume()
-            return not (state["sharpe"] >= target or seconds >= args.budget)
+            return seconds < budget
 
     clock.resume()
     model.learn(total_timesteps=10**12, callback=Evaluate())
-    reached = state["sharpe"] >= target and state["seconds"] <= args.budget
-    return {"seconds": state["seconds"] if reached else args.budget, "reached": bool(reached),
-            "env_steps": int(model.num_timesteps), "final_val_sharpe_per_bar": state["sharpe"],
-            "history": history, "n_envs": args.sb3_envs, "vec_env": "dummy"}
+    return {"env_steps": int(model.num_timesteps), "history": history, "n_envs": args.sb3_envs,
+            "vec_env": "dummy"}, state["returns"]
+
+
+def run_market(name: str, args, have_sb3: bool) -> dict:
+    rho, budget = MARKETS[name][0], args.budgets[name]
+    pm = common.planted_market(args.symbols, args.bars, signal_rho=rho, seed=args.seed, window_size=args.window)
+    oracle = common.oracle_sharpe(pm, ROLE_VAL, cost_bps=FEE_BPS)
+    bh = val_buy_and_hold(pm)
+    print(f"[{name}] oracle per-bar Sharpe on val: {oracle['sharpe_per_bar']:.4f} (threshold {oracle['threshold']}, "
+          f"{oracle['mode']}); budget {budget:.0f} s per learner", flush=True)
+    out = {"rho": rho, "budget_s": budget, "oracle_sharpe": oracle["sharpe_per_bar"],
+           "oracle": {k: oracle[k] for k in ("threshold", "mode", "cost_bps", "long_only", "turnover")}}
+    for side, train in (("tbjax", train_tbjax), ("sb3", train_sb3 if have_sb3 else None)):
+        if train is None:
+            out[side] = None
+            continue
+        run, final_returns = train(pm, args, budget)
+        run.update(summarise(run["history"], oracle["sharpe_per_bar"], final_returns, bh))
+        out[side] = run
+        print(f"  {side}: final {run['final_fraction']:.2f} / peak {run['peak_fraction']:.2f} / held "
+              f"{run['held_fraction']:.2f} of the oracle, val turnover {run['final_val_turnover']:.3f}, "
+              f"milestones {run['milestones_s']}", flush=True)
+    return out
+
+
+def headline(markets: dict, budgets: dict) -> dict:
+    """The rho 0.2 market's seconds to 80 % of the oracle per side (the budget when missed) and their ratio."""
+    m = markets.get(HEADLINE)
+    if m is None:
+        return {"tbjax_seconds": None, "sb3_seconds": None, "ratio": None, "ratio_is_bound": False,
+                "oracle_sharpe": None, "tbjax_reached": None, "sb3_reached": None}
+    hit = {side: (m[side]["milestones_s"][f"{HEADLINE_FRAC:g}"] if m[side] else None) for side in ("tbjax", "sb3")}
+    secs = {side: (hit[side] if hit[side] is not None else budgets[HEADLINE]) if m[side] else None
+            for side in ("tbjax", "sb3")}
+    reached = {side: (hit[side] is not None) if m[side] else None for side in ("tbjax", "sb3")}
+    ratio = secs["sb3"] / secs["tbjax"] if m["sb3"] and (reached["tbjax"] or reached["sb3"]) else None
+    return {"tbjax_seconds": secs["tbjax"], "sb3_seconds": secs["sb3"], "ratio": ratio,
+            "ratio_is_bound": bool(ratio is not None and not (reached["tbjax"] and reached["sb3"])),
+            "oracle_sharpe": m["oracle_sharpe"], "tbjax_reached": reached["tbjax"], "sb3_reached": reached["sb3"]}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     have_sb3 = common.have_sb3()
-    pm = common.planted_market(args.symbols, args.bars, signal_rho=args.rho, seed=args.seed,
-                               window_size=args.window)
-    oracle = common.oracle_sharpe(pm, ROLE_VAL, cost_bps=FEE_BPS)
-    target = args.target_frac * oracle["sharpe_per_bar"]
-    print(f"oracle per-bar Sharpe on val: {oracle['sharpe_per_bar']:.4f} (threshold {oracle['threshold']}, "
-          f"{oracle['mode']}); target {target:.4f}; budget {args.budget:.0f} s per learner", flush=True)
-    tb = train_tbjax(pm, args, target)
-    print(f"  tbjax: {'reached' if tb['reached'] else 'missed'} in {tb['seconds']:.1f} s "
-          f"(val Sharpe {tb['final_val_sharpe_per_bar']:.4f}, {tb['env_steps']:,} steps)", flush=True)
-    sb = train_sb3(pm, args, target) if have_sb3 else None
-    if sb:
-        print(f"  sb3:   {'reached' if sb['reached'] else 'missed'} in {sb['seconds']:.1f} s "
-              f"(val Sharpe {sb['final_val_sharpe_per_bar']:.4f}, {sb['env_steps']:,} steps)", flush=True)
-    # A side that missed reports its budget, so with one miss the ratio is a bound; with two, none.
-    ratio = sb["seconds"] / tb["seconds"] if sb and (tb["reached"] or sb["reached"]) else None
-    bound = bool(sb) and ratio is not None and not (tb["reached"] and sb["reached"])
-    if ratio is not None:
-        print(f"time ratio sb3 / tbjax: {ratio:.1f}x" + (" (one side missed its budget: a bound)" if bound else ""))
-    else:
-        print("ratio: n/a (" + ("stable-baselines3 not installed" if not sb else "neither side reached the target")
-              + ")")
+    markets = {name: run_market(name, args, have_sb3) for name in args.markets}
+    top = headline(markets, args.budgets)
+    if top["ratio"] is not None:
+        print(f"time to {HEADLINE_FRAC:.0%} of the oracle on {HEADLINE}, sb3 / tbjax: {top['ratio']:.1f}x"
+              + (" (one side missed its budget: a bound)" if top["ratio_is_bound"] else ""))
     result = {
-        "device": common.device_string(),
-        "tbjax_seconds": tb["seconds"], "sb3_seconds": sb["seconds"] if sb else None, "ratio": ratio,
-        "ratio_is_bound": bound,
-        "oracle_sharpe": oracle["sharpe_per_bar"], "target_sharpe": target,
-        "tbjax_reached": tb["reached"], "sb3_reached": sb["reached"] if sb else None,
-        "oracle": {k: oracle[k] for k in ("threshold", "mode", "cost_bps", "long_only", "turnover")},
-        "settings": {"symbols": args.symbols, "bars": args.bars, "window": args.window, "rho": args.rho,
-                     "fee_bps": FEE_BPS, "budget_s": args.budget, "target_frac": args.target_frac,
-                     "n_steps": args.n_steps, "n_epochs": args.epochs, "n_minibatches": args.minibatches,
-                     "seed": args.seed, **common.PPO_SETTINGS},
-        "milestones_s": {"tbjax": milestones(tb["history"], oracle["sharpe_per_bar"]),
-                         "sb3": milestones(sb["history"], oracle["sharpe_per_bar"]) if sb else None},
-        "tbjax": tb, "sb3": sb,
+        "device": common.device_string(), **top,
+        "markets": markets,
+        "goals": {"rho_0.2": "tbjax >= 0.9 of the oracle within 60 s and held", "rho_0.1": ">= 0.7 within 180 s",
+                  "rho_0": f"val turnover <= {NO_SIGNAL_TURNOVER_GOAL}, val Sharpe not distinguishable from 0",
+                  "ratio": "tbjax reaches 0.8 >= 5x sooner than SB3"},
+        "settings": {"symbols": args.symbols, "bars": args.bars, "window": args.window, "fee_bps": FEE_BPS,
+                     "budgets_s": args.budgets, "n_steps": args.n_steps, "n_epochs": args.epochs,
+                     "n_minibatches": args.minibatches, "seed": args.seed, "hidden": list(common.HIDDEN),
+                     "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS},
         "versions": common.versions("jax", "flax", "stable_baselines3", "torch"),
     }
     common.write_json(args.out, result)

@@ -85,7 +85,8 @@ def run_tbjax(mk: Market, args, seed: int) -> dict:
     """A population trained as one program until the budget; members' best carries by val Sortino."""
     t0 = time.perf_counter()
     trainer = common.tbjax_trainer(args.tbjax_envs, args.n_steps, args.epochs, args.minibatches, args.chunk,
-                                   n_groups=len(mk.symbols), position_levels=mk.levels)
+                                   n_groups=len(mk.symbols), position_levels=mk.levels,
+                                   window_size=mk.params[ROLE_TRAIN].window_size)
     size = args.population
     program = population_program(trainer, size)
     hp = common.tbjax_hparams(mk.params[ROLE_TRAIN])

@@ -71,7 +71,8 @@ def worker(args) -> dict:
     pm = common.planted_market(args.symbols, args.bars, window_size=args.window)
     params = common.env_params(pm, episode_len=64 if args.tiny else 256)
     n_envs = args.envs_per_device * n
-    trainer = common.tbjax_trainer(n_envs, args.n_steps, 4, 4, 1, n_groups=len(pm.symbols), mesh=mesh)
+    trainer = common.tbjax_trainer(n_envs, args.n_steps, 4, 4, 1, n_groups=len(pm.symbols), mesh=mesh,
+                                   window_size=pm.window_size)
     replicated = NamedSharding(mesh, PartitionSpec())
     market, hp = jax.device_put((pm.market, common.tbjax_hparams(params)), replicated)
     key = jax.device_put(jax.random.PRNGKey(0), replicated)

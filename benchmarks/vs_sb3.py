@@ -75,7 +75,7 @@ def time_tbjax(pm, params, n_envs: int, args, policy: str = "mlp") -> dict:
     updates = args.tbjax_updates
     per_chunk = 2 if updates % 2 == 0 else 1
     trainer = common.tbjax_trainer(n_envs, args.n_steps, args.epochs, args.minibatches, per_chunk,
-                                   n_groups=len(pm.symbols), policy=policy)
+                                   n_groups=len(pm.symbols), policy=policy, window_size=pm.window_size)
     hp = common.tbjax_hparams(params)
     t0 = time.perf_counter()
     carry = jax.block_until_ready(trainer.init(jax.random.PRNGKey(args.seed), hp, pm.market))

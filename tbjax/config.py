@@ -93,6 +93,7 @@ class PPOConfig:
     hidden_sizes: list[int] = static(factory=lambda: [64, 64])
     policy: str = static("mlp")  # mlp | gru | lstm (a recurrent core after the MLP encoder)
     rnn_size: int = static(64)
+    bar_features: int = static(0)  # > 0: each bar of the window encoded by one shared layer first
     num_quantiles: int = static(32)
     non_crossing: bool = static(True)
     shared_torso: bool = static(False)
@@ -110,6 +111,7 @@ class PPOConfig:
     cvar_alpha: float = traced(0.1)
     cvar_weight: float = traced(0.0)
     popart_beta: float = traced(3e-4)
+    weight_decay: float = traced(0.0)  # decoupled (AdamW) weight decay per unit of learning rate
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ def _validate_ppo(p) -> None:
     _check(p.policy in ("mlp", "gru", "lstm"), f"ppo.policy must be 'mlp', 'gru' or 'lstm', got '{p.policy}'")
     _check(p.policy == "mlp" or p.n_envs % p.n_minibatches == 0, f"ppo.n_minibatches = {p.n_minibatches} must divide "
            f"ppo.n_envs = {p.n_envs} for a recurrent policy (minibatches are whole env sequences)")
+    _check(p.bar_features >= 0, f"ppo.bar_features must be 0 (flat window) or a positive number of codes "
+           f"per bar, got {p.bar_features}")
     _check(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes),
            f"ppo.hidden_sizes must be a non-empty list of positive widths, got {p.hidden_sizes}")
     _check((p.n_steps * p.n_envs) % p.n_minibatches == 0,
@@ -56,6 +58,7 @@ def _validate_ppo(p) -> None:
            f"its lowest quantile); raise ppo.cvar_alpha to >= {1.0 / p.num_quantiles:.4g} or ppo.num_quantiles "
            f"to >= {math.ceil(1.0 / p.cvar_alpha)}")
     _check(0 < p.popart_beta <= 1, f"ppo.popart_beta must lie in (0, 1], got {p.popart_beta}")
+    _check(p.weight_decay >= 0, f"ppo.weight_decay must be >= 0 (0 = plain Adam), got {p.weight_decay}")
     _check(p.huber_kappa > 0 and p.obs_clip > 0, "ppo.huber_kappa and ppo.obs_clip must be > 0")
 
 

@@ -36,6 +36,7 @@ HPARAM_DOCS: dict[str, str] = {
     "cvar_alpha": "tail probability of CVaR_alpha",
     "cvar_weight": "0 = risk-neutral PPO; > 0 adds the Rockafellar-Uryasev CVaR term",
     "popart_beta": "PopArt moment step per update (van Hasselt et al. 2016)",
+    "weight_decay": "decoupled weight decay (AdamW, Loshchilov & Hutter 2019): shrinks weights the noise features cannot justify",
 }
 HPARAM_DEFAULTS: dict[str, float] = {
     name: float(getattr(PPOConfig(), name)) for name in keys_of_kind("traced", "ppo")}
@@ -59,6 +60,7 @@ class HParams:
     cvar_alpha: jax.Array
     cvar_weight: jax.Array
     popart_beta: jax.Array
+    weight_decay: jax.Array
     env: Any = None
 
 
@@ -80,6 +82,7 @@ def make_hparams(env_params: Any = None, **floats: float) -> HParams:
     _check_range(values, "gamma", 0.0, 1.0)
     _check_range(values, "gae_lambda", 0.0, 1.0)
     _check_range(values, "popart_beta", 0.0, 1.0)
+    _check_range(values, "weight_decay", 0.0, math.inf)
     _check_range(values, "cvar_alpha", 1e-6, 1.0, low_open=False)
     for name in ("learning_rate", "lr_min", "clip_eps", "ent_coef", "vf_coef", "cvar_weight"):
         _check_range(values, name, 0.0, math.inf)
@@ -121,6 +124,7 @@ class TrainerSpec:
     shared_torso: bool = _PPO.shared_torso
     policy: str = _PPO.policy
     rnn_size: int = _PPO.rnn_size
+    bar_features: int = _PPO.bar_features
     huber_kappa: float = _PPO.huber_kappa
     obs_clip: float = _PPO.obs_clip
     lr_schedule: str = _PPO.lr_schedule

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tbjax.agent.bar_encoder import BarEncoder
 from tbjax.agent.policy import (  # re-exported: the trainer imports the policy API from here
     ACTION_MODES,
     check_action_mode,
@@ -197,6 +198,8 @@ class ActorCritic(nn.Module):
         non_crossing: monotone quantile head (see the module docstring).
         shared_torso: one torso (encoder, and core if recurrent) for actor and critic instead of two.
         policy: "mlp", or "gru" / "lstm": a recurrent core of ``rnn_size`` units after the encoder.
+        window_size, bar_features: with bar_features > 0 each torso first encodes every bar of the
+            window with one shared dense layer (agent/bar_encoder.py); 0 reads the flat window.
         dtype: compute dtype (bfloat16 on GPU/TPU); parameters stay float32, outputs are float32.
     """
 
@@ -208,6 +211,8 @@ class ActorCritic(nn.Module):
     shared_torso: bool = False
     policy: str = "mlp"
     rnn_size: int = 64
+    window_size: int = 0
+    bar_features: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -222,7 +227,12 @@ class ActorCritic(nn.Module):
         check_action_mode(self.action_mode)
         x = jnp.asarray(obs, self.dtype)
         names = ("torso",) if self.shared_torso else ("actor_torso", "critic_torso")
-        encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(x) for name in names]
+        if self.bar_features:  # one per-bar encoder per torso (agent/bar_encoder.py)
+            encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(
+                BarEncoder(self.window_size, self.bar_features, self.dtype, name=f"{name}_bars")(x))
+                for name in names]
+        else:
+            encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(x) for name in names]
         if self.policy == "mlp":
             return self._policy_head(encoded[0]), self._critic_head(encoded[-1])
         outs, states = [], []

@@ -178,6 +178,22 @@ def ppo_loss(
     return total, aux
 
 
+def decay_mask(params):
+    """1.0 on the weight matrices AdamW decays, 0.0 elsewhere (a tree shaped like ``params``).
+
+    Decoupled weight decay (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"):
+    p <- p - lr * (adam_step + weight_decay * p), so the decay does not pass through Adam's
+    moments. Only kernels are decayed, as usual: not biases, and not the critic's PopArt head,
+    whose affine map must change only through popart_rescale (shrinking it would rescale every
+    value estimate behind PopArt's back).
+    """
+    def mask(path, leaf):
+        names = [getattr(k, "key", str(k)) for k in path]
+        return jnp.float32(names[-1] == "kernel" and "critic_head" not in names)
+
+    return jax.tree_util.tree_map_with_path(mask, params)
+
+
 def clip_by_global_norm(grads, max_norm: jax.Array):
     """Scale the gradient tree down to global norm ``max_norm`` (traced); returns (grads, norm)."""
     norm = optax.tree.norm(grads)
@@ -214,7 +230,8 @@ def ppo_update(
         (loss, aux), grads = grad_fn(params, minibatch, hp, apply_fn, action_mode, huber_kappa)
         grads, grad_norm = clip_by_global_norm(grads, hp.max_grad_norm)
         updates, opt_state = ADAM.update(grads, opt_state)
-        params = jax.tree_util.tree_map(lambda p, u: p - learning_rate * u, params, updates)
+        params = jax.tree_util.tree_map(lambda p, u, d: p - learning_rate * (u + hp.weight_decay * d * p),
+                                        params, updates, decay_mask(params))
         finite = finite & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         return (params, opt_state, finite), {**aux, "grad_norm": grad_norm}
 

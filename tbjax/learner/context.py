@@ -92,7 +92,8 @@ def build_network(spec: TrainerSpec, env, env_params) -> ActorCritic:
         hidden_sizes=tuple(spec.hidden_sizes), n_actions=env.n_actions(env_params),
         action_mode=env.action_mode(env_params), num_quantiles=spec.num_quantiles,
         non_crossing=spec.non_crossing, shared_torso=spec.shared_torso, policy=spec.policy,
-        rnn_size=spec.rnn_size, dtype=spec.compute_dtype)
+        rnn_size=spec.rnn_size, window_size=int(getattr(env_params, "window_size", 0) or 0),
+        bar_features=spec.bar_features, dtype=spec.compute_dtype)
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -204,7 +204,7 @@ def spec_from_config(cfg: Config, n_groups: int) -> TrainerSpec:
         n_envs=p.n_envs, n_steps=p.n_steps, n_epochs=p.n_epochs, n_minibatches=p.n_minibatches,
         updates_per_chunk=t.updates_per_chunk, total_updates=cfg.n_updates,
         hidden_sizes=tuple(p.hidden_sizes), num_quantiles=p.num_quantiles, non_crossing=p.non_crossing,
-        shared_torso=p.shared_torso, policy=p.policy, rnn_size=p.rnn_size, huber_kappa=p.huber_kappa, obs_clip=p.obs_clip,
+        shared_torso=p.shared_torso, policy=p.policy, rnn_size=p.rnn_size, bar_features=p.bar_features, huber_kappa=p.huber_kappa, obs_clip=p.obs_clip,
         lr_schedule=p.lr_schedule, precision=t.precision, n_groups=max(1, n_groups),
     )
 

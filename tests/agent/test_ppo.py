@@ -121,3 +121,36 @@ def test_hparams_and_spec_validation():
         TrainerSpec(n_envs=6, n_steps=4).validate(n_devices=4)
     with pytest.raises(InputError, match="lr_schedule"):
         TrainerSpec(lr_schedule="cosine").validate()
+
+
+def test_adamw_step_matches_a_hand_written_reference():
+    """One minibatch step: p1 = p0 - lr * (adam(g) + wd * p0) on kernels; biases and the critic's
+    PopArt head move by Adam alone (ppo.decay_mask). Reference: Adam's first step by hand,
+    m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected: g / (|g| + eps)."""
+    params = {"params": {"Dense_0": {"kernel": jnp.array([[0.5, -1.0]]), "bias": jnp.array([0.2, 0.3])},
+                         "critic_head": {"kernel": jnp.array([1.0]), "bias": jnp.array([0.0])}}}
+
+    def apply_fn(p, obs):
+        h = obs @ p["params"]["Dense_0"]["kernel"] + p["params"]["Dense_0"]["bias"]
+        q = p["params"]["critic_head"]["kernel"] * h[:, :1] + p["params"]["critic_head"]["bias"]
+        return h, q
+
+    batch = ppo.PPOBatch(obs=jnp.array([[1.0], [2.0]]), action=jnp.array([0, 1]),
+                         log_prob=jnp.log(jnp.array([0.5, 0.5])), advantage=jnp.array([1.0, -1.0]),
+                         target=jnp.array([[0.3], [-0.4]]).reshape(2), tradable=jnp.array([True, True]))
+    lr, wd = 0.01, 0.5
+    kw = dict(apply_fn=apply_fn, action_mode="discrete", huber_kappa=1.0, n_epochs=1, n_minibatches=1)
+    hp = make_hparams(None, weight_decay=wd, max_grad_norm=1e6)
+    key = jax.random.PRNGKey(0)
+    opt = ppo.ADAM.init(params)
+    new, _, _, finite = ppo.ppo_update(params, opt, batch, key, hp, jnp.float32(lr), **kw)
+    grads = jax.grad(lambda p: ppo.ppo_loss(p, batch, hp, apply_fn, "discrete", 1.0)[0])(params)
+    mask = {"Dense_0": {"kernel": 1.0, "bias": 0.0}, "critic_head": {"kernel": 0.0, "bias": 0.0}}
+    assert bool(finite)
+    for layer in ("Dense_0", "critic_head"):
+        for leaf in ("kernel", "bias"):
+            g = np.asarray(grads["params"][layer][leaf], np.float64)
+            p0 = np.asarray(params["params"][layer][leaf], np.float64)
+            adam = g / (np.abs(g) + 1e-5)
+            want = p0 - lr * (adam + wd * mask[layer][leaf] * p0)
+            np.testing.assert_allclose(new["params"][layer][leaf], want, rtol=1e-5, atol=1e-7)
