@@ -152,7 +152,8 @@ def run_sb3(mk: Market, args, seed: int) -> dict:
 
     t0 = time.perf_counter()
     venv = common.sb3_vec_env(mk.market, mk.params[ROLE_TRAIN], args.sb3_envs, "dummy", seed)
-    model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, seed)
+    model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, seed,
+                           window_size=mk.params[ROLE_TRAIN].window_size)
     state = {"next": args.sb3_eval_every, "best": -np.inf, "snapshot": None}
 
     class Evaluate(BaseCallback):

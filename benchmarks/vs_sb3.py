@@ -97,8 +97,12 @@ def time_sb3(pm, params, vec: str, n_envs: int, steps: int, args) -> dict:
     after one untimed warm-up rollout (torch's first-call set-up, like tbjax's compile)."""
     venv = common.sb3_vec_env(pm.market, params, n_envs, vec, args.seed)
     try:
-        build = common.sb3_ppo if args.policy == "mlp" else common.sb3_recurrent_ppo
-        model = build(venv, args.n_steps, args.epochs, args.minibatches, args.seed, torch_threads=args.sb3_threads)
+        if args.policy == "mlp":
+            model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
+                                   torch_threads=args.sb3_threads, window_size=pm.window_size)
+        else:
+            model = common.sb3_recurrent_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
+                                             torch_threads=args.sb3_threads)
         rollouts = max(2, steps // (n_envs * args.n_steps))
         model.learn(total_timesteps=n_envs * args.n_steps)  # warm-up rollout + update, not timed
         warm = model.num_timesteps

@@ -69,6 +69,27 @@ def test_oracle_matches_a_direct_simulation(tiny_market):
     assert got["sharpe_per_bar"] == pytest.approx(pnl.mean() / pnl.std(), rel=1e-9)
 
 
+def test_train_fit_oracle_scores_the_train_rule_on_val(tiny_market):
+    """The attainable reference: the rule with the best TRAIN Sharpe, simulated directly on val."""
+    pm = tiny_market
+
+    def simulate(role, threshold, mode):
+        sig, nxt = common.oracle_inputs(pm, role)
+        pos = np.where(np.abs(sig) > threshold, np.sign(sig), 0.0)
+        if mode == "keep":
+            for i in range(1, len(pos)):
+                pos[i] = pos[i] if abs(sig[i]) > threshold else pos[i - 1]
+        pnl = pos * nxt - 5e-4 * np.abs(np.diff(pos, prepend=0.0))
+        return pnl.mean() / pnl.std() if pnl.std() > 0 else 0.0
+
+    rules = [(c, m) for c in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0) for m in ("flat", "keep")]
+    best = max(rules, key=lambda r: simulate(ROLE_TRAIN, *r))
+    got = common.train_fit_oracle(pm, ROLE_VAL, cost_bps=5.0)
+    assert (got["threshold"], got["mode"]) == best
+    assert got["sharpe_per_bar"] == pytest.approx(simulate(ROLE_VAL, *best), rel=1e-9)
+    assert got["sharpe_per_bar"] <= common.oracle_sharpe(pm, ROLE_VAL, cost_bps=5.0)["sharpe_per_bar"]
+
+
 def test_per_bar_sharpe_concatenates_symbols():
     # returns 0.01, 0.03 | -0.01, 0.01: mean 0.01, population std sqrt(mean of 0, 4, 4, 0 e-4) = sqrt(2) e-2
     assert common.per_bar_sharpe([np.array([0.01, 0.03]), np.array([-0.01, 0.01])]) == pytest.approx(
@@ -166,8 +187,9 @@ def test_sb3_twin_walk_matches_backtest_bars(tiny_market):
     params = common.env_params(pm, fee_bps=5.0, episode_len=64)
     val = common.env_params(pm, role=ROLE_VAL, fee_bps=5.0, episode_len=64)
     venv = common.sb3_vec_env(pm.market, params, 1, "dummy", 0)
-    model = common.sb3_ppo(venv, 16, 1, 1, 0)
-    returns = learning_speed.walk_twin_split(venv, model, pm, val)
+    model = common.sb3_ppo(venv, 16, 1, 1, 0, window_size=pm.window_size)
+    returns, turnover = learning_speed.walk_twin_split(venv, model, pm, val)
+    assert [len(t) for t in turnover] == [len(r) for r in returns] and all(np.all(t >= 0) for t in turnover)
     _, count = split_walk(pm.market, ROLE_VAL, pm.window_size)
     assert [len(r) for r in returns] == list(count)
     assert all(np.all(np.isfinite(r)) for r in returns)
@@ -237,3 +259,27 @@ def test_learning_milestones_are_first_crossings():
                {"seconds": 3.0, "val_sharpe_per_bar": 0.05}, {"seconds": 4.0, "val_sharpe_per_bar": 0.085}]
     # oracle 0.1: 0.5 -> 0.05 first met at 2 s (0.075); 0.7 -> 0.07 at 2 s; 0.8 -> 0.08 at 4 s; 0.9 never
     assert learning_speed.milestones(history, 0.1) == {"0.5": 2.0, "0.6": 2.0, "0.7": 2.0, "0.8": 4.0, "0.9": None}
+
+
+def test_sb3_bar_encoder_equals_tbjax_bar_encoder():
+    """The peer benchmarks give SB3 tbjax's per-bar encoder: same weights in, same codes out."""
+    pytest.importorskip("stable_baselines3")
+    import gymnasium
+    import jax
+    import torch
+
+    from benchmarks.sb3_encoder import BarFeatures
+    from tbjax.agent.bar_encoder import BarEncoder
+
+    window, n_features, codes = 4, 3, 2
+    obs = np.random.default_rng(0).normal(size=(5, 4 + window * n_features)).astype(np.float32)
+    enc = BarEncoder(window, codes)
+    params = enc.init(jax.random.PRNGKey(0), obs)
+    space = gymnasium.spaces.Box(-np.inf, np.inf, (obs.shape[1],), np.float32)
+    peer = BarFeatures(space, window, codes)
+    with torch.no_grad():
+        peer.per_bar.weight.copy_(torch.tensor(np.asarray(params["params"]["per_bar"]["kernel"]).T))
+        peer.per_bar.bias.copy_(torch.tensor(np.asarray(params["params"]["per_bar"]["bias"])))
+        got = peer(torch.tensor(obs)).numpy()
+    assert peer.features_dim == 4 + window * codes
+    np.testing.assert_allclose(got, np.asarray(enc.apply(params, obs)), rtol=1e-5, atol=1e-6)
