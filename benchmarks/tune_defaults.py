@@ -60,8 +60,12 @@ SPACE = {
     "ppo.bar_features": {"type": "categorical", "choices": [0, 2, 4]},
 }
 
-# The best setting of the hand exploration that preceded the study (docs/TUNING.md), tried second.
-HAND_CANDIDATE = {"ppo.bar_features": 2, "ppo.gamma": 0.5, "ppo.gae_lambda": 0.8, "ppo.ent_coef": 0.03}
+# The hand-picked defaults before this study (tried first, so the study starts from them) and the
+# best setting of the hand exploration that preceded it (docs/TUNING.md), tried second.
+PREVIOUS_DEFAULTS = {"ppo.learning_rate": 3e-4, "ppo.gamma": 0.99, "ppo.gae_lambda": 0.95, "ppo.ent_coef": 0.01,
+                     "ppo.weight_decay": 0.0, "ppo.bar_features": 0}
+HAND_CANDIDATE = {**PREVIOUS_DEFAULTS, "ppo.bar_features": 2, "ppo.gamma": 0.5, "ppo.gae_lambda": 0.8,
+                  "ppo.ent_coef": 0.03}
 
 
 def parse_args(argv):
@@ -74,6 +78,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="market and learner seed")
     p.add_argument("--sampler-seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny markets and budgets (a smoke run)")
+    p.add_argument("--confirm", default=None, metavar="SEEDS",
+                   help="no study: score the previous and the shipped defaults on these seeds (e.g. 1,2)")
     p.add_argument("--out", default=str(common.RESULTS_DIR / "tune_defaults.json"))
     p.add_argument("--plots", default=str(common.REPO_ROOT / "docs" / "tuning"))
     args = p.parse_args(argv)
@@ -188,20 +194,49 @@ def plot_study(rows: list[dict], out_dir: Path) -> list[str]:
     return [str(p) for p in paths]
 
 
+def shipped_defaults() -> dict:
+    return {k: getattr(common.DEFAULT_PPO, k.split(".", 1)[1]) for k in SPACE}
+
+
+def confirm(args) -> int:
+    """Out-of-study check: the previous and the shipped defaults on other seeds (new markets and
+    learner keys), the same objective; written next to the study's JSON."""
+    seeds = [int(x) for x in args.confirm.split(",")]
+    out = {"device": common.device_string(), "seeds": seeds, "settings": {"updates": args.updates}, "results": {}}
+    for name, values in (("previous", PREVIOUS_DEFAULTS), ("shipped", shipped_defaults())):
+        per_seed = []
+        for seed in seeds:
+            args.seed = seed
+            scores = {m: train_and_score(args, rho, values)
+                      for m, rho in [*SIGNAL_MARKETS.items(), (NO_SIGNAL, 0.0)]}
+            per_seed.append({"seed": seed, "objective": objective_of(scores), "markets": scores})
+            print(f"  {name} seed {seed}: objective {per_seed[-1]['objective']:.3f} " + ", ".join(
+                f"{m} held {v['held_fraction']:.3f} turnover {v['held_turnover']:.3f}" for m, v in scores.items()),
+                flush=True)
+        out["results"][name] = {"params": values, "runs": per_seed,
+                                "mean_objective": float(np.mean([r["objective"] for r in per_seed]))}
+    common.write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     import optuna
 
     args = parse_args(argv)
+    if args.confirm:
+        return confirm(args)
     space = [parse_param(k, v) for k, v in SPACE.items()]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
-    study.enqueue_trial({k: getattr(common.DEFAULT_PPO, k.split(".", 1)[1]) for k in SPACE})  # today's defaults
-    study.enqueue_trial({**{k: getattr(common.DEFAULT_PPO, k.split(".", 1)[1]) for k in SPACE},
-                         **HAND_CANDIDATE})
+    study.enqueue_trial(PREVIOUS_DEFAULTS)
+    study.enqueue_trial(HAND_CANDIDATE)
     t0 = time.perf_counter()
     study.optimize(lambda t: run_trial(t, args, space), n_trials=args.trials)
-    rows = [{"number": t.number, "state": t.state.name, "params": t.params, "objective": t.value,
+    # a pruned trial's value is only its rho 0.2 score: no objective
+    rows = [{"number": t.number, "state": t.state.name, "params": t.params,
+             "objective": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
              "markets": {k: v for k, v in t.user_attrs.items()}} for t in study.trials]
     best = study.best_trial
     plots = plot_study(rows, Path(args.plots))

@@ -93,25 +93,25 @@ class PPOConfig:
     hidden_sizes: list[int] = static(factory=lambda: [64, 64])
     policy: str = static("mlp")  # mlp | gru | lstm (a recurrent core after the MLP encoder)
     rnn_size: int = static(64)
-    bar_features: int = static(0)  # > 0: each bar of the window encoded by one shared layer first
+    bar_features: int = static(2)  # > 0: each bar of the window encoded by one shared layer first
     num_quantiles: int = static(32)
     non_crossing: bool = static(True)
     shared_torso: bool = static(False)
     huber_kappa: float = static(1.0)
     obs_clip: float = static(10.0)
-    learning_rate: float = traced(3e-4)
+    learning_rate: float = traced(4e-4)
     lr_schedule: str = static("linear")
     lr_min: float = traced(0.0)
-    gamma: float = traced(0.99)
-    gae_lambda: float = traced(0.95)
+    gamma: float = traced(0.8)
+    gae_lambda: float = traced(0.7)
     clip_eps: float = traced(0.2)
-    ent_coef: float = traced(0.01)
+    ent_coef: float = traced(0.025)
     vf_coef: float = traced(0.5)
     max_grad_norm: float = traced(0.5)
     cvar_alpha: float = traced(0.1)
     cvar_weight: float = traced(0.0)
     popart_beta: float = traced(3e-4)
-    weight_decay: float = traced(0.0)  # decoupled (AdamW) weight decay per unit of learning rate
+    weight_decay: float = traced(0.6)  # decoupled (AdamW) weight decay per unit of learning rate
 
 
 @dataclass(frozen=True)

@@ -239,8 +239,7 @@ def test_tune_defaults_quick(tmp_path):
     out = tmp_path / "tune.json"
     assert tune_defaults.main(["--quick", "--trials", "2", "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
     doc = json.loads(out.read_text())
-    assert doc["trials"][0]["params"] == {k: getattr(common.DEFAULT_PPO, k.split(".", 1)[1])
-                                          for k in tune_defaults.SPACE}  # today's defaults come first
+    assert doc["trials"][0]["params"] == tune_defaults.PREVIOUS_DEFAULTS  # the study starts from them
     for trial in doc["trials"]:
         if trial["state"] != "COMPLETE":
             continue

@@ -306,7 +306,8 @@ def trainer_for(spec: TrainerSpec, env_params):
 
     The key is everything the compiled functions depend on besides their traced arguments: the
     TrainerSpec, the action space (the network's output: ``env.action_mode`` and the number of
-    actions) and the device count (the mesh). Runs, HPO trials and tests with the same signature
+    actions), the window (the per-bar encoder reads ``env.window_size`` rows) and the device count
+    (the mesh). Runs, HPO trials and tests with the same signature
     reuse its compiled init / train_chunk / policy_apply (and the backtest walk, whose cache keys
     on policy_apply) instead of recompiling.
     """
@@ -315,7 +316,7 @@ def trainer_for(spec: TrainerSpec, env_params):
     from tbjax.env.protocol import MarketEnv
     from tbjax.learner.trainer import make_mesh, make_trainer
 
-    key = (spec, env_params.action_mode, market_env.n_actions(env_params), jax.device_count())
+    key = (spec, env_params.action_mode, market_env.n_actions(env_params), env_params.window_size, jax.device_count())
     if key not in _TRAINERS:
         _TRAINERS[key] = make_trainer(spec, MarketEnv(), env_params,
                                       mesh=make_mesh() if jax.device_count() > 1 else None)

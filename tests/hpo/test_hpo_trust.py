@@ -24,6 +24,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tbjax.config import PPOConfig
 from tbjax.cli import evaluate, prepare, synth, train
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
 from tbjax.cli.hpo import main as hpo_main, make_storage
@@ -34,7 +35,7 @@ from tbjax.run.chunks import ChunkSchedule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-LR = 3.0e-4  # the default ppo.learning_rate: a trial with it IS the base config
+LR = PPOConfig().learning_rate  # the default: a trial with it IS the base config
 
 
 def _config(processed: Path, space: dict, **sections) -> dict:

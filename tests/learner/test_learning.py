@@ -1,10 +1,16 @@
-"""Learning on a planted signal: the full pipeline must find an edge the oracle says is there.
+"""Learning on known markets with the DEFAULT learner: find the edge when it is there, stay out when not.
 
-Synthetic hourly klines (`python -m tbjax.synth --signal 0.3 --regime NORMAL`) → `python -m
-tbjax.prepare` → the training session on the train split → deterministic backtest on the val split.
-The taker-buy ratio of bar t predicts bar t+1's return with correlation 0.3. The oracle is the best
-threshold policy on the same val bars with the same 5 bp cost (tbjax.evaluation.oracle.threshold_oracle);
-the learned policy must reach at least half its per-bar Sharpe (issue: >= 50 % of the oracle).
+Synthetic hourly klines (`python -m tbjax.synth --signal RHO --regime NORMAL`) → `python -m
+tbjax.prepare` → the training session on the train split with the shipped ppo.* defaults → a
+deterministic backtest on the val split.
+
+* Planted signal (rho 0.3): the taker-buy ratio of bar t predicts bar t+1's return. The learned
+  policy must reach LEVEL x the per-bar Sharpe of the best threshold rule fitted on the TRAIN
+  bars and scored on the same val bars with the same 5 bp cost (the rule a learner could at
+  best find; the rule fitted on val itself, with hindsight, is reported alongside).
+* No signal (rho 0): the right answer is to stay out. Val turnover <= 0.05 per bar and a val
+  Sharpe that the Probabilistic Sharpe Ratio cannot tell from zero nor from buy-and-hold's
+  (two-sided 95 %).
 """
 
 from __future__ import annotations
@@ -14,43 +20,43 @@ import pytest
 
 from tbjax.cli import prepare, synth
 from tbjax.config import load_config
-from tbjax.data.market import ROLE_VAL
+from tbjax.data.market import ROLE_TRAIN, ROLE_VAL
 from tbjax.evaluation.oracle import threshold_oracle
+from tbjax.evaluation.significance import probabilistic_sharpe_ratio
 from tbjax.run.session import TrainingSession
 
 COST_BPS = 5.0  # fee 4 bp + half spread 1 bp per unit of traded notional
+LEVEL = 0.75  # measured here: 0.84 (the default learner holds about 0.8 of the train-fit rule)
+SPLITS = ["data.train_start=2020-01-01", "data.train_end=2022-12-31", "data.val_start=2023-01-02",
+          "data.val_end=2023-05-20", "data.test_start=null", "data.test_end=null"]
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("planted")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "30000", "--timeframe", "1h",
-                       "--seed", "3", "--signal", "0.3", "--regime", "NORMAL"]) == 0
+def _prepared(root, rho: float, bars: int):
+    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", str(bars), "--timeframe", "1h",
+                       "--seed", "3", "--signal", str(rho), "--regime", "NORMAL"]) == 0
     assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
     return root
 
 
-def test_ppo_reaches_half_the_oracle_sharpe_on_val(planted):
+def _train(root, env_steps: int):
+    """A session with the DEFAULT ppo.* settings (only the budget and the market are set here)."""
     cfg = load_config(None, [
-        f"data.processed_dir={planted / 'processed'}",
-        "data.train_start=2020-01-01", "data.train_end=2022-12-31",
-        "data.val_start=2023-01-02", "data.val_end=2023-05-20", "data.test_start=null", "data.test_end=null",
+        f"data.processed_dir={root / 'processed'}", *SPLITS,
         "env.position_levels=[-1, 0, 1]", "env.fee_bps=4", "env.half_spread_bps=1", "env.episode_len=128",
-        "ppo.n_envs=256", "ppo.n_steps=32", "ppo.n_epochs=4", "ppo.n_minibatches=4",
-        "ppo.learning_rate=1e-3", "ppo.gamma=0.5", "ppo.gae_lambda=0.8",
-        "train.total_env_steps=1200000", "train.updates_per_chunk=30", "train.eval_every=1000000",
+        f"train.total_env_steps={env_steps}", "train.updates_per_chunk=30", "train.eval_every=1000000",
         "eval.regime_bars=300", "output.tensorboard=false",
     ])
     # val ends 2023-05-20 so the inferred test split (to the data's end, 2023-06-02) holds more than
     # window_size + 1 bars: a run whose test split cannot hold one decision is refused up front.
-    session = TrainingSession(cfg, planted / "run", write=False, quiet=True)
+    session = TrainingSession(cfg, root / "run", write=False, quiet=True)
     session.exp.regimes = None  # the objective's regime markets are not part of this check
     assert session.train(resume=False, stop=None)
-    result, series = session.evaluate(session.carry, ROLE_VAL)
-    returns = np.concatenate([s["returns"] for s in series.values()])
-    learned = returns.mean() / returns.std()
+    return session
 
-    # The oracle on exactly the decision bars the backtest walked: signal known at bar t, return of t+1.
+
+def _oracle_inputs(session, role: int):
+    """(signal z of bar t, return of bar t+1) on the decision bars a backtest of ``role`` walks."""
+    _, series = session.evaluate(session.carry, role)
     signals, nexts = [], []
     for sym, s in series.items():
         table = session.exp.tables[sym]
@@ -59,6 +65,45 @@ def test_ppo_reaches_half_the_oracle_sharpe_on_val(planted):
         z = (ratio - np.nanmean(ratio)) / np.nanstd(ratio)
         signals.append(z[bars - 1])
         nexts.append(table["close"][bars] / table["close"][bars - 1] - 1.0)
-    oracle = threshold_oracle(np.concatenate(signals), np.concatenate(nexts), cost_bps=COST_BPS)
-    assert oracle["sharpe_per_bar"] > 0.05, oracle  # the planted edge survives the costs
-    assert learned >= 0.5 * oracle["sharpe_per_bar"], (learned, oracle["sharpe_per_bar"], result["pooled"])
+    return np.concatenate(signals), np.concatenate(nexts)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _prepared(tmp_path_factory.mktemp("planted"), 0.3, 30_000)
+
+
+@pytest.fixture(scope="module")
+def no_signal(tmp_path_factory):
+    return _prepared(tmp_path_factory.mktemp("nosignal"), 0.0, 30_000)
+
+
+def test_default_learner_reaches_the_attainable_oracle_on_val(planted):
+    session = _train(planted, 1_200_000)
+    result, series = session.evaluate(session.carry, ROLE_VAL)
+    returns = np.concatenate([s["returns"] for s in series.values()])
+    learned = returns.mean() / returns.std()
+    fit = threshold_oracle(*_oracle_inputs(session, ROLE_TRAIN), cost_bps=COST_BPS)
+    val = threshold_oracle(*_oracle_inputs(session, ROLE_VAL), cost_bps=COST_BPS)
+    attainable = next(r["sharpe_per_bar"] for r in val["table"]
+                      if (r["threshold"], r["mode"]) == (fit["threshold"], fit["mode"]))
+    print(f"learned {learned:.4f} = {learned / attainable:.2f} of the train-fit rule {attainable:.4f}, "
+          f"{learned / val['sharpe_per_bar']:.2f} of the val-fit rule {val['sharpe_per_bar']:.4f}")
+    assert attainable > 0.05, (fit, val["sharpe_per_bar"])  # the planted edge survives the costs
+    assert learned >= LEVEL * attainable, (learned, attainable, val["sharpe_per_bar"], result["pooled"])
+
+
+def test_default_learner_stays_out_of_a_market_without_signal(no_signal):
+    session = _train(no_signal, 1_200_000)
+    result, series = session.evaluate(session.carry, ROLE_VAL)
+    returns = np.concatenate([s["returns"] for s in series.values()])
+    turnover = result["pooled"]["turnover"]
+    _, next_returns = _oracle_inputs(session, ROLE_VAL)  # buy-and-hold's per-bar returns on the same bars
+    print(f"no signal: val turnover {turnover:.4f}, Sharpe per bar "
+          f"{returns.mean() / returns.std() if returns.std() > 0 else 0.0:.4f}")
+    assert turnover <= 0.05, (turnover, result["pooled"])
+    if np.std(returns) > 0:  # a policy that never trades has no Sharpe to test
+        bh = next_returns.mean() / next_returns.std()
+        for benchmark in (0.0, bh):
+            psr = probabilistic_sharpe_ratio(returns, benchmark)
+            assert 0.025 < psr < 0.975, (benchmark, psr, result["pooled"])
