@@ -212,9 +212,8 @@ class TrialRunner:
         trial, cfg, carry = member.trial, member.cfg, member.best_carry
         val, val_series = evaluate_split(member.exp, trainer.policy_apply, carry.params, carry.obs_stats,
                                          member.env_params, ROLE_VAL)
-        # pooled per-bar val returns: the study's selection-bias statistics (hpo/selection.py) use them.
-        # 9 significant digits: a per-bar Sharpe near 0 (mean << std) amplifies rounding in the mean
-        # about 1 / Sharpe times, and 7 digits moved such a Sharpe by 1e-5 relative (measured).
+        # pooled per-bar val returns for hpo/selection.py; 9 digits, as a near-zero Sharpe amplifies
+        # rounding in the mean about 1 / Sharpe times (7 digits moved one by 1e-5 relative).
         trial.set_user_attr("val_returns", [float(f"{x:.9g}") for x in pooled_returns(val_series)])
         test = self.evaluate(member, trainer, carry, ROLE_TEST)
         trial.set_user_attr("val_metrics", json_safe({k: val["pooled"][k] for k in CORE_BASELINE_KEYS}))

@@ -87,13 +87,19 @@ def reset_hidden(hidden, done):
 
 
 def build_network(spec: TrainerSpec, env, env_params) -> ActorCritic:
-    """The actor-critic for ``env``'s action space under ``env_params`` (static fields only)."""
+    """The actor-critic for ``env``'s action space under ``env_params`` (static fields only).
+
+    The per-bar encoder (``ppo.bar_features``) reads the observation as ``env.window_size`` rows; an
+    env without a bar window (the small known-answer envs of the tests) has no rows to encode and
+    gets the flat torso.
+    """
+    window = int(getattr(env_params, "window_size", 0) or 0)
     return ActorCritic(
         hidden_sizes=tuple(spec.hidden_sizes), n_actions=env.n_actions(env_params),
         action_mode=env.action_mode(env_params), num_quantiles=spec.num_quantiles,
         non_crossing=spec.non_crossing, shared_torso=spec.shared_torso, policy=spec.policy,
-        rnn_size=spec.rnn_size, window_size=int(getattr(env_params, "window_size", 0) or 0),
-        bar_features=spec.bar_features, dtype=spec.compute_dtype)
+        rnn_size=spec.rnn_size, window_size=window, bar_features=spec.bar_features if window else 0,
+        dtype=spec.compute_dtype)
 
 
 def make_mesh(devices=None) -> Mesh:
