@@ -8,8 +8,9 @@ One mechanism for every population tbjax trains:
   PopArt statistics;
 * batched HPO trials (``hpo.batch``): shared data, stacked HParams (traced leaves, so a new
   trial's values never recompile);
-* walk-forward folds: each fold has its own MarketData (role ranges and feature z-scores fit on
-  its train rows), stacked on the same axis (``data_axis`` 0).
+* walk-forward folds: the market's arrays are shared, only each fold's role ranges and feature
+  scaling (fit on its train rows) are stacked on the member axis (``data_axis``: a MarketData-shaped
+  ``in_axes`` prefix, 0 on those leaves, None on the rest; :func:`tbjax.data.market.stack_folds`).
 
 ``jit(vmap(init))`` and ``jit(vmap(train_chunk))``; vmapped members do not interact, so member i
 of a population equals a lone run with member i's key, hparams and data (a test checks it). A
@@ -80,16 +81,23 @@ class Program:
 _PROGRAMS: dict = {}
 
 
-def population_program(trainer: Trainer, size: int, data_axis: int | None = None) -> Program:
+def _axes_key(axes):
+    """A hashable form of an ``in_axes`` tree (its None / int leaves and its structure)."""
+    leaves, treedef = jax.tree_util.tree_flatten(axes, is_leaf=lambda x: x is None)
+    return tuple(leaves), treedef
+
+
+def population_program(trainer: Trainer, size: int, data_axis=None) -> Program:
     """``jit(vmap(init))`` and ``jit(vmap(train_chunk))`` over ``size`` members, carry donated.
 
-    ``data_axis`` None: the MarketData is shared; 0: stacked, one per member. Size 1 returns the
-    trainer's own jitted functions. Programs are cached per (trainer, size, data_axis), so a
-    second population with the same signature never recompiles.
+    ``data_axis`` None: the MarketData is shared; 0: stacked, one per member; a pytree prefix of
+    the data (``jax.vmap``'s ``in_axes``): per leaf. Size 1 returns the trainer's own jitted
+    functions. Programs are cached per (trainer, size, data_axis), so a second population with the
+    same signature never recompiles.
     """
     if size == 1:
         return Program(trainer, trainer.init, trainer.train_chunk, 1)
-    key = (trainer, size, data_axis)
+    key = (trainer, size, _axes_key(data_axis))
     if key in _PROGRAMS:
         return _PROGRAMS[key]
 
