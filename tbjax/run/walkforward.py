@@ -29,6 +29,7 @@ from tbjax.data.market import fold_view, stack_folds
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
+from tbjax.evaluation.backtest import split_walk
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
@@ -68,6 +69,7 @@ class WalkForward:
     trainer: object = None
     env_params: object = None
     hparams: object = None
+    walk_steps: int = 0  # one scan length for every fold's val/test walk: ONE compiled walk for K folds
     best: list = field(default_factory=list)  # per fold: (val objective, update, host carry, val sortino)
     diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
 
@@ -109,15 +111,19 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     from tbjax.env import market as market_env
     for fd in out:
         market_env.check_data(wf.env_params, fd.market)
+    wf.walk_steps = max(int(split_walk(fd.market, r, cfg.env.window_size)[1].max())
+                        for fd in out for r in (ROLE_VAL, ROLE_TEST))
     wf.trainer = trainer_for(spec_from_config(cfg, len(tables)), wf.env_params)
     wf.hparams = hparams_from_config(cfg, wf.env_params)
     return wf
 
 
 def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int):
-    """Backtest ``role`` of fold ``k``'s own MarketData with frozen statistics, as ``evaluate_split`` does."""
+    """Backtest ``role`` of fold ``k``'s view of the market with frozen statistics, as ``evaluate_split``
+    does; every fold walks ``wf.walk_steps`` bars, so all folds share one compiled walk."""
     return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year, wf.trainer.policy_apply, params,
-                                  obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables))
+                                  obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables),
+                                  n_steps=wf.walk_steps)
 
 
 def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float) -> tuple[float, dict]:

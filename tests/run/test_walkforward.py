@@ -84,6 +84,15 @@ def test_one_compile_for_k_folds(trained):
     wf = trained[0]
     chunk = wfm.fold_program(wf)[0].chunk
     assert len(wf.folds) == 2 and chunk._cache_size() == 1
+    from tbjax.learner.walk import walk
+
+    carry = wf.best[0][2]
+    wfm.evaluate_fold(wf, 0, carry.params, carry.obs_stats, wfm.ROLE_VAL)
+    compiled = walk._cache_size()
+    for k in range(len(wf.folds)):  # the folds' train splits differ in length; their walks do not
+        for role in (wfm.ROLE_VAL, wfm.ROLE_TEST):
+            wfm.evaluate_fold(wf, k, carry.params, carry.obs_stats, role)
+    assert walk._cache_size() == compiled
 
 
 def test_the_vmapped_folds_share_one_market_and_stack_only_their_statistics(trained):
