@@ -12,8 +12,11 @@ One mechanism for every population tbjax trains:
   scaling (fit on its train rows) are stacked on the member axis (``data_axis``: a MarketData-shaped
   ``in_axes`` prefix, 0 on those leaves, None on the rest; :func:`tbjax.data.market.stack_folds`).
 
-``jit(vmap(init))`` and ``jit(vmap(train_chunk))``; vmapped members do not interact, so member i
-of a population equals a lone run with member i's key, hparams and data (a test checks it). A
+``jit(vmap(train_chunk))``; vmapped members do not interact, so member i of a population equals a
+lone run with member i's key, hparams and data (a test checks it). The initial carry is NOT
+vmapped: each member runs the trainer's own compiled ``init`` (one rollout, run once per member)
+and one small compiled stack joins them, so a population compiles the same ``init`` as a lone run
+instead of a second, batched one (on CPU the batched init's compile cost more than K runs of it). A
 member that is pruned or diverges stops learning at once: the ``alive`` mask selects its old
 carry after every chunk.
 """
@@ -81,6 +84,32 @@ class Program:
 _PROGRAMS: dict = {}
 
 
+@jax.jit
+def _stack(members: list) -> Any:
+    """Member carries → one carry with a leading member axis (one compiled program for all leaves)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *members)
+
+
+@jax.jit
+def _take(tree: Any, i) -> Any:
+    """Member ``i`` of every leaf of ``tree`` (one compiled program for all leaves)."""
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def member_data(data: Any, axes, i: int) -> Any:
+    """Member ``i``'s data: ``data`` itself when shared (``axes`` None), else its leaves with axis 0
+    taken at ``i`` and the shared ones (axis None) passed through untouched (never copied)."""
+    if axes is None:
+        return data
+    if isinstance(axes, int):
+        return _take(data, i)
+    leaves, treedef = jax.tree_util.tree_flatten(axes, is_leaf=lambda a: a is None)
+    subtrees = treedef.flatten_up_to(data)
+    stacked = _take([x for a, x in zip(leaves, subtrees) if a is not None], i)
+    it = iter(stacked)
+    return treedef.unflatten([x if a is None else next(it) for a, x in zip(leaves, subtrees)])
+
+
 def _axes_key(axes):
     """A hashable form of an ``in_axes`` tree (its None / int leaves and its structure)."""
     leaves, treedef = jax.tree_util.tree_flatten(axes, is_leaf=lambda x: x is None)
@@ -102,7 +131,8 @@ def population_program(trainer: Trainer, size: int, data_axis=None) -> Program:
         return _PROGRAMS[key]
 
     def init(keys, hps, data):
-        return jax.vmap(trainer.init, in_axes=(0, 0, data_axis))(keys, hps, data)
+        members = [trainer.init(*_take((keys, hps), i), member_data(data, data_axis, i)) for i in range(size)]
+        return _stack(members)
 
     def chunk(carry, hps, alive, data):
         new, metrics = jax.vmap(trainer.train_chunk, in_axes=(0, 0, data_axis))(carry, hps, data)
@@ -112,7 +142,7 @@ def population_program(trainer: Trainer, size: int, data_axis=None) -> Program:
 
         return jax.tree_util.tree_map(keep, new, carry), metrics
 
-    _PROGRAMS[key] = Program(trainer, jax.jit(init), jax.jit(chunk, donate_argnums=0), size)
+    _PROGRAMS[key] = Program(trainer, init, jax.jit(chunk, donate_argnums=0), size)
     return _PROGRAMS[key]
 
 
