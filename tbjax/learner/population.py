@@ -16,7 +16,8 @@ One mechanism for every population tbjax trains:
 lone run with member i's key, hparams and data (a test checks it). The initial carry is NOT
 vmapped: each member runs the trainer's own compiled ``init`` (one rollout, run once per member)
 and one small compiled stack joins them, so a population compiles the same ``init`` as a lone run
-instead of a second, batched one (on CPU the batched init's compile cost more than K runs of it). A
+instead of a second, batched one (2-core CPU, K = 4 folds: about 12 % less CPU time than the
+batched init's compile and run). A
 member that is pruned or diverges stops learning at once: the ``alive`` mask selects its old
 carry after every chunk.
 """
