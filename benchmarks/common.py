@@ -5,7 +5,7 @@ data, so the market is built here once, the way ``tbjax.run.setup`` builds a rea
 
     generate_klines(signal_rho) per symbol → compute_features (causal) → drop the warm-up rows
     → roles by row index (train | embargo | val | embargo | test) → FeaturePipeline fit on TRAIN
-    rows only → ``<name>_z`` columns → MarketData.
+    rows only → MarketData (raw features + the pipeline's scaling, applied by the env).
 
 The planted signal z_t is visible at bar t through ``taker_buy_ratio`` (tbjax.data.synthetic); the
 next bar's return is r_{t+1} = sigma (rho z_t + sqrt(1 - rho^2) eps_{t+1}) in the NORMAL regime.

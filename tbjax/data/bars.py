@@ -1,8 +1,9 @@
 """Processed bars → MarketData: the one path from per-symbol tables to the device arrays.
 
-Used by a run's setup (its symbols and the regime markets), by ``load_policy`` on a user's bars and
-by the benchmarks' synthetic markets, so all of them z-score features with the same train-fitted
-pipeline and derive the env's volatility and hour-of-week columns the same way.
+Used by a run's setup (its symbols and the regime markets), walk-forward, ``load_policy`` on a
+user's bars and the benchmarks' synthetic markets, so all of them carry the raw features with the
+same train-fitted scaling (applied by the env, :mod:`tbjax.data.scaling`) and derive the env's
+volatility and hour-of-week columns the same way.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ def market_from_tables(pipeline: FeaturePipeline, tables: dict[str, dict[str, np
     """MarketData of ``tables`` (symbol → processed columns incl. ``tradable``) with ``pipeline``.
 
     ``ranges[symbol]`` holds the (start, end) rows of train, val and test; ``columns`` are the raw
-    feature columns, z-scored by the pipeline into ``<name>_z`` features in that order.
+    feature columns, stored in that order as float32 with the pipeline's scaling (the env sees
+    them as the ``<name>_z`` features).
     """
     syms = list(tables)
-    z = [pipeline.transform({c: tables[s][c] for c in columns}) for s in syms]
+    if list(pipeline.columns) != list(columns):
+        raise ValueError(f"market_from_tables: columns {columns} differ from the pipeline's {pipeline.columns}")
     return market_data_from_arrays(
         symbols=syms,
-        features=[np.stack([zi[f"{c}_z"] for c in columns], axis=1).astype(np.float32) for zi in z],
+        features=[np.stack([np.asarray(tables[s][c], np.float32) for c in columns], axis=1) for s in syms],
         open_=[tables[s]["open"] for s in syms],
         close=[tables[s]["close"] for s in syms],
         volatility=[np.nan_to_num(feats.parkinson_volatility_per_bar(tables[s]["high"], tables[s]["low"]))
@@ -37,4 +40,5 @@ def market_from_tables(pipeline: FeaturePipeline, tables: dict[str, dict[str, np
         hour_of_week=[feats.hour_of_week(np.asarray(tables[s]["open_time"], np.int64)) for s in syms],
         role_ranges=[ranges[s] for s in syms],
         feature_names=[f"{c}_z" for c in columns],
+        scaling=pipeline.scaling(),
     )

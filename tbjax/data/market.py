@@ -1,16 +1,24 @@
 """MarketData: every symbol's bars and features as one read-only pytree of device arrays.
 
-Built once per run from the processed tables (after roles are assigned and the train-fitted
-FeaturePipeline has produced the ``<name>_z`` columns). Symbols of different length are padded to
+Built once per run from the processed tables (after roles are assigned and the FeaturePipeline is
+fit on the train rows). The features stay RAW; ``scaling`` holds the train statistics and the env
+z-scores the window it reads (:mod:`tbjax.data.scaling`). Symbols of different length are padded to
 the longest one; ``lengths`` and the per-role row ranges say which rows are real. The env only ever
 reads rows inside one role's range, which is what keeps train episodes out of val/test rows.
+
+Walk-forward folds share one MarketData's big arrays: a fold differs only in its
+:data:`PER_FOLD_FIELDS` (role ranges and scaling), so :func:`stack_folds` stacks just those on a
+fold axis and says so in the ``in_axes`` it returns.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import jax
 import jax.numpy as jnp
 from flax import struct
+
+from tbjax.data.scaling import FeatureScaling, identity_scaling, to_device
 
 ROLE_TRAIN, ROLE_VAL, ROLE_TEST = 0, 1, 2
 ROLE_NAMES = ("train", "val", "test")
@@ -20,7 +28,7 @@ ROLE_NAMES = ("train", "val", "test")
 class MarketData:
     """Padded arrays over S symbols and T bars (float32 / int32 / bool).
 
-    features:     [S, T, F] z-scored causal features (row t uses bars <= t only)
+    features:     [S, T, F] raw causal features (row t uses bars <= t only), float32
     open, close:  [S, T] prices; an action decided on bar t's close fills at open[t+1]
     volatility:   [S, T] per-bar volatility estimate known at bar t's close (slippage scale)
     volume:       [S, T] traded volume in base units (market-impact participation)
@@ -28,6 +36,7 @@ class MarketData:
     hour_of_week: [S, T] 0..167 UTC (liquidity seasonality)
     role_start, role_end: [S, 3] first row and one-past-last row of train/val/test per symbol
     lengths:      [S] number of real rows per symbol
+    scaling:      the features' z-score statistics (:class:`tbjax.data.scaling.FeatureScaling`)
     """
 
     features: jnp.ndarray
@@ -40,6 +49,7 @@ class MarketData:
     role_start: jnp.ndarray
     role_end: jnp.ndarray
     lengths: jnp.ndarray
+    scaling: FeatureScaling
     symbols: tuple = struct.field(pytree_node=False, default=())
     feature_names: tuple = struct.field(pytree_node=False, default=())
 
@@ -63,11 +73,14 @@ def market_data_from_arrays(
     hour_of_week: list[np.ndarray],
     role_ranges: list[list[tuple[int, int]]],
     feature_names: list[str],
+    scaling: tuple | None = None,
 ) -> MarketData:
     """Pad per-symbol NumPy arrays to a common length and move them to the device.
 
     ``role_ranges[s]`` holds three (start, end) row ranges (train, val, test); end is exclusive.
     Padding rows repeat the last real price (so no division by zero) and are never tradable.
+    ``scaling``: (shift, scale, clip) of :func:`tbjax.data.scaling.standardize`; None for features
+    that are already scaled (identity).
     """
     n_sym = len(symbols)
     t_max = max(len(c) for c in close)
@@ -91,6 +104,43 @@ def market_data_from_arrays(
         role_start=jnp.asarray(np.array([[r[0] for r in rr] for rr in role_ranges], np.int32).reshape(n_sym, 3)),
         role_end=jnp.asarray(np.array([[r[1] for r in rr] for rr in role_ranges], np.int32).reshape(n_sym, 3)),
         lengths=jnp.asarray(np.array([len(c) for c in close], np.int32)),
+        scaling=identity_scaling(features[0].shape[1]) if scaling is None else to_device(*scaling),
         symbols=tuple(symbols),
         feature_names=tuple(feature_names),
     )
+
+
+PER_FOLD_FIELDS = ("role_start", "role_end", "scaling")
+
+
+def fold_view(data: MarketData, scaling: tuple, ranges: list[list[tuple[int, int]]] | None = None) -> MarketData:
+    """``data``'s arrays (not copied) with another fold's feature scaling and role ranges (kept if None)."""
+    if ranges is None:
+        return data.replace(scaling=to_device(*scaling))
+    n_sym = data.n_symbols
+    return data.replace(
+        role_start=jnp.asarray(np.array([[r[0] for r in rr] for rr in ranges], np.int32).reshape(n_sym, 3)),
+        role_end=jnp.asarray(np.array([[r[1] for r in rr] for rr in ranges], np.int32).reshape(n_sym, 3)),
+        scaling=to_device(*scaling))
+
+
+def stack_folds(folds: list[MarketData]) -> tuple[MarketData, MarketData]:
+    """(data, in_axes): the folds' shared arrays ONCE, their PER_FOLD_FIELDS on a leading axis.
+
+    ``in_axes`` is a MarketData-shaped prefix for ``jax.vmap``: 0 on the per-fold leaves, None on
+    the shared ones. Every other field must be the same array in every fold (:func:`fold_view`);
+    anything else is a programming error, raised as ValueError.
+    """
+    first = folds[0]
+    shared = [f for f in first.__dataclass_fields__ if f not in PER_FOLD_FIELDS
+              and f not in ("symbols", "feature_names")]
+    for fold in folds[1:]:
+        moved = [f for f in shared if getattr(fold, f) is not getattr(first, f)]
+        if moved or fold.symbols != first.symbols:
+            raise ValueError(f"stack_folds: folds differ in shared field(s) {moved or ['symbols']}; "
+                             "build them with fold_view from one MarketData")
+    stacked = {f: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[getattr(d, f) for d in folds])
+               for f in PER_FOLD_FIELDS}
+    axes = first.replace(**{f: None for f in shared},
+                         **{f: jax.tree_util.tree_map(lambda _: 0, getattr(first, f)) for f in PER_FOLD_FIELDS})
+    return first.replace(**stacked), axes

@@ -8,6 +8,10 @@ z = clip((x - mean) / max(std, std_floor), -clip, clip), with NaN (lookback not 
 undefined ratio) mapped to 0, the train mean, after scaling. Columns that are constant on the train
 rows (std below the floor) and columns with no finite train value are listed in ``report``; the
 latter scale to 0 everywhere because train says nothing about them.
+
+The statistics are fit here in float64; APPLYING them is :func:`tbjax.data.scaling.standardize` in
+float32 (:meth:`FeaturePipeline.scaling`), the one transform the env, the Gymnasium twin and
+:meth:`FeaturePipeline.transform` share, so every path computes the same float32 z-scores.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import numpy as np
 
 from tbjax.atomic import write_atomic
+from tbjax.data.scaling import scaling_arrays, standardize
 from tbjax.errors import InputError
 
 
@@ -82,28 +87,28 @@ class FeaturePipeline:
         self.std = np.where(dead, 1.0, np.maximum(std, self.std_floor))
         return self
 
-    def transform(self, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A new dict: every column of ``table`` plus ``<name>_z`` float32 columns."""
+    def scaling(self) -> tuple[np.ndarray, np.ndarray, np.float32]:
+        """(shift, scale, clip) float32 for :func:`tbjax.data.scaling.standardize`."""
         if self.mean is None:
-            raise RuntimeError("FeaturePipeline.transform called before fit/load")
-        values = self._matrix(table, "table")
-        with np.errstate(invalid="ignore"):
-            z = (values - self.mean) / self.std
-        z = np.where(np.isfinite(z), z, 0.0)
-        if self.clip is not None:
-            z = np.clip(z, -self.clip, self.clip)
+            raise RuntimeError("FeaturePipeline.scaling called before fit/load")
+        dead = [c in self.all_nan for c in self.columns]
+        return scaling_arrays(self.mean, self.std, self.clip, dead)
+
+    def transform(self, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A new dict: every column of ``table`` plus ``<name>_z`` float32 columns (the env's transform)."""
+        shift, scale, clip = self.scaling()
+        z = standardize(self._matrix(table, "table", np.float32), shift, scale, clip)
         out = dict(table)
         for j, name in enumerate(self.columns):
-            out[f"{name}_z"] = (np.zeros(len(z)) if name in self.all_nan else z[:, j]).astype(
-                np.float32)
+            out[f"{name}_z"] = z[:, j]
         return out
 
-    def _matrix(self, table: dict[str, np.ndarray], where: str) -> np.ndarray:
+    def _matrix(self, table: dict[str, np.ndarray], where: str, dtype=np.float64) -> np.ndarray:
         missing = [c for c in self.columns if c not in table]
         if missing:
             raise InputError(f"{where} lacks feature column(s) {missing}; recompute features "
                              "with the same feature set the pipeline was fit on")
-        return np.stack([np.asarray(table[c], np.float64) for c in self.columns], axis=1)
+        return np.stack([np.asarray(table[c], dtype) for c in self.columns], axis=1)
 
     # ------------------------------------------------------------------ persistence
 

@@ -2,10 +2,12 @@
 
 Same rules, same MarketData arrays, same float32 arithmetic as :mod:`tbjax.env.market` (the
 formulas are listed in :mod:`tbjax.env.costs`), written again in plain NumPy so the parity tests
-compare two independent implementations. Differences that are conventions of Gymnasium, not of
-the market: ``step`` does not auto-reset (call ``reset``), the start is sampled with the env's
-own ``np_random`` (seeded through ``reset(seed=...)``), and ``reset(options={"symbol": s,
-"bar": t})`` starts deterministically like :func:`tbjax.env.market.reset_at`.
+compare two independent implementations (except the feature z-score: the one shared float32
+:func:`tbjax.data.scaling.standardize`, applied to the window as the env does). Differences that
+are conventions of Gymnasium, not of the market: ``step`` does not auto-reset (call ``reset``),
+the start is sampled with the env's own ``np_random`` (seeded through ``reset(seed=...)``), and
+``reset(options={"symbol": s, "bar": t})`` starts deterministically like
+:func:`tbjax.env.market.reset_at`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from tbjax.data.market import MarketData
+from tbjax.data.scaling import standardize
 from tbjax.env.costs import BPS, GROWTH_FLOOR, MIN_QUOTE_VOLUME
 from tbjax.env.market import EnvParams, check_data, n_actions, observation_size
 
@@ -30,6 +33,7 @@ class MarketGymEnv(gymnasium.Env):
         check_data(params, data)
         self.params = params
         self.features = np.asarray(data.features, F32)
+        self.scaling = tuple(np.asarray(x, F32) for x in (data.scaling.shift, data.scaling.scale, data.scaling.clip))
         self.open = np.asarray(data.open, F32)
         self.close_price = np.asarray(data.close, F32)
         self.volatility = np.asarray(data.volatility, F32)
@@ -78,7 +82,7 @@ class MarketGymEnv(gymnasium.Env):
 
     def _observe(self) -> np.ndarray:
         w = self.params.window_size
-        window = self.features[self.symbol, self.bar - w + 1:self.bar + 1].reshape(-1)
+        window = standardize(self.features[self.symbol, self.bar - w + 1:self.bar + 1], *self.scaling).reshape(-1)
         account = np.array([
             self.position,
             np.log(self.equity / self.entry_equity),

@@ -33,7 +33,8 @@ from flax import struct
 from tbjax.config import EnvConfig, keys_of_kind
 from tbjax.data.market import ROLE_NAMES, MarketData
 from tbjax.env.costs import settle_bar
-from tbjax.env.observation import N_ACCOUNT_FEATURES, account_features, assemble_observation, market_window
+from tbjax.env.observation import (N_ACCOUNT_FEATURES, account_features, assemble_observation, market_window,
+                                   scaled_window)
 from tbjax.errors import InputError
 
 HOURS_PER_WEEK = 168
@@ -285,7 +286,7 @@ def reset(key, params: EnvParams, data: MarketData):
 
 def observe(state: EnvState, params: EnvParams, data: MarketData) -> jnp.ndarray:
     """float32 [4 + window_size * F]: account values then the window (:mod:`tbjax.env.observation`)."""
-    window = market_window(data.features, state.symbol, state.bar, params.window_size)
+    window = scaled_window(market_window(data.features, state.symbol, state.bar, params.window_size), data.scaling)
     account = account_features(state.position, state.equity, state.entry_equity, state.peak_equity,
                                state.bars_in_position, params.episode_len)
     return assemble_observation(account, window)

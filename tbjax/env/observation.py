@@ -1,7 +1,9 @@
 """What the agent sees at decision bar t: a window of market features plus its own account.
 
 Market part: ``features[symbol, t - window_size + 1 : t + 1]`` flattened row by row (oldest
-first), read with ONE ``lax.dynamic_slice`` so a vmapped env batch becomes one gather. Rows are
+first), read with ONE ``lax.dynamic_slice`` so a vmapped env batch becomes one gather, then
+z-scored with the market's train statistics (:func:`tbjax.data.scaling.standardize`; applied here,
+to window_size x F values, so walk-forward folds can share one copy of the raw features). Rows are
 causal (row t uses bars <= t), so nothing after bar t's close is visible (docs/DESIGN.md invariant 1).
 
 Layout: the 4 account values FIRST, then the window, i.e. obs[:4] = account, obs[4:] = window.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from tbjax.data.scaling import FeatureScaling, standardize
+
 N_ACCOUNT_FEATURES = 4
 
 
@@ -35,6 +39,13 @@ def market_window(features: jnp.ndarray, symbol, bar, window_size: int) -> jnp.n
     first_row = symbol * n_bars + bar - (window_size - 1)
     flat = features.reshape(n_symbols * n_bars * n_features)
     return lax.dynamic_slice(flat, (first_row * n_features,), (window_size * n_features,))
+
+
+def scaled_window(window: jnp.ndarray, scaling: FeatureScaling) -> jnp.ndarray:
+    """The flat [window_size * F] raw window z-scored column by column (same layout)."""
+    n_features = scaling.shift.shape[-1]
+    rows = window.reshape(-1, n_features)
+    return standardize(rows, scaling.shift, scaling.scale, scaling.clip, jnp).reshape(-1)
 
 
 def account_features(position, equity, entry_equity, peak_equity, bars_in_position,

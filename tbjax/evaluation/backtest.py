@@ -44,13 +44,17 @@ def split_walk(market: MarketData, role: int, window_size: int) -> tuple[np.ndar
 
 def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, role: int,
              bars_per_year: float, time_ms: dict[str, np.ndarray] | None = None,
-             deterministic: bool = True, key=None, significance: bool = True) -> tuple[dict, dict]:
+             deterministic: bool = True, key=None, significance: bool = True,
+             n_steps: int | None = None) -> tuple[dict, dict]:
     """Evaluate a policy on one split of every symbol; returns (eval dict, series for the report).
 
     ``time_ms[symbol]`` gives the bar open times (for the report's dates and pooling); without it
     bar indices are used. ``deterministic=False`` samples actions from the policy with ``key``
     (required then), so a stochastic evaluation is reproducible. ``significance=False`` skips the
     ``is_it_real`` bootstrap for callers that read only the metrics (the regime markets).
+    ``n_steps``: the walk's scan length (static: one compiled walk per value); default the longest
+    split of ``market``, so its val and test share one program. Walk-forward folds pass one length
+    for all folds, since their train splits (never walked) differ in length.
     """
     if not deterministic and key is None:
         raise ValueError("backtest: deterministic=False needs a PRNG key (key=...)")
@@ -60,7 +64,11 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
     if int(n_valid.max()) == 0:
         raise ValueError(f"split '{ROLE_NAMES[role]}' has no decision bars")
     # one scan length for every split of this market, so val and test share one compiled walk
-    n_steps = max(int(split_walk(market, r, env_params.window_size)[1].max()) for r in range(len(ROLE_NAMES)))
+    longest = max(int(split_walk(market, r, env_params.window_size)[1].max()) for r in range(len(ROLE_NAMES)))
+    n_steps = longest if n_steps is None else int(n_steps)
+    if n_steps < int(n_valid.max()):
+        raise ValueError(f"backtest: n_steps = {n_steps} is shorter than split '{ROLE_NAMES[role]}' "
+                         f"({int(n_valid.max())} decisions)")
     # episode_len stays as in training (it scales the bars-in-position feature); the walk ignores
     # the time-limit flag and only stops at the end of the split
     params_eval = env_params.replace(role=WALK_ROLE, equity_floor=jnp.float32(0.0))

@@ -1,12 +1,15 @@
 """Walk-forward: K folds (tbjax.run.folds) trained as ONE vmapped program, or one by one.
 
-Each fold gets its own MarketData built on the host from the same tables: its role ranges and
-feature z-scores from a FeaturePipeline fit on THAT fold's train rows only. All folds have the
-same padded shape, so they stack on a leading fold axis and ``jit(vmap(init / train_chunk))``
-trains them together (one compile for K folds) through :func:`tbjax.run.chunks.run_chunks`.
+The market's arrays (prices, raw features, ...) are built ONCE and shared by every fold; a fold
+is a view of them (:func:`tbjax.data.market.fold_view`) with its own role ranges and the feature
+scaling of a FeaturePipeline fit on THAT fold's train rows only, applied by the env to each
+observation window. Only those small leaves carry the fold axis
+(:func:`tbjax.data.market.stack_folds`), so ``jit(vmap(init / train_chunk))`` trains the folds
+together (one compile for K folds) on one copy of the market, through
+:func:`tbjax.run.chunks.run_chunks`.
 Each fold keeps its best carry (in memory) by its VAL regime objective, as training does
 (``objective_of`` of the val pooled Sortino and the CHOPPY_FLAT / STRONG_TREND Sortinos, the regime
-markets transformed with THAT fold's pipeline); with ``eval.w_choppy = eval.w_trend = 0`` no regime
+markets scaled with THAT fold's pipeline); with ``eval.w_choppy = eval.w_trend = 0`` no regime
 market is built and the choice is by val Sortino alone. The stitched out-of-sample series concatenates every fold's test segment traded by
 that fold's best policy.
 """
@@ -22,9 +25,11 @@ import numpy as np
 
 from tbjax.config import Config
 from tbjax.data.bars import market_from_tables
+from tbjax.data.market import fold_view, stack_folds
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
+from tbjax.evaluation.backtest import split_walk
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
@@ -64,6 +69,7 @@ class WalkForward:
     trainer: object = None
     env_params: object = None
     hparams: object = None
+    walk_steps: int = 0  # one scan length for every fold's val/test walk: ONE compiled walk for K folds
     best: list = field(default_factory=list)  # per fold: (val objective, update, host carry, val sortino)
     diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
 
@@ -75,12 +81,13 @@ def uses_regimes(cfg: Config) -> bool:
 
 def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     """Load the processed data (or take ``loaded`` = (tables, columns)), plan the folds, fit one
-    pipeline per fold on its train rows (and transform the regime markets with it)."""
+    pipeline per fold on its train rows; build the market (and the regime markets) once and give
+    each fold a view with its ranges and its pipeline's scaling."""
     tables, columns = loaded if loaded is not None else load_processed(cfg)[:2]
     union = union_times(tables)
     timeframe_ms = int(np.median(np.diff(union))) if len(union) > 1 else 3_600_000
     plan = plan_folds(cfg, len(union), bars_per_day(union))
-    out = []
+    out, shared, shared_regimes = [], None, None
     for fold in plan:
         ranges = {s: symbol_ranges(fold, union, t["open_time"]) for s, t in tables.items()}
         for s, r in ranges.items():
@@ -92,23 +99,31 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
             masks.append(m)
         pipe = FeaturePipeline(columns, std_floor=cfg.features.std_floor, clip=cfg.features.clip)
         pipe.fit(list(tables.values()), masks)
-        regimes = regime_market(cfg, pipe, timeframe_ms, columns) if uses_regimes(cfg) else None
-        out.append(FoldData(fold, pipe, market_from_tables(pipe, tables, ranges, columns), ranges, regimes))
+        if shared is None:  # the market's arrays, once; every fold is a view with its own small leaves
+            shared = market_from_tables(pipe, tables, ranges, columns)
+            shared_regimes = regime_market(cfg, pipe, timeframe_ms, columns) if uses_regimes(cfg) else None
+        market = fold_view(shared, pipe.scaling(), [ranges[s] for s in shared.symbols])
+        regimes = None if shared_regimes is None else fold_view(shared_regimes, pipe.scaling())
+        out.append(FoldData(fold, pipe, market, ranges, regimes))
     bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
     wf = WalkForward(cfg, tables, out, float(bpy))
     wf.env_params = env_params_from_config(cfg)
     from tbjax.env import market as market_env
     for fd in out:
         market_env.check_data(wf.env_params, fd.market)
+    wf.walk_steps = max(int(split_walk(fd.market, r, cfg.env.window_size)[1].max())
+                        for fd in out for r in (ROLE_VAL, ROLE_TEST))
     wf.trainer = trainer_for(spec_from_config(cfg, len(tables)), wf.env_params)
     wf.hparams = hparams_from_config(cfg, wf.env_params)
     return wf
 
 
 def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int):
-    """Backtest ``role`` of fold ``k``'s own MarketData with frozen statistics, as ``evaluate_split`` does."""
+    """Backtest ``role`` of fold ``k``'s view of the market with frozen statistics, as ``evaluate_split``
+    does; every fold walks ``wf.walk_steps`` bars, so all folds share one compiled walk."""
     return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year, wf.trainer.policy_apply, params,
-                                  obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables))
+                                  obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables),
+                                  n_steps=wf.walk_steps)
 
 
 def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float) -> tuple[float, dict]:
@@ -155,11 +170,16 @@ def seed_keys(cfg: Config, k: int):
     return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
 
 
+def fold_program(wf: WalkForward):
+    """(the folds' population program, their data): shared arrays once, per-fold leaves stacked."""
+    datas, axes = stack_folds([fd.market for fd in wf.folds])
+    return population_program(wf.trainer, len(wf.folds), data_axis=axes), datas
+
+
 def train_vmapped(wf: WalkForward, log=None) -> None:
     n = len(wf.folds)
     wf.best, wf.diverged = [None] * n, {}
-    program = population_program(wf.trainer, n, data_axis=0)
-    datas = stack_trees([fd.market for fd in wf.folds])
+    program, datas = fold_program(wf)
     hps = stack_trees([wf.hparams] * n)
     carry = program.start(jnp.stack([seed_keys(wf.cfg, k) for k in range(n)]), hps, datas)
     run_chunks(lambda c, alive: program.advance(c, hps, alive, datas), carry, ChunkSchedule.of(wf.cfg),

@@ -71,18 +71,51 @@ def test_best_carry_is_chosen_by_the_val_objective(trained):
 
 def test_regime_markets_use_each_folds_pipeline_and_zero_weights_skip_them(trained, processed):
     wf = trained[0]
-    a, b = (np.asarray(fd.regimes.features) for fd in wf.folds)
-    assert not np.allclose(a, b)  # same raw regime bars, two folds' z-scores
+    assert wf.folds[0].regimes.features is wf.folds[1].regimes.features  # same raw regime bars, once
+    for fd in wf.folds:
+        np.testing.assert_array_equal(np.asarray(fd.regimes.scaling.shift), fd.pipeline.scaling()[0])
+    a, b = (np.asarray(fd.regimes.scaling.shift) for fd in wf.folds)
+    assert not np.allclose(a, b)  # two folds' z-scores
     plain = wfm.build_folds(config(processed, "eval.w_choppy=0", "eval.w_trend=0"))
     assert all(fd.regimes is None for fd in plain.folds)
 
 
 def test_one_compile_for_k_folds(trained):
     wf = trained[0]
-    from tbjax.learner.population import population_program
-
-    chunk = population_program(wf.trainer, len(wf.folds), data_axis=0).chunk
+    chunk = wfm.fold_program(wf)[0].chunk
     assert len(wf.folds) == 2 and chunk._cache_size() == 1
+    from tbjax.learner.walk import walk
+
+    carry = wf.best[0][2]
+    wfm.evaluate_fold(wf, 0, carry.params, carry.obs_stats, wfm.ROLE_VAL)
+    compiled = walk._cache_size()
+    for k in range(len(wf.folds)):  # the folds' train splits differ in length; their walks do not
+        for role in (wfm.ROLE_VAL, wfm.ROLE_TEST):
+            wfm.evaluate_fold(wf, k, carry.params, carry.obs_stats, role)
+    assert walk._cache_size() == compiled
+
+
+def test_the_vmapped_folds_share_one_market_and_stack_only_their_statistics(trained):
+    """The folds' program gets the market's arrays once (no fold axis) and, per fold, only its role
+    ranges and the z-score statistics fit on that fold's train rows (refit here by hand)."""
+    wf = trained[0]
+    data = wfm.fold_program(wf)[1]
+    one = wf.folds[0].market
+    k = len(wf.folds)
+    for name in ("features", "open", "close", "volatility", "volume", "tradable", "hour_of_week", "lengths"):
+        assert getattr(data, name).shape == getattr(one, name).shape, name  # no fold axis
+        assert all(getattr(fd.market, name) is getattr(one, name) for fd in wf.folds), name  # one copy
+    assert data.role_start.shape == data.role_end.shape == (k, one.n_symbols, 3)
+    assert data.scaling.shift.shape == data.scaling.scale.shape == (k, one.n_features)
+    cols = [c.removesuffix("_z") for c in one.feature_names]
+    for i, fd in enumerate(wf.folds):
+        train = np.concatenate([np.stack([np.asarray(t[c], np.float64) for c in cols], 1)[slice(*fd.ranges[s][0])]
+                                for s, t in wf.tables.items()])
+        mean, std = train.mean(0), np.maximum(train.std(0), wf.cfg.features.std_floor)
+        np.testing.assert_allclose(np.asarray(data.scaling.shift[i]), mean.astype(np.float32), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(data.scaling.scale[i]), (1.0 / std).astype(np.float32), rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(data.role_start[i])[:, 0], [fd.ranges[s][0][0] for s in one.symbols])
+        np.testing.assert_array_equal(np.asarray(data.role_end[i])[:, 2], [fd.ranges[s][2][1] for s in one.symbols])
 
 
 def test_fold_statistics_use_only_that_folds_train_rows(processed):
