@@ -28,7 +28,7 @@ from tbjax.learner.update import ppo_batch
 @pytest.mark.parametrize("policy,shared", [("gru", False), ("lstm", False), ("gru", True)])
 def test_replay_reproduces_the_rollouts_log_probs_and_values(policy, shared):
     """Episodes end inside the rollout (episode_len 5 < n_steps 12) and the rollout starts from a
-    non-zero stored state; the env-major replay from that state with resets at the episode starts
+    non-zero stored state; the replay of the stored sequences from that state with resets at the episode starts
     gives the rollout's log-probs and values (float32 rounding apart) before any gradient step."""
     data = toy_market()
     env_params = market.make_env_params(window_size=4, episode_len=5)
@@ -53,7 +53,7 @@ def test_replay_reproduces_the_rollouts_log_probs_and_values(policy, shared):
     log_prob = policy_log_prob(logits, batch.action, ctx.action_mode)
     values = jnp.mean(denormalize_value(_popart(), q, spec.popart_sigma_min), axis=-1)
     np.testing.assert_allclose(np.asarray(log_prob), np.asarray(batch.log_prob), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(values), np.asarray(jnp.swapaxes(traj.value, 0, 1)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(values), np.asarray(traj.value), rtol=1e-5, atol=1e-6)
 
 
 def _popart():
