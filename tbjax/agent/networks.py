@@ -43,7 +43,7 @@ from tbjax.agent.policy import (  # re-exported: the trainer imports the policy 
     policy_mode,
     policy_sample,
 )
-from tbjax.agent.recurrent import CELLS, matmul, cell_step, join_state, sequence, split_state
+from tbjax.agent.recurrent import CELLS, cell_step, input_gates, join_state, sequence, split_state
 
 __all__ = [
     "ACTION_MODES",
@@ -145,13 +145,12 @@ class RecurrentCore(nn.Module):
         n_gates, size = CELLS[self.cell], self.size
         w_x, b_x = _Weights(n_gates * size, name="input")(x.shape[-1])
         w_h, b_h = _Step(self.cell, size, name="step")()
-        gates_x = tuple(matmul(self.dtype, x, w_x[:, k * size:(k + 1) * size], b_x[k * size:(k + 1) * size])
-                        for k in range(n_gates))
         carry = split_state(self.cell, state)
         if reset.ndim == state.ndim - 1:
+            gates_x = input_gates(self.dtype, w_x, b_x, x, n_gates)
             carry, out, _ = cell_step(self.cell, self.dtype, w_h, b_h, carry, gates_x, reset)
         else:
-            carry, out = sequence(self.cell, self.dtype, w_h, b_h, carry, gates_x, reset)
+            carry, out = sequence(self.cell, self.dtype, w_x, b_x, w_h, b_h, carry, x, reset)
         return join_state(self.cell, carry), out
 
 

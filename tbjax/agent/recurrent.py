@@ -79,7 +79,8 @@ def cell_step(cell: str, dtype, kernel, bias, carry, gates_x, reset):
 
 
 def _cell_backward(cell: str, dtype, kernel, residuals, dcarry, dout, reset):
-    """Reverse of one step: (d carry before the step, d gates_x, d of the state matmul's output)."""
+    """Reverse of one step: (d carry before the step, d gates_x [B, gates * size], d of the state
+    matmul's output, None when it equals d gates_x as in the LSTM)."""
     if cell == "gru":
         h, r, z, n, hn = residuals
         dh = dcarry + dout
@@ -88,14 +89,23 @@ def _cell_backward(cell: str, dtype, kernel, residuals, dcarry, dout, reset):
         daz = dh * (h - n) * z * (1.0 - z)
         dgh = jnp.concatenate([dar, daz, dan * r], axis=-1)
         dh_prev = dh * z + matmul(dtype, dgh, kernel.T)
-        return _reset(dh_prev, reset), (dar, daz, dan), dgh
+        return _reset(dh_prev, reset), jnp.concatenate([dar, daz, dan], axis=-1), dgh
     c, h, i, f, g, o, tc = residuals
     dc_next, dh_next = dcarry
     dh = dh_next + dout
     dc = dc_next + dh * o * (1.0 - tc * tc)
     da = (dc * g * i * (1.0 - i), dc * c * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o))
     dgh = jnp.concatenate(da, axis=-1)
-    return _reset((dc * f, matmul(dtype, dgh, kernel.T)), reset), da, dgh
+    return _reset((dc * f, matmul(dtype, dgh, kernel.T)), reset), dgh, None  # d gates_x = d gates_h
+
+
+def input_gates(dtype, w_x, b_x, x, n_gates: int):
+    """The input's gate pre-activations W_x x + b_x, one matmul per gate: separate arrays, so the
+    time loop reads each at one offset (a kernel reading one array at several offsets runs
+    without SIMD on XLA:CPU) and nothing is sliced at full sequence size."""
+    size = w_x.shape[-1] // n_gates
+    return tuple(matmul(dtype, x, w_x[:, k * size:(k + 1) * size], b_x[k * size:(k + 1) * size])
+                 for k in range(n_gates))
 
 
 def _forward(cell, dtype, kernel, bias, carry, gates_x, reset, keep: bool):
@@ -108,36 +118,46 @@ def _forward(cell, dtype, kernel, bias, carry, gates_x, reset, keep: bool):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def sequence(cell: str, dtype, kernel, bias, carry, gates_x, reset):
-    """Time-major sequence: gates_x tuple of [T, B, size], reset [T, B] -> (final carry, h [T, B, size]).
+def sequence(cell: str, dtype, w_x, b_x, w_h, b_h, carry, x, reset):
+    """Time-major sequence x [T, B, E], reset [T, B] -> (final carry, h [T, B, size]).
 
-    ``bias`` is the state bias [3 size] of the GRU (None for the LSTM). Equal to scanning
-    :func:`cell_step`; differentiated by the hand-written reverse loop (module docstring).
+    Input weights W_x [E, gates * size], b_x; state weights W_h [size, gates * size] and b_h (the
+    GRU's; None for the LSTM). Equal to scanning :func:`cell_step` over :func:`input_gates`;
+    differentiated by the hand-written reverse loop, after which each weight gradient and the
+    input's gradient is ONE matmul over all steps (module docstring).
     """
-    return _forward(cell, dtype, kernel, bias, carry, gates_x, reset, keep=False)
+    gates_x = input_gates(dtype, w_x, b_x, x, CELLS[cell])
+    return _forward(cell, dtype, w_h, b_h, carry, gates_x, reset, keep=False)
 
 
-def _sequence_fwd(cell, dtype, kernel, bias, carry, gates_x, reset):
-    final, (outs, residuals) = _forward(cell, dtype, kernel, bias, carry, gates_x, reset, keep=True)
-    return (final, outs), (kernel, bias, residuals, reset)
+def _sequence_fwd(cell, dtype, w_x, b_x, w_h, b_h, carry, x, reset):
+    gates_x = input_gates(dtype, w_x, b_x, x, CELLS[cell])
+    final, (outs, residuals) = _forward(cell, dtype, w_h, b_h, carry, gates_x, reset, keep=True)
+    return (final, outs), (w_x, b_x, w_h, b_h, x, residuals, reset)
+
+
+def _rows(a):
+    return a.reshape(-1, a.shape[-1])
 
 
 def _sequence_bwd(cell, dtype, saved, cotangents):
-    kernel, bias, residuals, reset = saved
+    w_x, b_x, w_h, b_h, x, residuals, reset = saved
     d_final, d_outs = cotangents
 
     def body(dcarry, step):
         res, dout, r = step
-        dcarry, dx, dgh = _cell_backward(cell, dtype, kernel, res, dcarry, dout, r)
-        return dcarry, (dx, dgh)
+        dcarry, d_gx, d_gh = _cell_backward(cell, dtype, w_h, res, dcarry, dout, r)
+        return dcarry, (d_gx, d_gh)
 
-    d_carry0, (d_gates_x, d_gh) = jax.lax.scan(body, d_final, (residuals, d_outs, reset), reverse=True)
+    d_carry0, (d_gx, d_gh) = jax.lax.scan(body, d_final, (residuals, d_outs, reset), reverse=True)
+    d_gx = _rows(d_gx)
+    d_gh = d_gx if d_gh is None else _rows(d_gh)
     h_before = residuals[0] if cell == "gru" else residuals[1]  # the state each step's matmul read
-    rows = h_before.reshape(-1, h_before.shape[-1])
-    d_gh = d_gh.reshape(-1, d_gh.shape[-1])
-    d_kernel = matmul(dtype, rows.T, d_gh)
-    d_bias = None if bias is None else jnp.sum(d_gh, axis=0)
-    return d_kernel, d_bias, d_carry0, d_gates_x, None
+    d_w_h = matmul(dtype, _rows(h_before).T, d_gh)
+    d_b_h = None if b_h is None else jnp.sum(d_gh, axis=0)
+    d_w_x = matmul(dtype, _rows(x).T, d_gx)
+    d_x = matmul(dtype, d_gx, w_x.T).reshape(x.shape).astype(x.dtype)
+    return d_w_x, jnp.sum(d_gx, axis=0), d_w_h, d_b_h, d_carry0, d_x, None
 
 
 sequence.defvjp(_sequence_fwd, _sequence_bwd)
