@@ -190,10 +190,11 @@ def minibatch(batch: PPOBatch, index: jax.Array) -> PPOBatch:
     """The samples ``index`` of ``batch``: transitions (axis 0) for the MLP; whole env sequences
     for a recurrent batch (axis 1 of its time-major leaves, axis 0 of ``hidden``).
 
-    ppo_update gathers each minibatch inside its SGD step straight from the unshuffled batch: one
-    gather of rows, no shuffled copy of the whole batch per epoch and no transpose.
+    For the MLP ``index`` may be [n_minibatches, size] (an epoch's shuffled copy, cut into
+    minibatches). ppo_update gathers a recurrent minibatch ([size] indices) inside its SGD step
+    straight from the time-major batch: one gather of rows, no transposed copy of the batch.
     """
-    take = lambda axis: lambda x: jnp.take(x, index, axis=axis, mode="clip")  # noqa: E731
+    take = lambda axis: lambda x: jnp.take(x, index, axis=axis)  # noqa: E731
     if batch.hidden is None:
         return jax.tree_util.tree_map(take(0), batch)
     return jax.tree_util.tree_map(take(1), batch.replace(hidden=None)).replace(hidden=take(0)(batch.hidden))
@@ -223,9 +224,11 @@ def ppo_update(
     batch_size = batch.obs.shape[0] if batch.hidden is None else batch.hidden.shape[0]
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
-    def minibatch_step(carry, index):
+    def minibatch_step(carry, mb):
         params, opt_state, finite = carry
-        (loss, aux), grads = grad_fn(params, minibatch(batch, index), hp, apply_fn, action_mode, huber_kappa)
+        if batch.hidden is not None:  # a recurrent minibatch arrives as its env indices
+            mb = minibatch(batch, mb)
+        (loss, aux), grads = grad_fn(params, mb, hp, apply_fn, action_mode, huber_kappa)
         grads, grad_norm = clip_by_global_norm(grads, hp.max_grad_norm)
         updates, opt_state = ADAM.update(grads, opt_state)
         params = jax.tree_util.tree_map(lambda p, u: p - learning_rate * u, params, updates)
@@ -233,8 +236,10 @@ def ppo_update(
         return (params, opt_state, finite), {**aux, "grad_norm": grad_norm}
 
     def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, batch_size)
-        return jax.lax.scan(minibatch_step, carry, order.reshape(n_minibatches, -1))
+        order = jax.random.permutation(epoch_key, batch_size).reshape(n_minibatches, -1)
+        # MLP: one shuffled copy of the transitions per epoch, sliced contiguously (as before the
+        # recurrent path existed); recurrent: each step gathers its env columns (no transposed copy)
+        return jax.lax.scan(minibatch_step, carry, order if batch.hidden is not None else minibatch(batch, order))
 
     (params, opt_state, finite), metrics = jax.lax.scan(
         epoch, (params, opt_state, jnp.array(True)), jax.random.split(key, n_epochs)
