@@ -101,7 +101,8 @@ def measure(policy: str, n_envs: int, args, data, env_params) -> dict:
     jax.block_until_ready(update(carry.params, carry.opt_state, batch, carry.rng))
     update_s = best_time(lambda: update(carry.params, carry.opt_state, batch, carry.rng), args.repeats)
 
-    mb = jax.tree_util.tree_map(lambda x: x[: x.shape[0] // spec.n_minibatches], batch)
+    n_samples = batch.obs.shape[0] if batch.hidden is None else batch.hidden.shape[0]
+    mb = ppo.minibatch(batch, jnp.arange(n_samples // spec.n_minibatches))
     one_step = dict(kw, n_epochs=1, n_minibatches=1)
     step = jax.jit(lambda p, o, b, k: ppo.ppo_update(p, o, b, k, hp, hp.learning_rate, **one_step))
     step_flops = flops_of(step.lower(carry.params, carry.opt_state, mb, carry.rng).compile())

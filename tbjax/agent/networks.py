@@ -44,6 +44,7 @@ from tbjax.agent.policy import (  # re-exported: the trainer imports the policy 
     policy_mode,
     policy_sample,
 )
+from tbjax.agent.recurrent import CELLS, cell_step, input_gates, join_state, sequence, split_state
 
 __all__ = [
     "ACTION_MODES",
@@ -100,19 +101,40 @@ class MLPTorso(nn.Module):
         return x
 
 
-def _fused(features: int, dtype, name: str, bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=bias, kernel_init=_orthogonal(1.0), bias_init=nn.initializers.zeros,
-                    dtype=dtype, param_dtype=jnp.float32, name=name)
+class _Weights(nn.Module):
+    """Kernel [in, features] (orthogonal) and optional zero bias, declared as a Dense would name them."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", _orthogonal(1.0), (in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+        return kernel, bias
 
 
-class ResetCell(nn.Module):
-    """One step of a GRU (Cho et al. 2014) or LSTM (Hochreiter & Schmidhuber 1997) with reset.
+class _Step(nn.Module):
+    """The state matmul's W_h [size, gates * size] (and the GRU's b_h) under ``step/state``."""
 
-    Gates are fused: ``gx`` is the input's projection W_x x + b (computed for a whole sequence
-    at once by :class:`RecurrentCore`, outside the time loop) and one matmul W_h h runs per step.
-    GRU as in PyTorch: r, z = sigmoid(gx_rz + W_h,rz h + b_h,rz), n = tanh(gx_n + r (W_hn h + b_hn)),
-    h' = (1 - z) n + z h. LSTM: i, f, g, o = gx + W_h h; c' = sig(f) c + sig(i) tanh(g),
-    h' = sig(o) tanh(c'). ``carry`` is the float32 state [..., state_size]; inputs = (gx, reset).
+    cell: str
+    size: int
+
+    @nn.compact
+    def __call__(self):
+        return _Weights(CELLS[self.cell] * self.size, self.cell == "gru", name="state")(self.size)
+
+
+class RecurrentCore(nn.Module):
+    """A GRU (Cho et al. 2014) or LSTM (Hochreiter & Schmidhuber 1997) core with episode resets
+    (equations: agent/recurrent.py), over one step (x [B, E], reset [B]) or a time-major sequence
+    (x [T, B, E], reset [T, B]); returns (final state [B, state], outputs [(T,) B, size]).
+
+    Parameters: ``input`` (W_x [E, gates * size], b_x) and ``step/state`` (W_h, and b_h for the
+    GRU), gates in the order r, z, n (GRU) or i, f, g, o (LSTM). The input projection of all steps
+    is computed before the time loop, one matmul per gate (separate arrays, so nothing is sliced or
+    concatenated at full sequence size), and the sequence runs through recurrent.sequence; one step
+    and a sequence run the same step function, so a replay reproduces the acting steps.
     """
 
     cell: str
@@ -120,41 +142,17 @@ class ResetCell(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, carry: jax.Array, inputs) -> tuple[jax.Array, jax.Array]:
-        gx, reset = inputs
-        state = jnp.where(reset[..., None], 0.0, carry)
-        n_gates = 3 if self.cell == "gru" else 4
-        if self.cell == "gru":
-            gh = _fused(n_gates * self.size, self.dtype, "state")(state).astype(jnp.float32)
-            xr, xz, xn = jnp.split(gx, 3, axis=-1)
-            hr, hz, hn = jnp.split(gh, 3, axis=-1)
-            r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-            h = (1.0 - z) * jnp.tanh(xn + r * hn) + z * state
-            return h, h
-        c, h = jnp.split(state, 2, axis=-1)
-        gh = _fused(n_gates * self.size, self.dtype, "state", bias=False)(h).astype(jnp.float32)
-        i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return jnp.concatenate([c, h], axis=-1), h
-
-
-class RecurrentCore(nn.Module):
-    """A ResetCell over one step (x [B, E], reset [B]) or a time-major sequence (x [T, B, E],
-    reset [T, B]) by ``nn.scan``; returns (final state [B, state], outputs [(T,) B, size])."""
-
-    cell: str
-    size: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
     def __call__(self, state: jax.Array, x: jax.Array, reset: jax.Array):
-        n_gates = 3 if self.cell == "gru" else 4
-        gx = _fused(n_gates * self.size, self.dtype, "input")(x).astype(jnp.float32)
+        n_gates, size = CELLS[self.cell], self.size
+        w_x, b_x = _Weights(n_gates * size, name="input")(x.shape[-1])
+        w_h, b_h = _Step(self.cell, size, name="step")()
+        carry = split_state(self.cell, state)
         if reset.ndim == state.ndim - 1:
-            return ResetCell(self.cell, self.size, self.dtype, name="step")(state, (gx, reset))
-        scan = nn.scan(ResetCell, variable_broadcast="params", split_rngs={"params": False})
-        return scan(self.cell, self.size, self.dtype, name="step")(state, (gx, reset))
+            gates_x = input_gates(self.dtype, w_x, b_x, x, n_gates)
+            carry, out, _ = cell_step(self.cell, self.dtype, w_h, b_h, carry, gates_x, reset)
+        else:
+            carry, out = sequence(self.cell, self.dtype, w_x, b_x, w_h, b_h, carry, x, reset)
+        return join_state(self.cell, carry), out
 
 
 def state_size(policy: str, rnn_size: int, shared_torso: bool) -> int:

@@ -118,14 +118,15 @@ def masked_standardize(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.
 
 @flax.struct.dataclass
 class PPOBatch:
-    """Flat training batch [B, ...] of one update.
+    """Training batch of one update: flat transitions [B, ...] for the MLP.
 
     obs: observations normalised with the rollout's RunningStats; action, log_prob: behaviour
     policy; advantage: CVaR-shaped policy advantage (not yet standardised); target: lambda-return
     normalised with the NEW PopArt statistics; tradable: the action was executed (fill bar
-    tradable). Recurrent policies: leaves are env-major sequences [B, T, ...], ``hidden`` [B, state]
-    is the core's state at the first step and ``reset`` [B, T] marks episode starts; the MLP leaves
-    both None.
+    tradable). Recurrent policies: leaves are time-major sequences [T, B, ...] as the rollout
+    stored them (the core scans time, so no transpose is ever made), ``hidden`` [B, state] is the
+    core's state at the first step and ``reset`` [T, B] marks episode starts; the MLP leaves both
+    None.
     """
 
     obs: jax.Array
@@ -201,6 +202,20 @@ def clip_by_global_norm(grads, max_norm: jax.Array):
     return jax.tree_util.tree_map(lambda g: g * scale, grads), norm
 
 
+def minibatch(batch: PPOBatch, index: jax.Array) -> PPOBatch:
+    """The samples ``index`` of ``batch``: transitions (axis 0) for the MLP; whole env sequences
+    for a recurrent batch (axis 1 of its time-major leaves, axis 0 of ``hidden``).
+
+    For the MLP ``index`` may be [n_minibatches, size] (an epoch's shuffled copy, cut into
+    minibatches). ppo_update gathers a recurrent minibatch ([size] indices) inside its SGD step
+    straight from the time-major batch: one gather of rows, no transposed copy of the batch.
+    """
+    take = lambda axis: lambda x: jnp.take(x, index, axis=axis)  # noqa: E731
+    if batch.hidden is None:
+        return jax.tree_util.tree_map(take(0), batch)
+    return jax.tree_util.tree_map(take(1), batch.replace(hidden=None)).replace(hidden=take(0)(batch.hidden))
+
+
 def ppo_update(
     params,
     opt_state,
@@ -217,17 +232,19 @@ def ppo_update(
 ):
     """n_epochs x n_minibatches SGD steps as nested scans (PureJaxRL's update shape).
 
-    Each epoch reshuffles the batch along its leading axis (transitions, or whole env sequences
-    for a recurrent policy). Returns (params, opt_state, metrics, finite) where
+    Each epoch reshuffles the batch along its sample axis (transitions, or whole env sequences
+    for a recurrent policy; see :func:`minibatch`). Returns (params, opt_state, metrics, finite) where
     metrics average over all steps and ``finite`` is False if any step saw a non-finite loss or
     gradient (the caller then discards the whole update).
     """
-    batch_size = batch.obs.shape[0]
+    batch_size = batch.obs.shape[0] if batch.hidden is None else batch.hidden.shape[0]
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
-    def minibatch_step(carry, minibatch):
+    def minibatch_step(carry, mb):
         params, opt_state, finite = carry
-        (loss, aux), grads = grad_fn(params, minibatch, hp, apply_fn, action_mode, huber_kappa)
+        if batch.hidden is not None:  # a recurrent minibatch arrives as its env indices
+            mb = minibatch(batch, mb)
+        (loss, aux), grads = grad_fn(params, mb, hp, apply_fn, action_mode, huber_kappa)
         grads, grad_norm = clip_by_global_norm(grads, hp.max_grad_norm)
         updates, opt_state = ADAM.update(grads, opt_state)
         params = jax.tree_util.tree_map(lambda p, u, d: p - learning_rate * (u + hp.weight_decay * d * p),
@@ -236,11 +253,10 @@ def ppo_update(
         return (params, opt_state, finite), {**aux, "grad_norm": grad_norm}
 
     def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, batch_size)
-        shuffled = jax.tree_util.tree_map(
-            lambda x: jnp.take(x, order, axis=0).reshape((n_minibatches, -1) + x.shape[1:]), batch
-        )
-        return jax.lax.scan(minibatch_step, carry, shuffled)
+        order = jax.random.permutation(epoch_key, batch_size).reshape(n_minibatches, -1)
+        # MLP: one shuffled copy of the transitions per epoch, sliced contiguously (as before the
+        # recurrent path existed); recurrent: each step gathers its env columns (no transposed copy)
+        return jax.lax.scan(minibatch_step, carry, order if batch.hidden is not None else minibatch(batch, order))
 
     (params, opt_state, finite), metrics = jax.lax.scan(
         epoch, (params, opt_state, jnp.array(True)), jax.random.split(key, n_epochs)

@@ -73,10 +73,10 @@ class Learner:
         return logits, (q if popart is None else denormalize_value(popart, q, self.spec.popart_sigma_min)), hidden
 
     def replay(self, params, obs, hidden, reset):
-        """Re-run env-major sequences: normalised obs [B, T, obs_dim] from the stored states
-        [B, state] with episode starts ``reset`` [B, T] -> (logits, normalised quantiles) [B, T, ...]."""
-        logits, q, _ = self.apply(params, jnp.swapaxes(obs, 0, 1), hidden, jnp.swapaxes(reset, 0, 1))
-        return jnp.swapaxes(logits, 0, 1), jnp.swapaxes(q, 0, 1)
+        """Re-run time-major sequences: normalised obs [T, B, obs_dim] from the stored states
+        [B, state] with episode starts ``reset`` [T, B] -> (logits, normalised quantiles) [T, B, ...]."""
+        logits, q, _ = self.apply(params, obs, hidden, reset)
+        return logits, q
 
 
 def reset_hidden(hidden, done):

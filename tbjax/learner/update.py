@@ -82,15 +82,16 @@ def update_metrics(ctx: Learner, carry: TrainCarry, traj: Transition, returns, p
 def ppo_batch(ctx: Learner, traj: Transition, policy_adv, returns, obs_stats, popart, hidden0) -> ppo.PPOBatch:
     """The update's training batch; its leading axis is what minibatches slice.
 
-    MLP: transitions flattened to [n_steps * n_envs]. Recurrent: env-major sequences [n_envs,
-    n_steps] with the state stored at the rollout's start and the episode starts inside each
-    sequence (the step after a done), so the core re-runs exactly as it acted (truncated BPTT).
+    MLP: transitions flattened to [n_steps * n_envs]. Recurrent: the rollout's time-major
+    sequences [n_steps, n_envs] as they are (minibatches gather env columns, ppo.minibatches) with
+    the state stored at the rollout's start and the episode starts inside each sequence (the step
+    after a done), so the core re-runs exactly as it acted (truncated BPTT).
     """
     s = ctx.spec
     if ctx.recurrent:
-        layout = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        layout = lambda x: x  # noqa: E731
         starts = jnp.concatenate([jnp.zeros_like(traj.done[:1]), traj.done[:-1]], axis=0)
-        extra = {"hidden": hidden0, "reset": layout(starts)}
+        extra = {"hidden": hidden0, "reset": starts}
     else:
         layout = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         extra = {}

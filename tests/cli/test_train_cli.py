@@ -2,8 +2,9 @@
 
 One module-scoped run is shared by most checks (compiles are the slow part). Checks: every artifact
 exists and parses; a second run with the same seed writes an identical metrics.jsonl; an interrupted
-run resumed with --resume ends with the same metrics; evaluation leaves the frozen statistics
-bit-identical; bad inputs exit 2 with one message and no traceback.
+run resumed with --resume ends with the same metrics (a GRU run also with the same carry, hidden
+state included); evaluation leaves the frozen statistics bit-identical; bad inputs exit 2 with one
+message and no traceback.
 """
 
 from __future__ import annotations
@@ -94,6 +95,34 @@ def test_interrupted_then_resumed_run_matches(finished_run, tmp_path):
     a = json.loads((run_dir / "eval" / "test.json").read_text())
     b = json.loads((finished_run / "eval" / "test.json").read_text())
     assert a["pooled"] == b["pooled"]
+
+
+def test_interrupted_then_resumed_gru_run_matches(tmp_path):
+    """A recurrent run (ppo.policy=gru) stopped after its first chunk and resumed from that
+    checkpoint ends as the uninterrupted run: the same metrics.jsonl bytes, test evaluation and
+    final carry, bit for bit, the hidden state of every env included (it lives in the carry, so a
+    resume that dropped or zeroed it would act differently from the first step on)."""
+    from tbjax.run.reevaluate import open_run
+
+    # episodes of 48 steps: both the interruption (32 steps per env) and the end (64) fall mid-episode
+    gru = ("--set", "ppo.policy=gru", "--set", "ppo.rnn_size=8", "--set", "env.episode_len=48")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_train(whole, *gru) == 0
+    assert run_train(split, *gru, "--max-chunks", "1") == 0
+    assert run_train(split, *gru, "--resume") == 0
+    assert (split / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
+    tests = [json.loads((run / "eval" / "test.json").read_text())["pooled"] for run in (whole, split)]
+    assert tests[0] == tests[1]
+    carries = []
+    for run in (whole, split):
+        session = open_run(run)
+        carries.append(session.ckpt.restore("latest", session.template())[0])
+    assert carries[0].hidden.shape == (8, 2 * 8) and float(np.abs(np.asarray(carries[0].hidden)).max()) > 0
+    assert jax.tree_util.tree_structure(carries[0]) == jax.tree_util.tree_structure(carries[1])
+    for a, b in zip(*(jax.tree_util.tree_leaves(c) for c in carries)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_evaluate_cli_reproduces_training_evaluation(finished_run, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 Checks: K folds vmapped equal K sequential runs; one compile of the vmapped chunk for K folds; each
 fold's feature statistics come from its own train rows only; the stitched out-of-sample series has no
-gaps or overlaps; bad plans exit 2 with one message.
+gaps or overlaps; each fold's saved policy (MLP and GRU) trades as the walk-forward did; bad plans
+exit 2 with one message.
 """
 
 from __future__ import annotations
@@ -213,13 +214,25 @@ def test_spans_given_as_durations_are_bars_at_the_datas_rate(processed):
         plan_folds(config(processed, "walkforward.test_bars=5x"), len(union), per_day)
 
 
-def test_each_folds_saved_policy_trades_as_the_walkforward_did(trained, tmp_path):
+@pytest.fixture(scope="module")
+def trained_gru(processed):
+    """The same plan with a recurrent policy (ppo.policy=gru), trained vmapped over the folds."""
+    wf = wfm.build_folds(config(processed, "ppo.policy=gru", "ppo.rnn_size=8"))
+    wfm.train_vmapped(wf)
+    return wf, None, *wfm.fold_results(wf)
+
+
+@pytest.mark.parametrize("run", ["trained", "trained_gru"])
+def test_each_folds_saved_policy_trades_as_the_walkforward_did(run, request, tmp_path):
     """folds/fold_<k> restores with tbjax.load_policy and decides on fold k's test bars exactly as the
-    walk-forward's backtest of that fold's best carry (the stitched series' positions)."""
+    walk-forward's backtest of that fold's best carry (the stitched series' positions). With a GRU,
+    load_policy must carry the hidden state through each symbol's bars in order from its start, as
+    the walk-forward's backtest did, or the positions drift apart after the first bar."""
     import tbjax
     from tbjax.run.walkforward_outputs import save_fold_runs
 
-    wf, stitched = trained[0], trained[3]
+    wf, stitched = request.getfixturevalue(run)[0], request.getfixturevalue(run)[3]
+    assert (wf.cfg.ppo.policy == "gru") == (run == "trained_gru")
     window = wf.cfg.env.window_size
     folders = save_fold_runs(tmp_path, wf)
     for k, (fd, folder) in enumerate(zip(wf.folds, folders)):
