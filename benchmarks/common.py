@@ -158,6 +158,23 @@ def oracle_sharpe(pm: PlantedMarket, role: int = ROLE_VAL, cost_bps: float = 5.0
     return threshold_oracle(*oracle_inputs(pm, role), cost_bps, long_only=long_only)
 
 
+def held(curve: list[float]) -> float:
+    """The mean of the last third of a learning curve's evaluations (at least the last one): what a
+    learner KEEPS, so one that peaks early and then collapses scores low (learning_speed, tune_defaults)."""
+    return float(np.mean(curve[len(curve) - max(1, len(curve) // 3):]))
+
+
+def val_score(trainer, carry, pm: PlantedMarket, val_params) -> tuple[float, float, np.ndarray]:
+    """(per-bar Sharpe, turnover per bar, concatenated per-bar returns) of the deterministic policy on
+    the val split (``tbjax.evaluation.backtest``, frozen observation statistics)."""
+    from tbjax.evaluation.backtest import backtest
+
+    result, series = backtest(trainer.policy_apply, carry.params, carry.obs_stats, pm.market, val_params,
+                              ROLE_VAL, pm.bars_per_year, significance=False)
+    returns = np.concatenate([series[s]["returns"] for s in pm.symbols])
+    return per_bar_sharpe([returns]), float(result["pooled"]["turnover"]), returns
+
+
 def per_bar_sharpe(returns: list[np.ndarray]) -> float:
     """mean / std (population) of the concatenated per-bar net returns; 0 for a constant series."""
     r = np.concatenate([np.asarray(x, np.float64) for x in returns])

@@ -48,7 +48,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from tbjax.evaluation.backtest import backtest  # noqa: E402
 from tbjax.data.market import ROLE_VAL  # noqa: E402
 from tbjax.evaluation.significance import probabilistic_sharpe_ratio  # noqa: E402
 
@@ -76,10 +75,9 @@ def summarise(history: list[dict], oracle_sharpe: float, final_returns: np.ndarr
     over the last third of the evaluations: a learner that peaks and collapses scores low), final
     val turnover, and the final val series' PSR against zero and against buy-and-hold's Sharpe."""
     frac = [h["val_sharpe_per_bar"] / oracle_sharpe for h in history]
-    late = frac[len(frac) - max(1, len(frac) // 3):]
     bh_sr = common.per_bar_sharpe([bh_returns])
     return {"milestones_s": milestones(history, oracle_sharpe), "final_fraction": frac[-1],
-            "peak_fraction": max(frac), "held_fraction": float(np.mean(late)),
+            "peak_fraction": max(frac), "held_fraction": common.held(frac),
             "final_val_sharpe_per_bar": history[-1]["val_sharpe_per_bar"],
             "final_val_turnover": history[-1]["val_turnover"],
             "psr_vs_zero": probabilistic_sharpe_ratio(final_returns, 0.0),
@@ -150,11 +148,9 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
             compile_s = time.perf_counter() - t_chunk  # first call: compile + one chunk
         steps += args.tbjax_chunk * args.tbjax_envs * args.n_steps
         seconds = clock.pause()
-        result, series = backtest(trainer.policy_apply, carry.params, carry.obs_stats, pm.market, val_params,
-                                  ROLE_VAL, pm.bars_per_year, significance=False)
-        returns = np.concatenate([series[s]["returns"] for s in pm.symbols])
-        history.append({"seconds": seconds, "env_steps": steps, "val_sharpe_per_bar": common.per_bar_sharpe([returns]),
-                        "val_turnover": float(result["pooled"]["turnover"])})
+        sharpe, turnover, returns = common.val_score(trainer, carry, pm, val_params)
+        history.append({"seconds": seconds, "env_steps": steps, "val_sharpe_per_bar": sharpe,
+                        "val_turnover": turnover})
         print(f"    tbjax {seconds:7.1f} s {steps:>11,} steps  val Sharpe {history[-1]['val_sharpe_per_bar']:+.4f}"
               f"  turnover {history[-1]['val_turnover']:.3f}", flush=True)
         if seconds >= budget:

@@ -44,7 +44,6 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from tbjax.data.market import ROLE_VAL  # noqa: E402
-from tbjax.evaluation.backtest import backtest  # noqa: E402
 from tbjax.hpo.space import parse_param  # noqa: E402
 
 FEE_BPS = 5.0
@@ -124,14 +123,11 @@ def train_and_score(args, rho: float, values: dict) -> dict:
     curve, t0 = [], time.perf_counter()
     for _ in range(args.updates // args.eval_every):
         carry, _ = tr.train_chunk(carry, hp, pm.market)
-        result, series = backtest(tr.policy_apply, carry.params, carry.obs_stats, pm.market, val_params, ROLE_VAL,
-                                  pm.bars_per_year, significance=False)
-        sharpe = common.per_bar_sharpe([series[s]["returns"] for s in pm.symbols])
-        curve.append((sharpe / oracle if oracle > 0 else 0.0, float(result["pooled"]["turnover"])))
-    late = curve[len(curve) - max(1, len(curve) // 3):]
-    return {"curve_fraction": [c[0] for c in curve], "curve_turnover": [c[1] for c in curve],
-            "held_fraction": float(np.mean([c[0] for c in late])), "peak_fraction": max(c[0] for c in curve),
-            "held_turnover": float(np.mean([c[1] for c in late])), "oracle_sharpe": oracle,
+        sharpe, turnover, _ = common.val_score(tr, carry, pm, val_params)
+        curve.append((sharpe / oracle if oracle > 0 else 0.0, turnover))
+    fraction, turnover = [c[0] for c in curve], [c[1] for c in curve]
+    return {"curve_fraction": fraction, "curve_turnover": turnover, "held_fraction": common.held(fraction),
+            "peak_fraction": max(fraction), "held_turnover": common.held(turnover), "oracle_sharpe": oracle,
             "seconds": time.perf_counter() - t0}
 
 

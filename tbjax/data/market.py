@@ -62,6 +62,12 @@ class MarketData:
         return self.features.shape[2]
 
 
+def role_bounds(role_ranges: list[list[tuple[int, int]]], n_sym: int) -> dict[str, jnp.ndarray]:
+    """``role_start`` / ``role_end`` [S, 3] int32 from per-symbol (start, end) rows of train, val, test."""
+    rows = np.asarray(role_ranges, np.int32).reshape(n_sym, 3, 2)
+    return {"role_start": jnp.asarray(rows[..., 0]), "role_end": jnp.asarray(rows[..., 1])}
+
+
 def market_data_from_arrays(
     symbols: list[str],
     features: list[np.ndarray],
@@ -101,8 +107,7 @@ def market_data_from_arrays(
         volume=jnp.asarray(pad(volume, False, np.float32)),
         tradable=jnp.asarray(pad(tradable, False, np.bool_)),
         hour_of_week=jnp.asarray(pad(hour_of_week, False, np.int32)),
-        role_start=jnp.asarray(np.array([[r[0] for r in rr] for rr in role_ranges], np.int32).reshape(n_sym, 3)),
-        role_end=jnp.asarray(np.array([[r[1] for r in rr] for rr in role_ranges], np.int32).reshape(n_sym, 3)),
+        **role_bounds(role_ranges, n_sym),
         lengths=jnp.asarray(np.array([len(c) for c in close], np.int32)),
         scaling=identity_scaling(features[0].shape[1]) if scaling is None else to_device(*scaling),
         symbols=tuple(symbols),
@@ -117,11 +122,7 @@ def fold_view(data: MarketData, scaling: tuple, ranges: list[list[tuple[int, int
     """``data``'s arrays (not copied) with another fold's feature scaling and role ranges (kept if None)."""
     if ranges is None:
         return data.replace(scaling=to_device(*scaling))
-    n_sym = data.n_symbols
-    return data.replace(
-        role_start=jnp.asarray(np.array([[r[0] for r in rr] for rr in ranges], np.int32).reshape(n_sym, 3)),
-        role_end=jnp.asarray(np.array([[r[1] for r in rr] for rr in ranges], np.int32).reshape(n_sym, 3)),
-        scaling=to_device(*scaling))
+    return data.replace(**role_bounds(ranges, data.n_symbols), scaling=to_device(*scaling))
 
 
 def stack_folds(folds: list[MarketData]) -> tuple[MarketData, MarketData]:

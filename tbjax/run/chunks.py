@@ -33,23 +33,15 @@ import numpy as np
 
 from tbjax.config import Config
 from tbjax.learner.carry import NonFiniteUpdateError, raise_if_nonfinite
+from tbjax.learner.population import take_member
 
 
 def take(tree: Any, i: int) -> Any:
-    """Member ``i`` of a pytree with a leading member axis.
-
-    Host (NumPy) trees are indexed in place; device trees by ONE compiled program per tree
-    structure, because indexing leaf by leaf compiles a slice for every distinct leaf shape (a
-    carry has dozens: about 40 small compiles before a population's first evaluation).
-    """
+    """Member ``i`` of a pytree with a leading member axis: host (NumPy) trees are indexed in
+    place, device trees by :func:`tbjax.learner.population.take_member` (one compiled program)."""
     if all(isinstance(x, (np.ndarray, np.generic)) for x in jax.tree_util.tree_leaves(tree)):
         return jax.tree_util.tree_map(lambda x: x[i], tree)
-    return _take_device(tree, i)
-
-
-@jax.jit
-def _take_device(tree: Any, i) -> Any:
-    return jax.tree_util.tree_map(lambda x: x[i], tree)
+    return take_member(tree, i)
 
 
 def member_of(tree: Any, i: int, batch: int | None) -> Any:
