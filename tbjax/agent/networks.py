@@ -197,7 +197,8 @@ class ActorCritic(nn.Module):
         shared_torso: one torso (encoder, and core if recurrent) for actor and critic instead of two.
         policy: "mlp", or "gru" / "lstm": a recurrent core of ``rnn_size`` units after the encoder.
         window_size, bar_features: with bar_features > 0 each torso first encodes every bar of the
-            window with one shared dense layer (agent/bar_encoder.py); 0 reads the flat window.
+            window with one dense layer shared by the bars (agent/bar_encoder.py; the torsos' codes
+            come from one layer with a column block per torso); 0 reads the flat window.
         dtype: compute dtype (bfloat16 on GPU/TPU); parameters stay float32, outputs are float32.
     """
 
@@ -225,10 +226,9 @@ class ActorCritic(nn.Module):
         check_action_mode(self.action_mode)
         x = jnp.asarray(obs, self.dtype)
         names = ("torso",) if self.shared_torso else ("actor_torso", "critic_torso")
-        if self.bar_features:  # one per-bar encoder per torso (agent/bar_encoder.py)
-            encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(
-                BarEncoder(self.window_size, self.bar_features, self.dtype, name=f"{name}_bars")(x))
-                for name in names]
+        if self.bar_features:  # per-bar codes for every torso from one dense layer (agent/bar_encoder.py)
+            codes = BarEncoder(self.window_size, self.bar_features, len(names), self.dtype, name="bars")(x)
+            encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(c) for name, c in zip(names, codes)]
         else:
             encoded = [MLPTorso(self.hidden_sizes, self.dtype, name=name)(x) for name in names]
         if self.policy == "mlp":

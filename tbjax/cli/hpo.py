@@ -113,8 +113,29 @@ def open_study(cfg, run_dir: Path, live: LivenessSettings | None = None):
                                load_if_exists=True)
 
 
+def _finished(study) -> tuple:
+    """What the results depend on: every trial's number, state and value."""
+    return tuple((t.number, t.state, t.value) for t in study.get_trials(deepcopy=False))
+
+
 def write_results(study, run_dir: Path, fixed: tuple = (), notes: tuple = ()) -> dict:
-    """best/ (copy of the best trial's folder), hpo_summary.json and plots/*.png."""
+    """best/ (copy of the best trial's folder), hpo_summary.json and plots/*.png, from the study as
+    it is when the files are written.
+
+    Several workers write these at their end. Writing takes seconds (plots, the best/ copy), so a
+    worker that read the study before another's last trial finished could otherwise overwrite that
+    worker's newer results with older ones; the results are therefore written again until the
+    study did not change while they were being written.
+    """
+    for _ in range(10):
+        before = _finished(study)
+        summary = _write_results_once(study, run_dir, fixed, notes)
+        if _finished(study) == before:
+            break
+    return summary
+
+
+def _write_results_once(study, run_dir: Path, fixed: tuple, notes: tuple) -> dict:
     import optuna
     from optuna.trial import TrialState
 

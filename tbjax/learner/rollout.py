@@ -1,7 +1,8 @@
 """Rollout: n_steps of (policy, vmapped env step) with frozen statistics, then GAE targets.
 
 Values are the mean of the critic's de-normalised quantiles; VaR_alpha and CVaR_alpha of those
-quantiles are kept per step for the CVaR advantage. On truncation the bootstrap is
+quantiles are kept per step for the CVaR advantage (the non-crossing head's quantiles are ascending
+by construction, so they are read without a sort). On truncation the bootstrap is
 V(info["final_obs"]); that forward pass runs under a batch-level ``lax.cond(any(truncated))``, so
 steps where no env was truncated pay nothing. A recurrent policy carries its state through the
 scan and zeroes it where an episode ends (auto-reset). Formulas: docs/ALGORITHMS.md (GAE, CVaR).
@@ -51,7 +52,7 @@ def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, las
             obs=obs, action=action, log_prob=log_prob, value=jnp.mean(q, axis=-1),
             final_value=final_value, reward=reward.astype(jnp.float32),
             terminated=info["terminated"], truncated=truncated, done=done,
-            var=value_at_risk(q, hp.cvar_alpha), cvar=cvar_from_quantiles(q, hp.cvar_alpha),
+            var=value_at_risk(q, hp.cvar_alpha, s.non_crossing), cvar=cvar_from_quantiles(q, hp.cvar_alpha, s.non_crossing),
             tradable=info["tradable"], symbol=info["symbol"],
             ep_return=info["episode_return"].astype(jnp.float32),
             ep_length=info["episode_length"].astype(jnp.float32),

@@ -139,3 +139,15 @@ def test_cvar_matches_rockafellar_uryasev_with_traced_alpha():
         reference = eta[:, 0] - np.mean(np.maximum(eta - q64, 0.0), axis=-1) / alpha
         np.testing.assert_allclose(np.asarray(cvar[row]), reference, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(cvar[-1]), q64.mean(axis=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_presorted_quantiles_skip_the_sort_with_the_same_answer():
+    # The rollout passes presorted=True for the non-crossing head (ascending by construction,
+    # tests/agent/test_networks.py); on ascending input that must equal the sorting path on any order.
+    q = jnp.sort(jax.random.normal(jax.random.PRNGKey(3), (4, 16)), axis=-1)
+    shuffled = q[:, jax.random.permutation(jax.random.PRNGKey(4), 16)]
+    for alpha in (0.05, 0.3, 1.0):
+        np.testing.assert_array_equal(np.asarray(value_at_risk(q, alpha, presorted=True)),
+                                      np.asarray(value_at_risk(shuffled, alpha)))
+        np.testing.assert_allclose(np.asarray(cvar_from_quantiles(q, alpha, presorted=True)),
+                                   np.asarray(cvar_from_quantiles(shuffled, alpha)), rtol=1e-6, atol=1e-7)

@@ -154,3 +154,17 @@ def test_adamw_step_matches_a_hand_written_reference():
             adam = g / (np.abs(g) + 1e-5)
             want = p0 - lr * (adam + wd * mask[layer][leaf] * p0)
             np.testing.assert_allclose(new["params"][layer][leaf], want, rtol=1e-5, atol=1e-7)
+
+
+def test_shuffled_order_is_a_uniform_permutation():
+    # Every one of the 4! = 24 orders of 4 items equally likely: chi-square over 12,000 draws.
+    from scipy import stats
+    orders = jax.vmap(lambda k: ppo.shuffled_order(k, 4))(jax.random.split(jax.random.PRNGKey(0), 12_000))
+    orders = np.asarray(orders)
+    assert (np.sort(orders, axis=1) == np.arange(4)).all()  # each row a permutation
+    codes = orders @ np.array([64, 16, 4, 1])
+    counts = np.array([np.sum(codes == c) for c in np.unique(codes)])
+    assert len(counts) == 24
+    assert stats.chisquare(counts).pvalue > 1e-3
+    big = np.asarray(ppo.shuffled_order(jax.random.PRNGKey(1), 65_536))
+    assert (np.sort(big) == np.arange(65_536)).all()

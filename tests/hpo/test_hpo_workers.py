@@ -15,6 +15,7 @@ PostgreSQL: ``TBJAX_TEST_POSTGRES_URL`` (``.ci/run`` starts a server; ``scripts/
 for a local one); without it that case is skipped with the reason.
 """
 
+import json
 import os
 import re
 import signal
@@ -169,3 +170,28 @@ def test_sqlite_never_hands_one_waiting_trial_to_two_workers(tmp_path):
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outs]
     popped = [int(n) for out, _ in outs for n in out.split()]
     assert sorted(popped) == list(range(40))  # every enqueued trial once: none twice, none lost
+
+
+def test_results_are_rewritten_when_a_trial_finishes_while_they_are_written(tmp_path, monkeypatch):
+    """Two workers write hpo_summary.json at their ends; one that read the study before the other's
+    last trial finished must not leave its older summary behind."""
+    from tbjax.cli import hpo as hpo_cli
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=1.0))
+    real, calls = hpo_cli._write_results_once, []
+
+    def slow_write(*args):
+        out = real(*args)
+        if not calls:  # another worker's better trial completes while this one writes
+            study.add_trial(optuna.trial.create_trial(params={"x": 0.9}, distributions=dist, value=5.0))
+        calls.append(out["best_trial"])
+        return out
+
+    monkeypatch.setattr(hpo_cli, "_write_results_once", slow_write)
+    summary = hpo_cli.write_results(study, tmp_path)
+    assert calls == [0, 1]
+    assert summary["best_trial"] == 1
+    assert json.loads((tmp_path / "hpo_summary.json").read_text())["best_trial"] == 1
