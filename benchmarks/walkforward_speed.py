@@ -1,6 +1,10 @@
 """Walk-forward speed: K folds trained as ONE vmapped program vs one by one (``--sequential``).
 
-    python benchmarks/walkforward_speed.py [--quick] [--folds 4 8] [--out benchmarks/results/walkforward_speed.json]
+    python benchmarks/walkforward_speed.py [--quick | --small] [--folds 4 8] [--out benchmarks/results/walkforward_speed.json]
+
+The default workload is the shipped config's shape (FULL below) for a quarter of its budget;
+``--small`` is a short run where compilation dominates (the vmapped program takes longer to compile
+than the single-fold one), kept to show that cost.
 
 A synthetic hourly market (``tbjax.synth`` + ``tbjax.prepare`` into a temp folder, as
 hpo_throughput does) is split into K walk-forward folds by :func:`tbjax.run.walkforward.build_folds`
@@ -57,9 +61,13 @@ from tbjax.run import walkforward as wfm
 
 RESULTS = common.RESULTS_DIR / "walkforward_speed.json"
 
-# market (symbols x hourly bars), trainer shape, updates per fold and per chunk, fold counts
-FULL = {"symbols": 4, "bars": 8000, "n_envs": 64, "n_steps": 64, "n_epochs": 4, "n_minibatches": 4, "hidden": 64,
-        "quantiles": 32, "updates": 20, "per_chunk": 5, "episode_len": 256, "window": 32, "folds": (4, 8)}
+# market (symbols x hourly bars), trainer shape, updates per fold and per chunk, fold counts.
+# FULL: the shipped configs/base.yaml shape (256 envs x 64 steps, 4 x 4 SGD, 2 x 64, 32 quantiles,
+# 10 updates per chunk) for 60 updates per fold, about 1 M env steps, a quarter of base.yaml's
+# budget; SMALL (``--small``): the earlier, compile-dominated workload of 64 envs x 20 updates.
+FULL = {"symbols": 4, "bars": 8000, "n_envs": 256, "n_steps": 64, "n_epochs": 4, "n_minibatches": 4, "hidden": 64,
+        "quantiles": 32, "updates": 60, "per_chunk": 10, "episode_len": 256, "window": 32, "folds": (4, 8)}
+SMALL = dict(FULL, n_envs=64, updates=20, per_chunk=5)
 QUICK = {"symbols": 2, "bars": 1500, "n_envs": 8, "n_steps": 16, "n_epochs": 1, "n_minibatches": 2, "hidden": 16,
          "quantiles": 8, "updates": 4, "per_chunk": 2, "episode_len": 64, "window": 32, "folds": (2,)}
 
@@ -143,12 +151,13 @@ def measure(cfg, loaded, sequential: bool) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny market and trainer, K = 2 (seconds)")
+    ap.add_argument("--small", action="store_true", help="64 envs x 20 updates per fold (compile-dominated)")
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="fold counts (default 4 8; quick 2)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="measurements per (K, mode), ABBA order, the fastest kept (default 2; quick 1)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    w = dict(QUICK if args.quick else FULL)
+    w = dict(QUICK if args.quick else SMALL if args.small else FULL)
     folds = tuple(args.folds or w["folds"])
     args.repeats = args.repeats or (1 if args.quick else 2)
     common.track_compiles()
@@ -185,6 +194,7 @@ def main(argv=None) -> int:
         "device": common.device_string(),
         "machine": common.machine_info(),
         "quick": args.quick,
+        "small": args.small,
         "results": results,
         "workload": {"symbols": w["symbols"], "bars_per_symbol": w["bars"], "timeframe": "1h",
                      "n_envs": w["n_envs"], "n_steps": w["n_steps"], "n_epochs": w["n_epochs"],

@@ -155,7 +155,8 @@ def test_no_usable_checkpoint_is_one_message_without_traceback(reference, tmp_pa
     # A fresh start would delete the usable best checkpoint: refused, saying exactly what is there.
     assert run_train(run_dir) == 2
     err = one_error(capsys)
-    assert "usable best checkpoint (update 4) but no usable latest one" in err and "latest/1:" in err
+    best_update = json.loads((next((run_dir / "checkpoints" / "best").iterdir()) / "meta" / "metadata").read_text())["update"]
+    assert f"usable best checkpoint (update {best_update}) but no usable latest one" in err and "latest/1:" in err
 
 
 # ---------------------------------------------------------------------- 3. disk full
