@@ -210,7 +210,9 @@ def minibatch(batch: PPOBatch, index: jax.Array) -> PPOBatch:
     minibatches). ppo_update gathers a recurrent minibatch ([size] indices) inside its SGD step
     straight from the time-major batch: one gather of rows, no transposed copy of the batch.
     """
-    take = lambda axis: lambda x: jnp.take(x, index, axis=axis)  # noqa: E731
+    # mode "clip": the indices are a permutation, always in range; jnp.take's default ("fill")
+    # adds a bounds select over every gathered value of the largest array of the update
+    take = lambda axis: lambda x: jnp.take(x, index, axis=axis, mode="clip")  # noqa: E731
     if batch.hidden is None:
         return jax.tree_util.tree_map(take(0), batch)
     return jax.tree_util.tree_map(take(1), batch.replace(hidden=None)).replace(hidden=take(0)(batch.hidden))
