@@ -71,9 +71,19 @@ def structure_fingerprint(carry) -> list[list]:
 
 
 def describe_mismatch(saved: list, wanted: list) -> str:
-    """The first difference between two fingerprints, as a user reads it."""
-    if len(saved) != len(wanted):
-        return f"it holds {len(saved)} arrays, the current config builds {len(wanted)}"
+    """The first difference between two fingerprints, as a user reads it: a leaf only one side has
+    (by key path), else the first leaf whose shape or dtype differs."""
+    saved_paths = [s[0] for s in saved]
+    wanted_paths = [w[0] for w in wanted]
+    only_saved = [p for p in saved_paths if p not in set(wanted_paths)]
+    only_wanted = [p for p in wanted_paths if p not in set(saved_paths)]
+    if only_saved or only_wanted:
+        parts = [f"it holds {len(saved)} arrays, the current config builds {len(wanted)}"]
+        if only_saved:
+            parts.append(f"only the checkpoint has {only_saved[0]}" + (f" (+{len(only_saved) - 1} more)" if len(only_saved) > 1 else ""))
+        if only_wanted:
+            parts.append(f"only the current config has {only_wanted[0]}" + (f" (+{len(only_wanted) - 1} more)" if len(only_wanted) > 1 else ""))
+        return "; ".join(parts)
     for s, w in zip(saved, wanted):
         if list(s) != list(w):
             return f"leaf {s[0]} is {s[2]}{tuple(s[1])} there, {w[2]}{tuple(w[1])} now"

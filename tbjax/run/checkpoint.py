@@ -311,7 +311,9 @@ class RunCheckpoints:
             saved = record.pop("structure", None)
             if saved is not None and saved != wanted:
                 raise InputError(f"checkpoint '{step_dir}' does not match the carry this config builds "
-                                 f"({describe_mismatch(saved, wanted)}): use the run's own config.yaml, "
+                                 f"({describe_mismatch(saved, wanted)}): use the run's own config.yaml; if "
+                                 "it already is, the checkpoint was written by a tbjax whose network or carry "
+                                 "layout differs from this version's and must be retrained with this one; "
                                  f"{fix}")
             try:
                 with quiet_orbax():

@@ -240,3 +240,21 @@ def test_unreadable_step_without_file_list_is_skipped_quietly(tmp_path, carry_te
     assert meta["update"] == 10
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception ignored" not in err and "never retrieved" not in err
+
+
+def test_structure_mismatch_names_the_leaves_only_one_side_has():
+    """A checkpoint from a tbjax whose network layout differs (e.g. two per-bar encoders before they
+    became one layer) must say which arrays differ, not only how many."""
+    from tbjax.run.carry_storage import describe_mismatch
+
+    saved = [[".params['actor_torso_bars']['kernel']", [19, 2], "float32"],
+             [".params['critic_torso_bars']['kernel']", [19, 2], "float32"],
+             [".params['head']['bias']", [3], "float32"]]
+    wanted = [[".params['bars']['kernel']", [19, 4], "float32"], [".params['head']['bias']", [3], "float32"]]
+    text = describe_mismatch(saved, wanted)
+    assert text == ("it holds 3 arrays, the current config builds 2; only the checkpoint has "
+                    ".params['actor_torso_bars']['kernel'] (+1 more); only the current config has "
+                    ".params['bars']['kernel']")
+    same_paths = [[".params['head']['bias']", [4], "float32"]]
+    assert describe_mismatch(same_paths, [[".params['head']['bias']", [3], "float32"]]) == \
+        "leaf .params['head']['bias'] is float32(4,) there, float32(3,) now"
