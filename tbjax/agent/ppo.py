@@ -253,6 +253,7 @@ def ppo_update(
     """
     batch_size = batch.obs.shape[0] if batch.hidden is None else batch.hidden.shape[0]
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+    decayed = decay_mask(params)  # fixed by the tree's key paths: built once, not in every SGD step
 
     def minibatch_step(carry, mb):
         params, opt_state, finite = carry
@@ -262,7 +263,7 @@ def ppo_update(
         grads, grad_norm = clip_by_global_norm(grads, hp.max_grad_norm)
         updates, opt_state = ADAM.update(grads, opt_state)
         params = jax.tree_util.tree_map(lambda p, u, d: p - learning_rate * (u + hp.weight_decay * d * p),
-                                        params, updates, decay_mask(params))
+                                        params, updates, decayed)
         finite = finite & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         return (params, opt_state, finite), {**aux, "grad_norm": grad_norm}
 

@@ -73,16 +73,14 @@ def structure_fingerprint(carry) -> list[list]:
 def describe_mismatch(saved: list, wanted: list) -> str:
     """The first difference between two fingerprints, as a user reads it: a leaf only one side has
     (by key path), else the first leaf whose shape or dtype differs."""
-    saved_paths = [s[0] for s in saved]
-    wanted_paths = [w[0] for w in wanted]
-    only_saved = [p for p in saved_paths if p not in set(wanted_paths)]
-    only_wanted = [p for p in wanted_paths if p not in set(saved_paths)]
-    if only_saved or only_wanted:
+    saved_paths, wanted_paths = [s[0] for s in saved], [w[0] for w in wanted]
+    saved_set, wanted_set = set(saved_paths), set(wanted_paths)
+    only = {"the checkpoint": [p for p in saved_paths if p not in wanted_set],
+            "the current config": [p for p in wanted_paths if p not in saved_set]}
+    if any(only.values()):
         parts = [f"it holds {len(saved)} arrays, the current config builds {len(wanted)}"]
-        if only_saved:
-            parts.append(f"only the checkpoint has {only_saved[0]}" + (f" (+{len(only_saved) - 1} more)" if len(only_saved) > 1 else ""))
-        if only_wanted:
-            parts.append(f"only the current config has {only_wanted[0]}" + (f" (+{len(only_wanted) - 1} more)" if len(only_wanted) > 1 else ""))
+        parts += [f"only {side} has {paths[0]}" + (f" (+{len(paths) - 1} more)" if len(paths) > 1 else "")
+                  for side, paths in only.items() if paths]
         return "; ".join(parts)
     for s, w in zip(saved, wanted):
         if list(s) != list(w):
