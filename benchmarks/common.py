@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tbjax.config import PPOConfig
+from tbjax.config import EnvConfig, PPOConfig
 from tbjax.data import features as feats
 from tbjax.data.bars import market_from_tables
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData
@@ -103,16 +103,20 @@ def planted_market(n_symbols: int = 4, n_bars: int = 20_000, signal_rho: float =
 
 
 def env_params(pm: PlantedMarket, role: int = ROLE_TRAIN, fee_bps: float = 5.0, episode_len: int = 256,
-               position_levels: tuple = LONG_SHORT):
+               position_levels: tuple = LONG_SHORT, turnover_penalty: float | None = None):
     """Long-short discrete env whose ONLY cost is ``fee_bps`` per unit of traded notional.
 
     Spread, slippage, impact and borrow are zero so the env's cost equals the oracle's
-    ``cost_bps * |Δposition|`` (docs/ALGORITHMS.md "Planted-signal oracle").
+    ``cost_bps * |Δposition|`` (docs/ALGORITHMS.md "Planted-signal oracle"). The reward's
+    ``turnover_penalty`` (shaping, not a cost: equity and every metric ignore it) is the shipped
+    default ``env.turnover_penalty`` unless given, so the benchmarks train the default learner.
     """
+    if turnover_penalty is None:
+        turnover_penalty = DEFAULT_ENV.turnover_penalty
     return market_env.make_env_params(
         window_size=pm.window_size, episode_len=episode_len, action_mode="discrete",
         position_levels=tuple(position_levels), role=role, fee_bps=fee_bps, half_spread_bps=0.0,
-        slippage_k=0.0, impact_coef=0.0, borrow_bps_per_bar=0.0, turnover_penalty=0.0,
+        slippage_k=0.0, impact_coef=0.0, borrow_bps_per_bar=0.0, turnover_penalty=turnover_penalty,
         equity_floor=0.0, min_position=-1.0, max_position=1.0)
 
 
@@ -274,6 +278,7 @@ def _fmt(v) -> str:
 # docs/TUNING.md), so SB3 gets the same tuned values. Learning rate constant on both sides (a
 # time-budgeted run has no known end for a decay).
 DEFAULT_PPO = PPOConfig()
+DEFAULT_ENV = EnvConfig()
 PPO_SETTINGS = {k: getattr(DEFAULT_PPO, k) for k in ("learning_rate", "gamma", "gae_lambda", "clip_eps",
                                                      "ent_coef", "vf_coef", "max_grad_norm", "weight_decay")}
 HIDDEN = tuple(DEFAULT_PPO.hidden_sizes)

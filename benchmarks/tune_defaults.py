@@ -27,6 +27,8 @@ search-space parser and trainer.
 
     python benchmarks/tune_defaults.py [--trials N] [--updates U] [--quick]
         → benchmarks/results/tune_defaults.json, docs/tuning/*.png
+    python benchmarks/tune_defaults.py --grid env.turnover_penalty=0,2.5e-4,5e-4,1e-3 --updates 240
+        → benchmarks/results/tune_turnover_penalty.json (one setting the study did not search)
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ SPACE = {
     "ppo.bar_features": {"type": "categorical", "choices": [0, 2, 4]},
 }
 
+STUDY_PENALTY_KEY = "env.turnover_penalty"
+
 # The hand-picked defaults before this study (tried first, so the study starts from them) and the
 # best setting of the hand exploration that preceded it (docs/TUNING.md), tried second.
 PREVIOUS_DEFAULTS = {"ppo.learning_rate": 3e-4, "ppo.gamma": 0.99, "ppo.gae_lambda": 0.95, "ppo.ent_coef": 0.01,
@@ -79,9 +83,32 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="tiny markets and budgets (a smoke run)")
     p.add_argument("--confirm", default=None, metavar="SEEDS",
                    help="no study: score the previous and the shipped defaults on these seeds (e.g. 1,2)")
-    p.add_argument("--out", default=str(common.RESULTS_DIR / "tune_defaults.json"))
+    p.add_argument("--grid", default=None, metavar="KEY=V1,V2,...",
+                   help="no study: score the shipped defaults with KEY (a ppo.* setting or "
+                        "env.turnover_penalty) set to each value, on --grid-seeds")
+    p.add_argument("--grid-seeds", default="0", help="comma-separated market and learner seeds of --grid")
+    p.add_argument("--with", dest="fixed", action="append", default=[], metavar="KEY=V",
+                   help="--grid: hold another searchable setting at V instead of its default (repeatable)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/tune_defaults.json, "
+                   "or tune_<setting>.json for --grid)")
     p.add_argument("--plots", default=str(common.REPO_ROOT / "docs" / "tuning"))
     args = p.parse_args(argv)
+
+    def setting(flag: str, text: str) -> tuple[str, list[float]]:
+        key, _, values = text.partition("=")
+        if key != STUDY_PENALTY_KEY and not (key.startswith("ppo.") and key[4:] in common.PPO_SETTINGS):
+            p.error(f"{flag}: {key!r} is not searchable here; use {STUDY_PENALTY_KEY} or one of "
+                    + ", ".join(f"ppo.{k}" for k in common.PPO_SETTINGS))
+        try:
+            return key, [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            p.error(f"{flag}: values of {key} must be numbers separated by commas, got {values!r}")
+
+    args.fixed = {k: v[0] for k, v in (setting("--with", f) for f in args.fixed)}
+    if args.grid:
+        args.grid = setting("--grid", args.grid)
+    name = f"tune_{args.grid[0].split('.', 1)[1]}.json" if args.grid else "tune_defaults.json"
+    args.out = args.out or str(common.RESULTS_DIR / name)
     if args.quick:
         args.symbols, args.bars, args.window, args.n_steps = 2, 1_500, 8, 16
         args.envs, args.updates, args.eval_every, args.trials = 64, 4, 2, 3
@@ -112,13 +139,14 @@ def trainer(args_key: tuple, bar_features: int, hidden: tuple, window: int):
 def train_and_score(args, rho: float, values: dict) -> dict:
     """Train one learner on one market for ``args.updates`` updates; the val curve and its summary."""
     pm, oracle = market(rho, args.symbols, args.bars, args.window, args.seed)
-    params = common.env_params(pm, fee_bps=FEE_BPS)
-    val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS)
+    penalty = float(values.get("env.turnover_penalty", common.DEFAULT_ENV.turnover_penalty))
+    params = common.env_params(pm, fee_bps=FEE_BPS, turnover_penalty=penalty)
+    val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, turnover_penalty=penalty)
     tr = trainer((args.envs, args.n_steps, args.epochs, args.minibatches, args.eval_every, len(pm.symbols)),
                  int(values.get("ppo.bar_features", common.DEFAULT_PPO.bar_features)),
                  tuple(values.get("ppo.hidden_sizes", common.HIDDEN)), pm.window_size)
     hp = common.tbjax_hparams(params, **{k.split(".", 1)[1]: float(v) for k, v in values.items()
-                                         if k.split(".", 1)[1] in common.PPO_SETTINGS})
+                                         if k.startswith("ppo.") and k.split(".", 1)[1] in common.PPO_SETTINGS})
     carry = tr.init(jax.random.PRNGKey(args.seed), hp, pm.market)
     curve, t0 = [], time.perf_counter()
     for _ in range(args.updates // args.eval_every):
@@ -139,7 +167,8 @@ def objective_of(scores: dict) -> float:
 def run_trial(trial, args, space) -> float:
     import optuna
 
-    values = {spec.key: spec.suggest(trial) for spec in space}
+    # the study (stage 1) ran without reward shaping; env.turnover_penalty was chosen after it (--grid)
+    values = {STUDY_PENALTY_KEY: 0.0, **{spec.key: spec.suggest(trial) for spec in space}}
     scores = {}
     for i, (name, rho) in enumerate([*SIGNAL_MARKETS.items(), (NO_SIGNAL, 0.0)]):
         scores[name] = train_and_score(args, rho, values)
@@ -199,7 +228,8 @@ def confirm(args) -> int:
     learner keys), the same objective; written next to the study's JSON."""
     seeds = [int(x) for x in args.confirm.split(",")]
     out = {"device": common.device_string(), "seeds": seeds, "settings": {"updates": args.updates}, "results": {}}
-    for name, values in (("previous", PREVIOUS_DEFAULTS), ("shipped", shipped_defaults())):
+    for name, values in (("previous", {**PREVIOUS_DEFAULTS, STUDY_PENALTY_KEY: 0.0}),
+                         ("shipped", {**shipped_defaults(), STUDY_PENALTY_KEY: common.DEFAULT_ENV.turnover_penalty})):
         per_seed = []
         for seed in seeds:
             args.seed = seed
@@ -216,12 +246,39 @@ def confirm(args) -> int:
     return 0
 
 
+def grid(args) -> int:
+    """One setting at several values, the rest at the shipped defaults, on every market and seed:
+    the project's objective per value (for a setting the study did not search)."""
+    key, values = args.grid
+    seeds = [int(x) for x in args.grid_seeds.split(",")]
+    out = {"device": common.device_string(), "setting": key, "values": values, "seeds": seeds, "with": args.fixed,
+           "objective": f"mean held oracle fraction (rho 0.2, 0.1) - {TURNOVER_WEIGHT} x max(0, held "
+                        f"no-signal turnover - {TURNOVER_GOAL})",
+           "settings": {"symbols": args.symbols, "bars": args.bars, "window": args.window, "n_envs": args.envs,
+                        "updates": args.updates, "eval_every": args.eval_every, "fee_bps": FEE_BPS},
+           "results": []}
+    for value in values:
+        for seed in seeds:
+            args.seed = seed
+            scores = {m: train_and_score(args, rho, {**shipped_defaults(), **args.fixed, key: value})
+                      for m, rho in [*SIGNAL_MARKETS.items(), (NO_SIGNAL, 0.0)]}
+            out["results"].append({"value": value, "seed": seed, "objective": objective_of(scores), "markets": scores})
+            print(f"  {key}={value:g} seed {seed}: objective {out['results'][-1]['objective']:.3f} " + ", ".join(
+                f"{m} held {v['held_fraction']:.3f} turnover {v['held_turnover']:.3f}" for m, v in scores.items()),
+                flush=True)
+    common.write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     import optuna
 
     args = parse_args(argv)
     if args.confirm:
         return confirm(args)
+    if args.grid:
+        return grid(args)
     space = [parse_param(k, v) for k, v in SPACE.items()]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),

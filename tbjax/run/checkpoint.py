@@ -313,8 +313,8 @@ class RunCheckpoints:
                 raise InputError(f"checkpoint '{step_dir}' does not match the carry this config builds "
                                  f"({describe_mismatch(saved, wanted)}): use the run's own config.yaml; if "
                                  "it already is, the checkpoint was written by a tbjax whose network or carry "
-                                 "layout differs from this version's and must be retrained with this one; "
-                                 f"{fix}")
+                                 "layout differs from this version's: neither continuing nor evaluating it works "
+                                 "with this version, so train again with it in another --run-dir")
             try:
                 with quiet_orbax():
                     restored = manager.restore(
