@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tbjax.config import EnvConfig, PPOConfig
+from tbjax.config import EnvConfig, PPOConfig, TrainConfig
 from tbjax.data import features as feats
 from tbjax.data.bars import market_from_tables
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData
@@ -168,12 +168,13 @@ def held(curve: list[float]) -> float:
     return float(np.mean(curve[len(curve) - max(1, len(curve) // 3):]))
 
 
-def val_score(trainer, carry, pm: PlantedMarket, val_params) -> tuple[float, float, np.ndarray]:
+def val_score(trainer, carry, pm: PlantedMarket, val_params, policy_apply=None) -> tuple[float, float, np.ndarray]:
     """(per-bar Sharpe, turnover per bar, concatenated per-bar returns) of the deterministic policy on
-    the val split (``tbjax.evaluation.backtest``, frozen observation statistics)."""
+    the val split (``tbjax.evaluation.backtest``, frozen observation statistics); ``policy_apply``:
+    a population's ensemble over the stacked ``carry`` (default: the trainer's own)."""
     from tbjax.evaluation.backtest import backtest
 
-    result, series = backtest(trainer.policy_apply, carry.params, carry.obs_stats, pm.market, val_params,
+    result, series = backtest(policy_apply or trainer.policy_apply, carry.params, carry.obs_stats, pm.market, val_params,
                               ROLE_VAL, pm.bars_per_year, significance=False)
     returns = np.concatenate([series[s]["returns"] for s in pm.symbols])
     return per_bar_sharpe([returns]), float(result["pooled"]["turnover"]), returns
@@ -279,6 +280,7 @@ def _fmt(v) -> str:
 # time-budgeted run has no known end for a decay).
 DEFAULT_PPO = PPOConfig()
 DEFAULT_ENV = EnvConfig()
+DEFAULT_TRAIN = TrainConfig()
 PPO_SETTINGS = {k: getattr(DEFAULT_PPO, k) for k in ("learning_rate", "gamma", "gae_lambda", "clip_eps",
                                                      "ent_coef", "vf_coef", "max_grad_norm", "weight_decay")}
 HIDDEN = tuple(DEFAULT_PPO.hidden_sizes)

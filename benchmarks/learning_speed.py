@@ -91,7 +91,9 @@ def parse_args(argv):
     common.add_workload_args(p)
     p.add_argument("--markets", default=",".join(MARKETS), help=f"comma-separated subset of {', '.join(MARKETS)}")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every market's budget")
-    p.add_argument("--tbjax-envs", type=int, default=common.DEFAULT_PPO.n_envs)
+    p.add_argument("--tbjax-envs", type=int, default=common.DEFAULT_PPO.n_envs, help="envs per member")
+    p.add_argument("--tbjax-population", type=int, default=common.DEFAULT_TRAIN.population,
+                   help="members trained as one program and scored as their ensemble (train.population)")
     p.add_argument("--tbjax-chunk", type=int, default=4, help="updates between evaluations")
     p.add_argument("--sb3-envs", type=int, default=8)
     p.add_argument("--sb3-eval-every", type=int, default=32_768, help="env steps between evaluations")
@@ -108,7 +110,8 @@ def parse_args(argv):
         args.budgets = {m: QUICK_BUDGETS[m] * args.budget_scale for m in args.markets}
     if args.tiny:
         args.symbols, args.bars, args.window, args.n_steps = 2, 1_500, 8, 16
-        args.tbjax_envs, args.tbjax_chunk, args.sb3_envs, args.sb3_eval_every = 64, 1, 2, 64
+        args.tbjax_envs, args.tbjax_chunk, args.sb3_envs, args.sb3_eval_every = 16, 1, 2, 64
+        args.tbjax_population = min(args.tbjax_population, 2)
         args.budgets = {m: 1.0 for m in args.markets}
     return args
 
@@ -133,22 +136,32 @@ def val_buy_and_hold(pm) -> np.ndarray:
 
 
 def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
+    """The default learner: ``--tbjax-population`` members (``train.population``) trained as one
+    program, scored as their ensemble (``tbjax.learner.population.ensemble_apply``, every member,
+    the current carries) as a population run trades; a population of 1 is the lone trainer."""
+    from tbjax.learner.population import ensemble_apply, member_keys, population_program, stack_trees
+
     params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256)
     val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len)
     trainer = common.tbjax_trainer(args.tbjax_envs, args.n_steps, args.epochs, args.minibatches,
                                    args.tbjax_chunk, n_groups=len(pm.symbols), window_size=pm.window_size)
+    size = args.tbjax_population
+    program = population_program(trainer, size)
     hp = common.tbjax_hparams(params)
+    hps = stack_trees([hp] * size) if size > 1 else hp
+    apply = ensemble_apply(trainer.policy_apply, "discrete", common.LONG_SHORT, size) if size > 1 else None
     clock, history = Stopwatch(), []
-    carry = jax.block_until_ready(trainer.init(jax.random.PRNGKey(args.seed), hp, pm.market))
+    carry = jax.block_until_ready(program.start(member_keys(args.seed, size) if size > 1
+                                                else jax.random.PRNGKey(args.seed), hps, pm.market))
     steps, compile_s = 0, None
     while True:
         t_chunk = time.perf_counter()
-        carry, _ = jax.block_until_ready(trainer.train_chunk(carry, hp, pm.market))
+        carry, _ = jax.block_until_ready(program.advance(carry, hps, [True] * size, pm.market))
         if compile_s is None:
             compile_s = time.perf_counter() - t_chunk  # first call: compile + one chunk
-        steps += args.tbjax_chunk * args.tbjax_envs * args.n_steps
+        steps += args.tbjax_chunk * args.tbjax_envs * args.n_steps * size
         seconds = clock.pause()
-        sharpe, turnover, returns = common.val_score(trainer, carry, pm, val_params)
+        sharpe, turnover, returns = common.val_score(trainer, carry, pm, val_params, policy_apply=apply)
         history.append({"seconds": seconds, "env_steps": steps, "val_sharpe_per_bar": sharpe,
                         "val_turnover": turnover})
         print(f"    tbjax {seconds:7.1f} s {steps:>11,} steps  val Sharpe {history[-1]['val_sharpe_per_bar']:+.4f}"
@@ -157,7 +170,7 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
             break
         clock.resume()
     return {"env_steps": steps, "compile_and_first_chunk_s": compile_s, "history": history,
-            "n_envs": args.tbjax_envs}, returns
+            "n_envs": args.tbjax_envs, "population": size}, returns
 
 
 def walk_twin_split(venv_norm, model, pm, val_params) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -284,6 +297,8 @@ def main(argv=None) -> int:
         "settings": {"symbols": args.symbols, "bars": args.bars, "window": args.window, "fee_bps": FEE_BPS,
                      "budgets_s": args.budgets, "n_steps": args.n_steps, "n_epochs": args.epochs,
                      "n_minibatches": args.minibatches, "seed": args.seed, "hidden": list(common.HIDDEN),
+                     "tbjax_envs_per_member": args.tbjax_envs, "tbjax_population": args.tbjax_population,
+                     "sb3_envs": args.sb3_envs, "turnover_penalty": common.DEFAULT_ENV.turnover_penalty,
                      "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS},
         "versions": common.versions("jax", "flax", "stable_baselines3", "torch"),
     }

@@ -77,7 +77,8 @@ def parse_args(argv):
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--updates", type=int, default=120, help="updates per market per trial")
     p.add_argument("--eval-every", type=int, default=8)
-    p.add_argument("--envs", type=int, default=common.DEFAULT_PPO.n_envs)
+    p.add_argument("--envs", type=int, default=256, help="envs of the lone learner each trial trains (the study "
+                   "ran before the population default: one learner of 256 envs)")
     p.add_argument("--seed", type=int, default=0, help="market and learner seed")
     p.add_argument("--sampler-seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny markets and budgets (a smoke run)")

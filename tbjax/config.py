@@ -191,6 +191,15 @@ class Config:
         return max(1, math.ceil(self.train.total_env_steps / per_chunk)) * self.train.updates_per_chunk
 
 
+def lone_learner(cfg: Config) -> Config:
+    """``cfg`` for ONE learner: ``train.population`` 1, no ensemble settings. HPO trials and
+    walk-forward folds each train one learner (their own axis is the population); the config.yaml
+    they save must say so, or ``tbjax.evaluate`` / ``load_policy`` on their folders would build a
+    population's carry for a lone learner's checkpoint."""
+    train = dataclasses.replace(cfg.train, population=1, ensemble_top_k=None, population_jitter=0.0)
+    return dataclasses.replace(cfg, train=train)
+
+
 def default_config() -> Config:
     """Every default, as an empty YAML gives it (configs/base.yaml shows the same values)."""
     return Config()

@@ -25,6 +25,7 @@ from jax import lax
 from tbjax.data.scaling import FeatureScaling, standardize
 
 N_ACCOUNT_FEATURES = 4
+POSITION_INDEX = 0  # obs[..., POSITION_INDEX]: the position held (the ensemble's no-trade tie rule reads it)
 
 
 def market_window(features: jnp.ndarray, symbol, bar, window_size: int) -> jnp.ndarray:

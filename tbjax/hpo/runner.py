@@ -62,7 +62,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tbjax.atomic import disk_errors, write_atomic
-from tbjax.config import Config, dump_config
+from tbjax.config import Config, dump_config, lone_learner
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
@@ -156,6 +156,7 @@ class TrialRunner:
         values = self.space.suggest(trial)
         try:
             cfg, adjusted = self.space.resolve(self.base_cfg, values)
+            cfg = lone_learner(cfg)  # a trial is ONE learner (the trials are this program's population)
             env_params = env_params_from_config(cfg, ROLE_TRAIN)
             market_env.check_data(env_params, self.exp.market)
             hparams = hparams_from_config(cfg, env_params)

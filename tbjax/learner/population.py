@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tbjax.env.observation import POSITION_INDEX
 from tbjax.learner.trainer import Trainer
 
 
@@ -149,14 +150,20 @@ def population_program(trainer: Trainer, size: int, data_axis=None) -> Program:
     return _PROGRAMS[key]
 
 
-def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels) -> jax.Array:
+def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels,
+                    current_position: jax.Array | None = None) -> jax.Array:
     """The ensemble's action from its members' actions ``[members, ...]``.
 
     Continuous: the mean of the members' actions clipped to [-1, 1]; the env maps an action to a
     target position affinely, so this IS the mean of the members' target positions. Discrete: the
-    level nearest the mean of the members' target levels, ties going to the smaller absolute
-    position (the less exposed of two equally near levels), so the ensemble stays in the env's
-    action space and never takes more risk than its average member.
+    level nearest the mean of the members' target levels, so the ensemble stays in the env's
+    action space. Ties (frequent: 4 members over {-1, 0, 1} put the mean exactly between two
+    levels whenever they split 2-2) go to the level nearest ``current_position`` (the position the
+    account holds, ``[...]``), i.e. the one that trades least: holding on an even split is a
+    no-trade band of one member's vote, the shape of the optimal policy under proportional costs
+    (Davis & Norman 1990, "Portfolio selection with transaction costs", Math. Oper. Res. 15(4)).
+    Without a current position, or if that ties too, the less exposed level wins, so the
+    ensemble never takes more risk than its average member.
     """
     if action_mode == "continuous":
         return jnp.mean(jnp.clip(member_actions, -1.0, 1.0), axis=0)
@@ -164,7 +171,16 @@ def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels
     mean = jnp.mean(levels[member_actions], axis=0)
     distance = jnp.abs(mean[..., None] - levels)
     nearest = distance <= jnp.min(distance, axis=-1, keepdims=True) + 1e-6  # float32 rounding of a tie
+    if current_position is not None:
+        trade = jnp.where(nearest, jnp.abs(levels - jnp.asarray(current_position, jnp.float32)[..., None]), jnp.inf)
+        nearest = trade <= jnp.min(trade, axis=-1, keepdims=True) + 1e-6
     return jnp.argmin(jnp.where(nearest, jnp.abs(levels), jnp.inf), axis=-1).astype(member_actions.dtype)
+
+
+def held_position(obs: jax.Array) -> jax.Array:
+    """The position the account holds, read from the market env's observation ``[..., obs_dim]``
+    (its first account value, :mod:`tbjax.env.observation`)."""
+    return obs[..., POSITION_INDEX]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -191,7 +207,7 @@ class Ensemble:
             return self.base(p, s, obs, deterministic, key=k)
 
         actions = jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(params, obs_stats, keys)
-        return ensemble_action(actions, self.action_mode, self.position_levels)
+        return ensemble_action(actions, self.action_mode, self.position_levels, held_position(obs))
 
     def step(self, params, obs_stats, hidden, obs, deterministic: bool = True, key=None):
         if not hasattr(self.base, "step"):
@@ -202,7 +218,7 @@ class Ensemble:
             return self.base.step(p, s, h, obs, deterministic, key=k)
 
         actions, hidden = jax.vmap(one, in_axes=(0, 0, 0, None if keys is None else 0))(params, obs_stats, hidden, keys)
-        return ensemble_action(actions, self.action_mode, self.position_levels), hidden
+        return ensemble_action(actions, self.action_mode, self.position_levels, held_position(obs)), hidden
 
     def initial_hidden(self, batch: tuple[int, ...]):
         h = self.base.initial_hidden(batch) if hasattr(self.base, "initial_hidden") else None

@@ -310,6 +310,15 @@ class _TrainingChunks(ChunkHooks):
         self.t0 = time.perf_counter()
 
 
+def _nan_mean(values) -> float:
+    """The members' mean of one metric over its non-NaN values (as ``np.nanmean``); NaN (without numpy's "Mean of empty
+    slice" warning, which the CLI would print as a line) when no member has one yet, e.g. the
+    explained-variance EMA before its first update."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 class _PopulationChunks(_TrainingChunks):
     """P members at the chunk loop's hooks: a member whose NaN guard fires stops alone (its last
     good carry is kept; all of them diverging is the error); every evaluation is offered to the
@@ -344,7 +353,7 @@ class _PopulationChunks(_TrainingChunks):
         rows = [r for i, r in self.rows.items() if i not in self.dead] or list(self.rows.values())
         self.row = {"update": chunk.update, "env_steps": chunk.update * self.session.cfg.batch_size,
                     "population/alive": self.session.population - len(self.dead),
-                    **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}}
+                    **{k: _nan_mean([r[k] for r in rows]) for k in rows[0]}}
         self.rows, self.save = {}, None
         if self.vals:
             objectives = [v[0] for v in self.vals.values()]

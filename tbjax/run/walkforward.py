@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tbjax.config import Config
+from tbjax.config import Config, lone_learner
 from tbjax.data.bars import market_from_tables
 from tbjax.data.market import fold_view, stack_folds
 from tbjax.data.pipeline import FeaturePipeline
@@ -106,7 +106,7 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
         regimes = None if shared_regimes is None else fold_view(shared_regimes, pipe.scaling())
         out.append(FoldData(fold, pipe, market, ranges, regimes))
     bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
-    wf = WalkForward(cfg, tables, out, float(bpy))
+    wf = WalkForward(lone_learner(cfg), tables, out, float(bpy))  # each fold is one learner
     wf.env_params = env_params_from_config(cfg)
     from tbjax.env import market as market_env
     for fd in out:

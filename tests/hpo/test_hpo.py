@@ -245,3 +245,25 @@ def test_invalid_space_is_a_config_error_before_any_trial(setup, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: hpo.space.ppo.gamma: low = 0.99 must be below high")
     assert not (tmp_path / "run" / "study.db").exists()
+
+
+def test_a_trial_is_a_lone_learner_even_when_the_config_asks_for_a_population(setup):
+    """train.population is `tbjax.train`'s: each trial trains ONE learner and its saved config.yaml
+    (trials/<n>/, best/) must say population 1, or `tbjax.evaluate` on it would build a
+    population's carry for the trial's lone checkpoint."""
+    import dataclasses
+
+    import optuna
+
+    from tbjax.config import dump_config, lone_learner
+
+    runner = setup["runner"]
+    base = runner.base_cfg
+    runner.base_cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, population=4, ensemble_top_k=2))
+    try:
+        study = optuna.create_study(direction="maximize")
+        member = runner.plan(study.ask())
+    finally:
+        runner.base_cfg = base
+    assert member.cfg.train.population == 1 and member.cfg.train.ensemble_top_k is None
+    assert dump_config(member.cfg) == dump_config(lone_learner(member.cfg))

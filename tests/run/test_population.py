@@ -71,6 +71,17 @@ def test_ensemble_action_by_hand():
     # ties go to the flatter level: mean .75 of {.5, 1} -> .5; mean -.75 of {-1, -.5} -> -.5
     assert int(ensemble_action(jnp.asarray([[1], [2]]), "discrete", [0.0, 0.5, 1.0])[0]) == 1
     assert int(ensemble_action(jnp.asarray([[0], [1]]), "discrete", [-1.0, -0.5, 0.0])[0]) == 1
+    # with the held position known, a tie keeps the level that trades least (a 2-2 split holds)
+    split = jnp.asarray([[0, 0, 0], [0, 0, 0], [2, 2, 2], [2, 2, 2]])  # -1, -1, 1, 1: mean 0 IS a level (no tie)
+    np.testing.assert_array_equal(
+        np.asarray(ensemble_action(split, "discrete", [-1.0, 0.0, 1.0], jnp.asarray([1.0, -0.98, 0.0]))), [1, 1, 1])
+    half = jnp.asarray([[1, 1, 1], [1, 1, 1], [2, 2, 2], [2, 2, 2]])  # members 0, 0, 1, 1: mean .5, a tie of 0 and 1
+    np.testing.assert_array_equal(                                    # held 1 / held .98 after drift / held 0 / held -1
+        np.asarray(ensemble_action(half, "discrete", [-1.0, 0.0, 1.0], jnp.asarray([1.0, 0.98, 0.0]))), [2, 2, 1])
+    assert int(ensemble_action(half[:, :1], "discrete", [-1.0, 0.0, 1.0], jnp.asarray([-1.0]))[0]) == 1
+    # not a tie: the nearest level wins whatever is held (mean .75 -> 1 although flat is held)
+    assert int(ensemble_action(jnp.asarray([[2], [2], [2], [1]]), "discrete", [-1.0, 0.0, 1.0],
+                               jnp.asarray([0.0]))[0]) == 2
     cont = ensemble_action(jnp.asarray([[0.2], [1.5], [-0.4]]), "continuous", levels)
     assert float(cont[0]) == pytest.approx((0.2 + 1.0 - 0.4) / 3, rel=1e-6)  # members clipped to [-1, 1]
 

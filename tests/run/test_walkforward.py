@@ -249,3 +249,16 @@ def test_each_folds_saved_policy_trades_as_the_walkforward_did(run, request, tmp
             assert in_stitched.sum() == len(expected)  # one symbol: the stitched bars are this fold's bars
         meta = json.loads((folder / "fold.json").read_text())
         assert meta["time_ms"]["segment"][0] == union_times(wf.tables)[fd.fold.segment[0]]
+
+
+def test_folds_are_lone_learners_even_when_the_config_asks_for_a_population(processed):
+    """A config with train.population 4 (for `tbjax.train`) still trains ONE learner per fold: the
+    folds' config (saved as folds/fold_<k>/config.yaml) must say population 1, or evaluating a
+    fold's folder would build a population's carry for a lone learner's checkpoint."""
+    from tbjax.config import dump_config, lone_learner
+
+    cfg = config(processed, "train.population=4", "train.ensemble_top_k=2", "train.population_jitter=0.1")
+    wf = wfm.build_folds(cfg)
+    assert (wf.cfg.train.population, wf.cfg.train.ensemble_top_k, wf.cfg.train.population_jitter) == (1, None, 0.0)
+    assert wf.cfg.ppo == cfg.ppo and wf.cfg.data == cfg.data and wf.cfg.train.seed == cfg.train.seed
+    assert dump_config(lone_learner(cfg)) == dump_config(wf.cfg)
