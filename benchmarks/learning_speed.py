@@ -95,6 +95,8 @@ def parse_args(argv):
     p.add_argument("--tbjax-population", type=int, default=common.DEFAULT_TRAIN.population,
                    help="members trained as one program and scored as their ensemble (train.population)")
     p.add_argument("--tbjax-chunk", type=int, default=4, help="updates between evaluations")
+    p.add_argument("--turnover-penalty", type=float, default=common.DEFAULT_ENV.turnover_penalty,
+                   help="env.turnover_penalty of BOTH learners' training reward (shaping; metrics ignore it)")
     p.add_argument("--sb3-envs", type=int, default=8)
     p.add_argument("--sb3-eval-every", type=int, default=32_768, help="env steps between evaluations")
     p.add_argument("--seed", type=int, default=0)
@@ -141,8 +143,10 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     the current carries) as a population run trades; a population of 1 is the lone trainer."""
     from tbjax.learner.population import ensemble_apply, member_keys, population_program, stack_trees
 
-    params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256)
-    val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len)
+    params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256,
+                               turnover_penalty=args.turnover_penalty)
+    val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len,
+                                   turnover_penalty=args.turnover_penalty)
     trainer = common.tbjax_trainer(args.tbjax_envs, args.n_steps, args.epochs, args.minibatches,
                                    args.tbjax_chunk, n_groups=len(pm.symbols), window_size=pm.window_size)
     size = args.tbjax_population
@@ -209,8 +213,10 @@ def walk_twin_split(venv_norm, model, pm, val_params) -> tuple[list[np.ndarray],
 def train_sb3(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256)
-    val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len)
+    params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256,
+                               turnover_penalty=args.turnover_penalty)
+    val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len,
+                                   turnover_penalty=args.turnover_penalty)
     clock, history, state = Stopwatch(), [], {"next": args.sb3_eval_every, "returns": None}
     venv = common.sb3_vec_env(pm.market, params, args.sb3_envs, "dummy", args.seed)
     model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed, window_size=pm.window_size)
@@ -298,7 +304,7 @@ def main(argv=None) -> int:
                      "budgets_s": args.budgets, "n_steps": args.n_steps, "n_epochs": args.epochs,
                      "n_minibatches": args.minibatches, "seed": args.seed, "hidden": list(common.HIDDEN),
                      "tbjax_envs_per_member": args.tbjax_envs, "tbjax_population": args.tbjax_population,
-                     "sb3_envs": args.sb3_envs, "turnover_penalty": common.DEFAULT_ENV.turnover_penalty,
+                     "sb3_envs": args.sb3_envs, "turnover_penalty": args.turnover_penalty,
                      "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS},
         "versions": common.versions("jax", "flax", "stable_baselines3", "torch"),
     }
