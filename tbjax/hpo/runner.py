@@ -155,8 +155,7 @@ class TrialRunner:
         """Suggest values, build the trial's config; an infeasible combination fails the trial."""
         values = self.space.suggest(trial)
         try:
-            cfg, adjusted = self.space.resolve(self.base_cfg, values)
-            cfg = lone_learner(cfg)  # a trial is ONE learner (the trials are this program's population)
+            cfg, adjusted = self.space.resolve(lone_learner(self.base_cfg), values)  # a trial is ONE learner
             env_params = env_params_from_config(cfg, ROLE_TRAIN)
             market_env.check_data(env_params, self.exp.market)
             hparams = hparams_from_config(cfg, env_params)

@@ -311,12 +311,10 @@ class _TrainingChunks(ChunkHooks):
 
 
 def _nan_mean(values) -> float:
-    """The members' mean of one metric over its non-NaN values (as ``np.nanmean``); NaN (without numpy's "Mean of empty
-    slice" warning, which the CLI would print as a line) when no member has one yet, e.g. the
-    explained-variance EMA before its first update."""
+    """``np.nanmean`` of the members' values, NaN when none has one yet (e.g. the explained-variance
+    EMA before its first update) without numpy's "Mean of empty slice" warning, a line in the CLI."""
     v = np.asarray(values, np.float64)
-    v = v[~np.isnan(v)]
-    return float(v.mean()) if v.size else float("nan")
+    return float(v[~np.isnan(v)].mean()) if np.any(~np.isnan(v)) else float("nan")
 
 
 class _PopulationChunks(_TrainingChunks):
