@@ -317,6 +317,19 @@ def tbjax_hparams(params, **overrides: float):
     return make_hparams(params, **{**PPO_SETTINGS, **overrides})
 
 
+def seed_population(trainer, size: int, seed: int, hp, market):
+    """(program, hparams, initial carry) of ``size`` members with seeds seed .. seed+size-1 trained
+    as one program (``tbjax.learner.population``); size 1 is the lone trainer with ``PRNGKey(seed)``."""
+    import jax
+
+    from tbjax.learner.population import member_keys, population_program, stack_trees
+
+    program = population_program(trainer, size)
+    hps = stack_trees([hp] * size) if size > 1 else hp
+    key = member_keys(seed, size) if size > 1 else jax.random.PRNGKey(seed)
+    return program, hps, program.start(key, hps, market)
+
+
 def host_market(market: MarketData) -> MarketData:
     """A NumPy copy of MarketData for the Gymnasium twin (cheap to pickle into SubprocVecEnv)."""
     import jax

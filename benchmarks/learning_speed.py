@@ -141,7 +141,7 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     """The default learner: ``--tbjax-population`` members (``train.population``) trained as one
     program, scored as their ensemble (``tbjax.learner.population.ensemble_apply``, every member,
     the current carries) as a population run trades; a population of 1 is the lone trainer."""
-    from tbjax.learner.population import ensemble_apply, member_keys, population_program, stack_trees
+    from tbjax.learner.population import ensemble_apply
 
     params = common.env_params(pm, fee_bps=FEE_BPS, episode_len=64 if args.tiny else 256,
                                turnover_penalty=args.turnover_penalty)
@@ -150,13 +150,10 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     trainer = common.tbjax_trainer(args.tbjax_envs, args.n_steps, args.epochs, args.minibatches,
                                    args.tbjax_chunk, n_groups=len(pm.symbols), window_size=pm.window_size)
     size = args.tbjax_population
-    program = population_program(trainer, size)
-    hp = common.tbjax_hparams(params)
-    hps = stack_trees([hp] * size) if size > 1 else hp
+    program, hps, carry = common.seed_population(trainer, size, args.seed, common.tbjax_hparams(params), pm.market)
     apply = ensemble_apply(trainer.policy_apply, "discrete", common.LONG_SHORT, size) if size > 1 else None
     clock, history = Stopwatch(), []
-    carry = jax.block_until_ready(program.start(member_keys(args.seed, size) if size > 1
-                                                else jax.random.PRNGKey(args.seed), hps, pm.market))
+    carry = jax.block_until_ready(carry)
     steps, compile_s = 0, None
     while True:
         t_chunk = time.perf_counter()

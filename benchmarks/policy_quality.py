@@ -38,7 +38,7 @@ from benchmarks import common  # noqa: E402
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL  # noqa: E402
 from tbjax.evaluation.backtest import backtest, split_walk  # noqa: E402
 from tbjax.evaluation.metrics import pooled_metrics  # noqa: E402
-from tbjax.learner.population import ensemble_apply, member_keys, population_program, stack_trees  # noqa: E402
+from tbjax.learner.population import ensemble_apply, stack_trees  # noqa: E402
 from tbjax.learner.walk import held_positions  # noqa: E402
 from tbjax.run.chunks import member_of  # noqa: E402
 from tbjax.run.population import select_members  # noqa: E402
@@ -88,10 +88,8 @@ def run_tbjax(mk: Market, args, seed: int) -> dict:
                                    n_groups=len(mk.symbols), position_levels=mk.levels,
                                    window_size=mk.params[ROLE_TRAIN].window_size)
     size = args.population
-    program = population_program(trainer, size)
-    hp = common.tbjax_hparams(mk.params[ROLE_TRAIN])
-    hps = stack_trees([hp] * size) if size > 1 else hp
-    carry = program.start(member_keys(seed, size) if size > 1 else jax.random.PRNGKey(seed), hps, mk.market)
+    program, hps, carry = common.seed_population(trainer, size, seed, common.tbjax_hparams(mk.params[ROLE_TRAIN]),
+                                                 mk.market)
     best, updates = [(-np.inf, None)] * size, 0
     while updates == 0 or time.perf_counter() - t0 < args.budget:  # at least one chunk
         carry, _ = jax.block_until_ready(program.advance(carry, hps, [True] * size, mk.market))

@@ -61,7 +61,7 @@ SPACE = {
     "ppo.bar_features": {"type": "categorical", "choices": [0, 2, 4]},
 }
 
-STUDY_PENALTY_KEY = "env.turnover_penalty"
+PENALTY_KEY = "env.turnover_penalty"
 
 # The hand-picked defaults before this study (tried first, so the study starts from them) and the
 # best setting of the hand exploration that preceded it (docs/TUNING.md), tried second.
@@ -97,8 +97,8 @@ def parse_args(argv):
 
     def setting(flag: str, text: str) -> tuple[str, list[float]]:
         key, _, values = text.partition("=")
-        if key != STUDY_PENALTY_KEY and not (key.startswith("ppo.") and key[4:] in common.PPO_SETTINGS):
-            p.error(f"{flag}: {key!r} is not searchable here; use {STUDY_PENALTY_KEY} or one of "
+        if key != PENALTY_KEY and not (key.startswith("ppo.") and key[4:] in common.PPO_SETTINGS):
+            p.error(f"{flag}: {key!r} is not searchable here; use {PENALTY_KEY} or one of "
                     + ", ".join(f"ppo.{k}" for k in common.PPO_SETTINGS))
         try:
             return key, [float(v) for v in values.split(",") if v.strip()]
@@ -140,7 +140,7 @@ def trainer(args_key: tuple, bar_features: int, hidden: tuple, window: int):
 def train_and_score(args, rho: float, values: dict) -> dict:
     """Train one learner on one market for ``args.updates`` updates; the val curve and its summary."""
     pm, oracle = market(rho, args.symbols, args.bars, args.window, args.seed)
-    penalty = float(values.get("env.turnover_penalty", common.DEFAULT_ENV.turnover_penalty))
+    penalty = float(values.get(PENALTY_KEY, common.DEFAULT_ENV.turnover_penalty))
     params = common.env_params(pm, fee_bps=FEE_BPS, turnover_penalty=penalty)
     val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, turnover_penalty=penalty)
     tr = trainer((args.envs, args.n_steps, args.epochs, args.minibatches, args.eval_every, len(pm.symbols)),
@@ -169,7 +169,7 @@ def run_trial(trial, args, space) -> float:
     import optuna
 
     # the study (stage 1) ran without reward shaping; env.turnover_penalty was chosen after it (--grid)
-    values = {STUDY_PENALTY_KEY: 0.0, **{spec.key: spec.suggest(trial) for spec in space}}
+    values = {PENALTY_KEY: 0.0, **{spec.key: spec.suggest(trial) for spec in space}}
     scores = {}
     for i, (name, rho) in enumerate([*SIGNAL_MARKETS.items(), (NO_SIGNAL, 0.0)]):
         scores[name] = train_and_score(args, rho, values)
@@ -229,8 +229,8 @@ def confirm(args) -> int:
     learner keys), the same objective; written next to the study's JSON."""
     seeds = [int(x) for x in args.confirm.split(",")]
     out = {"device": common.device_string(), "seeds": seeds, "settings": {"updates": args.updates}, "results": {}}
-    for name, values in (("previous", {**PREVIOUS_DEFAULTS, STUDY_PENALTY_KEY: 0.0}),
-                         ("shipped", {**shipped_defaults(), STUDY_PENALTY_KEY: common.DEFAULT_ENV.turnover_penalty})):
+    for name, values in (("previous", {**PREVIOUS_DEFAULTS, PENALTY_KEY: 0.0}),
+                         ("shipped", {**shipped_defaults(), PENALTY_KEY: common.DEFAULT_ENV.turnover_penalty})):
         per_seed = []
         for seed in seeds:
             args.seed = seed

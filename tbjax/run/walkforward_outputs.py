@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tbjax.atomic import write_atomic, write_with
-from tbjax.config import dump_config, lone_learner
+from tbjax.config import dump_config
 from tbjax.data.splits import format_ms
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.folds import union_times
@@ -109,7 +109,7 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
 def save_fold_runs(run_dir: Path, wf) -> list[Path]:
     """``folds/fold_<k>``: config (symbols pinned), the fold's pipeline, its best carry, ``fold.json``."""
     union = union_times(wf.tables)
-    cfg = lone_learner(dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables))))
+    cfg = dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables)))  # lone: build_folds
     out = []
     for k, fd in enumerate(wf.folds):
         score, update, carry, val_sortino = wf.best[k]
