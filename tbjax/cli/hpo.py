@@ -154,18 +154,18 @@ def _write_results_once(study, run_dir: Path, fixed: tuple, notes: tuple) -> dic
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
                        best_val_metrics=best.user_attrs.get("val_metrics"),
                        best_test_metrics=best.user_attrs.get("test_metrics"))
-        src = run_dir / "trials" / str(best.number)
-        if src.is_dir():
-            with disk_errors(run_dir / "best"):
-                _swap_in_copy(src, run_dir / "best")
     from tbjax.evaluation.report import SELECTION_FILE
     from tbjax.hpo.selection import selection_bias
 
     summary["selection_bias"] = selection_bias(
         {t.number: t.user_attrs["val_returns"] for t in trials if "val_returns" in t.user_attrs},
         summary["best_trial"])
-    if (run_dir / "best").is_dir():  # its report (tbjax.evaluate --run-dir best) shows how it was chosen
-        write_atomic(run_dir / "best" / SELECTION_FILE, json.dumps(json_safe(summary["selection_bias"]), indent=2))
+    if complete and (src := run_dir / "trials" / str(summary["best_trial"])).is_dir():
+        # best/ carries how it was chosen (its report shows it), written into the copy before the swap:
+        # another worker may swap its own best/ in at any moment, so nothing is written into best/ itself.
+        with disk_errors(run_dir / "best"):
+            _swap_in_copy(src, run_dir / "best",
+                          {SELECTION_FILE: json.dumps(json_safe(summary["selection_bias"]), indent=2)})
     if len(complete) >= 2:
         try:
             summary["param_importances"] = optuna.importance.get_param_importances(study)
@@ -176,8 +176,9 @@ def _write_results_once(study, run_dir: Path, fixed: tuple, notes: tuple) -> dic
     return summary
 
 
-def _swap_in_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` beside ``dst``, then swap it in: a reader never sees a half-copied folder.
+def _swap_in_copy(src: Path, dst: Path, extra: dict[str, str]) -> None:
+    """Copy ``src`` beside ``dst``, add the ``extra`` files (name → text), then swap it in: a reader
+    never sees a half-copied folder.
 
     (tbjax.atomic covers files; a folder needs the copy-then-rename done here.)
     """
@@ -187,6 +188,8 @@ def _swap_in_copy(src: Path, dst: Path) -> None:
     old = dst.parent / f".{dst.name}.old.{os.getpid()}"
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+        for name, text in extra.items():
+            (tmp / name).write_text(text)
         try:
             if dst.exists():
                 os.replace(dst, old)

@@ -195,3 +195,37 @@ def test_results_are_rewritten_when_a_trial_finishes_while_they_are_written(tmp_
     assert calls == [0, 1]
     assert summary["best_trial"] == 1
     assert json.loads((tmp_path / "hpo_summary.json").read_text())["best_trial"] == 1
+
+
+def test_workers_swapping_best_at_once_never_fail_and_leave_a_whole_copy(tmp_path):
+    """best/ is swapped in by every worker at its end; writing into best/ after the swap failed in CI
+    when another worker's swap had just moved it aside. The extra files now travel inside the copy."""
+    import threading
+
+    from tbjax.cli.hpo import _swap_in_copy
+
+    trials = []
+    for k in range(4):
+        src = tmp_path / "trials" / str(k)
+        src.mkdir(parents=True)
+        (src / "config.yaml").write_text(f"trial: {k}\n")
+        trials.append(src)
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(40):
+                _swap_in_copy(trials[k], tmp_path / "best", {"selection_bias.json": json.dumps({"trial": k, "i": i})})
+        except Exception as exc:  # collected: an exception in a thread would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    best = tmp_path / "best"
+    chosen = json.loads((best / "selection_bias.json").read_text())["trial"]
+    assert (best / "config.yaml").read_text() == f"trial: {chosen}\n"  # the file and the copy agree
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "trials"]  # no temp folder left
