@@ -8,7 +8,9 @@ learner produces in the same time, on three markets:
 * ``regimes_no_signal``: synthetic hourly symbols switching Markov regimes, NO planted signal (rho 0).
 
 Each learner gets ``--budget`` seconds (compile and its periodic val evaluations included), the same
-features, costs, network (2 x 64 actor and critic) and PPO settings (``benchmarks.common.PPO_SETTINGS``),
+features, costs, reward (with the default ``env.turnover_penalty`` shaping), network (2 x 64 actor and
+critic) and PPO settings (``benchmarks.common.PPO_SETTINGS``); tbjax trains the default population
+(``train.population`` members of ``ppo.n_envs`` envs),
 and chooses its snapshot on VAL: tbjax keeps each population member's best carry by val Sortino and
 trades the ensemble of the members that beat flat on val (``tbjax.learner.population``); SB3
 (+ VecNormalize(norm_reward=False)) keeps its best snapshot by val Sortino. Both are then scored on
@@ -192,7 +194,8 @@ def parse_args(argv):
     p.add_argument("--budget", type=float, default=120.0, help="seconds per learner and run")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--markets", default=",".join(MARKETS))
-    p.add_argument("--population", type=int, default=4, help="tbjax members (train.population)")
+    p.add_argument("--population", type=int, default=common.DEFAULT_TRAIN.population,
+                   help="tbjax members (default: train.population's)")
     p.add_argument("--quick", action="store_true", help="30 s budgets, 2 repetitions, smaller synthetic markets")
     p.add_argument("--tiny", action="store_true", help="smallest settings, for tests")
     p.add_argument("--symbols", type=int, default=4)
@@ -203,7 +206,7 @@ def parse_args(argv):
     p.add_argument("--n-steps", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--minibatches", type=int, default=4)
-    p.add_argument("--tbjax-envs", type=int, default=64, help="envs per member")
+    p.add_argument("--tbjax-envs", type=int, default=common.DEFAULT_PPO.n_envs, help="envs per member (ppo.n_envs)")
     p.add_argument("--chunk", type=int, default=5, help="updates between val evaluations")
     p.add_argument("--sb3-envs", type=int, default=8)
     p.add_argument("--sb3-eval-every", type=int, default=16_384, help="env steps between val evaluations")

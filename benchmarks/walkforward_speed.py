@@ -62,11 +62,15 @@ from tbjax.run import walkforward as wfm
 RESULTS = common.RESULTS_DIR / "walkforward_speed.json"
 
 # market (symbols x hourly bars), trainer shape, updates per fold and per chunk, fold counts.
-# FULL: the shipped configs/base.yaml shape (256 envs x 64 steps, 4 x 4 SGD, 2 x 64, 32 quantiles,
-# 10 updates per chunk) for 60 updates per fold, about 1 M env steps, a quarter of base.yaml's
-# budget; SMALL (``--small``): the earlier, compile-dominated workload of 64 envs x 20 updates.
-FULL = {"symbols": 4, "bars": 8000, "n_envs": 256, "n_steps": 64, "n_epochs": 4, "n_minibatches": 4, "hidden": 64,
-        "quantiles": 32, "updates": 60, "per_chunk": 10, "episode_len": 256, "window": 32, "folds": (4, 8)}
+# FULL: the shipped config's shape per fold (tbjax.config's defaults, as configs/base.yaml writes
+# them: 64 envs x 64 steps, 4 x 4 SGD, 2 x 64, 32 quantiles, 10 updates per chunk; a fold is one
+# lone learner) for 60 updates per fold, about a quarter of base.yaml's budget; ``--envs`` changes
+# the envs per fold (256 was the shipped shape before populations became the default).
+# SMALL (``--small``): the compile-dominated workload of 64 envs x 20 updates.
+FULL = {"symbols": 4, "bars": 8000, "n_envs": common.DEFAULT_PPO.n_envs, "n_steps": common.DEFAULT_PPO.n_steps,
+        "n_epochs": common.DEFAULT_PPO.n_epochs, "n_minibatches": common.DEFAULT_PPO.n_minibatches,
+        "hidden": common.HIDDEN[-1], "quantiles": common.DEFAULT_PPO.num_quantiles, "updates": 60,
+        "per_chunk": common.DEFAULT_TRAIN.updates_per_chunk, "episode_len": 256, "window": 32, "folds": (4, 8)}
 SMALL = dict(FULL, n_envs=64, updates=20, per_chunk=5)
 QUICK = {"symbols": 2, "bars": 1500, "n_envs": 8, "n_steps": 16, "n_epochs": 1, "n_minibatches": 2, "hidden": 16,
          "quantiles": 8, "updates": 4, "per_chunk": 2, "episode_len": 64, "window": 32, "folds": (2,)}
@@ -152,12 +156,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny market and trainer, K = 2 (seconds)")
     ap.add_argument("--small", action="store_true", help="64 envs x 20 updates per fold (compile-dominated)")
+    ap.add_argument("--envs", type=int, default=None, help="envs per fold (default: ppo.n_envs's default)")
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="fold counts (default 4 8; quick 2)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="measurements per (K, mode), ABBA order, the fastest kept (default 2; quick 1)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     w = dict(QUICK if args.quick else SMALL if args.small else FULL)
+    w["n_envs"] = args.envs or w["n_envs"]
     folds = tuple(args.folds or w["folds"])
     args.repeats = args.repeats or (1 if args.quick else 2)
     common.track_compiles()

@@ -78,7 +78,7 @@ class EnvConfig:
     slippage_k: float = traced(0.0)
     impact_coef: float = traced(0.0)
     borrow_bps_per_bar: float = traced(0.0)
-    turnover_penalty: float = traced(0.0)
+    turnover_penalty: float = traced(2.5e-4)
     equity_floor: float = traced(0.5)
     capital: float = traced(100_000.0)
     liquidity_seasonality: Optional[str] = None  # JSON file of 168 hour-of-week multipliers
@@ -86,7 +86,7 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    n_envs: int = static(256)
+    n_envs: int = static(64)
     n_steps: int = static(64)
     n_epochs: int = static(4)
     n_minibatches: int = static(4)
@@ -116,12 +116,12 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    total_env_steps: int = 4_000_000
+    total_env_steps: int = 1_000_000
     updates_per_chunk: int = 10
     eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
     seed: int = 0
     precision: str = "float32"
-    population: int = 1  # members trained as ONE vmapped program, seeds seed .. seed+P-1; > 1: an ensemble policy
+    population: int = 4  # members trained as ONE vmapped program, seeds seed .. seed+P-1; > 1: an ensemble policy
     ensemble_top_k: Optional[int] = None  # None: every member whose val objective beats flat's (0), at least the best
     population_jitter: float = 0.0  # sigma of log-normal jitter of ppo.learning_rate and ppo.ent_coef (member 0: none)
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, learning_speed, policy_quality, run_all, scaling, vs_sb3, walkforward_speed  # noqa: E402
+from tbjax.config import EnvConfig  # noqa: E402
 from tbjax.evaluation.backtest import split_walk  # noqa: E402
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL  # noqa: E402
 
@@ -101,7 +102,9 @@ def test_env_costs_are_the_fee_only(tiny_market):
     p = common.env_params(tiny_market, role=ROLE_TRAIN, fee_bps=5.0)
     assert float(p.fee_bps) == 5.0 and p.position_levels == (-1.0, 0.0, 1.0)
     assert all(float(getattr(p, k)) == 0.0 for k in ("half_spread_bps", "slippage_k", "impact_coef",
-                                                     "borrow_bps_per_bar", "turnover_penalty"))
+                                                     "borrow_bps_per_bar"))
+    # the reward shaping (not a cost) is the default learner's, env.turnover_penalty's default
+    assert float(p.turnover_penalty) == pytest.approx(EnvConfig().turnover_penalty) and EnvConfig().turnover_penalty > 0
 
 
 def test_write_json_is_atomic_and_nan_safe(tmp_path):

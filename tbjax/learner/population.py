@@ -32,14 +32,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tbjax.env.observation import POSITION_INDEX
 from tbjax.learner.trainer import Trainer
 
 
 def stack_trees(trees: list) -> Any:
-    """Pytrees with one structure → one pytree with a leading member axis."""
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+    """Pytrees with one structure → one pytree with a leading member axis. Host (NumPy) leaves stay
+    on the host: with several processes a checkpoint is saved from host copies, and orbax refuses a
+    device array that lives on one process's devices only."""
+    def stack(*xs):
+        if all(isinstance(x, np.ndarray) for x in xs):
+            return np.stack(xs)
+        return jnp.stack([jnp.asarray(x) for x in xs])
+
+    return jax.tree_util.tree_map(stack, *trees)
 
 
 def member_keys(seed: int, size: int) -> jax.Array:

@@ -69,9 +69,14 @@ class MemberBook:
         self.improved = False
 
     def offer(self, i: int, objective: float, update: int, carry, val_sortino: float) -> None:
+        from tbjax.run.distributed import host_copy
+
+        # several processes: the member's env axis spans every process's devices, so its global
+        # values are gathered first; a collective, so every process gathers, improved or not
+        copy = host_copy(carry)
         if objective > self.objective[i]:
             self.objective[i], self.update[i], self.val_sortino[i] = objective, update, val_sortino
-            self.carries[i] = jax.device_get(carry)
+            self.carries[i] = jax.device_get(copy)
             self.improved = True
 
     def best_carry(self, current):

@@ -32,7 +32,8 @@ def tiny_config(processed_dir) -> list[str]:
             "data.test_end=2020-02-28", f"env.window_size={WINDOW}", "env.episode_len=16",
             "env.position_levels=[-1.0, 0.0, 0.5, 1.0]", "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1",
             "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]", "ppo.num_quantiles=8", "ppo.learning_rate=3e-3",
-            "train.updates_per_chunk=2", "train.total_env_steps=512", "output.tensorboard=false"]
+            "train.updates_per_chunk=2", "train.total_env_steps=512", "output.tensorboard=false",
+            "train.population=1"]  # _train_tiny_run trains one learner by hand (population runs: test_population)
 
 
 def _train_tiny_run(root, extra: tuple[str, ...] = ()):

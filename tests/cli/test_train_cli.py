@@ -117,7 +117,8 @@ def test_interrupted_then_resumed_gru_run_matches(tmp_path):
     for run in (whole, split):
         session = open_run(run)
         carries.append(session.ckpt.restore("latest", session.template())[0])
-    assert carries[0].hidden.shape == (8, 2 * 8) and float(np.abs(np.asarray(carries[0].hidden)).max()) > 0
+    members = session.cfg.train.population  # the default: a population, each member with its own hidden states
+    assert carries[0].hidden.shape == (members, 8, 2 * 8) and float(np.abs(np.asarray(carries[0].hidden)).max()) > 0
     assert jax.tree_util.tree_structure(carries[0]) == jax.tree_util.tree_structure(carries[1])
     for a, b in zip(*(jax.tree_util.tree_leaves(c) for c in carries)):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
@@ -139,20 +140,24 @@ def test_evaluation_leaves_frozen_statistics_bit_identical(finished_run):
     from tbjax.config import load_config
     from tbjax.data.market import ROLE_VAL
     from tbjax.data.pipeline import FeaturePipeline
+    from tbjax.run.population import evaluate_population
     from tbjax.run.session import TrainingSession
 
     cfg = load_config(finished_run / "config.yaml")
     session = TrainingSession(cfg, finished_run, write=False,
                               pipeline=FeaturePipeline.load(finished_run / "feature_pipeline.json"))
-    template = session.trainer.init(jax.random.PRNGKey(0), session.hparams, session.exp.market)
-    carry, _ = session.ckpt.restore("best", template)
+    carry, meta = session.ckpt.restore("best", session.template())
     stats_before = jax.tree_util.tree_map(np.array, carry.obs_stats)
-    first, _ = session.evaluate(carry, ROLE_VAL)
-    second, _ = session.evaluate(carry, ROLE_VAL)
+    if cfg.train.population == 1:
+        first, _ = session.evaluate(carry, ROLE_VAL)
+        second, _ = session.evaluate(carry, ROLE_VAL)
+    else:  # the ensemble and every member are walked, each with its own frozen statistics
+        first, second = (evaluate_population(session, carry, meta, "best", ("val",))[0]["val"] for _ in range(2))
+        assert first["population"] == second["population"]
     assert first["pooled"] == second["pooled"] or json.dumps(first["pooled"]) == json.dumps(second["pooled"])
     for a, b in zip(jax.tree_util.tree_leaves(stats_before), jax.tree_util.tree_leaves(carry.obs_stats)):
         assert np.array_equal(a, np.asarray(b))
-    assert float(np.asarray(carry.obs_stats.count)) > 0  # training did update them
+    assert np.all(np.asarray(carry.obs_stats.count) > 0)  # training did update them (every member's)
 
 
 def _one_line_error(capsys) -> str:

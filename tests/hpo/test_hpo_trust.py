@@ -46,7 +46,9 @@ def _config(processed: Path, space: dict, **sections) -> dict:
         "env": {"episode_len": 32},
         "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
                 "num_quantiles": 8, "cvar_alpha": 0.25, "cvar_weight": 0.3},
-        "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2, "seed": 5},  # 4 updates
+        # population 1: the training run these tests compare with a trial is one learner, as a trial is
+        "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2, "seed": 5,  # 4 updates
+                  "population": 1},
         "eval": {"regime_bars": 200},
         "hpo": {"n_trials": 1, "pruner": "none", "space": space},
         "output": {"tensorboard": False},

@@ -27,7 +27,8 @@ TINY = [f"env.window_size={WINDOW}", "env.episode_len=16", "env.position_levels=
         "data.val_end=2020-01-31", "data.test_start=2020-02-01", "data.test_end=2020-02-28",
         "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]",
         "ppo.num_quantiles=8", "ppo.learning_rate=3e-3", "train.updates_per_chunk=2", "train.eval_every=2",
-        "train.total_env_steps=1024", "output.tensorboard=false", "eval.regime_bars=300"]
+        "train.total_env_steps=1024", "output.tensorboard=false", "eval.regime_bars=300",
+        "train.population=1"]  # a lone learner unless a test sets its population (base.yaml's default is 4)
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +108,10 @@ def test_selection_uses_val_objectives_only():
 def population_run(processed, tmp_path_factory):
     run = tmp_path_factory.mktemp("poprun") / "run"
     argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}", "--set", "train.population=3"]
+            f"data.processed_dir={processed}"]
     for s in TINY:
         argv += ["--set", s]
+    argv += ["--set", "train.population=3"]
     assert train_cli.main(argv) == 0
     return run
 
@@ -138,9 +140,10 @@ def test_a_resumed_population_ends_as_the_uninterrupted_one(population_run, proc
     member bests, the same chosen members and the same ensemble test metrics."""
     run = tmp_path / "split"
     argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}", "--set", "train.population=3"]
+            f"data.processed_dir={processed}"]
     for s in TINY:
         argv += ["--set", s]
+    argv += ["--set", "train.population=3"]
     assert train_cli.main(argv + ["--max-chunks", "2"]) == 0
     assert train_cli.main(argv + ["--resume"]) == 0
     for split in ("val", "test"):

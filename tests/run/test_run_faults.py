@@ -243,7 +243,7 @@ def test_disk_full_saving_the_first_checkpoint_then_start_again(reference, tmp_p
     run_dir = tmp_path / "run"
     assert run_train(run_dir) == 2
     err = one_error(capsys)
-    assert "saving checkpoint" in err and "the disk is full" in err and "run the same command again" in err
+    assert "saving checkpoint" in err and "the disk is full" in err and "run the same command again" in err, err
     assert leftovers(run_dir) == []
     monkeypatch.undo()
     assert run_train(run_dir) == 0  # a fresh start is not refused: no usable checkpoint was there
