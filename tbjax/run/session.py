@@ -228,7 +228,8 @@ class TrainingSession:
         tb = self._open_tensorboard(self.update if resume else 0)
         from tqdm import tqdm
 
-        bar = tqdm(total=schedule.total_updates * steps_per_update, initial=self.update * steps_per_update,
+        bar_steps = steps_per_update * self.population  # the bar and its steps/s count every member's env-steps
+        bar = tqdm(total=schedule.total_updates * bar_steps, initial=self.update * bar_steps,
                    unit="step", unit_scale=True, disable=self.quiet or not self.write, dynamic_ncols=True)
         try:
             hooks = (_TrainingChunks if self.population == 1 else _PopulationChunks)(self, stop, tb, bar)
@@ -300,7 +301,7 @@ class _TrainingChunks(ChunkHooks):
         session._log(row, self.tb)  # before the checkpoint: see the module docstring
         if self.save is not None:
             session._keep(carry, self.save, self.last_val["val/sortino"])
-        steps = (chunk.update - chunk.start) * session.cfg.batch_size
+        steps = (chunk.update - chunk.start) * session.cfg.batch_size * session.population
         dt = time.perf_counter() - self.t0
         self.bar.update(steps)
         self.bar.set_postfix({"steps/s": f"{steps / dt:,.0f}",
