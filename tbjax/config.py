@@ -121,7 +121,7 @@ class TrainConfig:
     eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
     seed: int = 0
     precision: str = "float32"
-    population: int = 4  # members trained as ONE vmapped program, seeds seed .. seed+P-1; > 1: an ensemble policy
+    population: int = 4  # members trained as ONE compiled program, seeds seed .. seed+P-1; > 1: an ensemble policy
     ensemble_top_k: Optional[int] = None  # None: every member whose val objective beats flat's (0), at least the best
     population_jitter: float = 0.0  # sigma of log-normal jitter of ppo.learning_rate and ppo.ent_coef (member 0: none)
 
