@@ -109,7 +109,7 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
 def save_fold_runs(run_dir: Path, wf) -> list[Path]:
     """``folds/fold_<k>``: config (symbols pinned), the fold's pipeline, its best carry, ``fold.json``."""
     union = union_times(wf.tables)
-    cfg = dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables)))  # lone: build_folds
+    cfg = dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables)))  # wf.cfg is one learner's (build_folds)
     out = []
     for k, fd in enumerate(wf.folds):
         score, update, carry, val_sortino = wf.best[k]
