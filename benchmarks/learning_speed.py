@@ -97,12 +97,17 @@ def parse_args(argv):
     p.add_argument("--tbjax-chunk", type=int, default=4, help="updates between evaluations")
     p.add_argument("--turnover-penalty", type=float, default=common.DEFAULT_ENV.turnover_penalty,
                    help="env.turnover_penalty of BOTH learners' training reward (shaping; metrics ignore it)")
+    p.add_argument("--sides", default="tbjax,sb3", help="learners to run: tbjax, sb3 or both (tbjax alone for a "
+                   "search over its own settings)")
     p.add_argument("--sb3-envs", type=int, default=8)
     p.add_argument("--sb3-eval-every", type=int, default=32_768, help="env steps between evaluations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(common.RESULTS_DIR / "learning_speed.json"))
     args = p.parse_args(argv)
     args.markets = [m.strip() for m in args.markets.split(",") if m.strip()]
+    args.sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+    if not args.sides or set(args.sides) - {"tbjax", "sb3"}:
+        p.error(f"--sides: use tbjax, sb3 or tbjax,sb3, got {','.join(args.sides) or 'nothing'}")
     unknown = sorted(set(args.markets) - set(MARKETS))
     if unknown:
         p.error(f"--markets: unknown {', '.join(unknown)}; use names from {', '.join(MARKETS)}")
@@ -252,7 +257,8 @@ def run_market(name: str, args, have_sb3: bool) -> dict:
            "oracle": {k: oracle[k] for k in ("threshold", "mode", "cost_bps", "long_only", "turnover")},
            "train_fit_oracle": attainable,
            "train_fit_fraction": attainable["sharpe_per_bar"] / oracle["sharpe_per_bar"]}
-    for side, train in (("tbjax", train_tbjax), ("sb3", train_sb3 if have_sb3 else None)):
+    for side, train in (("tbjax", train_tbjax if "tbjax" in args.sides else None),
+                        ("sb3", train_sb3 if have_sb3 else None)):
         if train is None:
             out[side] = None
             continue
@@ -277,7 +283,8 @@ def headline(markets: dict, budgets: dict) -> dict:
     secs = {side: (hit[side] if hit[side] is not None else budgets[HEADLINE]) if m[side] else None
             for side in ("tbjax", "sb3")}
     reached = {side: (hit[side] is not None) if m[side] else None for side in ("tbjax", "sb3")}
-    ratio = secs["sb3"] / secs["tbjax"] if m["sb3"] and (reached["tbjax"] or reached["sb3"]) else None
+    ratio = (secs["sb3"] / secs["tbjax"] if m["sb3"] and m["tbjax"] and (reached["tbjax"] or reached["sb3"])
+             else None)
     return {"tbjax_seconds": secs["tbjax"], "sb3_seconds": secs["sb3"], "ratio": ratio,
             "ratio_is_bound": bool(ratio is not None and not (reached["tbjax"] and reached["sb3"])),
             "oracle_sharpe": m["oracle_sharpe"], "tbjax_reached": reached["tbjax"], "sb3_reached": reached["sb3"]}
@@ -285,7 +292,7 @@ def headline(markets: dict, budgets: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    have_sb3 = common.have_sb3()
+    have_sb3 = "sb3" in args.sides and common.have_sb3()
     markets = {name: run_market(name, args, have_sb3) for name in args.markets}
     top = headline(markets, args.budgets)
     if top["ratio"] is not None:

@@ -64,21 +64,30 @@ def test_members_equal_lone_runs_with_their_seeds_and_compile_once(processed, tm
 
 def test_members_stepped_one_by_one_equal_members_vmapped(processed, tmp_path):
     """The two mappings of the member axis (``member_batch``: lax.map one at a time, the CPU's
-    default; vmap of all, an accelerator's) train the same members: same carry after a chunk."""
+    default; vmap of all, an accelerator's) train the same members: same carry after a chunk. A
+    dead member keeps its carry under both (one by one, its chunk is skipped by a cond)."""
     from tbjax.learner.population import member_keys, population_program
     from tbjax.run.population import population_hparams
 
     session = TrainingSession(config(processed, "train.population=3"), tmp_path, write=False, quiet=True)
     hps = population_hparams(session.cfg, session.hparams)
     market = session.exp.market
+    alive = np.asarray([True, False, True])
     outs = []
     for batch in (3, 1):
         program = population_program(session.trainer, 3, member_batch=batch)
         carry = program.start(member_keys(0, 3), hps, market)
-        carry, metrics = program.advance(carry, hps, np.ones(3, bool), market)
-        outs.append(jax.device_get((carry.params, carry.obs_stats, metrics)))
+        start = jax.device_get(take(carry, 1))
+        carry, metrics = program.advance(carry, hps, alive, market)
+        for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(jax.device_get(take(carry, 1)))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the dead member did not move
+        live = jax.tree_util.tree_map(lambda x: np.asarray(x)[alive], jax.device_get(metrics))
+        outs.append(jax.device_get((take(carry, 0).params, take(carry, 2).obs_stats, live)))
     for a, b in zip(*(jax.tree_util.tree_leaves(o) for o in outs)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(outs[0][0])[0]),  # the live members did move
+                           np.asarray(jax.tree_util.tree_leaves(take(program.start(member_keys(0, 3), hps, market),
+                                                                     0).params)[0]))
 
 
 def test_ensemble_action_by_hand():
