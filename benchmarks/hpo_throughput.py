@@ -14,6 +14,9 @@ would count it twice). Share = that union / sweep wall time, for the B = 1 sweep
 ``compile_share`` field) and the B = 8 sweep. Goals (2-core CPU): compile share < 5 % of a
 20-trial sweep; B = 8 ≥ 2× the trials/hour of B = 1.
 
+``dead_members``: one chunk of an 8-member program (64 envs x 64 steps each) with all members
+alive and with 2 alive, the other 6 pruned: what a batch of mostly pruned trials still costs.
+
     python benchmarks/hpo_throughput.py --storage postgresql://... [--quick] [--trials N]
 
 With ``--storage``: trials per hour of 1 and 2 worker processes (``python -m tbjax.hpo``, the
@@ -85,6 +88,31 @@ def sweep(cfg, exp, space, params: list[dict], batch: int, run_dir: Path) -> dic
     comp = common.compile_seconds(t0)
     return {"batch": batch, "trials": done, "wall_s": wall, "compile_s": comp, "compile_share": comp / wall,
             "trials_per_hour": done / wall * 3600.0}
+
+
+def dead_member_cost(batch: int = 8, alive_count: int = 2, repeats: int = 3) -> dict:
+    """Seconds of one chunk of a ``batch``-member program with every member alive and with only
+    ``alive_count`` alive (the rest pruned), median of ``repeats``, compile excluded. Members stepped
+    one by one (a CPU's default) skip a dead member's chunk (``tbjax.learner.population``), so a
+    batch whose trials were mostly pruned should cost about alive / batch of a full one."""
+    from tbjax.learner.population import default_member_batch
+
+    pm = common.planted_market(4, 3_000, signal_rho=0.1, seed=7, window_size=32)
+    trainer = common.tbjax_trainer(64, 64, 2, 4, 4, n_groups=len(pm.symbols), window_size=pm.window_size)
+    program, hps, carry = common.seed_population(trainer, batch, 0, common.tbjax_hparams(common.env_params(pm)),
+                                                 pm.market)
+    masks = {"all": [True] * batch, "some": [i < alive_count for i in range(batch)]}
+    seconds = {}
+    for name, mask in [("all", masks["all"]), *masks.items()]:  # the first call compiles
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            carry, _ = jax.block_until_ready(program.advance(carry, hps, mask, pm.market))
+            times.append(time.perf_counter() - t0)
+        seconds[name] = float(np.median(times))
+    return {"batch": batch, "alive": alive_count, "member_batch": default_member_batch(batch),
+            "chunk_s_all_alive": seconds["all"], "chunk_s_some_alive": seconds["some"],
+            "ratio": seconds["some"] / seconds["all"]}
 
 
 def worker_sweep(config: Path, storage: str | None, workers: int, n_trials: int, run_dir: Path, env: dict) -> dict:
@@ -164,16 +192,21 @@ def main(argv=None) -> int:
         exp = build_experiment(cfg)
         results = [sweep(cfg, exp, space, params, b, folder / f"b{b}") for b in (1, 8)]
     b1, b8 = results
+    dead = dead_member_cost(alive_count=2) if not args.quick else None
     for r in results:
         print(f"B={r['batch']}: {r['trials']} trials in {r['wall_s']:.1f} s -> {r['trials_per_hour']:.0f} trials/h; "
               f"compile {r['compile_s']:.1f} s ({r['compile_share']:.1%})")
     print(f"speed-up B=8 / B=1: {b8['trials_per_hour'] / b1['trials_per_hour']:.2f}x")
+    if dead:
+        print(f"one chunk of 8 members: {dead['chunk_s_all_alive']:.2f} s all alive, {dead['chunk_s_some_alive']:.2f} s "
+              f"with {dead['alive']} alive ({dead['ratio']:.2f}x)")
     out = {"device": str(jax.devices()[0].device_kind) + f" x{jax.device_count()} ({jax.default_backend()}, "
                      f"{os.cpu_count()} cores)",
            "trials_per_hour_b1": b1["trials_per_hour"], "trials_per_hour_b8": b8["trials_per_hour"],
            "compile_share": b1["compile_share"], "compile_share_b8": b8["compile_share"],
            "n_trials": n_trials, "quick": args.quick, "sweeps": results,
-           "per_trial_updates": cfg.n_updates, "n_envs": cfg.ppo.n_envs, "n_steps": cfg.ppo.n_steps}
+           "per_trial_updates": cfg.n_updates, "n_envs": cfg.ppo.n_envs, "n_steps": cfg.ppo.n_steps,
+           "dead_members": dead}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
