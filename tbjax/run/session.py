@@ -76,8 +76,9 @@ class TrainingSession:
         self.hparams = hparams_from_config(cfg, self.env_params)
         self.spec = spec_from_config(cfg, n_groups=len(self.exp.symbols))
         self.trainer = trainer_for(self.spec, self.env_params)
-        # train.population > 1: P seeds as one vmapped program (tbjax.run.population); 1: the trainer's own
+        # train.population > 1: P seeds as one compiled program (tbjax.run.population); 1: the trainer's own
         self.population = cfg.train.population
+        self.population_steps_per_update = cfg.batch_size * self.population  # every member's (the progress bar)
         self.program = population_program(self.trainer, self.population)
         self.run_hparams = self.hparams if self.population == 1 else population_hparams(cfg, self.hparams)
         self.book: MemberBook | None = None  # a population's member bests, from start()
@@ -224,12 +225,11 @@ class TrainingSession:
         if carry is None:
             carry = self.start(resume)
         schedule = ChunkSchedule.of(self.cfg)
-        steps_per_update = self.cfg.batch_size
         tb = self._open_tensorboard(self.update if resume else 0)
         from tqdm import tqdm
 
-        bar_steps = steps_per_update * self.population  # the bar and its steps/s count every member's env-steps
-        bar = tqdm(total=schedule.total_updates * bar_steps, initial=self.update * bar_steps,
+        per_update = self.population_steps_per_update
+        bar = tqdm(total=schedule.total_updates * per_update, initial=self.update * per_update,
                    unit="step", unit_scale=True, disable=self.quiet or not self.write, dynamic_ncols=True)
         try:
             hooks = (_TrainingChunks if self.population == 1 else _PopulationChunks)(self, stop, tb, bar)
@@ -246,7 +246,7 @@ class TrainingSession:
                 host = host_copy(carry)  # every process (a collective), then process 0 saves
                 if self.write:
                     self._save_latest(host, self._latest_meta({"update": self.update,
-                                                               "env_steps": self.update * steps_per_update}))
+                                                               "env_steps": self.update * self.cfg.batch_size}))
             return False
         self.carry = carry
         return True
@@ -301,7 +301,7 @@ class _TrainingChunks(ChunkHooks):
         session._log(row, self.tb)  # before the checkpoint: see the module docstring
         if self.save is not None:
             session._keep(carry, self.save, self.last_val["val/sortino"])
-        steps = (chunk.update - chunk.start) * session.cfg.batch_size * session.population
+        steps = (chunk.update - chunk.start) * session.population_steps_per_update
         dt = time.perf_counter() - self.t0
         self.bar.update(steps)
         self.bar.set_postfix({"steps/s": f"{steps / dt:,.0f}",
