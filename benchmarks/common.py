@@ -41,6 +41,15 @@ from tbjax.evaluation.metrics import json_safe
 from tbjax.evaluation.oracle import threshold_oracle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path) -> str:
+    """A path as results files and summaries record it: relative to the repository when inside it
+    (so a committed result does not name the machine it ran on), else as given."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+
+
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 HOUR_MS = 3_600_000
 HOURLY_BARS_PER_YEAR = 8760.0  # 24/7 hourly bars (docs/ALGORITHMS.md "Risk metrics")

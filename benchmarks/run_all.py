@@ -68,10 +68,12 @@ def run_one(b: Benchmark, quick: bool, results_dir: Path) -> dict:
     script = Path(__file__).resolve().parent / b.script
     out = results_dir / f"{b.name}.json"
     args = list(b.quick_args if quick else b.full_args)
+    shown = list(args)  # the command as the summary prints it: paths inside the repository relative to it
     if results_dir != common.RESULTS_DIR:
         args += ["--out", str(out)]
+        shown += ["--out", common.repo_relative(out)]
     cmd = [sys.executable, str(script), *args]
-    record = {"name": b.name, "title": b.title, "command": f"python benchmarks/{b.script} {' '.join(args)}".strip()}
+    record = {"name": b.name, "title": b.title, "command": f"python benchmarks/{b.script} {' '.join(shown)}".strip()}
     if not script.is_file():
         return {**record, "status": "missing", "detail": f"{script.name} not found", "seconds": 0.0}
     before = out.stat().st_mtime if out.is_file() else None

@@ -300,7 +300,7 @@ def main(argv=None) -> int:
         "objective": "mean held oracle fraction (rho 0.2, 0.1) - "
                      f"{TURNOVER_WEIGHT} x max(0, held no-signal turnover - {TURNOVER_GOAL})",
         "space": SPACE, "best": {"number": best.number, "objective": best.value, "params": best.params},
-        "trials": rows, "plots": plots,
+        "trials": rows, "plots": [common.repo_relative(p) for p in plots],
         "settings": {"symbols": args.symbols, "bars": args.bars, "window": args.window, "n_envs": args.envs,
                      "n_steps": args.n_steps, "n_epochs": args.epochs, "n_minibatches": args.minibatches,
                      "updates": args.updates, "eval_every": args.eval_every, "seed": args.seed,

@@ -235,6 +235,16 @@ def test_run_all_reports_ok_failed_and_missing(tmp_path, monkeypatch):
     assert "CPU:" in text and "JAX backend:" in text and (tmp_path / "summary.md").read_text() == text
 
 
+def test_results_name_paths_relative_to_the_repository(tmp_path):
+    """Committed results and summaries must not name the machine they ran on."""
+    inside = common.REPO_ROOT / "benchmarks" / "results" / "quick" / "vs_sb3.json"
+    assert common.repo_relative(inside) == "benchmarks/results/quick/vs_sb3.json"
+    assert common.repo_relative(tmp_path / "x.json") == str((tmp_path / "x.json").resolve())
+    rec = run_all.run_one(run_all.Benchmark("absent", "absent", "absent.py", quick_args=("--quick",)), True,
+                          common.REPO_ROOT / "benchmarks" / "results" / "quick")
+    assert rec["command"] == "python benchmarks/absent.py --quick --out benchmarks/results/quick/absent.json"
+
+
 def test_tune_defaults_quick(tmp_path):
     """The defaults study: every finished trial's objective is the documented formula of its markets."""
     from benchmarks import tune_defaults
