@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -199,15 +200,6 @@ def per_bar_sharpe(returns: list[np.ndarray]) -> float:
 # ------------------------------------------------------------------------------------ machine
 
 
-def have_sb3() -> bool:
-    """Whether stable-baselines3 is installed (the ``bench`` / ``test`` extras): the peer side runs."""
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -249,10 +241,29 @@ def versions(*names: str) -> dict:
     return out
 
 
+def code_commit(root: str | Path = REPO_ROOT) -> str | None:
+    """``git rev-parse HEAD`` of ``root``, ``+dirty`` when tracked files under tbjax/ or benchmarks/ (not
+    results/, the outputs) differ from it: figures of uncommitted code never pass for the commit's."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "tbjax", "benchmarks",
+                      ":(exclude)benchmarks/results")
+    except (OSError, subprocess.SubprocessError):  # no git, not a repository, no commit yet
+        return None
+    return sha + ("+dirty" if changed else "")
+
+
 def write_json(path: str | Path, obj) -> Path:
-    """Write ``obj`` as JSON atomically (temp file in the same folder, then rename): a reader never
-    sees half a file. NaN/inf become null (``tbjax.evaluation.metrics.json_safe``)."""
+    """Write ``obj`` as JSON atomically (temp file in the same folder, then rename): a reader never sees
+    half a file. NaN/inf become null (``tbjax.evaluation.metrics.json_safe``). A dict gets ``commit``
+    (``code_commit``; the caller's own is kept): every result names the code it measured."""
     path = Path(path)
+    if isinstance(obj, dict):
+        obj = {"commit": code_commit(), **obj}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -337,82 +348,6 @@ def seed_population(trainer, size: int, seed: int, hp, market):
     hps = stack_trees([hp] * size) if size > 1 else hp
     key = member_keys(seed, size) if size > 1 else jax.random.PRNGKey(seed)
     return program, hps, program.start(key, hps, market)
-
-
-def host_market(market: MarketData) -> MarketData:
-    """A NumPy copy of MarketData for the Gymnasium twin (cheap to pickle into SubprocVecEnv)."""
-    import jax
-
-    return jax.tree_util.tree_map(np.asarray, market)
-
-
-def sb3_vec_env(market: MarketData, params, n_envs: int, vec: str, seed: int):
-    """n_envs twins in a DummyVecEnv or SubprocVecEnv, observations normalised by VecNormalize
-    (running mean/var like tbjax's RunningStats, clip 10; rewards NOT normalised)."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
-
-    from tbjax.env.gym import MarketGymEnv
-
-    host = host_market(market)
-    fns = [lambda: MarketGymEnv(host, params) for _ in range(n_envs)]
-    venv = SubprocVecEnv(fns) if vec == "subproc" else DummyVecEnv(fns)
-    venv.seed(seed)
-    return VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=PPO_SETTINGS["gamma"])
-
-
-def sb3_ppo(venv, n_steps: int, n_epochs: int, n_minibatches: int, seed: int, torch_threads: int = 1,
-            window_size: int | None = None):
-    """SB3 PPO with the shared settings: 2 x 64 actor and critic, batch split in n_minibatches.
-
-    The same network as tbjax's defaults: with ``ppo.bar_features`` > 0 (needs ``window_size``)
-    actor and critic each get their own per-bar encoder (benchmarks/sb3_encoder.py), and with
-    ``ppo.weight_decay`` > 0 the optimiser is torch's AdamW (decoupled decay, as tbjax; torch also
-    decays biases, a negligible difference at these sizes).
-
-    torch runs single-threaded by default: for 64-wide layers OpenMP's thread hand-offs cost more
-    than they save, and on a busy 2-core machine two spinning threads made SB3 10-100x slower
-    (measured; see docs/PERFORMANCE.md).
-    """
-    import torch
-    from stable_baselines3 import PPO
-
-    torch.set_num_threads(torch_threads)
-    s = PPO_SETTINGS
-    policy_kwargs = {"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}}
-    if DEFAULT_PPO.bar_features:
-        if window_size is None:
-            raise ValueError("sb3_ppo: ppo.bar_features > 0 needs the market's window_size")
-        from benchmarks.sb3_encoder import BarFeatures
-
-        policy_kwargs.update(features_extractor_class=BarFeatures, share_features_extractor=False,
-                             features_extractor_kwargs={"window_size": window_size,
-                                                        "bar_features": DEFAULT_PPO.bar_features})
-    if s["weight_decay"]:
-        policy_kwargs.update(optimizer_class=torch.optim.AdamW, optimizer_kwargs={"weight_decay": s["weight_decay"]})
-    return PPO("MlpPolicy", venv, n_steps=n_steps, batch_size=venv.num_envs * n_steps // n_minibatches,
-               n_epochs=n_epochs, learning_rate=s["learning_rate"], gamma=s["gamma"],
-               gae_lambda=s["gae_lambda"], clip_range=s["clip_eps"], ent_coef=s["ent_coef"],
-               vf_coef=s["vf_coef"], max_grad_norm=s["max_grad_norm"], policy_kwargs=policy_kwargs,
-               seed=seed, device="cpu", verbose=0)
-
-
-def sb3_recurrent_ppo(venv, n_steps: int, n_epochs: int, n_minibatches: int, seed: int, torch_threads: int = 1):
-    """sb3-contrib RecurrentPPO with the same settings and sizes as tbjax's recurrent policy:
-    separate actor and critic LSTMs of HIDDEN[-1] units (``shared_lstm=False``,
-    ``enable_critic_lstm=True``) and 2 x 64 layers, the batch split in n_minibatches (of whole
-    sequences, as RecurrentPPO samples them)."""
-    import torch
-    from sb3_contrib import RecurrentPPO
-
-    torch.set_num_threads(torch_threads)
-    s = PPO_SETTINGS
-    return RecurrentPPO(
-        "MlpLstmPolicy", venv, n_steps=n_steps, batch_size=venv.num_envs * n_steps // n_minibatches,
-        n_epochs=n_epochs, learning_rate=s["learning_rate"], gamma=s["gamma"], gae_lambda=s["gae_lambda"],
-        clip_range=s["clip_eps"], ent_coef=s["ent_coef"], vf_coef=s["vf_coef"], max_grad_norm=s["max_grad_norm"],
-        policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "lstm_hidden_size": HIDDEN[-1],
-                       "shared_lstm": False, "enable_critic_lstm": True},
-        seed=seed, device="cpu", verbose=0)
 
 
 def add_workload_args(p, ppo_shape: bool = True) -> None:

@@ -29,7 +29,6 @@ a worker costs); a warm-up study fills the shared JAX compilation cache first, s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -161,8 +160,7 @@ def storage_main(args, n_trials: int) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     out = {"cpu": cpu, "cores": os.cpu_count(), "n_trials": n_trials, "quick": args.quick, "sweeps": sweeps}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(out, indent=2))
+    common.write_json(out_path, out)
     print(f"wrote {out_path}")
     return 0
 
@@ -208,8 +206,7 @@ def main(argv=None) -> int:
            "n_trials": n_trials, "quick": args.quick, "sweeps": results,
            "per_trial_updates": cfg.n_updates, "n_envs": cfg.ppo.n_envs, "n_steps": cfg.ppo.n_steps,
            "dead_members": dead}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    common.write_json(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, sb3_side  # noqa: E402
 from tbjax.data.market import ROLE_VAL  # noqa: E402
 from tbjax.evaluation.significance import probabilistic_sharpe_ratio  # noqa: E402
 
@@ -198,7 +198,7 @@ def walk_twin_split(venv_norm, model, pm, val_params) -> tuple[list[np.ndarray],
     from tbjax.evaluation.backtest import split_walk
     from tbjax.env.gym import MarketGymEnv
 
-    host = common.host_market(pm.market)
+    host = sb3_side.host_market(pm.market)
     start, n_valid = split_walk(host, ROLE_VAL, val_params.window_size)
     envs = [MarketGymEnv(host, val_params) for _ in range(len(pm.symbols))]
     obs = np.stack([e.reset(options={"symbol": s, "bar": int(start[s])})[0] for s, e in enumerate(envs)])
@@ -228,8 +228,8 @@ def train_sb3(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     val_params = common.env_params(pm, role=ROLE_VAL, fee_bps=FEE_BPS, episode_len=params.episode_len,
                                    turnover_penalty=args.turnover_penalty)
     clock, history, state = Stopwatch(), [], {"next": args.sb3_eval_every, "returns": None}
-    venv = common.sb3_vec_env(pm.market, params, args.sb3_envs, "dummy", args.seed)
-    model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed, window_size=pm.window_size)
+    venv = sb3_side.sb3_vec_env(pm.market, params, args.sb3_envs, "dummy", args.seed)
+    model = sb3_side.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed, window_size=pm.window_size)
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
@@ -299,7 +299,7 @@ def headline(markets: dict, budgets: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    have_sb3 = "sb3" in args.sides and common.have_sb3()
+    have_sb3 = "sb3" in args.sides and sb3_side.have_sb3()
     markets = {name: run_market(name, args, have_sb3) for name in args.markets}
     top = headline(markets, args.budgets)
     if top["ratio"] is not None:

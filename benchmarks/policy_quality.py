@@ -36,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, sb3_side  # noqa: E402
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL  # noqa: E402
 from tbjax.evaluation.backtest import backtest, split_walk  # noqa: E402
 from tbjax.evaluation.metrics import pooled_metrics  # noqa: E402
@@ -121,7 +121,7 @@ def twin_walk(venv, model, mk: Market, role: int) -> dict:
     held positions) and the turnover the env charged, as the compiled backtest records them."""
     from tbjax.env.gym import MarketGymEnv
 
-    host = common.host_market(mk.market)
+    host = sb3_side.host_market(mk.market)
     start, n_valid = split_walk(host, role, mk.params[role].window_size)
     envs = [MarketGymEnv(host, mk.params[role]) for _ in mk.symbols]
     obs = np.stack([e.reset(options={"symbol": s, "bar": int(start[s])})[0] for s, e in enumerate(envs)])
@@ -151,8 +151,8 @@ def run_sb3(mk: Market, args, seed: int) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
     t0 = time.perf_counter()
-    venv = common.sb3_vec_env(mk.market, mk.params[ROLE_TRAIN], args.sb3_envs, "dummy", seed)
-    model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, seed,
+    venv = sb3_side.sb3_vec_env(mk.market, mk.params[ROLE_TRAIN], args.sb3_envs, "dummy", seed)
+    model = sb3_side.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, seed,
                            window_size=mk.params[ROLE_TRAIN].window_size)
     state = {"next": args.sb3_eval_every, "best": -np.inf, "snapshot": None}
 
@@ -223,7 +223,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    have_sb3 = common.have_sb3()
+    have_sb3 = sb3_side.have_sb3()
     markets = {}
     for name in args.markets.split(","):
         mk = load_market(name, args)

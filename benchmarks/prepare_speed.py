@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepare {args.bars:,} hourly bars (CSV {csv_mb:.0f} MB, raw table {raw_table_mb:.0f} MB): "
           f"{result['seconds']:.2f} s, peak +{result['peak_memory_mb']:.0f} MB "
           f"({result['memory_ratio']:.2f}x raw table)")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    # Imported only now, after the child finished: the child never loads it (its baseline memory stays
+    # what it was) and the parent's import does not compete with the measured run for the CPU.
+    sys.path.insert(0, str(REPO))
+    from benchmarks import common
+
+    common.write_json(args.results, result)
     return 0
 
 

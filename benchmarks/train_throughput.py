@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 
-from common import machine_info
+from common import machine_info, write_json
 from env_throughput import synthetic_market  # same synthetic MarketData as the env benchmark
 from tbjax.agent import ppo
+from tbjax.data.market import scaled_once
 from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
 from tbjax.learner.rollout import rollout as learner_rollout
@@ -89,7 +89,7 @@ def measure(policy: str, n_envs: int, args, data, env_params) -> dict:
     # Phase timings: the rollout alone and the PPO update alone on a batch of the same size.
     rollout = jax.jit(functools.partial(learner_rollout, trainer.context))
     roll_args = (carry.params, carry.obs_stats, carry.popart, carry.env_state, carry.last_obs,
-                 carry.rng, hp, data, carry.hidden)
+                 carry.rng, hp, scaled_once(data), carry.hidden)  # scaled once, as train_chunk does
     out = rollout(*roll_args)
     jax.block_until_ready(out)
     rollout_s = best_time(lambda: rollout(*roll_args), args.repeats)
@@ -158,10 +158,7 @@ def main(argv=None) -> dict:
                          "n_epochs": 4, "n_minibatches": 4, "hidden_sizes": [64, 64], "num_quantiles": 32,
                          "rnn_size": RNN_SIZE, "recurrent_cores": "separate actor and critic"},
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, report)
     return report
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, sb3_side  # noqa: E402
 
 SB3_CANDIDATES = (("dummy", 8), ("dummy", 32), ("dummy", 64), ("subproc", 8))
 
@@ -95,13 +95,13 @@ def time_tbjax(pm, params, n_envs: int, args, policy: str = "mlp") -> dict:
 def time_sb3(pm, params, vec: str, n_envs: int, steps: int, args) -> dict:
     """Wall time of ``model.learn`` over about ``steps`` env steps (whole rollouts + updates),
     after one untimed warm-up rollout (torch's first-call set-up, like tbjax's compile)."""
-    venv = common.sb3_vec_env(pm.market, params, n_envs, vec, args.seed)
+    venv = sb3_side.sb3_vec_env(pm.market, params, n_envs, vec, args.seed)
     try:
         if args.policy == "mlp":
-            model = common.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
+            model = sb3_side.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
                                    torch_threads=args.sb3_threads, window_size=pm.window_size)
         else:
-            model = common.sb3_recurrent_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
+            model = sb3_side.sb3_recurrent_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed,
                                              torch_threads=args.sb3_threads)
         rollouts = max(2, steps // (n_envs * args.n_steps))
         model.learn(total_timesteps=n_envs * args.n_steps)  # warm-up rollout + update, not timed
@@ -131,7 +131,7 @@ def best_sb3(pm, params, args) -> tuple[dict, list[dict]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    have_sb3 = common.have_sb3()
+    have_sb3 = sb3_side.have_sb3()
     if have_sb3 and args.policy != "mlp":
         try:
             import sb3_contrib  # noqa: F401

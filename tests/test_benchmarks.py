@@ -9,6 +9,7 @@ second reuses the first's compiled trainer (``common.tbjax_trainer`` is cached).
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, learning_speed, policy_quality, run_all, scaling, vs_sb3, walkforward_speed  # noqa: E402
+from benchmarks import (common, compare, learning_speed, policy_quality, run_all, sb3_side, scaling,  # noqa: E402
+                        vs_sb3, walkforward_speed)
 from tbjax.config import EnvConfig  # noqa: E402
 from tbjax.evaluation.backtest import split_walk  # noqa: E402
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL  # noqa: E402
@@ -109,7 +111,8 @@ def test_env_costs_are_the_fee_only(tiny_market):
 
 def test_write_json_is_atomic_and_nan_safe(tmp_path):
     path = common.write_json(tmp_path / "sub" / "x.json", {"a": float("nan"), "b": np.float32(2.5)})
-    assert json.loads(path.read_text()) == {"a": None, "b": 2.5}
+    data = json.loads(path.read_text())
+    assert {k: v for k, v in data.items() if k != "commit"} == {"a": None, "b": 2.5}
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left behind
 
 
@@ -189,8 +192,8 @@ def test_sb3_twin_walk_matches_backtest_bars(tiny_market):
     pm = tiny_market
     params = common.env_params(pm, fee_bps=5.0, episode_len=64)
     val = common.env_params(pm, role=ROLE_VAL, fee_bps=5.0, episode_len=64)
-    venv = common.sb3_vec_env(pm.market, params, 1, "dummy", 0)
-    model = common.sb3_ppo(venv, 16, 1, 1, 0, window_size=pm.window_size)
+    venv = sb3_side.sb3_vec_env(pm.market, params, 1, "dummy", 0)
+    model = sb3_side.sb3_ppo(venv, 16, 1, 1, 0, window_size=pm.window_size)
     returns, turnover = learning_speed.walk_twin_split(venv, model, pm, val)
     assert [len(t) for t in turnover] == [len(r) for r in returns] and all(np.all(t >= 0) for t in turnover)
     _, count = split_walk(pm.market, ROLE_VAL, pm.window_size)
@@ -296,3 +299,100 @@ def test_sb3_bar_encoder_equals_tbjax_bar_encoder():
     assert peer.features_dim == 4 + window * codes
     (want,) = enc.apply(params, obs)
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def _git(root, *args) -> str:
+    return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_write_json_records_the_commit(tmp_path):
+    """Every result names the code it measured: HEAD, +dirty when tracked code differs from it."""
+    head = _git(ROOT, "rev-parse", "HEAD")
+    changed = _git(ROOT, "status", "--porcelain", "--untracked-files=no", "--", "tbjax", "benchmarks",
+                   ":(exclude)benchmarks/results")
+    data = json.loads(common.write_json(tmp_path / "x.json", {"a": 1}).read_text())
+    assert data == {"commit": head + ("+dirty" if changed else ""), "a": 1}
+
+
+def test_code_commit_counts_only_modified_tracked_code(tmp_path):
+    """+dirty for a modified file under tbjax/ or benchmarks/; not for untracked files, other folders
+    or benchmarks/results/ (the outputs); None outside a repository."""
+    assert common.code_commit(tmp_path) is None
+    for name in ("tbjax/a.py", "benchmarks/results/r.json", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "first")
+    sha = _git(tmp_path, "rev-parse", "HEAD")
+    assert common.code_commit(tmp_path) == sha
+    for name in ("README.md", "benchmarks/results/r.json", "tbjax/untracked.py"):
+        (tmp_path / name).write_text("y\n")
+    assert common.code_commit(tmp_path) == sha
+    (tmp_path / "tbjax" / "a.py").write_text("y\n")
+    assert common.code_commit(tmp_path) == sha + "+dirty"
+
+
+def _doc(path, doc) -> str:
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_compare_flags_only_the_rate_that_dropped(tmp_path, capsys):
+    """One rate up 10 %, one down 20 % (threshold 0.15): only the second is DROP, speed 0.8, exit 1."""
+    def doc(commit, rate_64, rate_256, n_trials):
+        return {"commit": commit, "device": "cpu (X)", "n_trials": n_trials,
+                "results": [{"n_envs": 64, "steps_per_s": rate_64}, {"n_envs": 256, "steps_per_s": rate_256}]}
+
+    old = _doc(tmp_path / "old.json", doc("abc", 1000.0, 2000.0, 8))
+    new = _doc(tmp_path / "new.json", doc("def+dirty", 1100.0, 1600.0, 4))
+    out = tmp_path / "table.json"
+    assert compare.main([old, new, "--write", str(out)]) == 1
+    table = json.loads(out.read_text())
+    speed = {r["figure"]: r["speed"] for r in table["figures"]}
+    assert speed == pytest.approx({"results[n_envs=64].steps_per_s": 1.1, "results[n_envs=256].steps_per_s": 0.8})
+    assert table["dropped"] == ["results[n_envs=256].steps_per_s"]  # n_trials is a count, not a figure
+    text = capsys.readouterr().out
+    assert "commit abc" in text and "commit def+dirty" in text and "device cpu (X)" in text
+    assert [line.split()[0] for line in text.splitlines() if line.endswith("DROP")] == ["results[n_envs=256].steps_per_s"]
+
+
+def test_compare_matches_rows_by_their_keys_not_their_order(tmp_path):
+    """The same table in another order is no change (by position it would read 4x and 0.25x)."""
+    old = _doc(tmp_path / "old.json", {"results": [{"n_envs": 64, "steps_per_s": 100.0},
+                                                   {"n_envs": 256, "steps_per_s": 400.0}]})
+    new = _doc(tmp_path / "new.json", {"results": [{"n_envs": 256, "steps_per_s": 400.0},
+                                                   {"n_envs": 64, "steps_per_s": 100.0}]})
+    rows, not_compared = compare.compare(json.loads(Path(old).read_text()), json.loads(Path(new).read_text()), 0.15)
+    assert {r["figure"]: r["speed"] for r in rows} == {"results[n_envs=64].steps_per_s": 1.0,
+                                                        "results[n_envs=256].steps_per_s": 1.0}
+    assert not_compared == 0 and compare.main([old, new]) == 0
+
+
+def test_compare_flags_a_duration_that_got_slower(tmp_path):
+    """Durations: speed = old / new; 30 % longer is speed 1/1.3 < 0.85, DROP; 10 % shorter is not."""
+    old = _doc(tmp_path / "old.json", {"compile_s": 10.0, "sweeps": [{"batch": 8, "wall_s": 10.0}]})
+    new = _doc(tmp_path / "new.json", {"compile_s": 13.0, "sweeps": [{"batch": 8, "wall_s": 9.0}]})
+    rows, _ = compare.compare(json.loads(Path(old).read_text()), json.loads(Path(new).read_text()), 0.15)
+    assert [(r["figure"], r["kind"], r["drop"]) for r in rows] == [("compile_s", "duration", True),
+                                                                   ("sweeps[batch=8].wall_s", "duration", False)]
+    assert rows[0]["speed"] == pytest.approx(1 / 1.3) and rows[1]["speed"] == pytest.approx(10 / 9)
+    assert compare.main([old, new]) == 1
+
+
+def test_compare_identical_files_pass(tmp_path):
+    """A shipped result against itself: every figure at speed 1, exit 0."""
+    shipped = json.loads((ROOT / "benchmarks" / "results" / "train_throughput.json").read_text())
+    old, new = _doc(tmp_path / "old.json", shipped), _doc(tmp_path / "new.json", shipped)
+    rows, _ = compare.compare(shipped, shipped, 0.15)
+    assert rows and all(r["speed"] == 1.0 and not r["drop"] for r in rows)
+    assert compare.main([old, new]) == 0
+
+
+def test_compare_missing_file_exits_2_with_its_path(tmp_path, capsys):
+    present = _doc(tmp_path / "present.json", {"steps_per_s": 1.0})
+    missing = tmp_path / "absent.json"
+    assert compare.main([present, str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

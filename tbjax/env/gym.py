@@ -3,7 +3,8 @@
 Same rules, same MarketData arrays, same float32 arithmetic as :mod:`tbjax.env.market` (the
 formulas are listed in :mod:`tbjax.env.costs`), written again in plain NumPy so the parity tests
 compare two independent implementations (except the feature z-score: the one shared float32
-:func:`tbjax.data.scaling.standardize`, applied to the window as the env does). Differences that
+:func:`tbjax.data.scaling.standardize`, applied once to the whole feature block at construction,
+as every compiled program of the env applies it once; elementwise, so bit-identical per window). Differences that
 are conventions of Gymnasium, not of the market: ``step`` does not auto-reset (call ``reset``),
 the start is sampled with the env's own ``np_random`` (seeded through ``reset(seed=...)``), and
 ``reset(options={"symbol": s, "bar": t})`` starts deterministically like
@@ -32,8 +33,11 @@ class MarketGymEnv(gymnasium.Env):
     def __init__(self, data: MarketData, params: EnvParams):
         check_data(params, data)
         self.params = params
-        self.features = np.asarray(data.features, F32)
-        self.scaling = tuple(np.asarray(x, F32) for x in (data.scaling.shift, data.scaling.scale, data.scaling.clip))
+        features = np.asarray(data.features, F32)
+        if not data.features_scaled:
+            scaling = (np.asarray(x, F32) for x in (data.scaling.shift, data.scaling.scale, data.scaling.clip))
+            features = standardize(features, *scaling)
+        self.features = features
         self.open = np.asarray(data.open, F32)
         self.close_price = np.asarray(data.close, F32)
         self.volatility = np.asarray(data.volatility, F32)
@@ -82,7 +86,7 @@ class MarketGymEnv(gymnasium.Env):
 
     def _observe(self) -> np.ndarray:
         w = self.params.window_size
-        window = standardize(self.features[self.symbol, self.bar - w + 1:self.bar + 1], *self.scaling).reshape(-1)
+        window = self.features[self.symbol, self.bar - w + 1:self.bar + 1].reshape(-1)
         account = np.array([
             self.position,
             np.log(self.equity / self.entry_equity),

@@ -285,8 +285,14 @@ def reset(key, params: EnvParams, data: MarketData):
 
 
 def observe(state: EnvState, params: EnvParams, data: MarketData) -> jnp.ndarray:
-    """float32 [4 + window_size * F]: account values then the window (:mod:`tbjax.env.observation`)."""
-    window = scaled_window(market_window(data.features, state.symbol, state.bar, params.window_size), data.scaling)
+    """float32 [4 + window_size * F]: account values then the window (:mod:`tbjax.env.observation`).
+
+    The window is z-scored here only when the caller did not scale the market once first
+    (:func:`tbjax.data.market.scaled_once`, what every compiled program of tbjax does).
+    """
+    window = market_window(data.features, state.symbol, state.bar, params.window_size)
+    if not data.features_scaled:
+        window = scaled_window(window, data.scaling)
     account = account_features(state.position, state.equity, state.entry_equity, state.peak_equity,
                                state.bars_in_position, params.episode_len)
     return assemble_observation(account, window)

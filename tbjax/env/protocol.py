@@ -5,6 +5,10 @@ known answers); ``params`` is the env's params pytree (traced leaves + static fi
 any pytree (the MarketData for the market env). The action space (``n_actions``,
 ``action_mode``) must depend on static information only: the trainer builds its network from it
 once, before anything is traced.
+
+Optional: ``prepare_data(data)``, called once at the top of every compiled program before the
+scan that steps the env (the market env z-scores its feature block there, so a step copies a
+scaled window instead of scaling it); an env without it gets its data unchanged (:func:`prepared`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+from tbjax.data.market import scaled_once
 from tbjax.env import market
 
 
@@ -21,6 +26,12 @@ class Env(Protocol):
     def observation_size(self, params, data) -> int: ...
     def n_actions(self, params) -> int: ...
     def action_mode(self, params) -> str: ...
+
+
+def prepared(env, data):
+    """``data`` as ``env``'s steps read it inside one compiled program (see the module docstring)."""
+    prepare = getattr(env, "prepare_data", None)
+    return data if prepare is None else prepare(data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +52,6 @@ class MarketEnv:
 
     def action_mode(self, params) -> str:
         return params.action_mode
+
+    def prepare_data(self, data):
+        return scaled_once(data)

@@ -32,6 +32,7 @@ from tbjax.agent.hparams import HParams, TrainerSpec, make_hparams  # noqa: F401
 from tbjax.agent.networks import init_params, policy_mode, policy_sample
 from tbjax.agent.normalize import init_running_stats
 from tbjax.agent.popart import init_popart, popart_sigma
+from tbjax.env.protocol import prepared
 from tbjax.errors import InputError
 from tbjax.learner.carry import NonFiniteUpdateError, TrainCarry, raise_if_nonfinite  # noqa: F401 (re-export)
 from tbjax.learner.context import Learner, build_network, make_mesh  # noqa: F401 (re-export)
@@ -110,6 +111,7 @@ def policy_apply(ctx: Learner, params, obs_stats, obs, deterministic: bool = Tru
 def init(ctx: Learner, key, hp: HParams, data) -> TrainCarry:
     """Fresh carry: network, optimiser, envs, and a holdout rolled out once by the initial policy."""
     s, env = ctx.spec, ctx.env
+    data = prepared(env, data)
     obs_dim = env.observation_size(hp.env, data)
     key_net, key_env, key_hold, key_pick, key_rng = jax.random.split(key, 5)
     params = init_params(ctx.network, key_net, obs_dim)
@@ -145,7 +147,11 @@ def init(ctx: Learner, key, hp: HParams, data) -> TrainCarry:
 
 
 def train_chunk(ctx: Learner, carry: TrainCarry, hp: HParams, data):
-    """``updates_per_chunk`` updates in one scan, then the holdout EV of the critic."""
+    """``updates_per_chunk`` updates in one scan, then the holdout EV of the critic.
+
+    The env prepares its data once per chunk, outside the scan (the market env z-scores its
+    features there: :func:`tbjax.data.market.scaled_once`), so each step copies a scaled window."""
+    data = prepared(ctx.env, data)
     carry, metrics = jax.lax.scan(lambda c, _: update(ctx, c, hp, data), carry, None,
                                   length=ctx.spec.updates_per_chunk)
     holdout_pred = jnp.mean(value_quantiles(ctx, carry.params, carry.obs_stats, carry.popart, carry.holdout_obs,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tbjax.data.market import scaled_once
 from tbjax.env import market as market_env
 
 def _stepper(policy_apply):
@@ -54,6 +55,7 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
     """
 
     step, hidden0 = _stepper(policy_apply)
+    market = scaled_once(market)  # once, outside the scan: each step then copies a scaled window
 
     def one_symbol(sym, t0, n_sym, p0):
         state = (market_env.fresh_account(sym, t0, p0), hidden0)

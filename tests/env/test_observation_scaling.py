@@ -1,6 +1,7 @@
 """The feature z-score is applied where observations are built, by one float32 transform: the JAX
-env's window, the Gymnasium twin's window and ``FeaturePipeline.transform`` give bit-identical
-numbers, and those numbers are the hand-computed z-scores (NaN → 0, a dead column → 0, clip)."""
+env's window (scaled per window, or from the market scaled once per program), the Gymnasium twin's
+window and ``FeaturePipeline.transform`` give bit-identical numbers, and those numbers are the
+hand-computed z-scores (NaN → 0, a dead column → 0, clip)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from tbjax.data.bars import market_from_tables
-from tbjax.data.market import fold_view, stack_folds
+from tbjax.data.market import fold_view, scaled_once, stack_folds
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.env import market
 from tbjax.env.gym import MarketGymEnv
@@ -68,6 +69,8 @@ def test_env_twin_and_transform_see_the_same_float32_window(setup, role, bar):
     params = market.make_env_params(window_size=WINDOW, episode_len=8, role=role)
     state = market.fresh_account(0, bar)
     env_obs = np.asarray(jax.jit(market.observe)(state, params, data))
+    once = jax.jit(lambda s, p, d: market.observe(s, p, scaled_once(d)))(state, params, data)
+    np.testing.assert_array_equal(np.asarray(once), env_obs)
     twin = MarketGymEnv(data, params)
     twin_obs, _ = twin.reset(seed=0, options={"symbol": 0, "bar": bar})
     np.testing.assert_array_equal(env_obs[4:], expected)
@@ -85,6 +88,8 @@ def test_stacked_folds_observe_each_folds_scaling_on_one_copy(setup):
     params = market.make_env_params(window_size=WINDOW, episode_len=8, role=2)
     state = market.fresh_account(0, 110)
     obs = jax.jit(jax.vmap(lambda d: market.observe(state, params, d), in_axes=(axes,)))(stacked)
+    once = jax.jit(jax.vmap(lambda d: market.observe(state, params, scaled_once(d)), in_axes=(axes,)))(stacked)
+    np.testing.assert_array_equal(np.asarray(once), np.asarray(obs))
     for k, p in enumerate((pipe, other)):
         out = p.transform(tabs["ONE"])
         want = np.stack([out[f"{c}_z"] for c in COLUMNS], 1)[110 - WINDOW + 1:111].reshape(-1)
