@@ -124,6 +124,7 @@ class TrainConfig:
     population: int = 4  # members trained as ONE compiled program, seeds seed .. seed+P-1; > 1: an ensemble policy
     ensemble_top_k: Optional[int] = None  # None: every member whose val objective beats flat's (0), at least the best
     population_jitter: float = 0.0  # sigma of log-normal jitter of ppo.learning_rate and ppo.ent_coef (member 0: none)
+    patience: int = 4  # evaluations without a new best val objective before a member stops; 0 = never stop early
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class EvalConfig:
     w_trend: float = 0.2
     regime_bars: int = 1500
     regime_seed: int = 2024
+    baseline: str = "auto"  # what is deployed when val shows no edge: flat, buy_and_hold, auto (flat if shorts allowed)
+    edge_confidence: float = 0.95  # deploy the agent only if P(agent beats the baseline on val) >= this
 
 
 @dataclass(frozen=True)

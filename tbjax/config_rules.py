@@ -91,6 +91,11 @@ def validate(cfg) -> None:
     _check(t.precision in ("float32", "bfloat16"), f"train.precision must be 'float32' or 'bfloat16', got '{t.precision}'")
     _check(min(ev.w_val, ev.w_choppy, ev.w_trend) >= 0, "eval.w_val, eval.w_choppy and eval.w_trend must be >= 0")
     _check(ev.regime_bars >= 200, f"eval.regime_bars must be >= 200, got {ev.regime_bars}")
+    _check(ev.baseline in ("auto", "flat", "buy_and_hold"),
+           f"eval.baseline must be 'auto', 'flat' or 'buy_and_hold', got '{ev.baseline}'")
+    _check(0 <= ev.edge_confidence <= 1, f"eval.edge_confidence must lie in [0, 1] (0: always deploy the agent; "
+           f"0.95: only with 95 % confidence that it beats the baseline on val), got {ev.edge_confidence}")
+    _check(t.patience >= 0, f"train.patience must be >= 0 (0 = never stop early), got {t.patience}")
     if cfg.data.embargo_bars is not None:
         _check(cfg.data.embargo_bars >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
     if cfg.data.bars_per_year is not None:

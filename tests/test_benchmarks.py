@@ -396,3 +396,42 @@ def test_compare_missing_file_exits_2_with_its_path(tmp_path, capsys):
     assert compare.main([present, str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_generalization_quick_reads_the_walkforward_it_ran(tmp_path):
+    """One market through the walk-forward driver: K folds, each fold's best update inside its budget,
+    and the stitched figures equal the ones recomputed here from walkforward.json's own series."""
+    from benchmarks import generalization
+
+    out, runs = tmp_path / "generalization.json", tmp_path / "runs"
+    assert generalization.main(["--quick", "--markets", "nosignal", "--out", str(out), "--keep-runs", str(runs)]) == 0
+    data = _check_json(out, ["device", "results", "folds", "synthetic"])
+    (row,) = data["results"]
+    assert row["market"] == "nosignal" and row["folds"] == data["folds"] == 2 and len(row["fold_rows"]) == 2
+    assert row["position_levels"] == [-1.0, 0.0, 1.0]
+    for f in row["best_update_fractions"]:
+        assert 0.0 < f <= 1.0
+    assert row["abstained_folds"] is None or 0 <= row["abstained_folds"] <= 2
+    for key in ("buy_and_hold_sharpe", "buy_and_hold_sortino", "turnover", "seconds"):
+        assert row[key] is not None and math.isfinite(row[key]), key
+
+    doc = json.loads((runs / "nosignal" / "walkforward.json").read_text())
+    assert len(doc["folds"]) == 2
+    st = doc["stitched"]
+    t = np.asarray(st["time_ms"], np.int64)
+    bpy = 365 * 86_400_000 / float(np.median(np.diff(t)))  # 24/7 hourly bars: 8,760 a year
+    assert bpy == pytest.approx(8760.0)
+    bh = np.asarray(st["buy_and_hold_returns"], np.float64)
+    assert len(bh) == row["stitched_bars"] == len(t)
+    assert row["buy_and_hold_sharpe"] == pytest.approx(bh.mean() / bh.std() * math.sqrt(bpy), rel=1e-9)
+    r = np.asarray(st["returns"], np.float64)
+    if r.std() > 0:
+        assert row["sharpe"] == pytest.approx(r.mean() / r.std() * math.sqrt(bpy), rel=1e-9)
+        for key in ("sortino", "psr_vs_zero", "psr_vs_buy_and_hold"):
+            assert row[key] is not None and math.isfinite(row[key]), key
+        for key in ("sharpe_ci", "sortino_ci"):
+            assert len(row[key]) == 2 and row[key][0] <= row[key][1]
+    else:  # every fold held flat out of sample: no Sharpe to speak of, none invented
+        assert row["sharpe"] is None and row["sortino"] is None and row["turnover"] == 0.0
+    pos = np.asarray(st["position"], np.float64)
+    assert row["turnover"] == pytest.approx(np.abs(np.diff(np.concatenate([[0.0], pos]))).mean(), rel=1e-9)

@@ -24,7 +24,7 @@ def tiny_body(processed: Path, total_env_steps: int) -> dict:
         "env": {"episode_len": 32},
         "ppo": {"n_envs": 8, "n_steps": 16, "n_minibatches": 2, "n_epochs": 1, "hidden_sizes": [16],
                 "num_quantiles": 8, "cvar_alpha": 0.25},  # alpha >= 1/num_quantiles (the CVaR floor)
-        "train": {"total_env_steps": total_env_steps, "updates_per_chunk": 2, "eval_every": 2},
-        "eval": {"regime_bars": 200},
+        "train": {"total_env_steps": total_env_steps, "updates_per_chunk": 2, "eval_every": 2, "patience": 0},
+        "eval": {"regime_bars": 200, "edge_confidence": 0},  # the agent's machinery (abstention: test_do_no_harm)
         "output": {"tensorboard": False},
     }

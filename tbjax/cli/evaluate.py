@@ -61,7 +61,7 @@ def main(argv=None) -> int:
 
 def evaluate(args) -> int:
     from tbjax.run.reevaluate import evaluate_run
-    from tbjax.run.session import save_evaluation
+    from tbjax.run.deployed import save_evaluation
     from tbjax.run.rundir import RunWriteError
 
     run_dir = Path(args.run_dir)

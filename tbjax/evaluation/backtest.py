@@ -11,7 +11,9 @@ the target held over the bar (the action's level, or the previous position when 
 tradable), and turnover is what the env traded and charged on each bar: re-balancing a constant
 target back from where the price drift moved it counts. Baselines over the same bars: buy-and-hold (close-to-close returns of the asset, no
 costs) and flat (zero returns). The result's ``"is_it_real"`` entry says whether the pooled strategy's
-Sharpe could be luck (``tbjax.evaluation.significance.is_it_real``, against pooled buy-and-hold).
+Sharpe could be luck (``tbjax.evaluation.significance.is_it_real``, against pooled buy-and-hold);
+``"vs_baselines"`` holds the paired test of the strategy against each baseline on the same bars
+(``significance.paired_edge``), which the deployment decision reads on val.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tbjax.evaluation.metrics import (
     pooled_series,
     risk_metrics,
 )
-from tbjax.evaluation.significance import is_it_real
+from tbjax.evaluation.significance import is_it_real, paired_edge
 from tbjax.learner.walk import WALK_ROLE, held_positions, walk
 
 CORE_BASELINE_KEYS = ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
@@ -105,5 +107,8 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
         },
     }
     if significance:  # PSR, MinTRL and bootstrap intervals of the pooled strategy vs pooled buy-and-hold
-        result["is_it_real"] = is_it_real(pooled_series(pooled_in)[1], bars_per_year, pooled_series(bh_in)[1])
+        strat, bh = pooled_series(pooled_in)[1], pooled_series(bh_in)[1]
+        result["is_it_real"] = is_it_real(strat, bars_per_year, bh)
+        # the paired tests the deployment decision reads (tbjax.evaluation.deployment)
+        result["vs_baselines"] = {"flat": paired_edge(strat, np.zeros_like(strat)), "buy_and_hold": paired_edge(strat, bh)}
     return result, series

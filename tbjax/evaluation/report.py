@@ -23,6 +23,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tbjax.evaluation.deployment import deployment_lines
 from tbjax.evaluation.population_report import population_section
 from tbjax.atomic import write_atomic, write_with  # noqa: E402
 from tbjax.errors import InputError  # noqa: E402
@@ -376,6 +377,7 @@ def write_report(run_dir: Path, evals: dict[str, dict],
     curves = _plot_learning_curves(plots, history)
 
     lines = [f"# tbjax run report: {run_dir.name}", ""]
+    lines += deployment_lines(evals)
     lines += _summary(run_dir, splits, evals, series, history)
     lines += population_section(run_dir, evals)  # members and their spread before the ensemble's tables
     for split in splits:

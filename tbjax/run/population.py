@@ -68,7 +68,8 @@ class MemberBook:
         self.carries: list = [None] * size
         self.improved = False
 
-    def offer(self, i: int, objective: float, update: int, carry, val_sortino: float) -> None:
+    def offer(self, i: int, objective: float, update: int, carry, val_sortino: float) -> bool:
+        """Keep member ``i``'s carry when ``objective`` is its new best; True then."""
         from tbjax.run.distributed import host_copy
 
         # several processes: the member's env axis spans every process's devices, so its global
@@ -78,6 +79,8 @@ class MemberBook:
             self.objective[i], self.update[i], self.val_sortino[i] = objective, update, val_sortino
             self.carries[i] = jax.device_get(copy)
             self.improved = True
+            return True
+        return False
 
     def best_carry(self, current):
         """The members' best carries stacked; a member never evaluated contributes its current carry."""
@@ -131,7 +134,7 @@ MEMBER_KEYS = ("sortino", "sharpe", "total_return", "max_drawdown", "turnover")
 
 
 def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "test")) -> tuple[dict, dict]:
-    """The ensemble's eval dict and series per split (what ``evaluate_checkpoint`` returns for one
+    """The ensemble's eval dict and series per split (what the agent's evaluation returns for one
     policy), each eval with a "population" entry: every member's metrics on that split, the
     members chosen on val and the rule that chose them."""
     from tbjax.run.setup import evaluate_split, evaluate_with_objective

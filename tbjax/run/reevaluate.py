@@ -5,7 +5,7 @@ observation statistics inside it) are all it reads besides the processed data. A
 ``data.processed_dir`` is found where the run was trained (:func:`tbjax.run.session.resolve_run_paths`)
 and data that differs from what the run was trained on is refused (``check_same_data``). A damaged
 newest checkpoint falls back to the previous one with one warning. Nothing is written here: saving
-is :func:`tbjax.run.session.save_evaluation`.
+is :func:`tbjax.run.deployed.save_evaluation`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str, splits: tuple[str, ...],
                  fix: str | Callable[[], str] | None = None) -> tuple[dict, dict]:
     """(eval dict per split, report series per split) of ``run_dir``'s ``checkpoint`` ("best" or
     "latest"); ``fix`` is what to do when the run has no usable one (see ``RunCheckpoints.restore``)."""
-    from tbjax.run.session import evaluate_checkpoint
+    from tbjax.run.deployed import evaluate_checkpoint
 
     session = open_run(Path(run_dir))
     carry, meta = session.ckpt.restore(checkpoint, session.template(), fix=fix)

@@ -36,10 +36,12 @@ from tbjax.evaluation.metrics import json_safe
 from tbjax.learner.population import population_program
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.distributed import host_copy
+from tbjax.run.patience import Patience
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
+from tbjax.run.deployed import evaluate_checkpoint, save_evaluation, write_evaluation  # noqa: F401 (re-export)
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
-from tbjax.run.population import MemberBook, evaluate_population, initial_carry, population_hparams
+from tbjax.run.population import MemberBook, initial_carry, population_hparams
 from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
                              hparams_from_config, spec_from_config, trainer_for)
 
@@ -82,6 +84,7 @@ class TrainingSession:
         self.program = population_program(self.trainer, self.population)
         self.run_hparams = self.hparams if self.population == 1 else population_hparams(cfg, self.hparams)
         self.book: MemberBook | None = None  # a population's member bests, from start()
+        self.patience = Patience(self.population, cfg.train.patience)  # early stop on val (tbjax.run.patience)
         self.ckpt = RunCheckpoints(self.run_dir)
         self.update = 0
         self.best_objective = -math.inf
@@ -133,6 +136,7 @@ class TrainingSession:
         carry = self.template()
         self.update, self.best_objective, self.saved_update, self._metrics_lines = 0, -math.inf, None, []
         self.book = MemberBook(self.population) if self.population > 1 else None
+        self.patience = Patience(self.population, self.cfg.train.patience)
         self._metrics_synced = False  # the file on disk may still hold lines past the restored update
         if resume:
             carry, meta = self.ckpt.restore("latest", carry, fix=fix)
@@ -140,6 +144,7 @@ class TrainingSession:
             best = meta.get("best_objective")  # JSON has no -inf: None means "no evaluation yet"
             self.best_objective = -math.inf if best is None else float(best)
             self._metrics_lines = read_metrics_lines(self.run_dir / "metrics.jsonl", self.update)
+            self.patience.restore(meta)
             if self.book is not None:
                 best_carry = self.ckpt.restore("best", carry)[0] if self.ckpt.best_step() is not None else None
                 self.book.restore(meta, best_carry)
@@ -178,7 +183,7 @@ class TrainingSession:
         and the members chosen on val (resume restores the book from it, evaluation reads the choice)."""
         best = self.best_objective if math.isfinite(self.best_objective) else None
         book = self.book.meta(self.cfg.train.ensemble_top_k) if self.book is not None else {}
-        return {**save, **book, "best_objective": best}
+        return {**save, **book, **self.patience.meta(), "best_objective": best}
 
     def _save_latest(self, carry, meta: dict) -> None:
         with run_write(self.ckpt.paths["latest"]):
@@ -241,7 +246,7 @@ class TrainingSession:
             if tb is not None:
                 with contextlib.suppress(OSError):
                     tb.close()
-        if self.update < schedule.total_updates:
+        if self.update < schedule.total_updates and not hooks.stopped_early():
             if self.saved_update != self.update:
                 host = host_copy(carry)  # every process (a collective), then process 0 saves
                 if self.write:
@@ -275,7 +280,18 @@ class _TrainingChunks(ChunkHooks):
         self.t0 = time.perf_counter()
 
     def stop(self) -> bool:
-        return self.stop_flag is not None and self.stop_flag.raised
+        return (self.stop_flag is not None and self.stop_flag.raised) or self.stopped_early()
+
+    def stopped_early(self) -> bool:
+        """Every member stopped by ``train.patience`` (the run is finished, not interrupted)."""
+        return self.session.patience.all_stopped()
+
+    def _patience(self, i: int, improved: bool, chunk: Chunk) -> None:
+        session = self.session
+        if session.patience.record(i, improved):
+            who = "training" if session.population == 1 else f"population member {i} (seed {session.cfg.train.seed + i})"
+            print(f"note: {who} stops at update {chunk.update} of {session.cfg.n_updates}: no new best val objective "
+                  f"in {session.patience.patience} evaluations (train.patience)", flush=True)
 
     def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
         self.row = {"update": chunk.update, "env_steps": chunk.update * self.session.cfg.batch_size,
@@ -289,6 +305,7 @@ class _TrainingChunks(ChunkHooks):
 
     def evaluate(self, i: int, carry, chunk: Chunk) -> None:
         value, val_eval, _ = self.session.objective(carry)
+        self._patience(i, value > self.session.best_objective, chunk)
         pooled = val_eval["pooled"]
         self.last_val = {"val/sortino": pooled["sortino"], "val/sharpe": pooled["sharpe"],
                          "val/total_return": pooled["total_return"], "val/objective": value}
@@ -298,6 +315,7 @@ class _TrainingChunks(ChunkHooks):
     def chunk_done(self, carry, chunk: Chunk) -> None:
         session, row = self.session, self.row
         session.update = chunk.update
+        row["patience/stopped"] = session.patience.n_stopped()
         session._log(row, self.tb)  # before the checkpoint: see the module docstring
         if self.save is not None:
             session._keep(carry, self.save, self.last_val["val/sortino"])
@@ -331,7 +349,10 @@ class _PopulationChunks(_TrainingChunks):
         self.dead: dict[int, str] = {}
 
     def alive(self):
-        return [i not in self.dead for i in range(self.session.population)]
+        return [i not in self.dead and not self.session.patience.stopped(i) for i in range(self.session.population)]
+
+    def stopped_early(self) -> bool:
+        return self.session.patience.all_stopped(excluded=self.dead)
 
     def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
         self.rows[i] = reduce_chunk_metrics(metrics)
@@ -346,7 +367,8 @@ class _PopulationChunks(_TrainingChunks):
     def evaluate(self, i: int, carry, chunk: Chunk) -> None:
         value, val_eval, _ = self.session.objective(carry)
         self.vals[i] = (value, val_eval["pooled"]["sortino"])
-        self.session.book.offer(i, value, chunk.update, carry, val_eval["pooled"]["sortino"])
+        improved = self.session.book.offer(i, value, chunk.update, carry, val_eval["pooled"]["sortino"])
+        self._patience(i, improved, chunk)
 
     def chunk_done(self, carry, chunk: Chunk) -> None:
         rows = [r for i, r in self.rows.items() if i not in self.dead] or list(self.rows.values())
@@ -362,39 +384,3 @@ class _PopulationChunks(_TrainingChunks):
             self.save = {"update": chunk.update, "env_steps": self.row["env_steps"], "objective": max(objectives)}
             self.vals = {}
         super().chunk_done(carry, chunk)
-
-
-def evaluate_checkpoint(session: TrainingSession, carry, meta: dict, which: str,
-                        splits=("val", "test")) -> tuple[dict, dict]:
-    """(eval dict per split, report series per split) of a restored checkpoint; writes nothing.
-    A population is evaluated as its ensemble, with every member's metrics beside it."""
-    if session.population > 1:
-        return evaluate_population(session, carry, meta, which, splits)
-    evals, series = {}, {}
-    for split in splits:
-        role = {"val": ROLE_VAL, "test": ROLE_TEST}[split]
-        _, result, ser = session.objective(carry, role)
-        result["checkpoint"] = {"which": which, **{k: meta.get(k) for k in ("update", "env_steps", "objective")}}
-        evals[split], series[split] = result, ser
-    return evals, series
-
-
-def save_evaluation(run_dir: Path, evals: dict, series: dict) -> None:
-    """eval/<split>.json, report.md and plots; a failed write raises one RunWriteError."""
-    from tbjax.evaluation.report import write_report
-
-    run_dir = Path(run_dir)
-    with run_write(run_dir / "eval"):
-        (run_dir / "eval").mkdir(exist_ok=True)
-        for split, result in evals.items():
-            write_atomic(run_dir / "eval" / f"{split}.json", json.dumps(json_safe(result), indent=2, sort_keys=True))
-    history = [json.loads(line) for line in read_metrics_lines(run_dir / "metrics.jsonl")]
-    with run_write(run_dir / "report.md"):
-        write_report(run_dir, evals, series, history)
-
-
-def write_evaluation(session: TrainingSession, carry, meta: dict, which: str, splits=("val", "test")) -> dict:
-    """eval/<split>.json, report.md and plots for a restored checkpoint."""
-    evals, series = evaluate_checkpoint(session, carry, meta, which, splits)
-    save_evaluation(session.run_dir, evals, series)
-    return evals

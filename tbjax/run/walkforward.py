@@ -11,7 +11,9 @@ Each fold keeps its best carry (in memory) by its VAL regime objective, as train
 (``objective_of`` of the val pooled Sortino and the CHOPPY_FLAT / STRONG_TREND Sortinos, the regime
 markets scaled with THAT fold's pipeline); with ``eval.w_choppy = eval.w_trend = 0`` no regime
 market is built and the choice is by val Sortino alone. The stitched out-of-sample series concatenates every fold's test segment traded by
-that fold's best policy.
+what that fold deploys: its best policy when the fold's VAL shows an edge over the baseline
+(:mod:`tbjax.evaluation.deployment`), else the baseline (flat or buy-and-hold), so a fold without
+evidence does no harm.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import split_walk
+from tbjax.evaluation.deployment import baseline_policy, decide
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.patience import Patience
 from tbjax.run.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
 from tbjax.run.setup import (
     backtest_as_configured,
@@ -118,10 +122,12 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     return wf
 
 
-def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int):
+def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int, policy_apply=None):
     """Backtest ``role`` of fold ``k``'s view of the market with frozen statistics, as ``evaluate_split``
-    does; every fold walks ``wf.walk_steps`` bars, so all folds share one compiled walk."""
-    return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year, wf.trainer.policy_apply, params,
+    does; every fold walks ``wf.walk_steps`` bars, so all folds share one compiled walk.
+    ``policy_apply``: another acting function (the baseline's) instead of the trainer's."""
+    return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year,
+                                  policy_apply or wf.trainer.policy_apply, params,
                                   obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables),
                                   n_steps=wf.walk_steps)
 
@@ -145,9 +151,10 @@ class BestByVal(ChunkHooks):
 
     def __init__(self, wf: WalkForward, offset: int = 0, log=None, batch: int = 1):
         self.wf, self.offset, self.log, self.batch = wf, offset, log, batch
+        self.patience = Patience(batch, wf.cfg.train.patience)  # the training run's early stop, per fold
 
     def alive(self):
-        return [i + self.offset not in self.wf.diverged for i in range(self.batch)]
+        return [i + self.offset not in self.wf.diverged and not self.patience.stopped(i) for i in range(self.batch)]
 
     def diverged(self, i, error, chunk):
         self.wf.diverged[i + self.offset] = str(error)
@@ -162,8 +169,12 @@ class BestByVal(ChunkHooks):
         score = score if np.isfinite(score) else -np.inf
         if self.log:
             self.log(f"fold {k} update {chunk.update}: val sortino {sortino:.3f}, objective {score:.3f}")
-        if self.wf.best[k] is None or score > self.wf.best[k][0]:
+        improved = self.wf.best[k] is None or score > self.wf.best[k][0]
+        if improved:
             self.wf.best[k] = (score, chunk.update, jax.device_get(carry), sortino)
+        if self.patience.record(i, improved) and self.log:
+            self.log(f"fold {k} stops at update {chunk.update}: no new best val objective in "
+                     f"{self.patience.patience} evaluations (train.patience)")
 
 
 def seed_keys(cfg: Config, k: int):
@@ -209,6 +220,7 @@ def _summary(res: dict) -> dict:
 def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
     """Per-fold val/test metrics of the best carry and the stitched out-of-sample series."""
     rows, parts = [], []
+    baseline, hold = baseline_policy(wf.cfg)
     for k, fd in enumerate(wf.folds):
         if wf.best[k] is None:
             raise InputError(f"walkforward fold {k} diverged before its first evaluation "
@@ -217,7 +229,12 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
         score, update, carry, _ = wf.best[k]
         val, _ = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
         regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
-        test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
+        decision = decide(val, baseline, wf.cfg.eval.edge_confidence)  # on this fold's VAL bars only
+        agent_test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
+        test, agent_val = agent_test, val
+        if decision["policy"] == "baseline":  # no edge on val: the fold trades its baseline on test
+            val = evaluate_fold(wf, k, None, None, ROLE_VAL, policy_apply=hold)[0]
+            test, series = evaluate_fold(wf, k, None, None, ROLE_TEST, policy_apply=hold)
         strat = {s: (v["time_ms"], v["returns"], v["position"]) for s, v in series.items()}
         bh = {s: (v["time_ms"], np.diff(np.concatenate([[1.0], v["buy_and_hold_equity"]])) /
                   np.concatenate([[1.0], v["buy_and_hold_equity"]])[:-1], np.ones(len(v["returns"])))
@@ -227,7 +244,9 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
                      "val_sortino": val["pooled"]["sortino"], "regime_sortino": regime, "val": _summary(val),
                      "test": _summary(test), "test_start_ms": int(parts[-1][0][0][0]),
                      "test_end_ms": int(parts[-1][0][0][-1]), "pipeline_mean": fd.pipeline.mean.tolist(),
-                     "pipeline_std": fd.pipeline.std.tolist(), "diverged": wf.diverged.get(k)})
+                     "pipeline_std": fd.pipeline.std.tolist(), "diverged": wf.diverged.get(k),
+                     "deployed": decision["policy"], "deployment": decision,
+                     "agent": {"val": _summary(agent_val), "test": _summary(agent_test)}})
     times = np.concatenate([p[0][0] for p in parts])
     rets = np.concatenate([p[0][1] for p in parts])
     pos = np.concatenate([p[0][2] for p in parts])
@@ -237,7 +256,8 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
                 "metrics": risk_metrics(rets, pos, bpy),
                 "buy_and_hold": risk_metrics(bh, np.ones_like(bh), bpy),
                 "flat": risk_metrics(np.zeros_like(rets), np.zeros_like(rets), bpy),
-                "is_it_real": is_it_real(rets, bpy, bh)}
+                "is_it_real": is_it_real(rets, bpy, bh),
+                "deployed": [r["deployed"] for r in rows]}  # per fold: "agent" or "baseline"
     return rows, stitched
 
 
@@ -247,5 +267,5 @@ def run_walkforward(cfg: Config, run_dir: Path, sequential: bool = False, log=No
     wf = build_folds(cfg)
     (train_sequential if sequential else train_vmapped)(wf, log)
     rows, stitched = fold_results(wf)
-    save_fold_runs(Path(run_dir), wf)
+    save_fold_runs(Path(run_dir), wf, rows)
     return write_outputs(Path(run_dir), rows, stitched, "sequential" if sequential else "vmapped")

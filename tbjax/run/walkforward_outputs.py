@@ -19,6 +19,7 @@ from tbjax.atomic import write_atomic, write_with
 from tbjax.config import dump_config
 from tbjax.data.splits import format_ms
 from tbjax.run.checkpoint import RunCheckpoints
+from tbjax.run.deployed import DEPLOYMENT_FILE
 from tbjax.run.folds import union_times
 from tbjax.run.rundir import run_write
 
@@ -83,17 +84,20 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
     stitched row, then each fold's test metrics per symbol against buy-and-hold."""
     lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by the val objective; each fold's policy "
              "is in folds/fold_<k> (load it with tbjax.load_policy)", "",
-             ("| fold | test bars (UTC) | best update | val objective | val Sortino | test Sortino | test return "
-              "| test max DD | B&H test Sortino |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             ("| fold | test bars (UTC) | deployed | best update | val objective | val Sortino | test Sortino | test return "
+              "| test max DD | B&H test Sortino |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         t = r["test"]
-        lines.append(f"| {r['fold']} | {_when(r['test_start_ms'])} .. {_when(r['test_end_ms'])} | {r['best_update']} | "
+        deployed = r.get("deployment") or {}
+        who = "agent" if deployed.get("policy", "agent") == "agent" else deployed.get("baseline", "baseline")
+        lines.append(f"| {r['fold']} | {_when(r['test_start_ms'])} .. {_when(r['test_end_ms'])} | {who} | {r['best_update']} | "
                      f"{_cell(r, 'val_objective', 3)} | {_cell(r, 'val_sortino', 3)} | {_cell(t, 'sortino', 3)} | "
                      f"{_cell(t, 'total_return', 4)} | {_cell(t, 'max_drawdown', 4)} | "
                      f"{_cell(t.get('buy_and_hold', {}), 'sortino', 3)} |")
     m, b = stitched["metrics"], stitched["buy_and_hold"]
-    lines.append(f"| stitched | all | | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
+    lines.append(f"| stitched | all | | | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
                  f"{_cell(m, 'max_drawdown', 4)} | {_cell(b, 'sortino', 3)} |")
+    lines += [""] + [f"fold {r['fold']}: {r['deployment']['reason']}" for r in rows if r.get("deployment")]
     lines += ["", (f"buy-and-hold over the same bars: Sortino {_cell(b, 'sortino', 3)}, "
                    f"return {_cell(b, 'total_return', 4)}; flat: return 0"), "",
               f"is it real: {stitched['is_it_real'].get('reading', '')}", "",
@@ -106,8 +110,9 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
     return lines + [""]
 
 
-def save_fold_runs(run_dir: Path, wf) -> list[Path]:
-    """``folds/fold_<k>``: config (symbols pinned), the fold's pipeline, its best carry, ``fold.json``."""
+def save_fold_runs(run_dir: Path, wf, rows: list[dict] | None = None) -> list[Path]:
+    """``folds/fold_<k>``: config (symbols pinned), the fold's pipeline, its best carry, ``fold.json``
+    and (given the fold ``rows``) its deployment decision."""
     union = union_times(wf.tables)
     cfg = dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables)))  # wf.cfg is one learner's (build_folds)
     out = []
@@ -121,6 +126,9 @@ def save_fold_runs(run_dir: Path, wf) -> list[Path]:
             ranges = {role: [int(union[a]), int(union[b - 1])] for role, (a, b) in
                       zip(("train", "val", "test", "segment"), (fd.fold.train, fd.fold.val, fd.fold.test, fd.fold.segment))}
             write_atomic(folder / "fold.json", json.dumps({"fold": k, "time_ms": ranges, "rows": fd.ranges}, indent=1))
+            decision = rows[k].get("deployment") if rows else None
+            if decision:  # load_policy on the fold's folder deploys what the fold deployed
+                write_atomic(folder / DEPLOYMENT_FILE, json.dumps(_jsonable(decision), indent=1, sort_keys=True))
         with run_write(folder / "checkpoints" / "best"), RunCheckpoints(folder) as ckpt:
             ckpt.save_best(update, carry, {"update": update, "objective": float(score), "fold": k,
                                            "val_sortino": float(val_sortino)})

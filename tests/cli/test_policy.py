@@ -33,7 +33,8 @@ def tiny_config(processed_dir) -> list[str]:
             "env.position_levels=[-1.0, 0.0, 0.5, 1.0]", "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1",
             "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]", "ppo.num_quantiles=8", "ppo.learning_rate=3e-3",
             "train.updates_per_chunk=2", "train.total_env_steps=512", "output.tensorboard=false",
-            "train.population=1"]  # _train_tiny_run trains one learner by hand (population runs: test_population)
+            "train.population=1",  # _train_tiny_run trains one learner by hand (population runs: test_population)
+            "eval.edge_confidence=0", "train.patience=0"]  # the agent's policy (abstention: tests/run/test_do_no_harm.py)
 
 
 def _train_tiny_run(root, extra: tuple[str, ...] = ()):

@@ -25,6 +25,9 @@ TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
     "ppo.num_quantiles=8", "env.episode_len=64", "train.total_env_steps=512", "train.updates_per_chunk=2",
     "train.eval_every=2", "eval.regime_bars=300", "output.tensorboard=true",
+    # the agent's machinery is what these tests check: deploy it whatever val says, train the whole budget
+    # (abstention and early stopping: tests/run/test_do_no_harm.py)
+    "eval.edge_confidence=0", "train.patience=0",
 ]
 
 

@@ -28,7 +28,7 @@ TINY = [f"env.window_size={WINDOW}", "env.episode_len=16", "env.position_levels=
         "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]",
         "ppo.num_quantiles=8", "ppo.learning_rate=3e-3", "train.updates_per_chunk=2", "train.eval_every=2",
         "train.total_env_steps=1024", "output.tensorboard=false", "eval.regime_bars=300",
-        "train.population=1"]  # a lone learner unless a test sets its population (base.yaml's default is 4)
+        "train.population=1", "eval.edge_confidence=0", "train.patience=0"]  # the agent (abstention: test_do_no_harm)  # a lone learner unless a test sets its population (base.yaml's default is 4)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,104 @@
+"""Do no harm: deploy the agent only where VALIDATION shows an edge over the trivial policy.
+
+A trained policy that validation cannot tell apart from holding flat (long-short) or buying and
+holding (long-only) is not deployed: the run's policy is then that baseline, and its test is
+scored for that choice. The edge is the PAIRED test of the per-bar active return, strategy minus
+baseline on the same val bars (:func:`tbjax.evaluation.significance.paired_edge`): the agent is
+deployed when PSR(active > 0) >= ``eval.edge_confidence`` (0: always deploy the agent, the
+behaviour before this rule). Only val bars are read here.
+
+The baseline (``eval.baseline``): ``flat`` holds position 0, ``buy_and_hold`` position 1;
+``auto`` is flat when the action space can go short, else buy-and-hold. It trades through the
+same env as the agent (fills, costs), as a :class:`ConstantPolicy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from tbjax.errors import InputError
+
+BASELINE_POSITION = {"flat": 0.0, "buy_and_hold": 1.0}
+BASELINE_WORDS = {"flat": "holding flat", "buy_and_hold": "buying and holding"}
+
+
+def resolve_baseline(baseline: str, action_mode: str, position_levels, min_position: float) -> str:
+    """``eval.baseline`` with ``auto`` resolved: flat where the agent may short, else buy-and-hold."""
+    if baseline != "auto":
+        return baseline
+    lowest = min(position_levels) if action_mode == "discrete" else min_position
+    return "flat" if lowest < 0 else "buy_and_hold"
+
+
+def baseline_action(name: str, action_mode: str, position_levels, min_position: float, max_position: float):
+    """The action that targets the baseline's position: a level's index, or the continuous value
+    in [-1, 1] that maps to it. InputError (naming the keys) when the action space cannot hold it."""
+    target = BASELINE_POSITION[name]
+    if action_mode == "discrete":
+        levels = [float(v) for v in position_levels]
+        if target not in levels:
+            raise InputError(f"eval.baseline = {name} holds position {target}, which env.position_levels = "
+                             f"{levels} does not offer; add {target} to env.position_levels or set eval.baseline")
+        return levels.index(target)
+    if not min_position <= target <= max_position:
+        raise InputError(f"eval.baseline = {name} holds position {target}, outside [env.min_position, "
+                         f"env.max_position] = [{min_position}, {max_position}]; widen them or set eval.baseline")
+    return 2.0 * (target - min_position) / (max_position - min_position) - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantPolicy:
+    """An acting function (``policy_apply``'s signature) that always takes one action: the baseline."""
+
+    action_mode: str
+    action: float
+
+    def __call__(self, params, obs_stats, obs, deterministic: bool = True, key=None):
+        batch = obs.shape[:-1]
+        if self.action_mode == "discrete":
+            return jnp.full(batch, int(self.action), jnp.int32)
+        return jnp.full(batch + (1,), self.action, jnp.float32)
+
+
+def baseline_policy(cfg) -> tuple[str, ConstantPolicy]:
+    """(baseline name, its constant policy) for a config."""
+    e = cfg.env
+    name = resolve_baseline(cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position)
+    return name, ConstantPolicy(e.action_mode, baseline_action(name, e.action_mode, e.position_levels,
+                                                                e.min_position, e.max_position))
+
+
+def decide(val_eval: dict, baseline: str, confidence: float) -> dict:
+    """The deployment decision from a VAL eval dict (its ``vs_baselines`` entry, see backtest).
+
+    Returns {"policy": "agent" | "baseline", "baseline", "val_edge": paired stats, "confidence",
+    "reason"}: plain words a report and a log line can show as they are.
+    """
+    edge = dict((val_eval.get("vs_baselines") or {}).get(baseline) or {})
+    psr = edge.get("psr")
+    has_edge = confidence == 0 or (psr is not None and math.isfinite(psr) and psr >= confidence)
+    words = BASELINE_WORDS[baseline]
+    shown = "undefined" if psr is None or not math.isfinite(psr) else f"{psr:.2f}"
+    if has_edge:
+        reason = f"edge found on val: P(agent beats {words}) = {shown} >= {confidence:.2f}; deploying the agent"
+    else:
+        reason = (f"no edge found on val: P(agent beats {words}) = {shown} < {confidence:.2f}; "
+                  f"{words} instead")
+    return {"policy": "agent" if has_edge else "baseline", "baseline": baseline,
+            "position": BASELINE_POSITION[baseline], "val_edge": edge, "confidence": confidence, "reason": reason}
+
+
+def deployment_lines(evals: dict) -> list[str]:
+    """What the run deploys, in plain words, first on the page (tbjax.evaluation.deployment)."""
+    decision = next((ev["deployed"] for ev in evals.values() if ev.get("deployed")), None)
+    if decision is None:
+        return []
+    who = "the trained agent" if decision["policy"] == "agent" else f"the baseline ({decision['baseline']})"
+    lines = [f"**Deployed: {who}.** {decision['reason'][0].upper()}{decision['reason'][1:]}."]
+    if decision["policy"] == "baseline":
+        lines += ["", "The val and test tables below score the baseline traded through the same env; the agent's "
+                  "own figures are in eval/*.json under \"agent\"."]
+    return lines + [""]

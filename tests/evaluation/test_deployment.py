@@ -1,0 +1,80 @@
+"""Do no harm: the paired edge test, the deployment decision and the constant baseline policy,
+checked against hand-computed values and an independent PSR written here."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from tbjax.errors import InputError
+from tbjax.evaluation.deployment import (ConstantPolicy, baseline_action, decide, resolve_baseline)
+from tbjax.evaluation.significance import paired_edge
+
+
+def reference_psr(a: np.ndarray) -> float:
+    """PSR(0) of Bailey & López de Prado (2012), population moments, written out independently."""
+    m, s = a.mean(), a.std()
+    sr = m / s
+    g3 = np.mean((a - m) ** 3) / s ** 3
+    g4 = np.mean((a - m) ** 4) / s ** 4
+    return float(norm.cdf(sr * math.sqrt(len(a) - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr ** 2)))
+
+
+def test_paired_edge_is_the_psr_of_the_active_return():
+    rng = np.random.default_rng(0)
+    bench = rng.normal(0.0005, 0.01, 500)
+    strat = bench + rng.normal(0.0003, 0.002, 500)  # correlated with the benchmark, slightly better
+    out = paired_edge(strat, bench)
+    active = strat - bench
+    assert out["n_bars"] == 500
+    assert out["mean_active_return"] == pytest.approx(active.mean())
+    assert out["active_sharpe"] == pytest.approx(active.mean() / active.std())
+    assert out["psr"] == pytest.approx(reference_psr(active), rel=1e-9)
+    # pairing matters: the same strategy is nearly certain to beat its correlated benchmark, while
+    # its own Sharpe is far from significant against zero over 500 bars
+    assert out["psr"] > 0.9 and paired_edge(strat - bench.mean(), np.zeros(500))["psr"] < out["psr"]
+
+
+def test_a_strategy_identical_to_its_baseline_has_no_evidence_of_an_edge():
+    r = np.random.default_rng(1).normal(0, 0.01, 200)
+    assert math.isnan(paired_edge(r, r)["psr"])
+    decision = decide({"vs_baselines": {"flat": paired_edge(r, r)}}, "flat", 0.95)
+    assert decision["policy"] == "baseline" and "no edge found on val" in decision["reason"]
+
+
+@pytest.mark.parametrize("psr,confidence,policy", [(0.97, 0.95, "agent"), (0.95, 0.95, "agent"), (0.94, 0.95, "baseline"),
+                                                   (float("nan"), 0.95, "baseline"), (0.1, 0.0, "agent"),
+                                                   (float("nan"), 0.0, "agent")])
+def test_decide_deploys_the_agent_only_with_enough_val_evidence(psr, confidence, policy):
+    val = {"split": "val", "vs_baselines": {"buy_and_hold": {"psr": psr, "n_bars": 300}}}
+    d = decide(val, "buy_and_hold", confidence)
+    assert d["policy"] == policy and d["baseline"] == "buy_and_hold" and d["position"] == 1.0
+    assert ("buying and holding instead" in d["reason"]) == (policy == "baseline")
+
+
+def test_baseline_follows_the_action_space():
+    assert resolve_baseline("auto", "discrete", (-1.0, 0.0, 1.0), -1.0) == "flat"
+    assert resolve_baseline("auto", "discrete", (0.0, 0.5, 1.0), -1.0) == "buy_and_hold"
+    assert resolve_baseline("auto", "continuous", (0.0, 1.0), -0.5) == "flat"
+    assert resolve_baseline("auto", "continuous", (-1.0, 1.0), 0.0) == "buy_and_hold"
+    assert resolve_baseline("flat", "discrete", (0.0, 1.0), 0.0) == "flat"
+
+
+def test_baseline_action_targets_the_baseline_position():
+    assert baseline_action("buy_and_hold", "discrete", (0.0, 0.5, 1.0), 0, 1) == 2
+    assert baseline_action("flat", "discrete", (-1.0, 0.0, 1.0), 0, 1) == 1
+    # continuous: a in [-1, 1] maps to min + (a + 1) / 2 * (max - min)
+    assert baseline_action("flat", "continuous", (), -1.0, 1.0) == pytest.approx(0.0)
+    assert baseline_action("buy_and_hold", "continuous", (), 0.0, 2.0) == pytest.approx(0.0)
+    assert baseline_action("buy_and_hold", "continuous", (), -1.0, 1.0) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="env.position_levels"):
+        baseline_action("buy_and_hold", "discrete", (-1.0, 0.0, 0.5), 0, 1)
+    with pytest.raises(InputError, match="env.max_position"):
+        baseline_action("buy_and_hold", "continuous", (), -1.0, 0.5)
+
+
+def test_constant_policy_acts_the_same_on_every_observation():
+    obs = np.zeros((3, 7), np.float32)
+    assert np.asarray(ConstantPolicy("discrete", 2)(None, None, obs)).tolist() == [2, 2, 2]
+    assert np.asarray(ConstantPolicy("continuous", 0.25)(None, None, obs)).reshape(-1).tolist() == [0.25] * 3
