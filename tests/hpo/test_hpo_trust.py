@@ -49,7 +49,7 @@ def _config(processed: Path, space: dict, **sections) -> dict:
         # population 1: the training run these tests compare with a trial is one learner, as a trial is
         "train": {"total_env_steps": 512, "updates_per_chunk": 2, "eval_every": 2, "seed": 5,  # 4 updates
                   "population": 1},
-        "eval": {"regime_bars": 200},
+        "eval": {"regime_bars": 200, "edge_confidence": 0},  # the trials' agents (abstention: tests/run/test_do_no_harm.py)
         "hpo": {"n_trials": 1, "pruner": "none", "space": space},
         "output": {"tensorboard": False},
     }
