@@ -43,9 +43,8 @@ stationary-bootstrap intervals and PSR vs 0 and vs buy-and-hold (the "Is it real
 ``walkforward.json``, copied whole as ``is_it_real``), buy-and-hold's stitched Sharpe / Sortino on the
 same bars, stitched turnover (mean |change of the pooled position| per bar), per fold the best update
 as a fraction of the fold's update budget (``cfg.n_updates``) with its val and test figures, the
-number of folds that abstained where ``walkforward.json`` reports it per fold (``abstained``, or
-``deployed`` = "agent" / "baseline"; None when it does not; the agent's own test Sharpe / Sortino
-per fold where the file keeps them apart), and the wall-clock seconds of the walk-forward call (setup,
+number of folds that abstained (``deployed`` = "baseline" in ``walkforward.json``; None for a file
+written before folds could abstain; the agent's own test Sharpe / Sortino per fold beside it), and the wall-clock seconds of the walk-forward call (setup,
 compile, training, evaluation, outputs; JAX's caches are cleared before each market so every market
 pays its own compile; the data's synth + prepare time is ``data_s``).
 
@@ -134,30 +133,21 @@ def overrides_for(name: str, processed: Path, args) -> list[str]:
 
 
 def fresh_caches() -> None:
-    """Each market pays its own compile: clear JAX's caches and the drivers' (where they exist)."""
+    """Each market pays its own compile: clear JAX's caches and the drivers' program caches."""
     import jax
 
     from tbjax.learner import population
     from tbjax.run import setup as run_setup
 
     jax.clear_caches()
-    for cache in (getattr(population, "_PROGRAMS", None), getattr(run_setup, "_TRAINERS", None)):
-        if hasattr(cache, "clear"):
-            cache.clear()
+    population._PROGRAMS.clear()
+    run_setup._TRAINERS.clear()
 
 
 def abstained(fold: dict) -> bool | None:
-    """Whether a fold abstained (traded its baseline, not the agent) where walkforward.json says so:
-    ``abstained`` (bool), or ``deployed`` / ``deployment.policy`` ("agent" or "baseline"; a bool
-    ``deployed`` read as deployed-or-not); None where the file has no such field."""
-    if isinstance(fold.get("abstained"), bool):
-        return fold["abstained"]
-    deployed = fold.get("deployed")
-    if deployed is None and isinstance(fold.get("deployment"), dict):
-        deployed = fold["deployment"].get("policy", fold["deployment"].get("deployed"))
-    if isinstance(deployed, bool):
-        return not deployed
-    return None if deployed is None else str(deployed) != "agent"
+    """Whether a fold traded its baseline instead of the agent (walkforward.json's per-fold
+    ``deployed``, "agent" or "baseline"); None for files written before folds could abstain."""
+    return None if "deployed" not in fold else fold["deployed"] != "agent"
 
 
 def summarise(name: str, doc: dict, cfg, seconds: float, data_s: float) -> dict:
@@ -197,7 +187,7 @@ def summarise(name: str, doc: dict, cfg, seconds: float, data_s: float) -> dict:
 
 
 def run_market(name: str, args, work: Path) -> dict:
-    from tbjax.config import load_config, validate
+    from tbjax.config import load_config
     from tbjax.run.walkforward import run_walkforward
 
     t0 = time.perf_counter()
@@ -208,8 +198,7 @@ def run_market(name: str, args, work: Path) -> dict:
         processed = make_market(work / name, rho, regime, args.symbols, args.bars, args.seed)
     data_s = time.perf_counter() - t0
     overrides = overrides_for(name, processed, args)
-    cfg = load_config(CONFIG, overrides)  # what the CLI does: load, validate, run_walkforward
-    validate(cfg)
+    cfg = load_config(CONFIG, overrides)  # what the CLI does: load (and validate), run_walkforward
     run_dir = (Path(args.keep_runs) if args.keep_runs else work / "runs") / name
     fresh_caches()
     t0 = time.perf_counter()

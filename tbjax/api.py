@@ -100,15 +100,11 @@ class TradingPolicy:
                  checkpoint: str, meta: dict, policy_apply=None, deployment: dict | None = None):
         """``policy_apply``: the trainer's, or a population's ensemble over stacked members' params.
         ``deployment``: the run's decision (deployment.json); when it deploys the baseline because
-        val showed no edge, every decision is the baseline's position (``abstains`` is True)."""
+        val showed no edge (``abstains``), ``policy_apply`` is the baseline's constant policy."""
         self.config, self.pipeline, self.trainer = cfg, pipeline, trainer
         self.policy_apply = policy_apply or trainer.policy_apply
         self.deployment = deployment
         self.abstains = bool(deployment) and deployment.get("policy") == "baseline"
-        if self.abstains:
-            from tbjax.evaluation.deployment import baseline_policy
-
-            self.policy_apply = baseline_policy(cfg)[1]
         self.members = list(meta.get("selected") or [])  # a population's ensemble members ([] for one policy)
         self.params, self.obs_stats = params, obs_stats
         self.symbols = list(symbols)
@@ -216,6 +212,7 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     from tbjax.run.setup import hparams_from_config, spec_from_config
     from tbjax.env.protocol import MarketEnv
     from tbjax.learner.trainer import make_trainer
+    from tbjax.evaluation.deployment import baseline_policy
     from tbjax.run.deployed import read_deployment
     from tbjax.run.population import chosen_members, ensemble_policy, initial_carry
 
@@ -242,10 +239,12 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
                          "saved one yet; train it (python -m tbjax.train) or pick another run dir")
     carry, meta = ckpt.restore(kind, template)
     deployment = read_deployment(run_dir)
+    # no edge on val: every decision is the baseline's (the agent's parameters stay for inspection)
+    hold = baseline_policy(cfg)[1] if deployment and deployment.get("policy") == "baseline" else None
     if cfg.train.population == 1:
         return TradingPolicy(cfg, pipeline, trainer, carry.params, carry.obs_stats, symbols, kind, meta,
-                             deployment=deployment)
+                             policy_apply=hold, deployment=deployment)
     selected = chosen_members(cfg, meta)
     apply, params, stats = ensemble_policy(cfg, trainer, carry, selected)
     return TradingPolicy(cfg, pipeline, trainer, params, stats, symbols, kind, {**meta, "selected": selected},
-                         policy_apply=apply, deployment=deployment)
+                         policy_apply=hold or apply, deployment=deployment)

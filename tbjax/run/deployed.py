@@ -38,12 +38,12 @@ def _agent_evaluation(session, carry, meta: dict, which: str, splits) -> tuple[d
     return evals, series
 
 
-def baseline_evaluation(session, split: str) -> tuple[dict, dict]:
-    """The baseline's eval dict and series on ``split``, traded through the env like the agent."""
+def baseline_evaluation(session, hold, split: str) -> tuple[dict, dict]:
+    """The baseline's (``hold``, a constant policy) eval dict and series on ``split``, traded
+    through the env like the agent."""
     from tbjax.run.setup import evaluate_with_objective
 
-    _, policy = baseline_policy(session.cfg)
-    _, result, ser = evaluate_with_objective(session.exp, policy, None, None, session.env_params, ROLES[split])
+    _, result, ser = evaluate_with_objective(session.exp, hold, None, None, session.env_params, ROLES[split])
     return result, ser
 
 
@@ -55,7 +55,7 @@ def evaluate_checkpoint(session, carry, meta: dict, which: str, splits=("val", "
     """
     wanted = tuple(splits)
     evals, series = _agent_evaluation(session, carry, meta, which, tuple(dict.fromkeys(("val",) + wanted)))
-    baseline, _ = baseline_policy(session.cfg)
+    baseline, hold = baseline_policy(session.cfg)
     decision = decide(evals["val"], baseline, session.cfg.eval.edge_confidence)
     out_evals, out_series = {}, {}
     for split in wanted:
@@ -63,7 +63,7 @@ def evaluate_checkpoint(session, carry, meta: dict, which: str, splits=("val", "
         if decision["policy"] == "agent":
             out_evals[split], out_series[split] = {**agent, "deployed": decision}, series[split]
             continue
-        result, ser = baseline_evaluation(session, split)
+        result, ser = baseline_evaluation(session, hold, split)
         kept = {k: agent[k] for k in agent if k not in AGENT_KEYS and k not in result}
         out_evals[split] = {**result, **kept, "deployed": decision,
                             "agent": {k: agent.get(k) for k in AGENT_KEYS}}

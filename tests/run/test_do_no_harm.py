@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.feather as feather
 import pytest
 
 from tbjax import load_policy
-from tbjax.cli import prepare as prepare_cli
-from tbjax.cli import synth as synth_cli
 from tbjax.cli import train as train_cli
 from tbjax.config import load_config
 from tbjax.run import walkforward as wfm
+from tiny_run_config import tiny_market
 
 TINY = ["ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]",
         "ppo.num_quantiles=8", "env.episode_len=64", "env.position_levels=[-1.0, 0.0, 1.0]",
@@ -31,11 +31,16 @@ DATES = ["data.train_start=2020-01-01", "data.train_end=2020-02-09", "data.val_s
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("noharm")
-    assert synth_cli.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--timeframe", "1h",
-                           "--seed", "5"]) == 0
-    assert prepare_cli.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
-    return root / "proc"
+    return tiny_market(tmp_path_factory.mktemp("noharm"))
+
+
+def train(run, processed, *extra: str) -> None:
+    """``python -m tbjax.train`` on the tiny no-signal market with TINY, DATES and ``extra``."""
+    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
+            f"data.processed_dir={processed}"]
+    for s in TINY + DATES + list(extra):
+        argv += ["--set", s]
+    assert train_cli.main(argv) == 0
 
 
 def test_every_fold_abstains_on_a_no_signal_market_and_the_stitched_series_is_flat(processed):
@@ -56,11 +61,7 @@ def test_every_fold_abstains_on_a_no_signal_market_and_the_stitched_series_is_fl
 
 def test_a_run_without_val_edge_deploys_flat_and_says_so(processed, tmp_path):
     run = tmp_path / "run"
-    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}", "--set", "train.total_env_steps=512", "--set", "train.patience=0"]
-    for s in TINY + DATES:
-        argv += ["--set", s]
-    assert train_cli.main(argv) == 0
+    train(run, processed, "train.total_env_steps=512", "train.patience=0")
     decision = json.loads((run / "deployment.json").read_text())
     assert decision["policy"] == "baseline" and decision["baseline"] == "flat"
     for split in ("val", "test"):
@@ -71,22 +72,14 @@ def test_a_run_without_val_edge_deploys_flat_and_says_so(processed, tmp_path):
     assert "Deployed: the baseline (flat).** No edge found on val" in (run / "report.md").read_text()
     policy = load_policy(run)
     assert policy.abstains
-    table = {c: np.asarray(v) for c, v in __import__("pyarrow.feather", fromlist=["x"]).read_table(
-        next(processed.glob("*.feather"))).to_pydict().items()}
-    assert np.all(policy.target_positions(table)[cfg_window(run) - 1:] == 0.0)
-
-
-def cfg_window(run) -> int:
-    return load_config(run / "config.yaml").env.window_size
+    bars = {c: np.asarray(v) for c, v in feather.read_table(next(processed.glob("*.feather"))).to_pydict().items()}
+    window = load_config(run / "config.yaml").env.window_size
+    assert np.all(policy.target_positions(bars)[window - 1:] == 0.0)
 
 
 def test_patience_stops_where_the_rule_says(processed, tmp_path):
     run = tmp_path / "patient"
-    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}", "--set", "train.total_env_steps=4096", "--set", "train.patience=1"]
-    for s in TINY + DATES:
-        argv += ["--set", s]
-    assert train_cli.main(argv) == 0
+    train(run, processed, "train.total_env_steps=4096", "train.patience=1")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     total = 4096 // (8 * 16)
     # the rule, independently: stop at the first evaluation that does not beat the best so far
