@@ -133,7 +133,7 @@ def print_report(paths: tuple[str, str], heads: tuple[dict, dict], rows: list[di
                  threshold: float) -> None:
     for label, path, head in zip(("old", "new"), paths, heads):
         print(f"{label}: {path}  " + "  ".join(f"{k} {head[k] if head[k] is not None else '-'}" for k in HEADER_FIELDS))
-    if any(heads[0][k] != heads[1][k] for k in ("device", "cpu")):
+    if any(None not in (heads[0][k], heads[1][k]) and heads[0][k] != heads[1][k] for k in ("device", "cpu")):
         print("warning: the two files name different machines; the ratios compare machines, not code")
     print(f"DROP: speed < {1 - threshold:.2f} (speed = new/old for a rate, old/new for a duration)\n")
     cells = [[r["figure"], r["kind"], _num(r["old"]), _num(r["new"]), f"{r['speed']:.3f}", "DROP" if r["drop"] else ""]
