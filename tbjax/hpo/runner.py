@@ -61,7 +61,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from tbjax.atomic import disk_errors, write_atomic
+from tbjax.atomic import atomic_folder, write_atomic
 from tbjax.config import Config, dump_config, lone_learner
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market as market_env
@@ -220,11 +220,10 @@ class TrialRunner:
         trial.set_user_attr("test_metrics", json_safe({k: test["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("best_update", member.best_update)
         trial_dir = self.run_dir / "trials" / str(trial.number)
-        with disk_errors(trial_dir):
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(trial_dir / "config.yaml", dump_config(cfg))
-            self.exp.pipeline.save(trial_dir / "feature_pipeline.json")
-            ckpt = RunCheckpoints(trial_dir)
+        with atomic_folder(trial_dir) as staging:  # a worker killed while saving leaves no half folder
+            write_atomic(staging / "config.yaml", dump_config(cfg))
+            self.exp.pipeline.save(staging / "feature_pipeline.json")
+            ckpt = RunCheckpoints(staging)
             try:
                 ckpt.save_best(member.best_update, carry, {
                     "update": member.best_update, "env_steps": member.best_update * cfg.batch_size,

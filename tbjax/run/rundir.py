@@ -19,15 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
 
-from tbjax.atomic import disk_errors, write_atomic, write_with
+from tbjax.atomic import atomic_folder, disk_errors, write_atomic, write_with
 from tbjax.config import Config, config_to_dict
 from tbjax.data.export import export_dataset
 from tbjax.errors import InputError
@@ -165,19 +163,13 @@ def clear_run_artifacts(run_dir: Path) -> list[str]:
 def export_run_dataset(run_dir: Path, exp, cfg: Config) -> None:
     """dataset/ as one unit: exported into a hidden sibling, renamed into place when complete."""
     target = Path(run_dir) / "dataset"
-    with run_write(target, "exporting the dataset to"):
-        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".dataset.", suffix=".tmp"))
+    with run_write(target, "exporting the dataset to"), atomic_folder(target) as staging:
         try:
             export_dataset(staging, exp.tables, exp.roles, exp.bounds,
                            config_to_dict(cfg)["features"] | {"window_size": cfg.env.window_size},
                            exp.data_hashes)
-            if target.exists():
-                shutil.rmtree(target)
-            os.rename(staging, target)
         except InputError as exc:  # name the files where the user will look for them
             raise RunWriteError(str(exc).replace(str(staging), str(target))) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 class RunDirSetup:

@@ -55,10 +55,11 @@ def setup(tmp_path_factory):
     return root, env
 
 
-def _worker(root, env, run_dir, storage, study_name, seed):
+def _worker(root, env, run_dir, storage, study_name, seed, *sets):
     cmd = [sys.executable, "-m", "tbjax.hpo", "--config", str(root / "hpo.yaml"), "--run-dir", str(run_dir),
            "--study-name", study_name, "--heartbeat-interval", "1", "--grace-period", str(GRACE),
-           "--set", f"hpo.sampler_seed={seed}"] + (["--storage", storage] if storage else [])
+           "--set", f"hpo.sampler_seed={seed}", *[a for s in sets for a in ("--set", s)]]
+    cmd += ["--storage", storage] if storage else []
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, text=True)
 
 
@@ -93,7 +94,9 @@ def test_three_workers_finish_exactly_n_trials_after_a_kill(setup, tmp_path, kin
     shown = {"sqlite": f"sqlite:///{run_dir.resolve() / 'study.db'}", "journal": str(tmp_path.resolve() / "study.log"),
              "postgres": POSTGRES_URL}[kind]
 
-    killed = _kill_mid_trial(_worker(root, env, run_dir, storage, study_name, 0), shown, study_name)
+    # the first worker's trial is 16x longer, so the kill lands in training, not while it saves
+    first = _worker(root, env, run_dir, storage, study_name, 0, "train.total_env_steps=16384")
+    killed = _kill_mid_trial(first, shown, study_name)
     time.sleep(GRACE + 2)  # the killed worker's heartbeat is now older than the grace period
     procs = [_worker(root, env, run_dir, storage, study_name, k) for k in (1, 2, 3)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -118,7 +121,9 @@ def test_three_workers_finish_exactly_n_trials_after_a_kill(setup, tmp_path, kin
     assert study.get_trials()[killed.number].state == TrialState.FAIL
     ran = [t for t in trials if not t.user_attrs.get("surplus") and t.number != killed.number]
     assert len(ran) == N_TRIALS and all(t.state == TrialState.COMPLETE for t in ran)
-    assert sorted(int(p.name) for p in (run_dir / "trials").iterdir()) == sorted(t.number for t in ran)
+    folders = [p for p in (run_dir / "trials").iterdir() if not p.name.startswith(".")]  # hidden: staging
+    assert sorted(int(p.name) for p in folders) == sorted(t.number for t in ran)
+    assert all((p / "config.yaml").is_file() and (p / "feature_pipeline.json").is_file() for p in folders)
     surplus = len(trials) - N_TRIALS - 1
     print(f"FIGURES {kind}: workers 1+3, kills 1, trials finished {len(ran)}, retried {len(retries)}, "
           f"surplus {surplus}, lost 0, duplicated 0")

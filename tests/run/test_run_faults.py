@@ -187,6 +187,24 @@ def test_disk_full_during_dataset_export_leaves_nothing(tmp_path, capsys, monkey
     assert "start without --resume" in one_error(capsys)
 
 
+def test_atomic_folder_replaces_whole_or_keeps_the_old_one(tmp_path):
+    """An HPO trial's folder and the dataset export are several files: a failure (or kill) while
+    writing leaves the previous folder untouched and no visible partial one."""
+    target = tmp_path / "trials" / "3"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_folder(target) as staging:
+            (staging / "config.yaml").write_text("half")
+            raise RuntimeError("killed while saving")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["3"] and (target / "old.txt").read_text() == "old"
+    with atomic.atomic_folder(target) as staging:
+        (staging / "config.yaml").write_text("new")
+        assert staging.parent == target.parent and staging.name.startswith(".3.")
+    assert sorted(p.name for p in target.iterdir()) == ["config.yaml"] and (target / "config.yaml").read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["3"]
+
+
 def test_disk_full_writing_metrics_then_continue_as_told(reference, tmp_path, capsys, monkeypatch):
     writes = []
 
