@@ -13,7 +13,8 @@ markets scaled with THAT fold's pipeline); with ``eval.w_choppy = eval.w_trend =
 market is built and the choice is by val Sortino alone. The stitched out-of-sample series concatenates every fold's test segment traded by
 what that fold deploys: its best policy when the fold's VAL shows an edge over the baseline
 (:mod:`tbjax.evaluation.deployment`), else the baseline (flat or buy-and-hold), so a fold without
-evidence does no harm.
+evidence does no harm. Its turnover is what the env charged on each of those bars (re-balancing a
+position the price drift moved included), as in every other evaluation.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import split_walk
 from tbjax.evaluation.deployment import baseline_policy, decide
-from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics
+from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics, union_mean
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
@@ -217,6 +218,19 @@ def _summary(res: dict) -> dict:
             "buy_and_hold": pick(res["baselines"]["buy_and_hold"])}
 
 
+def _pooled_parts(series: dict) -> tuple:
+    """A fold's backtest series pooled over symbols by time: ((time_ms, returns, position), buy-and-hold
+    returns, traded fraction). The traded fraction is what the env charged on each bar, rebalancing a
+    constant target back from the price drift included, pooled as :func:`pooled_metrics` pools it."""
+    strat = {s: (v["time_ms"], v["returns"], v["position"]) for s, v in series.items()}
+    bh = {s: (v["time_ms"], np.diff(np.concatenate([[1.0], v["buy_and_hold_equity"]])) /
+              np.concatenate([[1.0], v["buy_and_hold_equity"]])[:-1], np.ones(len(v["returns"])))
+          for s, v in series.items()}
+    pooled = pooled_series(strat)
+    traded = union_mean(pooled[0], [v["time_ms"] for v in series.values()], [v["turnover"] for v in series.values()])
+    return pooled, pooled_series(bh)[1], traded
+
+
 def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
     """Per-fold val/test metrics of the best carry and the stitched out-of-sample series."""
     rows, parts = [], []
@@ -227,33 +241,30 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
                              f"({wf.diverged.get(k, 'no evaluation ran')}); lower ppo.learning_rate or "
                              "evaluate earlier (train.eval_every)")
         score, update, carry, _ = wf.best[k]
-        val, _ = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
+        val, val_series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
         regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
         decision = decide(val, baseline, wf.cfg.eval.edge_confidence)  # on this fold's VAL bars only
         agent_test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
         test, agent_val = agent_test, val
         if decision["policy"] == "baseline":  # no edge on val: the fold trades its baseline on test
-            val = evaluate_fold(wf, k, None, None, ROLE_VAL, policy_apply=hold)[0]
+            val, val_series = evaluate_fold(wf, k, None, None, ROLE_VAL, policy_apply=hold)
             test, series = evaluate_fold(wf, k, None, None, ROLE_TEST, policy_apply=hold)
-        strat = {s: (v["time_ms"], v["returns"], v["position"]) for s, v in series.items()}
-        bh = {s: (v["time_ms"], np.diff(np.concatenate([[1.0], v["buy_and_hold_equity"]])) /
-                  np.concatenate([[1.0], v["buy_and_hold_equity"]])[:-1], np.ones(len(v["returns"])))
-              for s, v in series.items()}
-        parts.append((pooled_series(strat), pooled_series(bh)[1]))
+        parts.append(_pooled_parts(series))
+        val_times = _pooled_parts(val_series)[0][0]
         rows.append({"fold": k, "best_update": update, "val_objective": score,
                      "val_sortino": val["pooled"]["sortino"], "regime_sortino": regime, "val": _summary(val),
                      "test": _summary(test), "test_start_ms": int(parts[-1][0][0][0]),
-                     "test_end_ms": int(parts[-1][0][0][-1]), "pipeline_mean": fd.pipeline.mean.tolist(),
+                     "test_end_ms": int(parts[-1][0][0][-1]), "val_start_ms": int(val_times[0]),
+                     "val_end_ms": int(val_times[-1]), "pipeline_mean": fd.pipeline.mean.tolist(),
                      "pipeline_std": fd.pipeline.std.tolist(), "diverged": wf.diverged.get(k),
                      "deployed": decision["policy"], "deployment": decision,
                      "agent": {"val": _summary(agent_val), "test": _summary(agent_test)}})
-    times = np.concatenate([p[0][0] for p in parts])
-    rets = np.concatenate([p[0][1] for p in parts])
-    pos = np.concatenate([p[0][2] for p in parts])
+    times, rets, pos = (np.concatenate([p[0][i] for p in parts]) for i in range(3))
     bh = np.concatenate([p[1] for p in parts])
+    traded = np.concatenate([p[2] for p in parts])
     bpy = wf.bars_per_year
-    stitched = {"time_ms": times, "returns": rets, "position": pos, "buy_and_hold_returns": bh,
-                "metrics": risk_metrics(rets, pos, bpy),
+    stitched = {"time_ms": times, "returns": rets, "position": pos, "turnover": traded, "buy_and_hold_returns": bh,
+                "metrics": risk_metrics(rets, pos, bpy, traded=traded),  # turnover: what the env charged
                 "buy_and_hold": risk_metrics(bh, np.ones_like(bh), bpy),
                 "flat": risk_metrics(np.zeros_like(rets), np.zeros_like(rets), bpy),
                 "is_it_real": is_it_real(rets, bpy, bh),

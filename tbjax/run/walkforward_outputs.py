@@ -3,13 +3,17 @@ directory per fold (``folds/fold_<k>``) holding that fold's best checkpoint.
 
 A fold's directory has what :func:`tbjax.load_policy` reads from a training run (``config.yaml``,
 ``feature_pipeline.json`` fit on that fold's train rows, ``checkpoints/best`` written with orbax by
-:class:`~tbjax.run.checkpoint.RunCheckpoints``) plus ``fold.json`` with its bar ranges as times, so
-each fold's policy can be restored and traded on new bars like any trained run.
+:class:`~tbjax.run.checkpoint.RunCheckpoints`` with the fold's frozen observation statistics) plus
+``fold.json`` with its bar ranges as times, so each fold's policy can be restored and traded on new
+bars like any trained run. Its ``config.yaml`` holds THAT fold's split (:func:`fold_config`), so
+``python -m tbjax.evaluate --run-dir folds/fold_<k>`` scores exactly the fold's val and test bars and
+reproduces the walk-forward's numbers for the fold.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -83,7 +87,8 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
     """report.md: one row per fold (best carry's val objective and Sortino, its test metrics), the
     stitched row, then each fold's test metrics per symbol against buy-and-hold."""
     lines = ["# Walk-forward", "", f"mode: {mode}; best carry per fold by the val objective; each fold's policy "
-             "is in folds/fold_<k> (load it with tbjax.load_policy)", "",
+             "is in folds/fold_<k> (load it with tbjax.load_policy; python -m tbjax.evaluate --run-dir "
+             "folds/fold_<k> scores its own val and test bars again)", "",
              ("| fold | test bars (UTC) | deployed | best update | val objective | val Sortino | test Sortino | test return "
               "| test max DD | B&H test Sortino |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -110,18 +115,38 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
     return lines + [""]
 
 
+def iso_ms(ms: int) -> str:
+    """Epoch ms as an exact ISO UTC time ('2020-02-11T05:00:00.000Z'), what ``data.*_start`` reads."""
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=int(ms))
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fold_config(wf, fd, union):
+    """``wf.cfg`` (one learner's, :func:`build_folds`) with fold ``fd``'s split as ``data.*``.
+
+    Each role's first and last union bar as inclusive times (so a symbol's rows in them are exactly
+    :func:`tbjax.run.folds.symbol_ranges`), ``embargo_bars: 0`` (the plan's embargo rows lie between
+    the roles already), the walk-forward's ``bars_per_year`` and its symbols: what
+    ``tbjax.evaluate`` needs to score the fold's own val and test bars as the walk-forward did."""
+    f = fd.fold
+    bounds = {f"{role}_{end}": iso_ms(union[i]) for role, (a, b) in (("train", f.train), ("val", f.val), ("test", f.test))
+              for end, i in (("start", a), ("end", b - 1))}
+    data = dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables), embargo_bars=0,
+                               bars_per_year=float(wf.bars_per_year), **bounds)
+    return dataclasses.replace(wf.cfg, data=data)
+
+
 def save_fold_runs(run_dir: Path, wf, rows: list[dict] | None = None) -> list[Path]:
-    """``folds/fold_<k>``: config (symbols pinned), the fold's pipeline, its best carry, ``fold.json``
-    and (given the fold ``rows``) its deployment decision."""
+    """``folds/fold_<k>``: config (the fold's split, :func:`fold_config`), the fold's pipeline, its best
+    carry, ``fold.json`` and (given the fold ``rows``) its deployment decision."""
     union = union_times(wf.tables)
-    cfg = dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, symbols=sorted(wf.tables)))  # wf.cfg is one learner's (build_folds)
     out = []
     for k, fd in enumerate(wf.folds):
         score, update, carry, val_sortino = wf.best[k]
         folder = run_dir / "folds" / f"fold_{k}"
         with run_write(folder):
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(folder / "config.yaml", dump_config(cfg))
+            write_atomic(folder / "config.yaml", dump_config(fold_config(wf, fd, union)))
             fd.pipeline.save(str(folder / "feature_pipeline.json"))
             ranges = {role: [int(union[a]), int(union[b - 1])] for role, (a, b) in
                       zip(("train", "val", "test", "segment"), (fd.fold.train, fd.fold.val, fd.fold.test, fd.fold.segment))}

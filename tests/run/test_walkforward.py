@@ -2,8 +2,9 @@
 
 Checks: K folds vmapped equal K sequential runs; one compile of the vmapped chunk for K folds; each
 fold's feature statistics come from its own train rows only; the stitched out-of-sample series has no
-gaps or overlaps; each fold's saved policy (MLP and GRU) trades as the walk-forward did; bad plans
-exit 2 with one message.
+gaps or overlaps; each fold's saved policy (MLP and GRU) trades as the walk-forward did; `tbjax.evaluate`
+on a fold's folder gives the walk-forward's val/test numbers for that fold; the stitched turnover is
+what the env charged; bad plans exit 2 with one message.
 """
 
 from __future__ import annotations
@@ -263,3 +264,85 @@ def test_folds_are_lone_learners_even_when_the_config_asks_for_a_population(proc
     assert (wf.cfg.train.population, wf.cfg.train.ensemble_top_k, wf.cfg.train.population_jitter) == (1, None, 0.0)
     assert wf.cfg.ppo == cfg.ppo and wf.cfg.data == cfg.data and wf.cfg.train.seed == cfg.train.seed
     assert dump_config(lone_learner(cfg)) == dump_config(wf.cfg)
+
+
+# a base split over the synthetic bars (2020-01-01 .. 2020-03-03), as a user's config for tbjax.train would
+# have: its val and test overlap the folds' TRAIN and test rows, so a fold folder must not keep it
+BASE_SPLIT = {"train_start": "2020-01-01", "train_end": "2020-02-09", "val_start": "2020-02-10",
+              "val_end": "2020-02-20", "test_start": "2020-02-21", "test_end": "2020-03-03"}
+
+
+def test_each_fold_folder_evaluates_its_own_val_and_test_as_the_walkforward_did(trained, tmp_path, capsys):
+    """Issue 27 item 4: `python -m tbjax.evaluate --run-dir folds/fold_<k>` scores exactly fold k's val
+    and test bars with its own statistics: every val/test number in walkforward.json, the first and
+    last bar of each, and the deployment decision come out again (the same compiled walk, so equal
+    to float precision), while the config's own data.* split (BASE_SPLIT) is ignored."""
+    import dataclasses
+
+    from tbjax.cli import evaluate as evaluate_cli
+    from tbjax.run.reevaluate import evaluate_run
+    from tbjax.run.walkforward_outputs import save_fold_runs, write_outputs
+
+    wf, _, rows, stitched = trained
+    user = dataclasses.replace(wf, cfg=dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, **BASE_SPLIT)))
+    save_fold_runs(tmp_path, user, rows)  # what python -m tbjax.walkforward writes
+    write_outputs(tmp_path, rows, stitched, "vmapped")
+    doc = json.loads((tmp_path / "walkforward.json").read_text())
+    union = union_times(wf.tables)
+    for k, row in enumerate(doc["folds"]):
+        folder = tmp_path / "folds" / f"fold_{k}"
+        assert evaluate_cli.main(["--run-dir", str(folder)]) == 0, capsys.readouterr().err
+        _, series = evaluate_run(folder, "best", ("val", "test"))
+        for split in ("val", "test"):
+            ev = json.loads((folder / "eval" / f"{split}.json").read_text())
+            for key in wfm.SUMMARY_KEYS:
+                assert ev["pooled"][key] == pytest.approx(row[split][key], rel=1e-9, abs=1e-12), (k, split, key)
+                for sym, m in row[split]["per_symbol"].items():
+                    assert ev["per_symbol"][sym][key] == pytest.approx(m[key], rel=1e-9, abs=1e-12), (k, split, sym)
+            assert ev["deployed"]["policy"] == row["deployed"]
+            times = np.concatenate([s["time_ms"] for s in series[split].values()])
+            assert (times.min(), times.max()) == (row[f"{split}_start_ms"], row[f"{split}_end_ms"]), (k, split)
+        assert json.loads((folder / "eval" / "val.json").read_text())["objective"] == pytest.approx(
+            row["val_objective"], rel=1e-9, abs=1e-12)
+        fd = wf.folds[k]
+        assert row["test_start_ms"] == union[fd.fold.segment[0]] and row["test_end_ms"] == union[fd.fold.segment[1] - 1]
+        assert row["val_start_ms"] == union[fd.fold.val[0] + wf.cfg.env.window_size]  # the first marked val bar
+
+
+def test_stitched_turnover_is_what_the_env_charged(trained):
+    """Issue 27 item 5: a fold holding a constant 0.5 long trades every bar (the env rebalances the
+    fraction the price drift moved), though its target position never changes. The stitched turnover
+    must be the env's: per symbol 0.5 on a fold's first bar (from flat), then
+    0.5 - p_open with p_open = 0.5 (1 + R) / (1 + 0.5 R), R = open_{t+1} / open_t - 1 (costs scale
+    equity pro rata and leave the fraction alone; tbjax/env/costs.py), averaged over the symbols."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tbjax.evaluation.deployment import ConstantPolicy
+
+    wf = trained[0]
+    assert list(wf.cfg.env.position_levels) == [0.0, 0.5, 1.0] and wf.cfg.eval.edge_confidence == 0
+    half = dataclasses.replace(wf, trainer=SimpleNamespace(policy_apply=ConstantPolicy("discrete", 1)))
+    rows, stitched = wfm.fold_results(half)
+    window, expected = wf.cfg.env.window_size, []
+    for fd in wf.folds:
+        per_symbol = []
+        for sym, table in wf.tables.items():
+            o = np.asarray(table["open"], np.float64)
+            lo, hi = fd.ranges[sym][2]
+            start, n = lo + window - 1, hi - 1 - (lo + window - 1)
+            assert np.all(np.asarray(table["tradable"])[start + 1:start + n + 1])
+            growth = o[start + 2:start + n + 1] / o[start + 1:start + n]  # 1 + R, for every decision after the first
+            per_symbol.append(np.concatenate([[0.5], 0.5 - 0.5 * growth / (1.0 + 0.5 * (growth - 1.0))]))
+        expected.append(np.mean(np.abs(per_symbol), axis=0))  # the synthetic symbols share their bar times
+    expected = np.concatenate(expected)
+    assert np.all(stitched["position"] == 0.5)  # |delta position| would be 0.5 once, then 0
+    m = stitched["metrics"]
+    assert m["turnover_total"] == pytest.approx(expected.sum(), rel=1e-4)
+    assert m["turnover"] == pytest.approx(expected.mean(), rel=1e-4)
+    np.testing.assert_allclose(stitched["turnover"], expected, rtol=2e-3, atol=2e-7)
+    # the folds' own (env-charged) test turnovers add up to the stitched ones
+    per_fold = sum(r["test"]["turnover"] * r["test"]["n_bars"] for r in rows)
+    assert m["turnover_total"] == pytest.approx(per_fold, rel=1e-9)
+    delta = np.abs(np.diff(np.concatenate([[0.0], stitched["position"]]))).sum()
+    assert delta == 0.5 and m["turnover_total"] > 4 * delta  # the |delta position| fallback saw one trade
