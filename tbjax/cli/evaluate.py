@@ -60,10 +60,12 @@ def main(argv=None) -> int:
 
 
 def evaluate(args) -> int:
+    from tbjax.run.compile_cache import use_compilation_cache
     from tbjax.run.reevaluate import evaluate_run
     from tbjax.run.deployed import save_evaluation
     from tbjax.run.rundir import RunWriteError
 
+    use_compilation_cache()
     run_dir = Path(args.run_dir)
     splits = ("val", "test") if args.split == "both" else (args.split,)
     evals, series = evaluate_run(run_dir, args.checkpoint, splits, fix=_no_checkpoint_fix(args.checkpoint, run_dir))

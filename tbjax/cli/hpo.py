@@ -291,10 +291,9 @@ def run(argv=None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"HPO run directory '{run_dir}' cannot be created ({exc.strerror}): choose another --run-dir") from None
-    import jax
+    from tbjax.run.compile_cache import use_compilation_cache
 
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str((run_dir / "jax_cache").resolve()))
+    use_compilation_cache(run_dir / "jax_cache")
     import optuna
     from tqdm import tqdm
 

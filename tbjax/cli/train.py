@@ -102,8 +102,11 @@ def _note(text: str) -> None:
 
 
 def run(args) -> int:
+    from tbjax.run.compile_cache import use_compilation_cache
     from tbjax.run.job import NOTHING_WRITTEN, train_job
     from tbjax.run.resume import plan_fresh, plan_resume
+
+    use_compilation_cache()
 
     with interrupt_means(NOTHING_WRITTEN):
         plan = (plan_resume if args.resume else plan_fresh)(args.config, args.set, args.run_dir)

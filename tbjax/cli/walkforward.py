@@ -40,7 +40,10 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, overrides)
         validate(cfg)
         run_dir = Path(args.run_dir or Path(cfg.output.runs_dir) / time.strftime("walkforward-%Y%m%d-%H%M%S"))
+        from tbjax.run.compile_cache import use_compilation_cache
         from tbjax.run.walkforward import run_walkforward
+
+        use_compilation_cache()
 
         log = None if args.quiet else (lambda line: print(line, flush=True))
         doc = run_walkforward(cfg, run_dir, sequential=args.sequential, log=log)

@@ -43,7 +43,8 @@ def config(tmp_path_factory):
 def _train(config: Path, run_dir: Path, devices: int, **env) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every process compiles for itself
+    env["TBJAX_COMPILATION_CACHE"] = "off"
     return subprocess.Popen([sys.executable, "-m", "tbjax.train", "--config", str(config), "--run-dir", str(run_dir),
                              "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
