@@ -4,16 +4,17 @@
         [--fear-greed CSV] [--events CSV] [--no-trade-window HH:MM-HH:MM ...] [--window-size 32]
         [--earliest 1990-01-01] [--latest YYYY-MM-DD]
 
-Steps per symbol: read (``data/klines.py``; separator and decimal mark sniffed and numbers
-parsed strictly by ``data/textformat.py``, epoch units and the time range checked by
-``data/timeparse.py``), clean with counts (one summary line each), check that the file holds one
-timeframe and that it fits ``--timeframe``, compute causal features (``data/features.py``) and
-the as-of side features (``data/sidedata.py``), mark ``tradable`` (``data/tables.py``), drop the
-first ``warmup_bars(window_size)`` rows. Every file is read and validated before anything is
-written; outputs go to temp files in OUT (``tbjax.atomic``) and are renamed into place only when
-all of them are written, manifest.json last, so a failure (a full disk included) never leaves a
-partial dataset (docs/DESIGN.md invariant 6). Only then are the tables of an earlier run whose symbols
-are no longer in the raw folder removed, so OUT and its manifest list the same symbols.
+Steps per symbol: read (``data/klines.py``; separator and decimal mark sniffed, every row's field
+count checked and numbers parsed strictly by ``data/textformat.py``, epoch units and the time
+range checked by ``data/timeparse.py``), clean with counts (one summary line each), check that
+the file holds one timeframe and that it fits ``--timeframe``, compute causal features
+(``data/features.py``) and the as-of side features (``data/sidedata.py``), mark ``tradable``
+(``data/tables.py``), drop the first ``warmup_bars(window_size)`` rows. Every file is read and
+validated before anything is written; outputs go to temp files in OUT (``tbjax.atomic``) and are
+renamed into place only when all of them are written, manifest.json last, so a failure (a full
+disk included) never leaves a partial dataset (docs/DESIGN.md invariant 6). Only then are the
+tables of an earlier run whose symbols are no longer in the raw folder removed, so OUT and its
+manifest list the same symbols.
 
 Timeframe: ``--timeframe`` or the median spacing of open times. A given timeframe longer than a
 symbol's median spacing is refused: the decision time open_time + timeframe would then lie in
@@ -188,6 +189,10 @@ def _symbol_table(raw, bars, report, timeframe_ms, warmup, windows, fear_greed, 
     }
     empty = f"; optional column(s) {', '.join(raw.empty_optional)} empty, left out" \
         if raw.empty_optional else ""
+    if raw.trailing_empty_rows:  # only then, so the manifest of a clean file stays as it was
+        entry["trailing_empty_fields_rows"] = raw.trailing_empty_rows
+        empty += (f"; dropped the empty fields after the header's last column on "
+                  f"{raw.trailing_empty_rows} row(s)")
     line = (f"{raw.symbol}: {report.summary()}; {len(gaps)} gap(s); {written} written after "
             f"{warmup} warm-up rows, {untradable} untradable{empty}")
     return columns, entry, line

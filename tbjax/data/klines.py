@@ -7,9 +7,9 @@ Two layouts are understood, both with case-insensitive column names and common a
 * General OHLCV tables whose time column is one of ``open_time / timestamp / ts / ts_ms / time /
   date / datetime`` (first match in that order).
 
-CSV separators, decimal marks and strict number parsing are :mod:`tbjax.data.textformat`'s;
-time columns (epoch units, ISO / strftime strings, the plausible ``TimeBounds``) are
-:mod:`tbjax.data.timeparse`'s. Everything becomes ``open_time`` in int64 ms UTC.
+CSV separators, decimal marks, field counts and strict number parsing are
+:mod:`tbjax.data.textformat`'s; time columns (epoch units, ISO / strftime strings, the plausible
+``TimeBounds``) are :mod:`tbjax.data.timeparse`'s. Everything becomes ``open_time`` in int64 ms UTC.
 
 Canonical columns (what ``tbjax.data.features.compute_features`` relies on): ``open_time`` (int64),
 ``open, high, low, close, volume`` (float64); optional ``quote_volume, n_trades, taker_buy_base,
@@ -35,8 +35,8 @@ import pyarrow.feather as pa_feather
 import pyarrow.parquet as pa_parquet
 
 from tbjax.data.hashing import file_sha256
-from tbjax.data.textformat import (float_column, looks_numeric, number_format, sniff_decimal,
-                                   sniff_delimiter, with_number_format)
+from tbjax.data.textformat import (check_field_counts, float_column, looks_numeric, number_format,
+                                   sniff_decimal, sniff_delimiter, trailing_empty_rows, with_number_format)
 from tbjax.data.timeparse import TimeBounds, parse_time_column
 from tbjax.errors import InputError
 
@@ -66,6 +66,7 @@ TABLE_SUFFIXES = CSV_SUFFIXES + (".parquet", ".pq", ".feather", ".arrow", ".ipc"
 KLINE_COLUMN_NAMES = frozenset(TIME_COLUMNS + ("symbol",) + sum(ALIASES.values(), ()))
 _BINANCE_STEM = re.compile(r"^([A-Z0-9]+)-\d+(S|M|H|D|W|MO)-\d{4}-\d{2}(-\d{2})?$")
 _SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9._-]+$")
+_SURPLUS = "\x00surplus"  # names given to empty surplus fields (no header can hold a NUL)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class RawBars:
     bars: dict
     time_valid: np.ndarray
     empty_optional: tuple = ()
+    trailing_empty_rows: int = 0  # CSV rows whose empty fields beyond the header's were dropped
 
 
 def table_suffix(path: Path) -> str | None:
@@ -121,22 +123,40 @@ def _read_csv(path: Path, time_format: str | None, wanted) -> pa.Table:
         header, names = None, list(BINANCE_COLUMNS)
     else:
         header, names = 0, None
+    columns = list(names or fields)
+    trailing, widest = check_field_counts(path, delimiter, columns, header is not None) if columns else (0, 0)
+    # Only the useful columns are parsed: memory stays near their size (a 1M-row Binance dump
+    # peaks at about 2x the table instead of 3x); every row's field count was checked above.
+    usecols = (lambda name: normal_name(name) in wanted) if wanted is not None else None
+    if widest > len(columns):  # rows with empty surplus fields: name those fields, then leave them out
+        columns = names = _unique_names(columns) + [f"{_SURPLUS}{i}" for i in range(widest - len(columns))]
+        usecols = (lambda name, keep=usecols: not name.startswith(_SURPLUS) and (keep is None or keep(name)))
     text = {}
-    for name in names or fields:
+    for name in columns:
         is_time = normal_name(name) in TIME_COLUMNS
         if (is_time and time_format is not None) or (not is_time and delimiter != ","):
             text[name] = str
-    # Only the useful columns are parsed: memory stays near their size (a 1M-row Binance dump
-    # peaks at about 2x the table instead of 3x). Cost: a row with surplus fields is not noticed;
-    # a row with missing fields reads as NaN and is dropped (and counted) by clean_bars.
-    usecols = (lambda name: normal_name(name) in wanted) if wanted is not None else None
     frame = pd.read_csv(path, sep=delimiter, header=header, names=names, usecols=usecols,
                         dtype=text or None)
     for name in frame.columns[frame.dtypes == object]:  # mixed text/numbers → text, parsed later
         frame[name] = frame[name].astype("string")
     skip = [name for name in frame.columns if normal_name(name) in TIME_COLUMNS + ("symbol",)]
     decimal = sniff_decimal(frame, path, delimiter, skip)
-    return with_number_format(pa.Table.from_pandas(frame, preserve_index=False), decimal, delimiter)
+    return with_number_format(pa.Table.from_pandas(frame, preserve_index=False), decimal, delimiter, trailing)
+
+
+def _unique_names(fields: list[str]) -> list[str]:
+    """Header names as pandas makes them (empty -> "Unnamed: i", repeats -> "x.1"), for ``names=``."""
+    out, seen = [], set()
+    for i, name in enumerate(fields):
+        base = name if name.strip() else f"Unnamed: {i}"
+        unique, k = base, 0
+        while unique in seen:
+            k += 1
+            unique = f"{base}.{k}"
+        seen.add(unique)
+        out.append(unique)
+    return out
 
 
 def read_raw_table(path: Path, time_format: str | None = None, wanted=None) -> pa.Table:
@@ -245,7 +265,8 @@ def read_klines(path: Path, time_format: str | None = None,
             continue
         bars[canonical] = values
     return RawBars(symbol=symbol_for(table, path), path=path, sha256=file_sha256(path),
-                   bars=bars, time_valid=valid, empty_optional=tuple(empty_optional))
+                   bars=bars, time_valid=valid, empty_optional=tuple(empty_optional),
+                   trailing_empty_rows=trailing_empty_rows(table))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ guessed at: a value with a thousands separator (``1,234.5``), the other decimal 
 that could be either (``1,234`` with nothing else in the file deciding) stops with an error naming
 file, column and data row (rows count from 1 after the header).
 
+Every row must have as many fields as the header (``check_field_counts``): a row with more or
+fewer is refused with its file, line, field count and a fix, because its values would land under
+the wrong names (an unquoted "1,234.5" in a comma-separated file is two fields, and every later
+value moves one column right). The one exception are surplus fields that are all empty
+(``...,12.5,,``, a spreadsheet's trailing separators): they carry nothing, so they are dropped and
+counted.
+
 The reader records the separator and decimal mark it used in the Arrow schema metadata
 (``with_number_format``), so later readers of the table's columns (``float_column``) parse numbers
 in the same convention (``number_format``).
@@ -22,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from tbjax.errors import InputError
 
@@ -29,6 +37,7 @@ DELIMITERS = (",", ";", "\t", "|")  # ties go to the earlier one
 _DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
 DECIMAL_KEY = b"tbjax.decimal"      # Arrow schema metadata: the decimal mark of a CSV's numbers
 DELIMITER_KEY = b"tbjax.delimiter"
+TRAILING_EMPTY_KEY = b"tbjax.trailing_empty_rows"  # rows whose surplus fields were empty (dropped)
 # "1,234" (1-3 digits, a comma, exactly three digits) is 1.234 with a decimal comma or 1234 with a
 # thousands separator: such a value alone never decides the decimal mark of a file.
 _COMMA_GROUPED = r"[+-]?[1-9]\d{0,2},\d{3}"
@@ -96,10 +105,71 @@ def sniff_decimal(frame: pd.DataFrame, path: Path, delimiter: str, skip=()) -> s
     return "."
 
 
-def with_number_format(table: pa.Table, decimal: str, delimiter: str) -> pa.Table:
-    """``table`` with its CSV's decimal mark and field separator in the schema metadata."""
+def _field_count_fix(fields: int, width: int, delimiter: str, text: str) -> str:
+    """Why a row has ``fields`` fields where ``width`` are expected, and how to fix it (one clause)."""
+    if text.count('"') % 2:
+        return ("a quote (\") opened here is never closed, so the rest of the file reads as one value; "
+                "close it or remove it")
+    if fields < width:
+        return ("the row is cut short (an interrupted download or a lost separator); complete it, leaving "
+                "a missing value empty between separators, or delete the line")
+    if delimiter == ",":
+        return ("a value with an unquoted ',' (a digit-grouping comma as in 1,234.5, or a decimal comma) "
+                "splits into two fields and moves every later value one column right; save the numbers "
+                "without digit grouping and with '.' as the decimal mark (1234.5), quote such values, or "
+                "remove the extra fields")
+    return (f"a value holds an unquoted {_DELIMITER_NAMES[delimiter]} or the row has extra values; quote "
+            f"such values or remove the extra fields")
+
+
+def check_field_counts(path: Path, delimiter: str, columns, has_header: bool) -> tuple[int, int]:
+    """Refuse rows whose field count differs from the header's ``columns`` (the 12 Binance names
+    for a header-less dump); returns (rows whose surplus fields are all empty, the most fields in a
+    row). A row may lack only header columns that have no name (a header ending in separators).
+
+    Arrow's CSV parser hands every row of the wrong width to ``invalid_row_handler`` with its
+    physical row number (serial parsing); the file is tokenised once and no value is converted
+    (the one column asked for does not exist: a column of nulls, no memory). Lines count as an
+    editor shows them (header = line 1); blank lines are skipped as pandas does.
+    """
+    width = len(columns)
+    named = width - next((i for i, name in enumerate(reversed(columns)) if str(name).strip()), width)
+    bad, trailing, widest = [], [0], [width]
+
+    def handler(row) -> str:
+        try:
+            cells = next(csv.reader(row.text.splitlines(keepends=True), delimiter=delimiter), [])
+        except csv.Error:  # not parseable on its own: certainly not just empty surplus fields
+            cells = [row.text]
+        if row.actual_columns > width and not any(c.strip() for c in cells[width:]):
+            trailing[0] += 1
+            widest[0] = max(widest[0], row.actual_columns)
+        elif row.text.strip() and not named <= row.actual_columns < width:  # blanks: a blank line
+            bad.append(row)
+        return "skip"
+
+    pa_csv.read_csv(path, pa_csv.ReadOptions(use_threads=False, skip_rows=int(has_header),
+                                             column_names=[f"f{i}" for i in range(width)]),
+                    pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False,
+                                        invalid_row_handler=handler),
+                    pa_csv.ConvertOptions(include_columns=["none"], include_missing_columns=True))
+    if bad:
+        row, shown = bad[0], bad[0].text if len(bad[0].text) <= 80 else bad[0].text[:77] + "..."
+        line = f"line {row.number}" if row.number is not None else "a row"
+        first = "the header (line 1)" if has_header else "a Binance kline row"
+        more = f" ({len(bad) - 1} more row(s) with a wrong number of fields)" if len(bad) > 1 else ""
+        raise InputError(f"file {path}, {line}: {row.actual_columns} fields where {first} has {width}: "
+                         f"{shown!r}{more}; {_field_count_fix(row.actual_columns, width, delimiter, row.text)}")
+    return trailing[0], widest[0]
+
+
+def with_number_format(table: pa.Table, decimal: str, delimiter: str, trailing_empty_rows: int = 0) -> pa.Table:
+    """``table`` with its CSV's decimal mark, field separator and the number of rows whose empty
+    surplus fields were dropped in the schema metadata."""
     metadata = dict(table.schema.metadata or {})
     metadata.update({DECIMAL_KEY: decimal.encode(), DELIMITER_KEY: delimiter.encode()})
+    if trailing_empty_rows:
+        metadata[TRAILING_EMPTY_KEY] = str(int(trailing_empty_rows)).encode()
     return table.replace_schema_metadata(metadata)
 
 
@@ -107,6 +177,11 @@ def number_format(table: pa.Table) -> tuple[str, str]:
     """(decimal mark, field separator) a table was read with; ('.', ',') for parquet/feather."""
     metadata = table.schema.metadata or {}
     return (metadata.get(DECIMAL_KEY, b".").decode(), metadata.get(DELIMITER_KEY, b",").decode())
+
+
+def trailing_empty_rows(table: pa.Table) -> int:
+    """Rows of the CSV whose empty surplus fields were dropped (0 for parquet/feather)."""
+    return int((table.schema.metadata or {}).get(TRAILING_EMPTY_KEY, b"0"))
 
 
 def _number_problem(value: str, decimal: str, delimiter: str) -> str:

@@ -59,6 +59,8 @@ def population_section(run_dir: Path, evals: dict) -> list[str]:
         return []
     val_members = {m["member"]: m for m in (val.get("population") or {}).get("members", [])}
     rule = f"the {pop['top_k']} best on val" if pop.get("top_k") else "every member that beats flat on val"
+    if pop.get("rule") not in (None, "top_k", "beat flat on val"):  # e.g. no member had a finite val objective
+        rule = str(pop["rule"])
     lines = ["## Population", "",
              f"{pop['size']} members (seeds differ) trained as one program; the ensemble uses {rule} "
              f"(members {', '.join(str(i) for i in pop['selected'])}), each with its own frozen statistics. "

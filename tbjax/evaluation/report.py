@@ -260,10 +260,13 @@ def _split_section(split: str, ev: dict, plot_names: list[str]) -> list[str]:
     return lines
 
 
-def _interval(key: str, pair: Any) -> str:
+def _interval(key: str, pair: Any, no_loss: Any = None) -> str:
+    """[low, high]; with resamples lacking a loss (``no_loss`` > 0) a +inf (JSON null) end is "unbounded", not n/a."""
     if not isinstance(pair, (list, tuple)) or len(pair) != 2:
         return "n/a"
-    return f"[{format_metric(key, pair[0])}, {format_metric(key, pair[1])}]"
+    open_end = isinstance(no_loss, (int, float)) and no_loss > 0  # NaN > 0 is False
+    low, high = ("unbounded" if open_end and (v is None or v == math.inf) else format_metric(key, v) for v in pair)
+    return f"[{low}, {high}]" + (f" ({100 * no_loss:.1f} % of resamples without a losing bar)" if open_end else "")
 
 
 def _probability(value: Any) -> str:
@@ -285,7 +288,8 @@ def _significance_section(sig: Any) -> list[str]:
          _probability(sig.get("psr_vs_benchmark"))],
         [f"min track record for {100 * conf:g} %", mintrl],
         [f"Sharpe {100 * level:g} % interval", _interval("sharpe", sig.get("sharpe_ci"))],
-        [f"Sortino {100 * level:g} % interval", _interval("sortino", sig.get("sortino_ci"))],
+        [f"Sortino {100 * level:g} % interval",
+         _interval("sortino", sig.get("sortino_ci"), sig.get("sortino_no_loss_share"))],
         [f"max drawdown {100 * level:g} % interval", _interval("max_drawdown", sig.get("max_drawdown_ci"))],
     ]
     title = ("Is it real? (Probabilistic Sharpe Ratio, stationary bootstrap; docs/ALGORITHMS.md, "

@@ -25,8 +25,10 @@ annualised Sharpe is SR·sqrt(N)), γ3 = m3 / m2^1.5 skewness, γ4 = m4 / m2² k
   of geometric length (mean L) from uniform random starts, wrapping around the end; percentile
   confidence intervals of Sharpe, Sortino and max drawdown (``bootstrap_intervals``).
 
-Undefined values are NaN (JSON null), never inf, as in ``metrics``; nothing here raises on a
-degenerate (empty, constant) series.
+Undefined values are NaN (JSON null), as in ``metrics``; nothing here raises on a degenerate
+(empty, constant) series. One value may be +inf: the upper (or both) ends of the Sortino interval,
+when enough resamples hold no losing bar (see ``bootstrap_intervals``); JSON writes it as null and
+``sortino_no_loss_share`` > 0 tells that null from an undefined one.
 """
 
 from __future__ import annotations
@@ -190,33 +192,60 @@ def stationary_bootstrap_indices(n_bars: int, n_resamples: int, mean_block: floa
 
 
 def _resample_stats(x: np.ndarray, bars_per_year: float) -> np.ndarray:
-    """[B, 3] annualised Sharpe, annualised Sortino and max drawdown of each row of ``x`` [B, T]."""
+    """[B, 3] annualised Sharpe, annualised Sortino and max drawdown of each row of ``x`` [B, T].
+
+    A row without a losing bar and with a positive mean has no downside to divide by: its Sortino
+    is +inf (the limit as the losses shrink to 0), not undefined; only an all-zero row is NaN.
+    """
     mean, std = x.mean(axis=1), x.std(axis=1)
     downside = np.sqrt(np.mean(np.minimum(x, 0.0) ** 2, axis=1))
     root_n = math.sqrt(bars_per_year)
     with np.errstate(divide="ignore", invalid="ignore"):
         sharpe = np.where(std > STD_FLOOR, mean / std * root_n, np.nan)
-        sortino = np.where(downside > STD_FLOOR, mean / downside * root_n, np.nan)
+        no_loss = np.where(mean > 0.0, np.inf, np.nan)
+        sortino = np.where(downside > STD_FLOOR, mean / downside * root_n, no_loss)
         equity = np.cumprod(1.0 + x, axis=1)
         peak = np.maximum(np.maximum.accumulate(equity, axis=1), 1.0)  # E_0 = 1 is a peak too
         mdd = np.max(1.0 - equity / peak, axis=1)
     return np.stack([sharpe, sortino, np.maximum(mdd, 0.0)], axis=1)
 
 
+def percentiles(values: np.ndarray, q) -> tuple[float, ...]:
+    """Linearly interpolated percentiles of the non-NaN ``values``, +inf included (type 7 of
+    Hyndman & Fan 1996, "Sample Quantiles in Statistical Packages", Am. Stat. 50(4); NumPy's
+    default): a percentile that interpolates toward a +inf order statistic is +inf, where
+    ``np.quantile`` gives NaN (inf − inf). NaN when no value is left."""
+    v = np.sort(np.asarray(values, np.float64)[~np.isnan(values)])
+    if v.size == 0:
+        return tuple(math.nan for _ in q)
+    out = []
+    for p in q:
+        h = (v.size - 1) * float(p)
+        lo, hi = int(math.floor(h)), int(math.ceil(h))
+        w, a, b = h - lo, float(v[lo]), float(v[hi])
+        out.append(a if w == 0.0 or a == b else (math.inf if math.isinf(b) else a + w * (b - a)))
+    return tuple(out)
+
+
 def bootstrap_intervals(returns: np.ndarray, bars_per_year: float, level: float = BOOTSTRAP_LEVEL,
                         n_resamples: int = BOOTSTRAP_RESAMPLES, mean_block: float | None = None,
-                        seed: int = BOOTSTRAP_SEED) -> dict[str, tuple[float, float]]:
+                        seed: int = BOOTSTRAP_SEED) -> dict:
     """Percentile intervals (low, high) at ``level`` of Sharpe, Sortino (both annualised with
     ``bars_per_year``) and max drawdown, from ``n_resamples`` stationary-bootstrap resamples.
 
     ``mean_block`` defaults to T^(1/3); ``seed`` seeds a NumPy Generator, so the result repeats.
-    Resamples where a statistic is undefined are left out of its interval; (NaN, NaN) when fewer
-    than ``MIN_BARS`` bars or no resample defines it.
+    Resamples where a statistic is undefined (NaN) are left out of its interval; (NaN, NaN) when
+    fewer than ``MIN_BARS`` bars or no resample defines it. A resample without a losing bar has
+    Sortino +inf and counts as the largest value: leaving it out (as tbjax once did) kept exactly
+    the resamples that drew the losses and pulled both ends down, the upper most. So the upper end
+    is +inf ("unbounded") when more than about (1 − level)/2 of the resamples miss every loss. A
+    series with no losing bar at all has no Sortino, and its interval is (NaN, NaN). Also returns
+    ``sortino_no_loss_share``, the share of resamples at +inf (NaN when the series has no loss).
     """
     r = np.asarray(returns, dtype=np.float64).ravel()
     keys = ("sharpe", "sortino", "max_drawdown")
     if r.size < MIN_BARS:
-        return {k: (math.nan, math.nan) for k in keys}
+        return {**{k: (math.nan, math.nan) for k in keys}, "sortino_no_loss_share": math.nan}
     rng = np.random.default_rng(seed)
     block = default_block_length(r.size) if mean_block is None else float(mean_block)
     per_chunk = max(1, CHUNK_ELEMENTS // r.size)
@@ -225,11 +254,12 @@ def bootstrap_intervals(returns: np.ndarray, bars_per_year: float, level: float 
         idx = stationary_bootstrap_indices(r.size, min(per_chunk, n_resamples - lo), block, rng)
         stats.append(_resample_stats(r[idx], bars_per_year))
     all_stats = np.concatenate(stats)
+    has_loss = math.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) > STD_FLOOR
+    if not has_loss:  # no loss to resample: the series has no Sortino, nor does its interval
+        all_stats[:, 1] = np.nan
     q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
-    out = {}
-    for j, k in enumerate(keys):
-        col = all_stats[:, j][np.isfinite(all_stats[:, j])]
-        out[k] = tuple(float(v) for v in np.quantile(col, q)) if col.size else (math.nan, math.nan)
+    out = {k: percentiles(all_stats[:, j], q) for j, k in enumerate(keys)}
+    out["sortino_no_loss_share"] = float(np.mean(np.isposinf(all_stats[:, 1]))) if has_loss else math.nan
     return out
 
 
@@ -269,8 +299,9 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
     ``min_track_record_bars`` / ``_years`` for PSR(0) ≥ ``confidence`` and
     ``min_track_record_bars_vs_benchmark``; ``significant`` (PSR(0) ≥ confidence);
     ``sharpe_ci``, ``sortino_ci``, ``max_drawdown_ci`` = [low, high] stationary-bootstrap
-    intervals at ``level``; ``bootstrap`` (its settings); ``reading``, one plain sentence.
-    NaN where undefined (no benchmark, too few bars, zero variance).
+    intervals at ``level`` (a Sortino end may be +inf: unbounded) and ``sortino_no_loss_share``,
+    the share of resamples without a losing bar; ``bootstrap`` (its settings); ``reading``, one
+    plain sentence. NaN where undefined (no benchmark, too few bars, zero variance, no loss).
     """
     sr, skew, kurt, t = sharpe_moments(returns)
     sr_bh = sharpe_moments(benchmark_returns)[0] if benchmark_returns is not None else math.nan
@@ -288,7 +319,7 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
         "min_track_record_bars_vs_benchmark": mintrl_from_moments(sr, skew, kurt, sr_bh, confidence),
         "significant": bool(math.isfinite(psr0) and psr0 >= confidence),
         "sharpe_ci": list(ci["sharpe"]), "sortino_ci": list(ci["sortino"]),
-        "max_drawdown_ci": list(ci["max_drawdown"]),
+        "sortino_no_loss_share": ci["sortino_no_loss_share"], "max_drawdown_ci": list(ci["max_drawdown"]),
         "bootstrap": {"method": "stationary (Politis & Romano 1994), percentile", "level": level,
                       "n_resamples": n_resamples, "mean_block": block, "seed": seed},
         "reading": _reading(psr0, psr_bh, mintrl, bars_per_year, confidence),

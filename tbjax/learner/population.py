@@ -213,6 +213,12 @@ def population_program(trainer: Trainer, size: int, data_axis=None, member_batch
     return _PROGRAMS[key]
 
 
+def _closest(candidates: jax.Array, cost: jax.Array) -> jax.Array:
+    """The candidates (a boolean mask over the last axis) of least ``cost``; float32 ties within 1e-6."""
+    cost = jnp.where(candidates, cost, jnp.inf)
+    return candidates & (cost <= jnp.min(cost, axis=-1, keepdims=True) + 1e-6)
+
+
 def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels,
                     current_position: jax.Array | None = None) -> jax.Array:
     """The ensemble's action from its members' actions ``[members, ...]``.
@@ -221,23 +227,31 @@ def ensemble_action(member_actions: jax.Array, action_mode: str, position_levels
     target position affinely, so this IS the mean of the members' target positions. Discrete: the
     level nearest the mean of the members' target levels, so the ensemble stays in the env's
     action space. Ties (frequent: 4 members over {-1, 0, 1} put the mean exactly between two
-    levels whenever they split 2-2) go to the level nearest ``current_position`` (the position the
-    account holds, ``[...]``), i.e. the one that trades least: holding on an even split is a
-    no-trade band of one member's vote, the shape of the optimal policy under proportional costs
-    (Davis & Norman 1990, "Portfolio selection with transaction costs", Math. Oper. Res. 15(4)).
-    Without a current position, or if that ties too, the less exposed level wins, so the
-    ensemble never takes more risk than its average member.
+    levels whenever they split 2-2) are broken in this order:
+
+    1. the level nearest ``current_position`` (the position the account holds, ``[...]``), i.e. the
+       one that trades least: holding on an even split is a no-trade band of one member's vote,
+       the shape of the optimal policy under proportional costs (Davis & Norman 1990, "Portfolio
+       selection with transaction costs", Math. Oper. Res. 15(4));
+    2. the less exposed level (smaller |level|), so the ensemble never takes more risk than its
+       average member;
+    3. the level nearest the FIRST member's: a long/short split of equal exposure (levels with no
+       0, such as [-1, 1], while flat or without a held position) has no majority direction, and
+       the chosen members are stacked best val objective first (``run.population``), so the
+       member with the most val evidence decides instead of the order of the levels (which sent
+       every such tie short).
     """
     if action_mode == "continuous":
         return jnp.mean(jnp.clip(member_actions, -1.0, 1.0), axis=0)
     levels = jnp.asarray(position_levels, jnp.float32)
     mean = jnp.mean(levels[member_actions], axis=0)
-    distance = jnp.abs(mean[..., None] - levels)
-    nearest = distance <= jnp.min(distance, axis=-1, keepdims=True) + 1e-6  # float32 rounding of a tie
+    candidates = _closest(jnp.ones(mean.shape + levels.shape, bool), jnp.abs(mean[..., None] - levels))
     if current_position is not None:
-        trade = jnp.where(nearest, jnp.abs(levels - jnp.asarray(current_position, jnp.float32)[..., None]), jnp.inf)
-        nearest = trade <= jnp.min(trade, axis=-1, keepdims=True) + 1e-6
-    return jnp.argmin(jnp.where(nearest, jnp.abs(levels), jnp.inf), axis=-1).astype(member_actions.dtype)
+        held = jnp.asarray(current_position, jnp.float32)[..., None]
+        candidates = _closest(candidates, jnp.abs(levels - held))
+    candidates = _closest(candidates, jnp.abs(levels))
+    candidates = _closest(candidates, jnp.abs(levels - levels[member_actions[0]][..., None]))
+    return jnp.argmax(candidates, axis=-1).astype(member_actions.dtype)
 
 
 def held_position(obs: jax.Array) -> jax.Array:

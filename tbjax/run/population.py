@@ -47,14 +47,21 @@ def population_hparams(cfg: Config, hparams):
 def select_members(objectives: list[float], top_k: int | None) -> list[int]:
     """Members of the ensemble, best val objective first; uses VAL objectives only.
 
-    ``top_k`` None: every member whose val objective beats flat's (a flat policy scores 0 on every
-    term of the objective), at least the best one; k: the k best.
+    Only members with a finite val objective are candidates: -inf is the book's "never evaluated"
+    (a member that diverged before its first evaluation) and NaN / None carry no evidence either,
+    so such a member never joins on rank alone. ``top_k`` None: every candidate whose objective
+    beats flat's (a flat policy scores 0 on every term of the objective), at least the best
+    candidate; k: the k best candidates (fewer when fewer are finite). [] when no member has a
+    finite objective: :func:`chosen_members` then says so and uses every member.
     """
-    scores = [o if o is not None and math.isfinite(o) else -math.inf for o in objectives]
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    scores = {i: float(o) for i, o in enumerate(objectives) if o is not None and math.isfinite(float(o))}
+    order = sorted(scores, key=lambda i: (-scores[i], i))
     if top_k is not None:
         return order[:top_k]
     return [i for i in order if scores[i] > 0.0] or order[:1]
+
+
+NO_VAL_EVIDENCE = "no member has a finite val objective (no val evidence): every member"
 
 
 class MemberBook:
@@ -115,11 +122,19 @@ def initial_carry(cfg: Config, trainer, hparams, market):
 
 def chosen_members(cfg: Config, meta: dict) -> list[int]:
     """The ensemble's members recorded in a checkpoint's meta; a checkpoint saved before any
-    evaluation has no val evidence, so every member counts."""
+    evaluation, or one where no member has a finite val objective, has no val evidence, so every
+    member counts (:func:`selection_rule` names that case in the eval and the report)."""
     if meta.get("selected"):
         return [int(i) for i in meta["selected"]]
-    objectives = meta.get("member_objective")
-    return select_members(objectives, cfg.train.ensemble_top_k) if objectives else list(range(cfg.train.population))
+    chosen = select_members(meta.get("member_objective") or [], cfg.train.ensemble_top_k)
+    return chosen or list(range(cfg.train.population))
+
+
+def selection_rule(cfg: Config, meta: dict) -> str:
+    """How :func:`chosen_members` chose, in words (the eval's ``population.rule``)."""
+    if not meta.get("selected") and not select_members(meta.get("member_objective") or [], None):
+        return NO_VAL_EVIDENCE
+    return "top_k" if cfg.train.ensemble_top_k is not None else "beat flat on val"
 
 
 def ensemble_policy(cfg: Config, trainer, carry, selected: list[int]):
@@ -156,9 +171,8 @@ def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "
             members.append({"member": i, "seed": session.cfg.train.seed + i, "selected": i in selected,
                             "val_objective": objectives[i], "best_update": updates[i],
                             **{k: res["pooled"].get(k) for k in MEMBER_KEYS}})
-        top_k = session.cfg.train.ensemble_top_k
         result["population"] = {"size": size, "selected": selected, "members": members,
-                                "rule": "top_k" if top_k is not None else "beat flat on val", "top_k": top_k}
+                                "rule": selection_rule(session.cfg, meta), "top_k": session.cfg.train.ensemble_top_k}
         result["checkpoint"] = {"which": which, **{k: meta.get(k) for k in ("update", "env_steps", "objective")}}
         evals[split], series[split] = result, ser
     return evals, series

@@ -110,6 +110,48 @@ def test_thousands_separator_is_refused_with_row_and_fix(raw, tmp_path, capsys):
                    "'1,004.25'", "thousands separator", "without digit grouping")
 
 
+def test_unquoted_digit_grouping_comma_is_refused_with_line_and_field_counts(raw, tmp_path, capsys):
+    # unquoted, "1,004.25" is two fields: the row's open would read 1 and its high 4.25, every later
+    # value one column left of its name (volume = the close), the real volume dropped, and prepare
+    # reported only "repaired high/low"
+    text = bars().to_csv(index=False).splitlines()
+    text[5] = text[5].replace(",1004.25,", ",1,004.25,", 1)  # line 6 of the file (header = line 1)
+    assert text[5].count(",") == 6
+    (raw / "US.csv").write_text("\n".join(text) + "\n")
+    assert_refused(raw, tmp_path / "out", capsys, "US.csv", "line 6:", "7 fields where the header (line 1) has 6",
+                   repr(text[5]), "digit-grouping comma", "without digit grouping", "quote such values")
+
+
+def test_rows_cut_short_are_refused_with_the_first_line_and_a_count(raw, tmp_path, capsys):
+    text = bars().to_csv(index=False).splitlines()
+    text[40] = ",".join(text[40].split(",")[:4])   # line 41: the close and volume are missing
+    text[-1] = ",".join(text[-1].split(",")[:3])   # the last line, cut by an interrupted download
+    (raw / "CUT.csv").write_text("\n".join(text) + "\n")
+    assert_refused(raw, tmp_path / "out", capsys, "CUT.csv", "line 41:", "4 fields where the header (line 1) has 6",
+                   "(1 more row(s) with a wrong number of fields)", "cut short", "delete the line")
+
+
+@pytest.mark.parametrize("every", [3, 1])  # some rows / every row (a spreadsheet's trailing separators)
+def test_trailing_empty_fields_are_dropped_and_counted(raw, tmp_path, capsys, every):
+    text = bars().to_csv(index=False).splitlines()
+    rows = [line + ",," if k % every == 0 else line for k, line in enumerate(text[1:])]
+    (raw / "XL.csv").write_text("\n".join([text[0], *rows]) + "\n")
+    code, out, err = run(["--raw-dir", raw, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    counted = N // every + (N % every > 0)  # data rows k = 0, every, 2 every, ... < N: 27 or 80
+    assert f"dropped the empty fields after the header's last column on {counted} row(s)" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["symbols"]["XL"]["trailing_empty_fields_rows"] == counted
+    written = pa_feather.read_table(tmp_path / "out" / "XL.feather").to_pandas()
+    i = np.arange(WARMUP, N)  # the values are the hand-made ones, in their own columns
+    np.testing.assert_array_equal(written["open_time"], MONDAY + i * HOUR)
+    np.testing.assert_array_equal(written["open"], 1000.25 + i)
+    np.testing.assert_array_equal(written["high"], 1002.25 + i)
+    np.testing.assert_array_equal(written["close"], 1000.75 + i)
+    np.testing.assert_array_equal(written["volume"], 10.0 + i)
+    assert "high_low_repaired" in manifest["symbols"]["XL"] and manifest["symbols"]["XL"]["high_low_repaired"] == 0
+
+
 def test_decimal_comma_in_a_comma_separated_file_is_refused(raw, tmp_path, capsys):
     text = bars().to_csv(index=False).splitlines()
     cells = text[3].split(",")

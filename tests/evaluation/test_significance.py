@@ -23,6 +23,7 @@ from tbjax.evaluation.significance import (
     expected_max_sharpe,
     is_it_real,
     min_track_record_length,
+    percentiles,
     probabilistic_sharpe_ratio,
     probability_of_backtest_overfitting,
     sharpe_moments,
@@ -182,3 +183,63 @@ def test_report_shows_the_is_it_real_table(tmp_path):
     assert "Is it real?" in section and "| PSR vs Sharpe 0 |" in section
     assert f"**Reading:** {sig['reading']}" in section
     assert "max drawdown 90 % interval" in section and "is_it_real." not in section
+
+
+def _reference_sortino_interval(r: np.ndarray, n_year: float, level: float, n_resamples: int, seed: int):
+    """The Sortino bootstrap written out resample by resample: the same stationary-bootstrap
+    indices, each resample's annualised Sortino from its own losses (+inf when it has none), and
+    NumPy's linear percentiles with +inf stood in for by 1e300 (an end beyond 1e250 IS +inf)."""
+    idx = stationary_bootstrap_indices(r.size, n_resamples, r.size ** (1 / 3), np.random.default_rng(seed))
+    values = []
+    for row in r[idx]:
+        losses = row[row < 0]
+        values.append(math.inf if losses.size == 0 else row.mean() / math.sqrt(np.sum(losses ** 2) / row.size))
+    values = np.asarray(values) * math.sqrt(n_year)
+    ends = np.quantile(np.where(np.isinf(values), 1e300, values), [(1 - level) / 2, (1 + level) / 2])
+    return [math.inf if e > 1e250 else float(e) for e in ends], float(np.mean(np.isinf(values)))
+
+
+def test_percentiles_with_an_infinite_top_by_hand():
+    # 4 values: the 0.5 percentile sits halfway between 2 and 3; the 0.9 one 70 % of the way from
+    # 3 to +inf, so it is +inf (np.quantile says NaN there)
+    assert percentiles(np.array([3.0, 1.0, math.inf, 2.0]), [0.0, 0.5, 0.9, 1.0]) == (1.0, 2.5, math.inf, math.inf)
+    assert percentiles(np.array([math.nan, 1.0, 2.0]), [0.25]) == (1.25,)  # NaN is left out
+    assert all(math.isnan(v) for v in percentiles(np.array([math.nan]), [0.1, 0.9]))
+
+
+def test_sortino_interval_counts_resamples_without_a_loss_as_unbounded(tmp_path):
+    r = np.full(40, 0.01)
+    r[7] = -0.02  # one losing bar in 40: about a third of the resamples never draw it
+    ci = bootstrap_intervals(r, 252, level=0.9, n_resamples=500, seed=0)
+    (lo, hi), share = _reference_sortino_interval(r, 252, 0.9, 500, 0)
+    assert hi == math.inf == ci["sortino"][1]  # dropping those resamples gave a finite top
+    assert 0.2 < share == ci["sortino_no_loss_share"] < 0.5
+    assert ci["sortino"][0] == pytest.approx(lo, rel=1e-12) and math.isfinite(lo)
+    # the sample's own Sortino: 0.37 / 40 per bar over sqrt(0.0004 / 40), annualised: inside
+    assert ci["sortino"][0] < (0.37 / 40) / math.sqrt(0.0004 / 40) * math.sqrt(252) < ci["sortino"][1]
+    # JSON writes +inf as null, the share tells it from "undefined", the report says "unbounded"
+    sig = is_it_real(r, 252, r)
+    doc = json.loads(json.dumps(json_safe(sig), allow_nan=False))
+    assert doc["sortino_ci"][1] is None and doc["sortino_no_loss_share"] > 0.2
+    text = write_report(tmp_path, {"val": {"pooled": {}, "is_it_real": doc}}, {"val": {}}, []).read_text()
+    low = f"{doc['sortino_ci'][0]:.2f}"
+    assert f"| Sortino 90 % interval | [{low}, unbounded] ({100 * doc['sortino_no_loss_share']:.1f} % of resamples" in text
+    # a series that never loses has no Sortino at all, so neither has its interval
+    assert all(math.isnan(v) for v in bootstrap_intervals(np.full(40, 0.01), 252)["sortino"])
+
+
+def test_sortino_interval_top_covers_the_true_sortino_when_losses_are_rare():
+    # per-bar returns N(2, 1): a loss on 2.3 % of bars, so in 60 bars many resamples hold none.
+    # True per-bar Sortino mu / sqrt(E[min(X, 0)^2]) with E[min(X, 0)^2] = (mu^2 + s^2) Phi(-mu/s)
+    # - mu s phi(mu/s) (integrate x^2 over the normal's negative half). The 90 % interval's top must
+    # miss it at most 5 % of the time; leaving out the loss-free resamples missed it on 10 %.
+    mu, s, t = 2.0, 1.0, 60
+    true = mu / math.sqrt((mu ** 2 + s ** 2) * norm.cdf(-mu / s) - mu * s * norm.pdf(mu / s))
+    above = tried = 0
+    for seed in range(300):
+        r = np.random.default_rng(7000 + seed).normal(mu, s, t)
+        if not (r < 0).any():  # no loss in the sample: no Sortino, nothing to cover
+            continue
+        tried += 1
+        above += true > bootstrap_intervals(r, 1.0, level=0.9, n_resamples=200, seed=seed)["sortino"][1]
+    assert tried > 200 and above / tried <= 0.05

@@ -17,7 +17,7 @@ from tbjax.cli import train as train_cli
 from tbjax.config import load_config
 from tbjax.learner.population import ensemble_action, ensemble_apply
 from tbjax.run.chunks import take
-from tbjax.run.population import select_members
+from tbjax.run.population import NO_VAL_EVIDENCE, chosen_members, select_members, selection_rule
 from tbjax.run.reevaluate import evaluate_run
 from tbjax.run.session import TrainingSession
 
@@ -113,6 +113,48 @@ def test_ensemble_action_by_hand():
                                jnp.asarray([0.0]))[0]) == 2
     cont = ensemble_action(jnp.asarray([[0.2], [1.5], [-0.4]]), "continuous", levels)
     assert float(cont[0]) == pytest.approx((0.2 + 1.0 - 0.4) / 3, rel=1e-6)  # members clipped to [-1, 1]
+
+
+def test_an_even_long_short_split_follows_the_best_member_not_the_level_order():
+    # levels without 0: a 2-2 split of long and short puts the mean at 0, equally far from -1 and 1.
+    # Flat (or no held position) trades the same either way and both are equally exposed, so the
+    # FIRST member (the best on val) decides; the old rule took the first level, short, every time.
+    long_short = [-1.0, 1.0]
+    best_long = jnp.asarray([[1, 1], [0, 0], [0, 0], [1, 1]])   # column 0 held flat, column 1 no position
+    best_short = jnp.asarray([[0], [1], [1], [0]])
+    np.testing.assert_array_equal(np.asarray(ensemble_action(best_long, "discrete", long_short,
+                                                             jnp.asarray([0.0, 0.0]))), [1, 1])
+    assert int(ensemble_action(best_long[:, :1], "discrete", long_short)[0]) == 1
+    assert int(ensemble_action(best_short, "discrete", long_short, jnp.asarray([0.0]))[0]) == 0
+    # holding a side, the same split keeps it whoever is first (the no-trade band)
+    np.testing.assert_array_equal(np.asarray(ensemble_action(jnp.tile(best_short, (1, 2)), "discrete", long_short,
+                                                             jnp.asarray([1.0, -0.97]))), [1, 0])
+    # four levels without 0: votes -1 and +1 -> mean 0, a tie of -.5 and .5; the first member's
+    # side wins (-1 -> -.5 is index 1, +1 -> .5 is index 2)
+    four = [-1.0, -0.5, 0.5, 1.0]
+    assert int(ensemble_action(jnp.asarray([[0], [3]]), "discrete", four, jnp.asarray([0.0]))[0]) == 1
+    assert int(ensemble_action(jnp.asarray([[3], [0]]), "discrete", four, jnp.asarray([0.0]))[0]) == 2
+
+
+def test_top_k_never_chooses_a_member_without_a_finite_objective(tmp_path):
+    inf, nan = float("inf"), float("nan")
+    assert select_members([0.5, -inf, 1.0, nan], 3) == [2, 0]  # fewer finite than k: the finite ones
+    assert select_members([0.5, -inf, 1.0, None], 4) == [2, 0]
+    assert select_members([-inf, -0.3, nan], 2) == [1]          # a finite loser still ranks
+    assert select_members([-inf, -0.3, nan], None) == [1]
+    assert select_members([-inf, None, nan], 2) == [] == select_members([-inf, None], None)
+    cfg = load_config(None, ["train.population=3", "train.ensemble_top_k=2"])
+    none_finite = {"member_objective": [None, None, None], "selected": []}
+    assert chosen_members(cfg, none_finite) == [0, 1, 2] and selection_rule(cfg, none_finite) == NO_VAL_EVIDENCE
+    some = {"member_objective": [None, 0.2, -0.1]}
+    assert chosen_members(cfg, some) == [1, 2] and selection_rule(cfg, some) == "top_k"
+    # the report says why every member is in the ensemble
+    from tbjax.evaluation.population_report import population_section
+
+    members = [{"member": i, "seed": i, "selected": True} for i in range(3)]
+    pop = {"size": 3, "selected": [0, 1, 2], "members": members, "rule": NO_VAL_EVIDENCE, "top_k": 2}
+    text = "\n".join(population_section(tmp_path, {"val": {"population": pop}}))
+    assert f"the ensemble uses {NO_VAL_EVIDENCE} (members 0, 1, 2)" in text
 
 
 def test_each_member_acts_with_its_own_statistics():
