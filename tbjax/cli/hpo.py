@@ -155,11 +155,9 @@ def _write_results_once(study, run_dir: Path, fixed: tuple, notes: tuple) -> dic
                        best_val_metrics=best.user_attrs.get("val_metrics"),
                        best_test_metrics=best.user_attrs.get("test_metrics"))
     from tbjax.evaluation.report import SELECTION_FILE
-    from tbjax.hpo.selection import selection_bias
+    from tbjax.hpo.selection import study_selection_bias
 
-    summary["selection_bias"] = selection_bias(
-        {t.number: t.user_attrs["val_returns"] for t in trials if "val_returns" in t.user_attrs},
-        summary["best_trial"])
+    summary["selection_bias"] = study_selection_bias(trials, summary["best_trial"])
     if complete and (src := run_dir / "trials" / str(summary["best_trial"])).is_dir():
         # best/ carries how it was chosen (its report shows it), written into the copy before the swap:
         # another worker may swap its own best/ in at any moment, so nothing is written into best/ itself.

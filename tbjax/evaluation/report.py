@@ -284,7 +284,7 @@ def _significance_section(sig: Any) -> list[str]:
     mintrl = f"{bars:,.0f} bars ({years:.2f} years)" if known else "n/a (Sharpe not above 0)"
     rows = [
         ["PSR vs Sharpe 0", _probability(sig.get("psr"))],
-        [f"PSR vs buy-and-hold Sharpe {format_metric('sharpe', sig.get('benchmark_sharpe'))}",
+        [f"PSR of the return over buy-and-hold (paired; its Sharpe {format_metric('sharpe', sig.get('benchmark_sharpe'))})",
          _probability(sig.get("psr_vs_benchmark"))],
         [f"min track record for {100 * conf:g} %", mintrl],
         [f"Sharpe {100 * level:g} % interval", _interval("sharpe", sig.get("sharpe_ci"))],

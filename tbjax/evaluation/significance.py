@@ -283,7 +283,8 @@ def _reading(psr: float, psr_bh: float, mintrl: float, bars_per_year: float, con
         head = f"PSR {_prob(psr, confidence)}: not significant at {pct}, the Sharpe is not above 0"
     if math.isfinite(psr_bh):
         verdict = "beats" if psr_bh >= confidence else "does not reliably beat"
-        head += f"; PSR {_prob(psr_bh, confidence)} vs buy-and-hold's Sharpe: {verdict} buy-and-hold"
+        head += (f"; paired test on the same bars, PSR {_prob(psr_bh, confidence)} that its mean return "
+                 f"exceeds buy-and-hold's: {verdict} buy-and-hold")
     return head + "."
 
 
@@ -295,9 +296,11 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
 
     Keys: ``n_bars``; ``sharpe`` (annualised) and ``sharpe_per_bar``, ``skew``, ``kurtosis``;
     ``psr`` = PSR(0); ``benchmark_sharpe`` (annualised Sharpe of ``benchmark_returns``, e.g.
-    buy-and-hold on the same bars) and ``psr_vs_benchmark`` = PSR(benchmark's per-bar SR);
-    ``min_track_record_bars`` / ``_years`` for PSR(0) ≥ ``confidence`` and
-    ``min_track_record_bars_vs_benchmark``; ``significant`` (PSR(0) ≥ confidence);
+    buy-and-hold on the same bars) and ``psr_vs_benchmark``, the PAIRED test: PSR(0) of the per-bar
+    active return r_t − b_t (:func:`paired_edge`; the benchmark's own noise and its correlation
+    with the strategy are in it, nothing is treated as known); ``min_track_record_bars`` /
+    ``_years`` for PSR(0) ≥ ``confidence`` and ``min_track_record_bars_vs_benchmark`` (of the
+    active return); ``significant`` (PSR(0) ≥ confidence);
     ``sharpe_ci``, ``sortino_ci``, ``max_drawdown_ci`` = [low, high] stationary-bootstrap
     intervals at ``level`` (a Sortino end may be +inf: unbounded) and ``sortino_no_loss_share``,
     the share of resamples without a losing bar; ``bootstrap`` (its settings); ``reading``, one
@@ -305,8 +308,11 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
     """
     sr, skew, kurt, t = sharpe_moments(returns)
     sr_bh = sharpe_moments(benchmark_returns)[0] if benchmark_returns is not None else math.nan
+    paired = (np.size(benchmark_returns) == np.size(returns)) if benchmark_returns is not None else False
+    active = sharpe_moments(np.asarray(returns, np.float64).ravel() - np.asarray(benchmark_returns, np.float64).ravel()
+                            ) if paired else (math.nan,) * 3 + (t,)
     psr0 = psr_from_moments(sr, skew, kurt, t, 0.0)
-    psr_bh = psr_from_moments(sr, skew, kurt, t, sr_bh)
+    psr_bh = psr_from_moments(*active, 0.0)
     mintrl = mintrl_from_moments(sr, skew, kurt, 0.0, confidence)
     block = default_block_length(t) if mean_block is None else float(mean_block)
     ci = bootstrap_intervals(returns, bars_per_year, level, n_resamples, block, seed)
@@ -316,7 +322,7 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
         "sharpe": sr * root_n, "sharpe_per_bar": sr, "skew": skew, "kurtosis": kurt,
         "psr": psr0, "benchmark_sharpe": sr_bh * root_n, "psr_vs_benchmark": psr_bh,
         "min_track_record_bars": mintrl, "min_track_record_years": mintrl / bars_per_year,
-        "min_track_record_bars_vs_benchmark": mintrl_from_moments(sr, skew, kurt, sr_bh, confidence),
+        "min_track_record_bars_vs_benchmark": mintrl_from_moments(*active[:3], 0.0, confidence),
         "significant": bool(math.isfinite(psr0) and psr0 >= confidence),
         "sharpe_ci": list(ci["sharpe"]), "sortino_ci": list(ci["sortino"]),
         "sortino_no_loss_share": ci["sortino_no_loss_share"], "max_drawdown_ci": list(ci["max_drawdown"]),

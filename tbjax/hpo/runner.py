@@ -13,18 +13,17 @@ The chunk loop is training's (:func:`tbjax.run.chunks.run_chunks`: schedule, met
 guard per member, update count); :class:`_TrialChunks` is what a group of trials does at its hooks.
 
 Scores: one definition with training. Every backtest and objective comes from
-:mod:`tbjax.run.setup` (``evaluate_split``: symbols pooled by bar TIME, the config's determinism
-and key; ``regime_sortinos`` and ``objective_of``: the regime objective), called on a per-trial
-view of the Experiment whose config is the trial's. So a trial's reports, value, ``val_metrics``
-and ``test_metrics`` are the numbers ``python -m tbjax.train`` and ``python -m tbjax.evaluate``
-compute for the same config and checkpoint.
+:mod:`tbjax.run.setup` (``evaluate_split``, ``regime_sortinos``, ``objective_of``) on a per-trial
+view of the Experiment whose config is the trial's: a trial's reports, value, ``val_metrics`` and
+``test_metrics`` are what ``tbjax.train`` / ``tbjax.evaluate`` compute for that config and checkpoint.
 
 Reports and pruning. Every ``train.eval_every`` updates (rounded up to whole chunks) each live
 trial is backtested on the validation split with its frozen observation statistics and its pooled
 Sortino is ``trial.report``-ed at step = updates done; the study's pruner decides
 (``should_prune``). Every ``hpo.objective_every`` evaluations, and always at the last chunk, the
 regime objective (0.5·val + 0.3·CHOPPY_FLAT + 0.2·STRONG_TREND Sortino; docs/ALGORITHMS.md) is
-computed and appended to the user attr ``objective_series``. The objective prunes through a second
+computed and appended to the user attr ``objective_series``, and the evaluation's val returns to
+``val_candidates`` (what the trial chose among: :mod:`tbjax.hpo.selection`). The objective prunes through a second
 rule on those user attrs (Optuna's pruners see one stream only): when at least
 ``OBJECTIVE_PRUNE_STARTUP`` completed trials recorded an objective at the same update and this
 trial's value is below their median, it is pruned (the MedianPruner rule of Optuna applied to the
@@ -38,9 +37,8 @@ must fix, such as a full disk) or an interrupt fails the group and stops the wor
 records the learning rate actually applied (``lr_applied``: [update, lr] at the end of each
 chunk) and, for its best checkpoint, ``val_metrics`` and ``test_metrics`` (pooled, core keys).
 
-Counting and killed workers: ``n_trials`` is the study's total; each worker asks while the
-study counts fewer trials or a retry waits. Optuna's heartbeats, stale-trial retries and the rule
-that makes concurrent workers finish exactly ``n_trials``: :mod:`tbjax.hpo.liveness`.
+Counting and killed workers (``n_trials`` is the study's total; heartbeats, stale-trial retries):
+:mod:`tbjax.hpo.liveness`.
 """
 
 from __future__ import annotations
@@ -73,6 +71,7 @@ from tbjax.evaluation.metrics import json_safe
 from tbjax.hpo import liveness as _liveness
 from tbjax.hpo.liveness import Liveness, counted_trials
 from tbjax.hpo.program import Program, program_for, stack_trees
+from tbjax.hpo.selection import INFEASIBLE_ATTR, val_candidate
 from tbjax.hpo.space import SearchSpace
 from tbjax.learner.trainer import Trainer
 from tbjax.run.checkpoint import RunCheckpoints
@@ -107,6 +106,7 @@ class Member:
     best_update: int = 0
     best_carry: Any = None  # host copy of the carry at the best objective
     objective_series: list = field(default_factory=list)
+    val_candidates: list = field(default_factory=list)  # hpo.selection.val_candidate of each objective
     lr_applied: list = field(default_factory=list)
     pad: bool = False
 
@@ -144,10 +144,8 @@ class TrialRunner:
         return self.programs[key]
 
     def compile_count(self) -> int:
-        """Compiled train_chunk programs so far (every signature and batch size): the jit caches' sizes.
-
-        (Trace counters would miss the batched program: vmap re-uses the inner jit's jaxpr.)
-        """
+        """Compiled train_chunk programs so far (every signature and batch size): the jit caches' sizes
+        (trace counters would miss the batched program: vmap re-uses the inner jit's jaxpr)."""
         return sum(p.chunk._cache_size() for p in self.programs.values())
 
     # ------------------------------------------------------------------ trial setup
@@ -160,6 +158,7 @@ class TrialRunner:
             market_env.check_data(env_params, self.exp.market)
             hparams = hparams_from_config(cfg, env_params)
         except InputError as exc:
+            trial.set_user_attr(INFEASIBLE_ATTR, True)  # never run: not a configuration tried
             self._fail(trial, f"sampled values break a config rule: {exc}")
             return None
         if adjusted:
@@ -167,9 +166,9 @@ class TrialRunner:
         return Member(trial, cfg, hparams, dataclasses.replace(self.exp, cfg=cfg), env_params)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, m: Member, trainer: Trainer, carry, role: int) -> dict:
+    def evaluate(self, m: Member, trainer: Trainer, carry, role: int) -> tuple[dict, dict]:
         """The shared backtest of ``role`` (tbjax.run.setup.evaluate_split) for the trial's config."""
-        return evaluate_split(m.exp, trainer.policy_apply, carry.params, carry.obs_stats, m.env_params, role)[0]
+        return evaluate_split(m.exp, trainer.policy_apply, carry.params, carry.obs_stats, m.env_params, role)
 
     def objective(self, m: Member, trainer: Trainer, carry, val_eval: dict) -> float:
         """The regime objective from the val backtest plus the synthetic regime markets.
@@ -210,12 +209,11 @@ class TrialRunner:
         the checkpoint and writes the same ``val_metrics`` / ``test_metrics`` into eval/.
         """
         trial, cfg, carry = member.trial, member.cfg, member.best_carry
-        val, val_series = evaluate_split(member.exp, trainer.policy_apply, carry.params, carry.obs_stats,
-                                         member.env_params, ROLE_VAL)
+        val, val_series = self.evaluate(member, trainer, carry, ROLE_VAL)
         # pooled per-bar val returns for hpo/selection.py; 9 digits, as a near-zero Sharpe amplifies
         # rounding in the mean about 1 / Sharpe times (7 digits moved one by 1e-5 relative).
         trial.set_user_attr("val_returns", [float(f"{x:.9g}") for x in pooled_returns(val_series)])
-        test = self.evaluate(member, trainer, carry, ROLE_TEST)
+        test = self.evaluate(member, trainer, carry, ROLE_TEST)[0]
         trial.set_user_attr("val_metrics", json_safe({k: val["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("test_metrics", json_safe({k: test["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("best_update", member.best_update)
@@ -262,15 +260,15 @@ class TrialRunner:
             hps = member.hparams
         else:
             first = members[0]
-            members = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[],
-                                                     lr_applied=[]) for _ in range(batch - len(members))]
+            members = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[], lr_applied=[],
+                                                     val_candidates=[]) for _ in range(batch - len(members))]
             hps = stack_trees([m.hparams for m in members])
         carry = program.start(key, hps, market)
         run_chunks(lambda c, alive: program.advance(c, hps, alive, market), carry, ChunkSchedule.of(cfg),
                    _TrialChunks(self, members, program.trainer), batch=program.stacked)
 
     def _evaluate(self, m: Member, trainer, carry, update: int, is_last: bool) -> None:
-        val = self.evaluate(m, trainer, carry, ROLE_VAL)
+        val, val_series = self.evaluate(m, trainer, carry, ROLE_VAL)
         m.trial.report(finite_or_zero(val["pooled"]["sortino"]), step=update)
         m.n_evals += 1
         reason = None
@@ -278,6 +276,8 @@ class TrialRunner:
             value = self.objective(m, trainer, carry, val)
             m.objective_series.append([update, value])
             m.trial.set_user_attr("objective_series", json_safe(m.objective_series))
+            m.val_candidates.append(val_candidate(update, val_series))
+            m.trial.set_user_attr("val_candidates", m.val_candidates)
             if value > m.best_objective:
                 m.best_objective, m.best_update = value, update
                 # an explicit host COPY: on CPU device_get can return zero-copy views of the device

@@ -171,6 +171,27 @@ def test_is_it_real_reads_noise_and_a_real_edge():
     assert _prob(0.9498, 0.95) == "0.9498" and _prob(0.62, 0.95) == "0.62" and _prob(0.951, 0.95) == "0.95"
 
 
+def test_beating_buy_and_hold_is_a_paired_test_of_the_difference():
+    """The strategy is buy-and-hold plus a small, steady edge. Comparing its Sharpe with B&H's
+    Sharpe taken as a known constant sees two nearly equal Sharpes (PSR near 0.5); the paired test
+    sees the per-bar difference, which is almost always positive (PSR near 1)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(7)
+    bh = rng.normal(0.0002, 0.01, 2000)
+    strat = bh + rng.normal(0.0001, 0.0005, 2000)
+    out = is_it_real(strat, 8760, bh)
+    a = strat - bh  # the PSR closed form of the active return, written out
+    sr, d = a.mean() / a.std(), a - a.mean()
+    g3, g4 = np.mean(d ** 3) / a.var() ** 1.5, np.mean(d ** 4) / a.var() ** 2
+    expected = norm.cdf(sr * math.sqrt(a.size - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr ** 2))
+    assert out["psr_vs_benchmark"] == pytest.approx(expected, rel=1e-9) and expected > 0.99
+    unpaired = probabilistic_sharpe_ratio(strat, bh.mean() / bh.std())  # the old, known-threshold reading
+    assert 0.3 < unpaired < 0.8
+    assert "paired test on the same bars" in out["reading"] and "beats buy-and-hold" in out["reading"]
+    assert math.isfinite(out["min_track_record_bars_vs_benchmark"]) and out["min_track_record_bars_vs_benchmark"] < 2000
+
+
 def test_report_shows_the_is_it_real_table(tmp_path):
     rng = np.random.default_rng(4)
     r = rng.normal(0.0, 0.01, 200)

@@ -192,16 +192,26 @@ def test_stale_trial_is_reported_failed_and_retried(data, capsys):
     assert [t.number for t in counted_trials(study)] == [1, 2]  # n_trials = 2: the retry stands in for 0
     summary = _load(run_dir / "hpo_summary.json")
     assert summary["retries"] == {"1": 0} and "no heartbeat" in summary["failed"]["0"]
-    # selection bias over the two finished trials: DSR of the best, PBO over both
-    from tbjax.evaluation.significance import deflated_sharpe_ratio, probability_of_backtest_overfitting
+    # selection bias over the two finished trials and every evaluation each chose among: DSR of the
+    # best, PBO with each trial's pick replayed (the stale trial 0 is its retry, counted once)
+    from tbjax.evaluation.cscv import block_moments, candidate_sharpe, nested_pbo
+    from tbjax.evaluation.significance import expected_max_sharpe, probabilistic_sharpe_ratio
 
     series = {t.number: np.asarray(t.user_attrs["val_returns"]) for t in (retry, fresh)}
-    sharpes = [r.mean() / r.std() for r in series.values()]
+    looks = {t.number: t.user_attrs["val_candidates"] for t in (retry, fresh)}
+    for t in (retry, fresh):  # the record of the best evaluation is the saved checkpoint's own returns
+        (at_best,) = [c for c in looks[t.number] if c["update"] == t.user_attrs["best_update"]]
+        expected = block_moments(series[t.number], 16)
+        assert at_best["n"] == expected["n"] and np.allclose(at_best["block_sum"], expected["block_sum"], atol=1e-8)
+    pool = looks[1] + looks[2]
+    sharpes = np.array([candidate_sharpe(c) for c in pool])
     bias = summary["selection_bias"]
-    assert bias["n_trials"] == 2 and bias["excluded"] == []
-    assert bias["dsr"] == pytest.approx(deflated_sharpe_ratio(series[study.best_trial.number], sharpes), abs=1e-9)
-    matrix = np.stack([series[1], series[2]], axis=1)
-    assert bias["pbo"] == pytest.approx(probability_of_backtest_overfitting(matrix, 16)["pbo"])
+    assert bias["n_trials"] == 2 and bias["excluded"] == [] and bias["dsr_n"] == len(pool) >= 2
+    sr0 = expected_max_sharpe(len(pool), sharpes.var(ddof=1))
+    assert bias["dsr"] == pytest.approx(probabilistic_sharpe_ratio(series[study.best_trial.number], sr0), abs=1e-9)
+    pbo = nested_pbo(np.array([c["block_sum"] for c in pool]).T, np.array([c["block_sumsq"] for c in pool]).T,
+                     pool[0]["block_size"], [1] * len(looks[1]) + [2] * len(looks[2]))
+    assert bias["pbo"] == pytest.approx(pbo["pbo"])
     assert "DSR" in bias["reading"] and "PBO" in bias["reading"]
 
 
