@@ -10,6 +10,7 @@ steps/s does not depend on n_envs and is reported beside every row.
 
     python benchmarks/env_throughput.py            # 4 symbols x 20,000 bars x 16 features, window 32
     python benchmarks/env_throughput.py --quick    # seconds; used by tests
+    python benchmarks/env_throughput.py --n-envs 4096 16384 65536   # an accelerator's sizes
 """
 
 from __future__ import annotations
@@ -99,12 +100,15 @@ def gym_steps_per_s(params, data, n_steps: int) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (seconds) for smoke tests")
+    parser.add_argument("--n-envs", type=int, nargs="*", default=None,
+                        help="env counts (default 256 1024 4096 16384; quick 64)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         shape, env_counts, steps, repeats, gym_steps = (2, 2000, 8), (64,), 20, 1, 500
     else:
         shape, env_counts, steps, repeats, gym_steps = (4, 20_000, 16), (256, 1024, 4096, 16384), 200, 10, 20_000
+    env_counts = tuple(args.n_envs or env_counts)
     data = synthetic_market(*shape)
     params = market.make_env_params(window_size=32, episode_len=256, position_levels=(-1.0, 0.0, 1.0),
                                     borrow_bps_per_bar=1.0, turnover_penalty=0.0)
@@ -115,15 +119,16 @@ def main(argv=None) -> dict:
     print(f"device: {device.device_kind} ({device.platform}); data {shape[0]} symbols x {shape[1]} bars x "
           f"{shape[2]} features, window 32, {steps} steps per call, best of {repeats}")
     print(f"{'n_envs':>8} {'tbjax steps/s':>15} {'+final_obs':>15} {'gym steps/s':>13}")
+    result = {"device": device.device_kind or device.platform, "cpu": common.cpu_model(), "results": rows,
+              "config": {"n_symbols": shape[0], "n_bars": shape[1], "n_features": shape[2], "window_size": 32,
+                         "steps_per_call": steps, "repeats": repeats, "quick": args.quick}}
     for n_envs in env_counts:
         lean = jax_steps_per_s(params, data, n_envs, steps, repeats, return_final_obs=False)
         with_final = jax_steps_per_s(params, data, n_envs, steps, repeats, return_final_obs=True)
         rows.append({"n_envs": n_envs, "tbjax_steps_per_s": lean, "tbjax_steps_per_s_final_obs": with_final,
                      "gym_steps_per_s": gym_rate})
+        common.write_json(args.out, result)  # after every row: a run stopped early keeps the rows it finished
         print(f"{n_envs:>8} {lean:>15,.0f} {with_final:>15,.0f} {gym_rate:>13,.0f}", flush=True)
-    result = {"device": device.device_kind or device.platform, "cpu": common.cpu_model(), "results": rows,
-              "config": {"n_symbols": shape[0], "n_bars": shape[1], "n_features": shape[2], "window_size": 32,
-                         "steps_per_call": steps, "repeats": repeats, "quick": args.quick}}
     common.write_json(args.out, result)
     return result
 

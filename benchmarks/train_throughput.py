@@ -11,9 +11,17 @@ are taken from a loop-free program, one SGD minibatch step (forward, backward, c
 times n_epochs * n_minibatches, and divided by the measured time of the PPO update phase. The
 matmul peak is the best time of a 2048 x 2048 float32 ``jnp.dot`` (2 n^3 flops).
 
+``--population P ...``: instead of lone trainers, seed populations of P members of n_envs envs each
+(the mlp policy) trained as ONE program (``tbjax.learner.population``: vmapped on an accelerator,
+one member at a time on a CPU); env-steps/s = P * n_envs * n_steps * updates / seconds of one
+chunk (best of ``repeats``), ``compile_s`` = the first chunk minus a steady one.
+
+The JSON is rewritten after every measured row, so a run stopped early keeps the rows it finished.
+
     python benchmarks/train_throughput.py          # 4 symbols x 20,000 bars x 16 features, window 32
     python benchmarks/train_throughput.py --quick  # seconds
     python benchmarks/train_throughput.py --policies mlp --n-envs 1024
+    python benchmarks/train_throughput.py --population 16 64 --n-envs 256 --out population.json
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from tbjax.agent import ppo
 from tbjax.data.market import scaled_once
 from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
+from tbjax.learner.population import default_member_batch, member_keys, population_program, stack_trees
 from tbjax.learner.rollout import rollout as learner_rollout
 from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
 from tbjax.learner.update import ppo_batch
@@ -68,11 +77,37 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def measure(policy: str, n_envs: int, args, data, env_params) -> dict:
-    spec = TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
+def trainer_spec(policy: str, n_envs: int, args, data) -> TrainerSpec:
+    return TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
                        updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
                        holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant",
                        policy=policy, rnn_size=RNN_SIZE)
+
+
+def measure_population(size: int, n_envs: int, args, data, env_params) -> dict:
+    """Chunks of a seed population of ``size`` members x ``n_envs`` envs, timed (module docstring)."""
+    program = population_program(make_trainer(trainer_spec("mlp", n_envs, args, data), MarketEnv(), env_params), size)
+    hps = stack_trees([make_hparams(env_params)] * size) if size > 1 else make_hparams(env_params)
+    alive = [True] * size
+    carry = jax.block_until_ready(program.start(member_keys(0, size) if size > 1 else jax.random.PRNGKey(0),
+                                                hps, data))
+    t0 = time.perf_counter()
+    carry, _ = jax.block_until_ready(program.advance(carry, hps, alive, data))  # compile + warm-up
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        carry, _ = jax.block_until_ready(program.advance(carry, hps, alive, data))
+        times.append(time.perf_counter() - t0)
+    per_update = min(times) / args.updates
+    return {"policy": "mlp", "members": size, "n_envs": n_envs, "total_envs": size * n_envs,
+            "member_batch": default_member_batch(size) if size > 1 else 1,
+            "steps_per_s": size * n_envs * args.n_steps / per_update, "seconds_per_update": per_update,
+            "compile_s": max(first_s - min(times), 0.0)}
+
+
+def measure(policy: str, n_envs: int, args, data, env_params) -> dict:
+    spec = trainer_spec(policy, n_envs, args, data)
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(0), hp, data)
@@ -124,6 +159,8 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny run (seconds)")
     p.add_argument("--n-envs", type=int, nargs="*", default=None)
     p.add_argument("--policies", default="mlp,gru,lstm", help="comma-separated: mlp, gru, lstm")
+    p.add_argument("--population", type=int, nargs="*", default=None,
+                   help="member counts: time seed populations (mlp, n_envs per member) instead of lone trainers")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
@@ -140,24 +177,36 @@ def main(argv=None) -> dict:
     peak = matmul_peak_gflops(1024 if args.quick else 2048)
     device = f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{jax.device_count()}"
     results = []
-    print(f"device {device}; matmul peak {peak:.1f} GFLOP/s")
-    print(f"{'policy':>6} {'n_envs':>7} {'env-steps/s':>12} {'s/update':>9} {'rollout s':>10} {'update s':>9} "
-          f"{'GFLOP/upd':>10} {'GFLOP/s':>8} {'% peak':>7}")
-    for policy in args.policies.split(","):
-        for n in n_envs:
-            r = measure(policy, n, args, data, env_params)
-            r["matmul_peak_gflops"] = peak
-            mlp = next((m for m in results if m["policy"] == "mlp" and m["n_envs"] == n), None)
-            r["vs_mlp"] = r["steps_per_s"] / mlp["steps_per_s"] if mlp else None
-            results.append(r)
-            print(f"{policy:>6} {n:>7} {r['steps_per_s']:>12,.0f} {r['seconds_per_update']:>9.3f} "
-                  f"{r['rollout_s']:>10.3f} {r['ppo_update_s']:>9.3f} {r['update_gflop']:>10.2f} "
-                  f"{r['update_gflops']:>8.1f} {100 * r['update_gflops'] / peak:>6.1f}%", flush=True)
     report = {"device": device, "quick": args.quick, "machine": machine_info(),
               "config": {"symbols_bars_features": list(shape), "window": window, "n_steps": args.n_steps,
                          "n_epochs": 4, "n_minibatches": 4, "hidden_sizes": [64, 64], "num_quantiles": 32,
-                         "rnn_size": RNN_SIZE, "recurrent_cores": "separate actor and critic"},
+                         "rnn_size": RNN_SIZE, "recurrent_cores": "separate actor and critic",
+                         **({"population": list(args.population)} if args.population else {})},
               "results": results}
+    print(f"device {device}; matmul peak {peak:.1f} GFLOP/s")
+    if args.population:
+        print(f"{'members':>7} {'n_envs':>7} {'total envs':>10} {'env-steps/s':>12} {'s/update':>9} {'compile s':>9}")
+        for size in args.population:
+            for n in n_envs:
+                r = measure_population(size, n, args, data, env_params)
+                results.append(r)
+                write_json(args.out, report)  # after every row: a run stopped early keeps the rows it finished
+                print(f"{size:>7} {n:>7} {r['total_envs']:>10} {r['steps_per_s']:>12,.0f} "
+                      f"{r['seconds_per_update']:>9.3f} {r['compile_s']:>9.1f}", flush=True)
+    else:
+        print(f"{'policy':>6} {'n_envs':>7} {'env-steps/s':>12} {'s/update':>9} {'rollout s':>10} {'update s':>9} "
+              f"{'GFLOP/upd':>10} {'GFLOP/s':>8} {'% peak':>7}")
+        for policy in args.policies.split(","):
+            for n in n_envs:
+                r = measure(policy, n, args, data, env_params)
+                r["matmul_peak_gflops"] = peak
+                mlp = next((m for m in results if m["policy"] == "mlp" and m["n_envs"] == n), None)
+                r["vs_mlp"] = r["steps_per_s"] / mlp["steps_per_s"] if mlp else None
+                results.append(r)
+                write_json(args.out, report)
+                print(f"{policy:>6} {n:>7} {r['steps_per_s']:>12,.0f} {r['seconds_per_update']:>9.3f} "
+                      f"{r['rollout_s']:>10.3f} {r['ppo_update_s']:>9.3f} {r['update_gflop']:>10.2f} "
+                      f"{r['update_gflops']:>8.1f} {100 * r['update_gflops'] / peak:>6.1f}%", flush=True)
     write_json(args.out, report)
     return report
 

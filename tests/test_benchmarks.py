@@ -9,6 +9,7 @@ second reuses the first's compiled trainer (``common.tbjax_trainer`` is cached).
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,44 @@ def test_walkforward_speed_quick(tmp_path):
         assert row[key] is not None and row[key] >= 0
     # sequential: one chunk call per fold and chunk; vmapped: one per chunk for all folds
     assert row["sequential"]["chunk_calls"] == 2 * row["vmapped"]["chunk_calls"]
+
+
+GPU_SH_BENCHMARKS = ("env_throughput", "train_throughput", "population", "walkforward_speed", "vs_sb3")
+
+
+def test_gpu_sh_tiny_writes_every_benchmark_flat_under_out(tmp_path):
+    """benchmarks/gpu.sh --tiny: the GPU run's steps at tiny shapes on the CPU. OUT gets exactly one
+    JSON per benchmark (with the shapes gpu.sh asks for), gpu.log and summary.md, nothing nested."""
+    out = tmp_path / "gpu"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_SH_")}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--tiny"], capture_output=True, text=True,
+                          env={**env, "OUT": str(out), "PYTHON": sys.executable}, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.json" for n in GPU_SH_BENCHMARKS]
+                                                           + ["gpu.log", "summary.md"])
+    doc = {n: json.loads((out / f"{n}.json").read_text()) for n in GPU_SH_BENCHMARKS}
+    assert all("commit" in d for d in doc.values())  # written by common.write_json
+    (row,) = doc["env_throughput"]["results"]
+    assert row["n_envs"] == 32 and min(row["tbjax_steps_per_s"], row["tbjax_steps_per_s_final_obs"],
+                                       row["gym_steps_per_s"]) > 0
+    (row,) = doc["train_throughput"]["results"]
+    assert (row["policy"], row["n_envs"]) == ("mlp", 16) and row["steps_per_s"] > 0 and row["update_gflops"] > 0
+    (row,) = doc["population"]["results"]
+    assert (row["members"], row["n_envs"], row["total_envs"]) == (2, 8, 16) and row["steps_per_s"] > 0
+    assert doc["population"]["config"]["population"] == [2]
+    (row,) = doc["walkforward_speed"]["results"]
+    assert row["folds"] == 2 and row["vmapped_s"] > 0 and row["sequential_s"] > 0
+    sb3 = doc["vs_sb3"]
+    assert sb3["settings"]["tiny"] and sb3["settings"]["tbjax"]["n_envs"] == 64 and sb3["tbjax_steps_per_s"] > 0
+    summary = (out / "summary.md").read_text()
+    for name in GPU_SH_BENCHMARKS:
+        assert f"| {name} | ok |" in summary and f"## {name}" in summary
+    if HAVE_SB3:
+        assert sb3["sb3_steps_per_s"] > 0 and "SB3 PPO" in summary
+    else:  # the SB3 side is skipped, and the summary says why
+        assert sb3["sb3_steps_per_s"] is None and "stable-baselines3 is not installed" in summary
+    assert "| wheels | skipped |" in summary  # the packages import here: nothing to install
+    assert "done in" in (out / "gpu.log").read_text()
 
 
 def test_run_all_reports_ok_failed_and_missing(tmp_path, monkeypatch):
