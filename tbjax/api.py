@@ -185,7 +185,7 @@ def _resolve(path: str | Path) -> tuple[Path, tuple[str, ...]]:
 
 def _resolve_run_paths(cfg: Config, run_dir: Path) -> Config:
     """The config's relative paths resolved as training and ``tbjax.evaluate`` resolve them
-    (:func:`tbjax.run.session.resolve_run_paths`: the folder the run was trained from, then the
+    (:func:`tbjax.run.rundir.resolve_run_paths`: the folder the run was trained from, then the
     current one). ``env.liquidity_seasonality`` is read by the env, so one found nowhere is an
     error; the processed data is never read here, so ``data.processed_dir`` is resolved where it
     exists and otherwise kept as written."""

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from tbjax.config_rules import SLOWEST_INDICATOR_WINDOW, validate  # noqa: F401 (re-exported)
+from tbjax.config_rules import validate  # noqa: F401 (re-exported: tbjax.config.validate)
 from tbjax.errors import InputError
 
 

@@ -9,15 +9,15 @@ program's structure lives in the frozen, hashable :class:`TrainerSpec`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from tbjax.agent.networks import POLICIES
 from tbjax.config import PPOConfig, TrainConfig, default_config, keys_of_kind
+from tbjax.config_rules import (PPO_FLOATS, PRECISIONS, check_choice, check_count, check_floats, check_learner_shape,
+                                check_learning_rates)
 from tbjax.errors import InputError
 
 _PPO, _TRAIN = PPOConfig(), TrainConfig()
@@ -40,9 +40,6 @@ HPARAM_DOCS: dict[str, str] = {
 }
 HPARAM_DEFAULTS: dict[str, float] = {
     name: float(getattr(PPOConfig(), name)) for name in keys_of_kind("traced", "ppo")}
-
-LR_SCHEDULES = ("constant", "linear")
-PRECISIONS = ("float32", "bfloat16")
 
 
 @flax.struct.dataclass
@@ -67,7 +64,9 @@ class HParams:
 def make_hparams(env_params: Any = None, **floats: float) -> HParams:
     """HParams with the documented defaults (HPARAM_DEFAULTS) overridden by ``floats``.
 
-    Raises InputError for an unknown name or a value outside its valid range.
+    Raises InputError for an unknown name or a value outside its valid range: the ppo.* rules of
+    :mod:`tbjax.config_rules`, the same ones a config is held to, with the same messages. Array
+    values (stacked trials) are the caller's to check.
     """
     unknown = sorted(set(floats) - set(HPARAM_DEFAULTS))
     if unknown:
@@ -76,27 +75,10 @@ def make_hparams(env_params: Any = None, **floats: float) -> HParams:
             f"valid names are {', '.join(HPARAM_DEFAULTS)}"
         )
     values = {**HPARAM_DEFAULTS, **floats}
-    for name, value in values.items():
-        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
-            raise InputError(f"hyperparameters.{name}: got {value}; use a finite number")
-    _check_range(values, "gamma", 0.0, 1.0)
-    _check_range(values, "gae_lambda", 0.0, 1.0)
-    _check_range(values, "popart_beta", 0.0, 1.0)
-    _check_range(values, "weight_decay", 0.0, math.inf)
-    _check_range(values, "cvar_alpha", 1e-6, 1.0, low_open=False)
-    for name in ("learning_rate", "lr_min", "clip_eps", "ent_coef", "vf_coef", "cvar_weight"):
-        _check_range(values, name, 0.0, math.inf)
-    _check_range(values, "max_grad_norm", 1e-12, math.inf)
+    check_floats("ppo", values, PPO_FLOATS)
+    check_learning_rates(values["learning_rate"], values["lr_min"])
     arrays = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
     return HParams(env=env_params, **arrays)
-
-
-def _check_range(values, name, low, high, low_open=False):
-    value = values[name]
-    if not isinstance(value, (int, float)):
-        return  # traced / array values are the caller's responsibility (e.g. stacked trials)
-    if value < low or value > high or (low_open and value == low):
-        raise InputError(f"hyperparameters.{name}: got {value}; use a value in [{low}, {high}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,41 +116,19 @@ class TrainerSpec:
     n_groups: int = 1
 
     def validate(self, n_devices: int = 1) -> None:
-        """Raise InputError naming the field and the fix for an inconsistent spec."""
-        for name in ("n_envs", "n_steps", "n_epochs", "n_minibatches", "updates_per_chunk",
-                     "total_updates", "num_quantiles", "holdout_size", "n_groups", "rnn_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"trainer.{name}: got {getattr(self, name)}; use an integer >= 1")
-        batch = self.n_envs * self.n_steps
-        if batch % self.n_minibatches:
-            raise InputError(
-                f"trainer.n_minibatches: {self.n_minibatches} does not divide the batch "
-                f"n_envs*n_steps = {batch}; choose a divisor of {batch}"
-            )
-        if self.policy not in POLICIES:
-            raise InputError(f"trainer.policy: got {self.policy!r}; use one of {', '.join(POLICIES)}")
-        if self.policy != "mlp" and self.n_envs % self.n_minibatches:
-            raise InputError(
-                f"trainer.n_minibatches: {self.n_minibatches} does not divide n_envs = {self.n_envs}; a "
-                f"recurrent policy's minibatches are whole env sequences: choose a divisor of {self.n_envs}"
-            )
+        """Raise InputError naming the key and the fix: the ppo.* shape rules of
+        :mod:`tbjax.config_rules` (the same a config is held to), then what only the trainer knows."""
+        check_learner_shape(self)
+        check_count("train.updates_per_chunk", self.updates_per_chunk)
+        check_choice("train.precision", self.precision, PRECISIONS)
+        for name in ("total_updates", "holdout_size", "n_groups"):  # derived, not config keys
+            check_count(f"TrainerSpec.{name}", getattr(self, name))
+        if not self.popart_sigma_min > 0:
+            raise InputError(f"TrainerSpec.popart_sigma_min must be > 0, got {self.popart_sigma_min}")
         if self.n_envs % n_devices:
             raise InputError(
-                f"trainer.n_envs: {self.n_envs} is not divisible by the {n_devices} devices of "
+                f"ppo.n_envs = {self.n_envs} is not divisible by the {n_devices} devices of "
                 f"the mesh; use a multiple of {n_devices}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(
-                f"trainer.lr_schedule: got {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise InputError(
-                f"trainer.precision: got {self.precision!r}; use one of {', '.join(PRECISIONS)}"
-            )
-        if self.huber_kappa <= 0 or self.obs_clip <= 0 or self.popart_sigma_min <= 0:
-            raise InputError(
-                "trainer.huber_kappa, trainer.obs_clip and trainer.popart_sigma_min must be > 0; "
-                f"got {self.huber_kappa}, {self.obs_clip}, {self.popart_sigma_min}"
             )
 
     @property

@@ -45,6 +45,7 @@ from tbjax.agent.policy import (  # re-exported: the trainer imports the policy 
     policy_sample,
 )
 from tbjax.agent.recurrent import CELLS, cell_step, input_gates, join_state, sequence, split_state
+from tbjax.config_rules import POLICIES  # the ppo.policy rule: "mlp" and every CELLS core
 
 __all__ = [
     "ACTION_MODES",
@@ -59,7 +60,6 @@ __all__ = [
     "state_size",
 ]
 
-POLICIES = ("mlp", "gru", "lstm")
 # Clamp for the continuous policy's log standard deviation: std in [e^-5, e^2] ~ [0.007, 7.4].
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0

@@ -21,20 +21,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tbjax.errors import InputError
+from tbjax.config_rules import ACTION_MODES, check_choice
 
-ACTION_MODES = ("discrete", "continuous")
 # tanh(u) rounds to +-1 in float32 for |u| > ~9; atanh needs |a| < 1.
 _ACTION_EPS = 1e-6
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def check_action_mode(action_mode: str) -> None:
-    """Raise InputError unless ``action_mode`` is one of ACTION_MODES."""
-    if action_mode not in ACTION_MODES:
-        raise InputError(
-            f"agent.action_mode: got {action_mode!r}; use one of {', '.join(ACTION_MODES)}"
-        )
+    """Raise InputError unless ``action_mode`` is one of ACTION_MODES (the env.action_mode rule)."""
+    check_choice("env.action_mode", action_mode, ACTION_MODES)
 
 
 def _split_gaussian(policy_params: jax.Array) -> tuple[jax.Array, jax.Array]:

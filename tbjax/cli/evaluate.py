@@ -5,7 +5,7 @@ feature_pipeline.json and an orbax checkpoint (frozen observation statistics ins
 metrics, then writes eval/<split>.json and report.md with plots.
 
 Works from any folder: a relative ``data.processed_dir`` is found where the run was trained
-(``tbjax.run.session.resolve_run_paths``), and data that differs from what the run was trained on is
+(``tbjax.run.rundir.resolve_run_paths``), and data that differs from what the run was trained on is
 refused. A damaged newest checkpoint falls back to the previous one with one warning line.
 
 A run directory that cannot be written (read-only copy, full disk): the metrics are still

@@ -43,8 +43,6 @@ from tbjax.hpo.storage import (  # noqa: F401
     storage_shown,
 )
 
-PRUNER_NAMES = ("successive_halving", "median", "hyperband", "patient", "none")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
@@ -273,9 +271,7 @@ def _resolve(args):
     hpo = {k: v for k, v in (("storage", args.storage), ("study_name", args.study_name), ("n_trials", args.n_trials),
                               ("timeout", args.timeout), ("batch", args.batch)) if v is not None}
     cfg = dataclasses.replace(cfg, hpo=dataclasses.replace(cfg.hpo, **hpo))
-    validate(cfg)
-    if cfg.hpo.timeout is not None and cfg.hpo.timeout <= 0:
-        raise InputError(f"hpo.timeout must be > 0 seconds, got {cfg.hpo.timeout}")
+    validate(cfg)  # the overrides above are config keys too: hpo.timeout, hpo.batch, ...
     return cfg, Path(args.run_dir or os.path.join(cfg.output.runs_dir, cfg.output.run_name or f"hpo-{cfg.hpo.study_name}"))
 
 

@@ -41,9 +41,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import lfilter
 
+from tbjax.config_rules import SLOWEST_INDICATOR_WINDOW  # MACD's slow EMA span (macd_lines), the longest lookback
 from tbjax.errors import InputError
-
-SLOWEST_WINDOW: int = 26  # longest lookback of any indicator (the MACD slow EMA)
 
 _BASE_NAMES = [
     "logret_1", "logret_5", "logret_20", "ma20_ratio",
@@ -55,6 +54,7 @@ _CALENDAR_NAMES = ["how_sin", "how_cos", "dow_sin", "dow_cos"]
 _REQUIRED = ("open_time", "open", "high", "low", "close", "volume")
 
 _MS_PER_HOUR = 3_600_000
+HOURS_PER_WEEK = 168  # hour_of_week's range; also the length of env.liquidity_seasonality's curve
 # 1970-01-01 (epoch 0) was a Thursday: add three days of hours so that Monday 00:00 UTC is hour 0.
 _EPOCH_HOUR_OF_WEEK = 72
 
@@ -65,7 +65,7 @@ def warmup_bars(window_size: int) -> int:
     Twice the slowest lookback lets the MACD signal EMA (defined from row 33) settle past its seed,
     and the observation window itself must fit. Also the minimum embargo between splits.
     """
-    return max(2 * SLOWEST_WINDOW, int(window_size))
+    return max(2 * SLOWEST_INDICATOR_WINDOW, int(window_size))
 
 
 def feature_names(has_taker: bool) -> list[str]:
@@ -86,7 +86,7 @@ def parkinson_volatility_per_bar(high: np.ndarray, low: np.ndarray) -> np.ndarra
 def hour_of_week(open_time_ms: np.ndarray) -> np.ndarray:
     """UTC hour of week 0..167 of each bar's open time, Monday 00:00 = 0 (int64)."""
     hours = np.floor_divide(np.asarray(open_time_ms, np.int64), _MS_PER_HOUR)
-    return (hours + _EPOCH_HOUR_OF_WEEK) % 168
+    return (hours + _EPOCH_HOUR_OF_WEEK) % HOURS_PER_WEEK
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -157,7 +157,7 @@ def _wilder(x: np.ndarray, n: int, first: int = 1) -> np.ndarray:
 # ----------------------------------------------------------------------------- indicators
 
 
-def macd_lines(close: np.ndarray, fast: int = 12, slow: int = 26, signal: int = 9):
+def macd_lines(close: np.ndarray, fast: int = 12, slow: int = SLOWEST_INDICATOR_WINDOW, signal: int = 9):
     """MACD line EMA_fast - EMA_slow (defined from row slow-1), its EMA_signal and the histogram,
     all in price units (Appel, 1979)."""
     line = _ema(close, fast) - _ema(close, slow)
@@ -257,7 +257,7 @@ def compute_features(bars: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     how = hour_of_week(bars["open_time"]).astype(np.float64)
     dow = np.floor_divide(how, 24.0)
-    out["how_sin"], out["how_cos"] = np.sin(2 * np.pi * how / 168), np.cos(2 * np.pi * how / 168)
+    out["how_sin"], out["how_cos"] = np.sin(2 * np.pi * how / HOURS_PER_WEEK), np.cos(2 * np.pi * how / HOURS_PER_WEEK)
     out["dow_sin"], out["dow_cos"] = np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)
 
     names = feature_names("taker_buy_base" in bars)

@@ -22,20 +22,22 @@ import os
 import numpy as np
 
 from tbjax.atomic import write_atomic
+from tbjax.config import FeaturesConfig
+from tbjax.config_rules import FEATURE_FLOATS, check_floats
 from tbjax.data.scaling import scaling_arrays, standardize
 from tbjax.errors import InputError
+
+
+_DEFAULTS = FeaturesConfig()  # features.* defaults live in tbjax/config.py only
 
 
 class FeaturePipeline:
     """Per-column train statistics and the transform that applies them."""
 
-    def __init__(self, columns: list[str], std_floor: float = 1e-8, clip: float | None = 10.0):
+    def __init__(self, columns: list[str], std_floor: float = _DEFAULTS.std_floor, clip: float | None = _DEFAULTS.clip):
         if not columns:
             raise InputError("FeaturePipeline needs at least one feature column")
-        if not std_floor > 0.0:
-            raise InputError(f"std_floor must be > 0, got {std_floor}")
-        if clip is not None and not clip > 0.0:
-            raise InputError(f"clip must be > 0 or None, got {clip}")
+        check_floats("features", {"std_floor": std_floor, "clip": clip}, FEATURE_FLOATS)  # clip None: no clip
         self.columns = list(columns)
         self.std_floor = float(std_floor)
         self.clip = None if clip is None else float(clip)

@@ -22,7 +22,6 @@ Callers vmap over envs: ``jax.vmap(step, in_axes=(0, 0, 0, None, None))``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jax
@@ -31,15 +30,14 @@ import numpy as np
 from flax import struct
 
 from tbjax.config import EnvConfig, keys_of_kind
+from tbjax.config_rules import (ACTION_MODES, ENV_FLOATS, SYMBOL_SAMPLINGS, Interval, check_choice, check_count,
+                                check_float, check_floats, check_position_levels, check_position_range)
+from tbjax.data.features import HOURS_PER_WEEK
 from tbjax.data.market import ROLE_NAMES, MarketData
 from tbjax.env.costs import settle_bar
 from tbjax.env.observation import (N_ACCOUNT_FEATURES, account_features, assemble_observation, market_window,
                                    scaled_window)
 from tbjax.errors import InputError
-
-HOURS_PER_WEEK = 168
-ACTION_MODES = ("discrete", "continuous")
-SYMBOL_SAMPLINGS = ("uniform", "length")
 
 # Traced float fields (units in the names; bps = 1e-4 of notional). Their defaults are env.* in
 # tbjax/config.py, the one place defaults live.
@@ -76,27 +74,6 @@ class EnvParams:
     role: int = struct.field(pytree_node=False, default=0)
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise InputError(f"env.{name} = {value!r} is not supported; use one of {list(choices)}")
-
-
-def _check_levels(levels) -> tuple:
-    try:
-        vals = tuple(float(v) for v in levels)
-    except (TypeError, ValueError):
-        raise InputError(f"env.position_levels = {levels!r} must be a list of numbers, "
-                         "e.g. [0.0, 0.5, 1.0] (long-only) or [-1.0, 0.0, 1.0] (long-short)") from None
-    if not vals:
-        raise InputError("env.position_levels is empty; give at least one target position, e.g. [0.0, 1.0]")
-    if not all(math.isfinite(v) for v in vals):
-        raise InputError(f"env.position_levels = {list(vals)} contains a non-finite value; use finite fractions")
-    if any(b <= a for a, b in zip(vals, vals[1:])):
-        raise InputError(f"env.position_levels = {list(vals)} must be sorted ascending with no repeats, "
-                         f"e.g. {sorted(set(vals))}")
-    return vals
-
-
 def _check_multipliers(values, where: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.shape != (HOURS_PER_WEEK,):
@@ -109,11 +86,21 @@ def _check_multipliers(values, where: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def _host_float(key: str, value) -> float:
+    try:
+        return float(value)  # numpy and 0-d device scalars too
+    except (TypeError, ValueError):
+        check_float(key, value, Interval())  # refuses it with the rule's message
+        raise
+
+
 def make_env_params(**kwargs) -> EnvParams:
     """Validate user settings and build EnvParams with float32 array leaves.
 
-    Raises InputError (naming the key and the fix) for unknown keys, bad modes, bad discrete
-    levels, negative costs, an empty continuous range or a bad liquidity curve.
+    Raises InputError (naming the key and the fix) for unknown keys and for any value the env.*
+    rules of :mod:`tbjax.config_rules` refuse (the same rules and messages a config gets), or a bad
+    liquidity curve. env.window_size >= SLOWEST_INDICATOR_WINDOW is the config's rule, not the env's (any
+    window >= 1 works here).
     """
     static = {"window_size", "episode_len", "action_mode", "position_levels", "symbol_sampling", "role"}
     known = static | set(FLOAT_DEFAULTS) | {"liquidity_multipliers"}
@@ -121,35 +108,17 @@ def make_env_params(**kwargs) -> EnvParams:
     if unknown:
         raise InputError(f"unknown env setting(s) {unknown}; known settings: {sorted(known)}")
     action_mode = kwargs.get("action_mode", _ENV_DEFAULTS.action_mode)
-    _check_choice("action_mode", action_mode, ACTION_MODES)
+    check_choice("env.action_mode", action_mode, ACTION_MODES)
     sampling = kwargs.get("symbol_sampling", _ENV_DEFAULTS.symbol_sampling)
-    _check_choice("symbol_sampling", sampling, SYMBOL_SAMPLINGS)
+    check_choice("env.symbol_sampling", sampling, SYMBOL_SAMPLINGS)
     role = kwargs.get("role", 0)
-    _check_choice("role", role, (0, 1, 2))
-    levels = _check_levels(kwargs.get("position_levels", tuple(_ENV_DEFAULTS.position_levels)))
+    check_choice("role", role, (0, 1, 2))  # ROLE_TRAIN / ROLE_VAL / ROLE_TEST, set by the caller
+    levels = check_position_levels(kwargs.get("position_levels", tuple(_ENV_DEFAULTS.position_levels)))
     for name in ("window_size", "episode_len"):
-        v = kwargs.get(name, getattr(_ENV_DEFAULTS, name))
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise InputError(f"env.{name} = {v!r} must be a positive integer")
-    floats = {}
-    for name, default in FLOAT_DEFAULTS.items():
-        v = kwargs.get(name, default)
-        try:
-            fv = float(v)
-        except (TypeError, ValueError):
-            raise InputError(f"env.{name} = {v!r} must be a number") from None
-        if not math.isfinite(fv):
-            raise InputError(f"env.{name} = {v!r} must be finite")
-        if name not in ("min_position", "max_position") and fv < 0:
-            raise InputError(f"env.{name} = {fv} must be >= 0")
-        floats[name] = fv
-    if floats["min_position"] > floats["max_position"]:
-        raise InputError(f"env.min_position = {floats['min_position']} exceeds env.max_position = "
-                         f"{floats['max_position']}; swap them")
-    if floats["capital"] <= 0:
-        raise InputError(f"env.capital = {floats['capital']} must be > 0 (account size in quote currency)")
-    if not floats["equity_floor"] < 1.0:
-        raise InputError(f"env.equity_floor = {floats['equity_floor']} must be below the initial equity 1.0")
+        check_count(f"env.{name}", kwargs.get(name, getattr(_ENV_DEFAULTS, name)))
+    floats = {name: _host_float(f"env.{name}", kwargs.get(name, default)) for name, default in FLOAT_DEFAULTS.items()}
+    check_floats("env", floats, ENV_FLOATS)
+    check_position_range(floats["min_position"], floats["max_position"])
     mult = kwargs.get("liquidity_multipliers")
     mult = (np.ones(HOURS_PER_WEEK, np.float32) if mult is None
             else _check_multipliers(mult, "env.liquidity_multipliers"))

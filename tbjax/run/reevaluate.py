@@ -2,7 +2,7 @@
 
 The resolved config.yaml, the train-fitted feature_pipeline.json and an orbax checkpoint (frozen
 observation statistics inside it) are all it reads besides the processed data. A relative
-``data.processed_dir`` is found where the run was trained (:func:`tbjax.run.session.resolve_run_paths`)
+``data.processed_dir`` is found where the run was trained (:func:`tbjax.run.rundir.resolve_run_paths`)
 and data that differs from what the run was trained on is refused (``check_same_data``). A damaged
 newest checkpoint falls back to the previous one with one warning. Nothing is written here: saving
 is :func:`tbjax.run.deployed.save_evaluation`.

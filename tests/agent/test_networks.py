@@ -194,5 +194,5 @@ def test_continuous_head_and_bfloat16_compute(monotone_shared_continuous, obs):
 def test_unknown_action_mode_is_an_input_error():
     with pytest.raises(InputError, match="action_mode"):
         ActorCritic(action_mode="short_only").init(jax.random.PRNGKey(0), jnp.zeros((OBS_DIM,)))
-    with pytest.raises(InputError, match="discrete, continuous"):
+    with pytest.raises(InputError, match="env.action_mode must be one of 'discrete', 'continuous'"):
         policy_mode(jnp.zeros((3,)), "Discrete")

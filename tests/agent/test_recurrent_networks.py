@@ -2,6 +2,7 @@
 semantics by hand, one step equals a sequence of length one, the state layout of separate and
 shared cores, and the hand-written sequence VJP against JAX's autodiff of the step loop."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,5 +159,4 @@ def test_hand_written_sequence_vjp_equals_autodiff_of_the_step_loop(policy):
     reference = jax.grad(loss(scanned), argnums)(*args)
     np.testing.assert_allclose(loss(lambda *a: sequence(policy, jnp.float32, *a, reset))(*args),
                                loss(scanned)(*args), rtol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(reference)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(mine, reference, rtol=1e-4, atol=1e-5)  # same structure too, not zip's shorter one

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tbjax.data.features import (SLOWEST_WINDOW, compute_features, feature_names,
+from tbjax.data.features import (SLOWEST_INDICATOR_WINDOW, compute_features, feature_names,
                                  parkinson_volatility_per_bar, warmup_bars)
 from tbjax.errors import InputError
 
@@ -60,7 +60,7 @@ def test_columns_dtype_and_warmup(full):
     assert list(feats) == feature_names(True)
     assert all(v.dtype == np.float32 for v in feats.values())
     warm = warmup_bars(10)
-    assert warm == 2 * SLOWEST_WINDOW == 52 and warmup_bars(64) == 64
+    assert warm == 2 * SLOWEST_INDICATOR_WINDOW == 52 and warmup_bars(64) == 64
     for name, col in feats.items():  # every column defined after the warm-up, except 0/0 volume
         bad = ~np.isfinite(col[warm:])
         if name.startswith("taker_buy_ratio"):

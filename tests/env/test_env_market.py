@@ -280,7 +280,8 @@ def test_length_weighted_sampling_matches_row_counts(data):
 
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(position_levels=()), "empty"),
+    (dict(position_levels=()), "at least two"),
+    (dict(position_levels=(1.0,)), "at least two"),
     (dict(position_levels=(0.0, 1.0, 0.5)), "sorted"),
     (dict(position_levels=(0.0, 0.0, 1.0)), "sorted"),
     (dict(position_levels=(0.0, float("nan"))), "non-finite"),

@@ -5,6 +5,7 @@ hyperparameters, vmap over trials equals separate runs, the NaN guard, the marke
 Compiled trainers are shared through module-scope fixtures (one compile per trainer).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,9 +102,9 @@ def test_nan_reward_is_skipped_and_raised(risk):
     m = run["chunks"][0]
     np.testing.assert_array_equal(m["nan_guard_count"], np.arange(1, RISK_SPEC.updates_per_chunk + 1))
     # Every update was skipped: the parameters are exactly the initial ones.
-    jax.tree_util.tree_map(np.testing.assert_array_equal, _host(run["carry"].params), run["init_params"])
+    chex.assert_trees_all_equal(_host(run["carry"].params), run["init_params"])
     # ... and so are the observation statistics: a discarded update merges none of its rollout.
-    jax.tree_util.tree_map(np.testing.assert_array_equal, _host(run["carry"].obs_stats), run["init_obs_stats"])
+    chex.assert_trees_all_equal(_host(run["carry"].obs_stats), run["init_obs_stats"])
     with pytest.raises(NonFiniteUpdateError, match="update 0") as err:
         raise_if_nonfinite(m, update_offset=0)
     assert err.value.metric.startswith("loss/")

@@ -1,5 +1,9 @@
 """XLA settings tbjax needs, applied before JAX creates its CPU backend.
 
+Layer 0 (docs/DESIGN.md, "Layers"): the package root applies it on ``import tbjax``, which every
+``import tbjax.<anything>`` runs first, so the root may import nothing above layer 0. It imports
+only ``os`` and never JAX: XLA reads ``XLA_FLAGS`` when the first backend starts, later than this.
+
 XLA:CPU's concurrency-optimised scheduler (jaxlib 0.10.2) deadlocks while executing the
 trial-vmapped ``train_chunk`` with two 64-wide hidden layers: every thread waits and the
 process sleeps forever (found by the HPO throughput benchmark; the unbatched program and
