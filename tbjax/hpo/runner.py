@@ -4,10 +4,10 @@ One process builds the Experiment once and keeps one compiled program per static
 (TrainerSpec + the EnvParams tree structure): a new trial with new continuous values reuses it
 (HParams leaves are traced; docs/DESIGN.md invariant 4).
 
-Batched trials (``batch`` B > 1) run as one vmapped program (:mod:`tbjax.hpo.program`); a
-member that is pruned or diverges stops learning at once (the ``alive`` mask) and is told PRUNED
-immediately. Groups smaller than B (the last batch, or trials whose sampled shapes differ) are
-padded with copies of a member that start dead, so each signature compiles once per process.
+Trials trained together (``hpo.batch`` > 1 members) run as one vmapped program
+(:mod:`tbjax.hpo.program`); a member that is pruned or diverges stops learning at once (the
+``alive`` mask) and is told PRUNED immediately. Smaller groups (the last one, or trials whose
+sampled shapes differ) are padded with members that start dead: one compile per signature and process.
 
 The chunk loop is training's (:func:`tbjax.run.chunks.run_chunks`: schedule, metrics fetch, NaN
 guard per member, update count); :class:`_TrialChunks` is what a group of trials does at its hooks.
@@ -27,7 +27,8 @@ computed and appended to the user attr ``objective_series``, and the evaluation'
 rule on those user attrs (Optuna's pruners see one stream only): when at least
 ``OBJECTIVE_PRUNE_STARTUP`` completed trials recorded an objective at the same update and this
 trial's value is below their median, it is pruned (the MedianPruner rule of Optuna applied to the
-objective stream). The trial's value is its best objective, and that checkpoint is what it saves.
+objective stream). The trial's value is its best objective, kept with its carry by the trial's
+member book (:class:`tbjax.run.member_book.MemberBook`); that checkpoint is what it saves.
 
 Failures. A skipped non-finite update (``raise_if_nonfinite``) prunes the trial with the reason
 in ``pruned_reason``. Sampled values that break a config or data rule fail the trial at once; an
@@ -44,7 +45,6 @@ Counting and killed workers (``n_trials`` is the study's total; heartbeats, stal
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 import traceback
@@ -76,6 +76,7 @@ from tbjax.hpo.space import SearchSpace
 from tbjax.learner.trainer import Trainer
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.member_book import MemberBook
 from tbjax.run.setup import (Experiment, env_params_from_config, evaluate_split, hparams_from_config,
                              objective_of, regime_sortinos, spec_from_config, trainer_for)
 
@@ -102,9 +103,7 @@ class Member:
     alive: bool = True
     told: bool = False  # the trial's final state is in the storage
     n_evals: int = 0
-    best_objective: float = -math.inf
-    best_update: int = 0
-    best_carry: Any = None  # host copy of the carry at the best objective
+    book: MemberBook = field(default_factory=lambda: MemberBook(1))  # its best objective, update and carry
     objective_series: list = field(default_factory=list)
     val_candidates: list = field(default_factory=list)  # hpo.selection.val_candidate of each objective
     lr_applied: list = field(default_factory=list)
@@ -132,19 +131,19 @@ class TrialRunner:
         spec = spec_from_config(cfg, len(self.exp.symbols))
         return spec, jax.tree_util.tree_structure(hparams)
 
-    def program(self, signature: tuple, batch: int, env_params) -> Program:
+    def program(self, signature: tuple, n_members: int, env_params) -> Program:
         """The compiled program of ``signature`` (env_params: any member's; their static parts agree)."""
         spec = signature[0]
         if signature not in self.trainers:
             self.trainers[signature] = trainer_for(spec, env_params)  # shared with training runs in this process
         trainer = self.trainers[signature]
-        key = (signature, batch)
+        key = (signature, n_members)
         if key not in self.programs:
-            self.programs[key] = program_for(trainer, batch)
+            self.programs[key] = program_for(trainer, n_members)
         return self.programs[key]
 
     def compile_count(self) -> int:
-        """Compiled train_chunk programs so far (every signature and batch size): the jit caches' sizes
+        """Compiled train_chunk programs so far (every signature and member count): the jit caches' sizes
         (trace counters would miss the batched program: vmap re-uses the inner jit's jaxpr)."""
         return sum(p.chunk._cache_size() for p in self.programs.values())
 
@@ -208,7 +207,7 @@ class TrialRunner:
         The folder is a run directory: ``python -m tbjax.evaluate --run-dir trials/<n>`` re-scores
         the checkpoint and writes the same ``val_metrics`` / ``test_metrics`` into eval/.
         """
-        trial, cfg, carry = member.trial, member.cfg, member.best_carry
+        trial, cfg, (objective, update, carry, _) = member.trial, member.cfg, member.book.best(0)
         val, val_series = self.evaluate(member, trainer, carry, ROLE_VAL)
         # pooled per-bar val returns for hpo/selection.py; 9 digits, as a near-zero Sharpe amplifies
         # rounding in the mean about 1 / Sharpe times (7 digits moved one by 1e-5 relative).
@@ -216,16 +215,15 @@ class TrialRunner:
         test = self.evaluate(member, trainer, carry, ROLE_TEST)[0]
         trial.set_user_attr("val_metrics", json_safe({k: val["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("test_metrics", json_safe({k: test["pooled"][k] for k in CORE_BASELINE_KEYS}))
-        trial.set_user_attr("best_update", member.best_update)
+        trial.set_user_attr("best_update", update)
         trial_dir = self.run_dir / "trials" / str(trial.number)
         with atomic_folder(trial_dir) as staging:  # a worker killed while saving leaves no half folder
             write_atomic(staging / "config.yaml", dump_config(cfg))
             self.exp.pipeline.save(staging / "feature_pipeline.json")
             ckpt = RunCheckpoints(staging)
             try:
-                ckpt.save_best(member.best_update, carry, {
-                    "update": member.best_update, "env_steps": member.best_update * cfg.batch_size,
-                    "objective": member.best_objective, "trial": trial.number})
+                ckpt.save_best(update, carry, {"update": update, "env_steps": update * cfg.batch_size,
+                                               "objective": objective, "trial": trial.number})
             finally:
                 ckpt.close()
         trial.set_user_attr("run_dir", str(trial_dir))
@@ -238,34 +236,35 @@ class TrialRunner:
         trial.set_user_attr("objective_series", json_safe(member.objective_series))
         if reason:
             trial.set_user_attr("pruned_reason", reason)
-        if member.best_carry is not None:
+        if member.book.best(0) is not None:
             self._save_trial(member, trainer)
         if self.liveness is not None:
             self.liveness.discard(trial)
         if state == TrialState.COMPLETE:
-            trial.study.tell(trial, member.best_objective)
+            trial.study.tell(trial, member.book.objective[0])
         else:
             trial.study.tell(trial, state=TrialState.PRUNED)
         member.told = True
 
     # ------------------------------------------------------------------ one group
-    def run_group(self, members: list[Member], batch: int) -> None:
-        """Train ``members`` (one static signature, at most ``batch``) to the end or until pruned."""
+    def run_group(self, members: list[Member], n_members: int) -> None:
+        """Train ``members`` (one static signature, at most ``n_members``) to the end or until pruned."""
         cfg = members[0].cfg
-        program = self.program(self.signature(cfg, members[0].hparams), batch, members[0].hparams.env)
+        program = self.program(self.signature(cfg, members[0].hparams), n_members, members[0].hparams.env)
         market = self.exp.market
         key = jax.random.PRNGKey(cfg.train.seed)  # common random numbers: every trial sees one stream
-        if batch == 1:
+        if n_members == 1:
             (member,) = members
             hps = member.hparams
         else:
             first = members[0]
             members = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[], lr_applied=[],
-                                                     val_candidates=[]) for _ in range(batch - len(members))]
+                                                     val_candidates=[], book=MemberBook(1))
+                                 for _ in range(n_members - len(members))]
             hps = stack_trees([m.hparams for m in members])
         carry = program.start(key, hps, market)
         run_chunks(lambda c, alive: program.advance(c, hps, alive, market), carry, ChunkSchedule.of(cfg),
-                   _TrialChunks(self, members, program.trainer), batch=program.stacked)
+                   _TrialChunks(self, members, program.trainer), n_members=program.stacked)
 
     def _evaluate(self, m: Member, trainer, carry, update: int, is_last: bool) -> None:
         val, val_series = self.evaluate(m, trainer, carry, ROLE_VAL)
@@ -278,11 +277,7 @@ class TrialRunner:
             m.trial.set_user_attr("objective_series", json_safe(m.objective_series))
             m.val_candidates.append(val_candidate(update, val_series))
             m.trial.set_user_attr("val_candidates", m.val_candidates)
-            if value > m.best_objective:
-                m.best_objective, m.best_update = value, update
-                # an explicit host COPY: on CPU device_get can return zero-copy views of the device
-                # buffers, and donating those buffers to the next train_chunk then blocks forever
-                m.best_carry = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), carry)
+            m.book.offer(0, value, update, carry)  # an owning host copy when it is the trial's best
             if m.cfg.hpo.pruner != "none" and not is_last:
                 reason = self._objective_prunes(m.trial.study, update, value)
         if not is_last and reason is None and m.trial.should_prune():

@@ -1,8 +1,9 @@
 """The chunk loop: ONE definition of what the host does between two compiled chunks.
 
-A training run (:meth:`tbjax.run.session.TrainingSession.train`, one member, no vmap) and a group
-of HPO trials (:meth:`tbjax.hpo.runner.TrialRunner.run_group`, B members stacked on a leading axis
-and vmapped) both call :func:`run_chunks`. It owns what the two must agree on:
+A training run (:meth:`tbjax.run.session.TrainingSession.train`: one member unstacked, or a seed
+population), a group of HPO trials (:meth:`tbjax.hpo.runner.TrialRunner.run_group`) and
+walk-forward folds (:mod:`tbjax.run.walkforward`) all call :func:`run_chunks`, several members
+stacked on the carry's leading axis. It owns what they must agree on:
 
 * the schedule (:class:`ChunkSchedule`): chunks of ``train.updates_per_chunk`` updates until
   ``cfg.n_updates``; a chunk evaluates when the updates done so far are a multiple of
@@ -13,12 +14,12 @@ and vmapped) both call :func:`run_chunks`. It owns what the two must agree on:
 * the update counter.
 
 What differs between the callers is a :class:`ChunkHooks` object: which members are still alive
-(HPO's mask; a dead member's carry is kept by the batched program), when to stop early (train's
+(HPO's mask; a dead member's carry is kept by the stacked program), when to stop early (train's
 stop flag; ``max_chunks``), what a chunk's metrics are recorded as (train: a metrics.jsonl row;
 HPO: ``lr_applied``), what a diverged member means (train: an error; HPO: PRUNED), what an
-evaluation does (train: validation objective → best/latest checkpoints; HPO: report, prune, keep
-the best carry) and what closes a chunk (train: log row, checkpoints, progress bar; HPO: the last
-chunk completes the survivors).
+evaluation does (train: validation objective → best/latest checkpoints; HPO: report, prune; each
+offers it to its member book, :mod:`tbjax.run.member_book`) and what closes a chunk (train: log
+row, checkpoints, progress bar; HPO: the last chunk completes the survivors).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def take(tree: Any, i: int) -> Any:
     return take_member(tree, i)
 
 
-def member_of(tree: Any, i: int, batch: int | None) -> Any:
-    """Member ``i`` of ``tree``: the tree itself when it is not stacked (``batch`` None)."""
-    return tree if batch is None else take(tree, i)
+def member_of(tree: Any, i: int, n_members: int | None) -> Any:
+    """Member ``i`` of ``tree``: the tree itself when it is not stacked (``n_members`` None)."""
+    return tree if n_members is None else take(tree, i)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Chunk:
 
 class ChunkHooks:
     """What differs between the callers of :func:`run_chunks`. ``i`` is a member's index (0 for an
-    unbatched run); every method has a default, so a caller overrides only what it needs."""
+    unstacked run); every method has a default, so a caller overrides only what it needs."""
 
     def alive(self) -> Sequence[bool] | None:
         """Which members still train (read before every chunk); None: all of them."""
@@ -123,22 +124,22 @@ class ChunkHooks:
 
 
 def run_chunks(advance: Callable[[Any, list[bool]], tuple[Any, dict]], carry: Any, schedule: ChunkSchedule,
-               hooks: ChunkHooks, *, batch: int | None = None, start_update: int = 0,
+               hooks: ChunkHooks, *, n_members: int | None = None, start_update: int = 0,
                max_chunks: int | None = None) -> tuple[Any, int]:
     """Train chunk by chunk from ``start_update`` until ``schedule.total_updates``; returns
     ``(carry, updates done)``.
 
     ``advance(carry, alive)`` runs one compiled chunk and returns ``(carry, metrics)``; ``alive``
-    is the members' mask (a batched program keeps a dead member's carry). ``batch``: the number
-    of members stacked on the carry's leading axis, None for one unstacked run (B = 1 without
+    is the members' mask (a stacked program keeps a dead member's carry). ``n_members``: the
+    members stacked on the carry's leading axis, None for one unstacked run (one member without
     vmap). The loop ends early when no member is alive, ``hooks.stop()`` says so, or after
     ``max_chunks`` chunks.
     """
-    size = 1 if batch is None else batch
+    count = 1 if n_members is None else n_members
     update, done = start_update, 0
     while update < schedule.total_updates:
         alive = hooks.alive()
-        alive = [True] * size if alive is None else [bool(a) for a in alive]
+        alive = [True] * count if alive is None else [bool(a) for a in alive]
         if not any(alive) or hooks.stop() or (max_chunks is not None and done >= max_chunks):
             break
         carry, metrics = advance(carry, alive)
@@ -146,8 +147,8 @@ def run_chunks(advance: Callable[[Any, list[bool]], tuple[Any, dict]], carry: An
         after = update + schedule.updates_per_chunk
         chunk = Chunk(update, after, schedule.evaluates(after), schedule.is_last(after))
         update, done = after, done + 1
-        for i in (i for i in range(size) if alive[i]):
-            own = member_of(metrics, i, batch)
+        for i in (i for i in range(count) if alive[i]):
+            own = member_of(metrics, i, n_members)
             hooks.record(i, own, chunk)
             try:
                 raise_if_nonfinite(own, chunk.start)
@@ -155,6 +156,6 @@ def run_chunks(advance: Callable[[Any, list[bool]], tuple[Any, dict]], carry: An
                 hooks.diverged(i, exc, chunk)
                 continue
             if chunk.evaluates:
-                hooks.evaluate(i, member_of(carry, i, batch), chunk)
+                hooks.evaluate(i, member_of(carry, i, n_members), chunk)
         hooks.chunk_done(carry, chunk)
     return carry, update

@@ -28,7 +28,7 @@ def _agent_evaluation(session, carry, meta: dict, which: str, splits) -> tuple[d
     """The agent's eval dict and report series per split (a population as its ensemble)."""
     from tbjax.run.population import evaluate_population
 
-    if session.population > 1:
+    if session.n_members > 1:
         return evaluate_population(session, carry, meta, which, splits)
     evals, series = {}, {}
     for split in splits:

@@ -1,12 +1,12 @@
-"""Seed populations of one training run (``train.population`` = P > 1) and their ensemble policy.
+"""Seed populations of one training run (``train.population`` > 1 members) and their ensemble policy.
 
 Why: on real markets the seed-to-seed spread of a PPO agent is often larger than the gap between
-learners, so one seed's test score says little. tbjax trains P members as ONE vmapped program
+learners, so one seed's test score says little. tbjax trains the members as ONE vmapped program
 (:func:`tbjax.learner.population.population_program`: member i is exactly a lone run with
 ``train.seed + i``), each with its own observation and PopArt statistics, and keeps each member's
-best carry by ITS val objective. The run's policy is the ensemble of the members chosen on val
-(:func:`select_members`), each acting with its own frozen statistics
-(:func:`tbjax.learner.population.ensemble_apply`).
+best carry by ITS val objective (:class:`tbjax.run.member_book.MemberBook`). The run's policy is the
+ensemble of the members chosen on val (:func:`select_members`), each acting with its own frozen
+statistics (:func:`tbjax.learner.population.ensemble_apply`).
 
 On disk a population run is a training run whose checkpoints hold the stacked carry (members on
 the leading axis): "latest" the current carries, "best" every member's best carry, with the
@@ -31,13 +31,13 @@ JITTERED = ("learning_rate", "ent_coef")
 
 
 def population_hparams(cfg: Config, hparams):
-    """P members' HParams stacked; with ``train.population_jitter`` = s > 0, member i > 0 scales
-    ``ppo.learning_rate`` and ``ppo.ent_coef`` by exp(s·z), z ~ N(0, 1) drawn from ``train.seed``
-    (member 0 keeps the configured values)."""
-    size, sigma = cfg.train.population, cfg.train.population_jitter
+    """The members' HParams stacked (``train.population`` of them); with ``train.population_jitter``
+    = s > 0, member i > 0 scales ``ppo.learning_rate`` and ``ppo.ent_coef`` by exp(s·z), z ~ N(0, 1)
+    drawn from ``train.seed`` (member 0 keeps the configured values)."""
+    n_members, sigma = cfg.train.population, cfg.train.population_jitter
     rng = np.random.default_rng(cfg.train.seed)
     members = [hparams]
-    for _ in range(1, size):
+    for _ in range(1, n_members):
         z = rng.standard_normal(len(JITTERED))
         members.append(hparams.replace(**{name: jnp.float32(float(getattr(hparams, name)) * math.exp(sigma * zi))
                                           for name, zi in zip(JITTERED, z)}))
@@ -64,60 +64,15 @@ def select_members(objectives: list[float], top_k: int | None) -> list[int]:
 NO_VAL_EVIDENCE = "no member has a finite val objective (no val evidence): every member"
 
 
-class MemberBook:
-    """Each member's best val objective so far, the update it came at and its carry (host copy)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.objective = [-math.inf] * size
-        self.update: list[int | None] = [None] * size
-        self.val_sortino: list[float | None] = [None] * size
-        self.carries: list = [None] * size
-        self.improved = False
-
-    def offer(self, i: int, objective: float, update: int, carry, val_sortino: float) -> bool:
-        """Keep member ``i``'s carry when ``objective`` is its new best; True then."""
-        from tbjax.run.distributed import host_copy
-
-        # several processes: the member's env axis spans every process's devices, so its global
-        # values are gathered first; a collective, so every process gathers, improved or not
-        copy = host_copy(carry)
-        if objective > self.objective[i]:
-            self.objective[i], self.update[i], self.val_sortino[i] = objective, update, val_sortino
-            self.carries[i] = jax.device_get(copy)
-            self.improved = True
-            return True
-        return False
-
-    def best_carry(self, current):
-        """The members' best carries stacked; a member never evaluated contributes its current carry."""
-        return stack_trees([c if c is not None else jax.device_get(take(current, i))
-                            for i, c in enumerate(self.carries)])
-
-    def meta(self, top_k: int | None) -> dict:
-        finite = [o if math.isfinite(o) else None for o in self.objective]
-        return {"member_objective": finite, "member_update": self.update, "member_val_sortino": self.val_sortino,
-                "selected": select_members(finite, top_k)}
-
-    def restore(self, meta: dict, best_carry=None) -> None:
-        """From a checkpoint's meta (and the restored "best" carry) on resume."""
-        self.objective = [-math.inf if o is None else float(o) for o in meta.get("member_objective", [])]
-        self.objective += [-math.inf] * (self.size - len(self.objective))
-        self.update = list(meta.get("member_update", [None] * self.size))
-        self.val_sortino = list(meta.get("member_val_sortino", [None] * self.size))
-        if best_carry is not None:
-            self.carries = [jax.device_get(take(best_carry, i)) if self.update[i] is not None else None
-                            for i in range(self.size)]
-
-
 def initial_carry(cfg: Config, trainer, hparams, market):
-    """A fresh carry from ``train.seed``: the trainer's own for one member; for P members stacked,
+    """A fresh carry from ``train.seed``: the trainer's own for one member; for several members stacked,
     member i from ``train.seed + i`` with its (jittered) HParams. Training, evaluation and
     ``load_policy`` (under ``jax.eval_shape``) all build their template here."""
-    size, seed = cfg.train.population, cfg.train.seed
-    if size == 1:
+    n_members, seed = cfg.train.population, cfg.train.seed
+    if n_members == 1:
         return trainer.init(jax.random.PRNGKey(seed), hparams, market)
-    return population_program(trainer, size).start(member_keys(seed, size), population_hparams(cfg, hparams), market)
+    return population_program(trainer, n_members).start(member_keys(seed, n_members), population_hparams(cfg, hparams),
+                                                        market)
 
 
 def chosen_members(cfg: Config, meta: dict) -> list[int]:
@@ -156,22 +111,22 @@ def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "
 
     selected = chosen_members(session.cfg, meta)
     apply, params, stats = ensemble_policy(session.cfg, session.trainer, carry, selected)
-    size = session.cfg.train.population
-    objectives = meta.get("member_objective") or [None] * size
-    updates = meta.get("member_update") or [None] * size
+    n_members = session.cfg.train.population
+    objectives = meta.get("member_objective") or [None] * n_members
+    updates = meta.get("member_update") or [None] * n_members
     evals, series = {}, {}
     for split in splits:
         role = {"val": ROLE_VAL, "test": ROLE_TEST}[split]
         _, result, ser = evaluate_with_objective(session.exp, apply, params, stats, session.env_params, role)
         members = []
-        for i in range(size):
+        for i in range(n_members):
             one = take(carry, i)
             res, _ = evaluate_split(session.exp, session.trainer.policy_apply, one.params, one.obs_stats,
                                     session.env_params, role)
             members.append({"member": i, "seed": session.cfg.train.seed + i, "selected": i in selected,
                             "val_objective": objectives[i], "best_update": updates[i],
                             **{k: res["pooled"].get(k) for k in MEMBER_KEYS}})
-        result["population"] = {"size": size, "selected": selected, "members": members,
+        result["population"] = {"size": n_members, "selected": selected, "members": members,
                                 "rule": selection_rule(session.cfg, meta), "top_k": session.cfg.train.ensemble_top_k}
         result["checkpoint"] = {"which": which, **{k: meta.get(k) for k in ("update", "env_steps", "objective")}}
         evals[split], series[split] = result, ser

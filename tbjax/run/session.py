@@ -36,12 +36,12 @@ from tbjax.evaluation.metrics import json_safe
 from tbjax.learner.population import population_program
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.distributed import host_copy
-from tbjax.run.patience import Patience
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.member_book import MemberBook
 from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines, run_write
 from tbjax.run.deployed import evaluate_checkpoint, save_evaluation, write_evaluation  # noqa: F401 (re-export)
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
-from tbjax.run.population import MemberBook, initial_carry, population_hparams
+from tbjax.run.population import initial_carry, population_hparams
 from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
                              hparams_from_config, spec_from_config, trainer_for)
 
@@ -78,16 +78,15 @@ class TrainingSession:
         self.hparams = hparams_from_config(cfg, self.env_params)
         self.spec = spec_from_config(cfg, n_groups=len(self.exp.symbols))
         self.trainer = trainer_for(self.spec, self.env_params)
-        # train.population > 1: P seeds as one compiled program (tbjax.run.population); 1: the trainer's own
-        self.population = cfg.train.population
-        self.population_steps_per_update = cfg.batch_size * self.population  # every member's (the progress bar)
-        self.program = population_program(self.trainer, self.population)
-        self.run_hparams = self.hparams if self.population == 1 else population_hparams(cfg, self.hparams)
-        self.book: MemberBook | None = None  # a population's member bests, from start()
-        self.patience = Patience(self.population, cfg.train.patience)  # early stop on val (tbjax.run.patience)
+        # train.population > 1: that many seeds as one compiled program (tbjax.run.population); 1: the trainer's own
+        self.n_members = cfg.train.population
+        self.members_steps_per_update = cfg.batch_size * self.n_members  # every member's (the progress bar)
+        self.program = population_program(self.trainer, self.n_members)
+        self.run_hparams = self.hparams if self.n_members == 1 else population_hparams(cfg, self.hparams)
+        # every member's best and its early stop on val (tbjax.run.member_book, tbjax.run.patience)
+        self.book = MemberBook(self.n_members, cfg.train.patience)
         self.ckpt = RunCheckpoints(self.run_dir)
         self.update = 0
-        self.best_objective = -math.inf
         self.saved_update: int | None = None  # update of the newest "latest" checkpoint on disk
         self.time_ms = {s: np.asarray(t["open_time"], np.int64) for s, t in self.exp.tables.items()}
         self._metrics_lines: list[str] = []
@@ -134,21 +133,23 @@ class TrainingSession:
         """The carry training continues from: a fresh one from ``train.seed``, or the newest usable
         "latest" checkpoint (``fix``: the advice when there is none). Reads only."""
         carry = self.template()
-        self.update, self.best_objective, self.saved_update, self._metrics_lines = 0, -math.inf, None, []
-        self.book = MemberBook(self.population) if self.population > 1 else None
-        self.patience = Patience(self.population, self.cfg.train.patience)
+        self.update, self.saved_update, self._metrics_lines = 0, None, []
+        self.book = MemberBook(self.n_members, self.cfg.train.patience)
         self._metrics_synced = False  # the file on disk may still hold lines past the restored update
         if resume:
             carry, meta = self.ckpt.restore("latest", carry, fix=fix)
             self.update = self.saved_update = int(meta["update"])
-            best = meta.get("best_objective")  # JSON has no -inf: None means "no evaluation yet"
-            self.best_objective = -math.inf if best is None else float(best)
             self._metrics_lines = read_metrics_lines(self.run_dir / "metrics.jsonl", self.update)
-            self.patience.restore(meta)
-            if self.book is not None:
-                best_carry = self.ckpt.restore("best", carry)[0] if self.ckpt.best_step() is not None else None
-                self.book.restore(meta, best_carry)
+            best_carry = None  # a population's members' best carries; a lone run's best stays on disk
+            if self.n_members > 1 and self.ckpt.best_step() is not None:
+                best_carry = self.ckpt.restore("best", carry)[0]
+            self.book.restore(meta, best_carry)
         return carry
+
+    @property
+    def best_objective(self) -> float:
+        """The best val objective so far over every member (-inf before any evaluation)."""
+        return max(self.book.objective)
 
     def compile(self, carry) -> None:
         """Compile ``train_chunk`` for ``carry`` now (jit's cache keeps the executable for the first
@@ -182,8 +183,8 @@ class TrainingSession:
         far (None before any evaluation: JSON has no -inf) and, for a population, every member's best
         and the members chosen on val (resume restores the book from it, evaluation reads the choice)."""
         best = self.best_objective if math.isfinite(self.best_objective) else None
-        book = self.book.meta(self.cfg.train.ensemble_top_k) if self.book is not None else {}
-        return {**save, **book, **self.patience.meta(), "best_objective": best}
+        book = self.book.meta(self.cfg.train.ensemble_top_k) if self.n_members > 1 else self.book.patience.meta()
+        return {**save, **book, "best_objective": best}
 
     def _save_latest(self, carry, meta: dict) -> None:
         with run_write(self.ckpt.paths["latest"]):
@@ -204,17 +205,13 @@ class TrainingSession:
         """After an evaluation: the best checkpoint when the objective improved, then "latest".
         A population saves every member's best carry, stacked, when any member improved."""
         carry = host_copy(carry)  # several processes: all gather, process 0 saves
-        if self.book is not None:
-            self.best_objective = max(self.book.objective)
-            if self.book.improved and self.write:
-                with run_write(self.ckpt.paths["best"]):
-                    self.ckpt.save_best(self.update, self.book.best_carry(carry), self._latest_meta(save))
-            self.book.improved = False
-        elif save["objective"] > self.best_objective:
-            self.best_objective = save["objective"]
-            if self.write:
-                with run_write(self.ckpt.paths["best"]):
-                    self.ckpt.save_best(self.update, carry, save)
+        if self.book.improved and self.write:
+            population = self.n_members > 1
+            best = self.book.best_carry(carry) if population else carry
+            meta = self._latest_meta(save) if population else save
+            with run_write(self.ckpt.paths["best"]):
+                self.ckpt.save_best(self.update, best, meta)
+        self.book.improved = False
         if self.write:
             self._save_latest(carry, self._latest_meta(save))
         self.saved_update = self.update  # on every process: the end-of-run save decision is then the same on all
@@ -233,14 +230,14 @@ class TrainingSession:
         tb = self._open_tensorboard(self.update if resume else 0)
         from tqdm import tqdm
 
-        per_update = self.population_steps_per_update
+        per_update = self.members_steps_per_update
         bar = tqdm(total=schedule.total_updates * per_update, initial=self.update * per_update,
                    unit="step", unit_scale=True, disable=self.quiet or not self.write, dynamic_ncols=True)
         try:
-            hooks = (_TrainingChunks if self.population == 1 else _PopulationChunks)(self, stop, tb, bar)
+            hooks = (_TrainingChunks if self.n_members == 1 else _PopulationChunks)(self, stop, tb, bar)
             carry, self.update = run_chunks(
                 lambda c, alive: self.program.advance(c, self.run_hparams, alive, self.exp.market), carry, schedule,
-                hooks, batch=self.program.stacked, start_update=self.update, max_chunks=max_chunks)
+                hooks, n_members=self.program.stacked, start_update=self.update, max_chunks=max_chunks)
         finally:
             bar.close()
             if tb is not None:
@@ -284,14 +281,15 @@ class _TrainingChunks(ChunkHooks):
 
     def stopped_early(self) -> bool:
         """Every member stopped by ``train.patience`` (the run is finished, not interrupted)."""
-        return self.session.patience.all_stopped()
+        return self.session.book.patience.all_stopped()
 
-    def _patience(self, i: int, improved: bool, chunk: Chunk) -> None:
+    def _offer(self, i: int, value: float, chunk: Chunk, carry=None, val_sortino=None) -> None:
+        """Member ``i``'s evaluation to the book (:class:`tbjax.run.member_book.MemberBook`)."""
         session = self.session
-        if session.patience.record(i, improved):
-            who = "training" if session.population == 1 else f"population member {i} (seed {session.cfg.train.seed + i})"
+        if session.book.offer(i, value, chunk.update, carry, val_sortino).stopped:
+            who = "training" if session.n_members == 1 else f"population member {i} (seed {session.cfg.train.seed + i})"
             print(f"note: {who} stops at update {chunk.update} of {session.cfg.n_updates}: no new best val objective "
-                  f"in {session.patience.patience} evaluations (train.patience)", flush=True)
+                  f"in {session.book.patience.patience} evaluations (train.patience)", flush=True)
 
     def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
         self.row = {"update": chunk.update, "env_steps": chunk.update * self.session.cfg.batch_size,
@@ -305,7 +303,7 @@ class _TrainingChunks(ChunkHooks):
 
     def evaluate(self, i: int, carry, chunk: Chunk) -> None:
         value, val_eval, _ = self.session.objective(carry)
-        self._patience(i, value > self.session.best_objective, chunk)
+        self._offer(i, value, chunk)  # no carry: a lone run's best goes straight to disk (_keep)
         pooled = val_eval["pooled"]
         self.last_val = {"val/sortino": pooled["sortino"], "val/sharpe": pooled["sharpe"],
                          "val/total_return": pooled["total_return"], "val/objective": value}
@@ -315,11 +313,11 @@ class _TrainingChunks(ChunkHooks):
     def chunk_done(self, carry, chunk: Chunk) -> None:
         session, row = self.session, self.row
         session.update = chunk.update
-        row["patience/stopped"] = session.patience.n_stopped()
+        row["patience/stopped"] = session.book.patience.n_stopped()
         session._log(row, self.tb)  # before the checkpoint: see the module docstring
         if self.save is not None:
             session._keep(carry, self.save, self.last_val["val/sortino"])
-        steps = (chunk.update - chunk.start) * session.population_steps_per_update
+        steps = (chunk.update - chunk.start) * session.members_steps_per_update
         dt = time.perf_counter() - self.t0
         self.bar.update(steps)
         self.bar.set_postfix({"steps/s": f"{steps / dt:,.0f}",
@@ -337,10 +335,10 @@ def _nan_mean(values) -> float:
 
 
 class _PopulationChunks(_TrainingChunks):
-    """P members at the chunk loop's hooks: a member whose NaN guard fires stops alone (its last
-    good carry is kept; all of them diverging is the error); every evaluation is offered to the
-    member's book (:class:`tbjax.run.population.MemberBook`); the logged row is the members'
-    mean of each training metric and the median (and best) of their val objectives."""
+    """A population's members at the chunk loop's hooks: a member whose NaN guard fires stops alone
+    (its last good carry is kept; all of them diverging is the error); every evaluation is offered
+    to the book with the member's carry; the logged row is the members' mean of each training
+    metric and the median (and best) of their val objectives."""
 
     def __init__(self, session: TrainingSession, stop, tb, bar):
         super().__init__(session, stop, tb, bar)
@@ -349,10 +347,10 @@ class _PopulationChunks(_TrainingChunks):
         self.dead: dict[int, str] = {}
 
     def alive(self):
-        return [i not in self.dead and not self.session.patience.stopped(i) for i in range(self.session.population)]
+        return [i not in self.dead and not self.session.book.patience.stopped(i) for i in range(self.session.n_members)]
 
     def stopped_early(self) -> bool:
-        return self.session.patience.all_stopped(excluded=self.dead)
+        return self.session.book.patience.all_stopped(excluded=self.dead)
 
     def record(self, i: int, metrics: dict, chunk: Chunk) -> None:
         self.rows[i] = reduce_chunk_metrics(metrics)
@@ -361,19 +359,18 @@ class _PopulationChunks(_TrainingChunks):
         self.dead[i] = str(error)
         print(f"warning: population member {i} (seed {self.session.cfg.train.seed + i}) diverged at update "
               f"{chunk.update} and stops training; its best carry so far stays: {error}", flush=True)
-        if len(self.dead) == self.session.population:
+        if len(self.dead) == self.session.n_members:
             super().diverged(i, error, chunk)
 
     def evaluate(self, i: int, carry, chunk: Chunk) -> None:
         value, val_eval, _ = self.session.objective(carry)
         self.vals[i] = (value, val_eval["pooled"]["sortino"])
-        improved = self.session.book.offer(i, value, chunk.update, carry, val_eval["pooled"]["sortino"])
-        self._patience(i, improved, chunk)
+        self._offer(i, value, chunk, carry, val_eval["pooled"]["sortino"])
 
     def chunk_done(self, carry, chunk: Chunk) -> None:
         rows = [r for i, r in self.rows.items() if i not in self.dead] or list(self.rows.values())
         self.row = {"update": chunk.update, "env_steps": chunk.update * self.session.cfg.batch_size,
-                    "population/alive": self.session.population - len(self.dead),
+                    "population/alive": self.session.n_members - len(self.dead),
                     **{k: _nan_mean([r[k] for r in rows]) for k in rows[0]}}
         self.rows, self.save = {}, None
         if self.vals:

@@ -7,7 +7,8 @@ observation window. Only those small leaves carry the fold axis
 (:func:`tbjax.data.market.stack_folds`), so ``jit(vmap(init / train_chunk))`` trains the folds
 together (one compile for K folds) on one copy of the market, through
 :func:`tbjax.run.chunks.run_chunks`.
-Each fold keeps its best carry (in memory) by its VAL regime objective, as training does
+Each fold keeps its best carry (in memory, the member book :mod:`tbjax.run.member_book`) by its
+VAL regime objective, as training does
 (``objective_of`` of the val pooled Sortino and the CHOPPY_FLAT / STRONG_TREND Sortinos, the regime
 markets scaled with THAT fold's pipeline); with ``eval.w_choppy = eval.w_trend = 0`` no regime
 market is built and the choice is by val Sortino alone. The stitched out-of-sample series concatenates every fold's test segment traded by
@@ -38,8 +39,8 @@ from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_me
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
-from tbjax.run.patience import Patience
 from tbjax.run.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
+from tbjax.run.member_book import MemberBook
 from tbjax.run.setup import (
     backtest_as_configured,
     bar_times,
@@ -75,8 +76,17 @@ class WalkForward:
     env_params: object = None
     hparams: object = None
     walk_steps: int = 0  # one scan length for every fold's val/test walk: ONE compiled walk for K folds
-    best: list = field(default_factory=list)  # per fold: (val objective, update, host carry, val sortino)
+    book: MemberBook | None = None  # every fold's best evaluation and patience, from training
     diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
+
+    @property
+    def best(self) -> list:
+        """Per fold: (val objective, update, host carry, val Sortino), None before a first evaluation."""
+        return [] if self.book is None else [self.book.best(k) for k in range(self.book.n_members)]
+
+    def start_training(self) -> None:
+        """A fresh book (a fold's first evaluation is always kept: every fold deploys a carry)."""
+        self.book, self.diverged = MemberBook(len(self.folds), self.cfg.train.patience, keep_first=True), {}
 
 
 def uses_regimes(cfg: Config) -> bool:
@@ -144,18 +154,20 @@ def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: floa
 
 
 class BestByVal(ChunkHooks):
-    """Per fold: evaluate val, keep the carry with the best val objective (host copy).
+    """Per fold: evaluate val and offer it to the folds' book (``wf.book``), which keeps the carry
+    with the best val objective and stops a fold by ``train.patience``. Members ``offset`` ..
+    ``offset + n_members - 1`` are the folds this program trains.
 
     A fold whose NaN guard fires stops being evaluated (its best carry so far stays); the other
     folds of the vmapped program go on, since vmapped members do not interact.
     """
 
-    def __init__(self, wf: WalkForward, offset: int = 0, log=None, batch: int = 1):
-        self.wf, self.offset, self.log, self.batch = wf, offset, log, batch
-        self.patience = Patience(batch, wf.cfg.train.patience)  # the training run's early stop, per fold
+    def __init__(self, wf: WalkForward, offset: int = 0, log=None, n_members: int = 1):
+        self.wf, self.offset, self.log, self.n_members = wf, offset, log, n_members
 
     def alive(self):
-        return [i + self.offset not in self.wf.diverged and not self.patience.stopped(i) for i in range(self.batch)]
+        return [k not in self.wf.diverged and not self.wf.book.patience.stopped(k)
+                for k in range(self.offset, self.offset + self.n_members)]
 
     def diverged(self, i, error, chunk):
         self.wf.diverged[i + self.offset] = str(error)
@@ -170,12 +182,9 @@ class BestByVal(ChunkHooks):
         score = score if np.isfinite(score) else -np.inf
         if self.log:
             self.log(f"fold {k} update {chunk.update}: val sortino {sortino:.3f}, objective {score:.3f}")
-        improved = self.wf.best[k] is None or score > self.wf.best[k][0]
-        if improved:
-            self.wf.best[k] = (score, chunk.update, jax.device_get(carry), sortino)
-        if self.patience.record(i, improved) and self.log:
+        if self.wf.book.offer(k, score, chunk.update, carry, sortino).stopped and self.log:
             self.log(f"fold {k} stops at update {chunk.update}: no new best val objective in "
-                     f"{self.patience.patience} evaluations (train.patience)")
+                     f"{self.wf.book.patience.patience} evaluations (train.patience)")
 
 
 def seed_keys(cfg: Config, k: int):
@@ -189,17 +198,17 @@ def fold_program(wf: WalkForward):
 
 
 def train_vmapped(wf: WalkForward, log=None) -> None:
-    n = len(wf.folds)
-    wf.best, wf.diverged = [None] * n, {}
+    n_members = len(wf.folds)
+    wf.start_training()
     program, datas = fold_program(wf)
-    hps = stack_trees([wf.hparams] * n)
-    carry = program.start(jnp.stack([seed_keys(wf.cfg, k) for k in range(n)]), hps, datas)
+    hps = stack_trees([wf.hparams] * n_members)
+    carry = program.start(jnp.stack([seed_keys(wf.cfg, k) for k in range(n_members)]), hps, datas)
     run_chunks(lambda c, alive: program.advance(c, hps, alive, datas), carry, ChunkSchedule.of(wf.cfg),
-               BestByVal(wf, 0, log, n), batch=program.stacked)
+               BestByVal(wf, 0, log, n_members), n_members=program.stacked)
 
 
 def train_sequential(wf: WalkForward, log=None) -> None:
-    wf.best, wf.diverged = [None] * len(wf.folds), {}
+    wf.start_training()
     t = wf.trainer
     for k, fd in enumerate(wf.folds):
         carry = t.init(seed_keys(wf.cfg, k), wf.hparams, fd.market)
@@ -236,11 +245,11 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
     rows, parts = [], []
     baseline, hold = baseline_policy(wf.cfg)
     for k, fd in enumerate(wf.folds):
-        if wf.best[k] is None:
+        if wf.book.best(k) is None:
             raise InputError(f"walkforward fold {k} diverged before its first evaluation "
                              f"({wf.diverged.get(k, 'no evaluation ran')}); lower ppo.learning_rate or "
                              "evaluate earlier (train.eval_every)")
-        score, update, carry, _ = wf.best[k]
+        score, update, carry, _ = wf.book.best(k)
         val, val_series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
         regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
         decision = decide(val, baseline, wf.cfg.eval.edge_confidence)  # on this fold's VAL bars only

@@ -109,7 +109,7 @@ def test_one_member_and_a_batch_go_through_the_same_steps():
 
     batch = FakeProgram([3e-4, 1e-3, 5e-4], stacked=True)
     grouped = Recorder(3)
-    run_chunks(batch.advance, batch.init(), schedule, grouped, batch=3)
+    run_chunks(batch.advance, batch.init(), schedule, grouped, n_members=3)
     # member 1 of 3 (the same learning rate) is recorded and evaluated exactly as the single run
     assert _member_log(grouped.log, 1) == [(e[0], 1, *e[2:]) for e in _member_log(hooks.log, 0)]
     assert [e for e in grouped.log if e[0] == "done"] == [e for e in hooks.log if e[0] == "done"]
@@ -119,7 +119,7 @@ def test_a_diverged_or_pruned_member_stops_and_the_rest_go_on():
     schedule = ChunkSchedule(UPC, 8, 2)  # every chunk evaluates
     program = FakeProgram([1e-3, 2e-3, 3e-3], stacked=True, bad={1: 3})  # member 1's update 3 is skipped
     hooks = Recorder(3, prune={2: 4})
-    carry, update = run_chunks(program.advance, program.init(), schedule, hooks, batch=3)
+    carry, update = run_chunks(program.advance, program.init(), schedule, hooks, n_members=3)
     assert update == 8 and list(carry) == [8, 4, 4]  # dead members' carries stopped after their last chunk
     assert program.masks == [[True] * 3, [True] * 3, [True, False, False], [True, False, False]]
     assert ("diverged", 1, 3) in hooks.log  # the guard names the first skipped update (chunk start + index)
@@ -127,7 +127,7 @@ def test_a_diverged_or_pruned_member_stops_and_the_rest_go_on():
     assert [e[2] for e in hooks.log if e[0] == "record" and e[1] == 2] == [2, 4]
     # every member dead: the loop ends before the next chunk
     hooks = Recorder(2, prune={0: 2, 1: 2})
-    _, update = run_chunks(FakeProgram([1e-3, 1e-3], True).advance, np.zeros(2), schedule, hooks, batch=2)
+    _, update = run_chunks(FakeProgram([1e-3, 1e-3], True).advance, np.zeros(2), schedule, hooks, n_members=2)
     assert update == 2
 
 

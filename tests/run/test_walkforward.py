@@ -22,6 +22,7 @@ from tbjax.config import load_config
 from tbjax.run import walkforward as wfm
 from tbjax.run.chunks import Chunk
 from tbjax.run.folds import union_times
+from tbjax.run.member_book import MemberBook
 from tbjax.run.setup import load_processed
 
 TINY = [
@@ -189,16 +190,17 @@ def test_plan_tiles_the_end_and_rolling_keeps_train_length(processed):
 
 def test_a_diverged_fold_stops_alone(trained):
     wf = trained[0]
-    saved_best, saved_div = list(wf.best), dict(wf.diverged)
+    saved_book, saved_div = wf.book, dict(wf.diverged)
     try:
         hooks = wfm.BestByVal(wf, 0, None, len(wf.folds))
         hooks.diverged(1, RuntimeError("loss is NaN"), Chunk(0, 2, True, False))
         assert hooks.alive() == [True, False]
-        wf.best[1] = None
+        wf.book = MemberBook(len(wf.folds), keep_first=True)  # fold 1 diverged before its first evaluation
+        wf.book.offer(0, *saved_book.best(0))
         with pytest.raises(wfm.InputError, match="walkforward fold 1 diverged"):
             wfm.fold_results(wf)
     finally:
-        wf.best, wf.diverged = saved_best, saved_div
+        wf.book, wf.diverged = saved_book, saved_div
 
 
 def test_spans_given_as_durations_are_bars_at_the_datas_rate(processed):
