@@ -28,7 +28,8 @@ rule on those user attrs (Optuna's pruners see one stream only): when at least
 ``OBJECTIVE_PRUNE_STARTUP`` completed trials recorded an objective at the same update and this
 trial's value is below their median, it is pruned (the MedianPruner rule of Optuna applied to the
 objective stream). The trial's value is its best objective, kept with its carry by the trial's
-member book (:class:`tbjax.run.member_book.MemberBook`); that checkpoint is what it saves.
+member book (:class:`tbjax.run.member_book.MemberBook`); that checkpoint is what it saves. With no
+new best for ``train.patience`` objectives a trial stops, COMPLETE (user attr ``stopped_early``).
 
 Failures. A skipped non-finite update (``raise_if_nonfinite``) prunes the trial with the reason
 in ``pruned_reason``. Sampled values that break a config or data rule fail the trial at once; an
@@ -162,7 +163,8 @@ class TrialRunner:
             return None
         if adjusted:
             trial.set_user_attr("adjusted", adjusted)
-        return Member(trial, cfg, hparams, dataclasses.replace(self.exp, cfg=cfg), env_params)
+        return Member(trial, cfg, hparams, dataclasses.replace(self.exp, cfg=cfg), env_params,
+                      book=MemberBook(1, cfg.train.patience))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, m: Member, trainer: Trainer, carry, role: int) -> tuple[dict, dict]:
@@ -277,7 +279,9 @@ class TrialRunner:
             m.trial.set_user_attr("objective_series", json_safe(m.objective_series))
             m.val_candidates.append(val_candidate(update, val_series))
             m.trial.set_user_attr("val_candidates", m.val_candidates)
-            m.book.offer(0, value, update, carry)  # an owning host copy when it is the trial's best
+            if m.book.offer(0, value, update, carry).stopped and not is_last:  # keeps an owning host copy
+                m.trial.set_user_attr("stopped_early", {"update": update, "patience": m.cfg.train.patience})
+                return self._finish(m, trainer, TrialState.COMPLETE)  # train.patience, as training stops
             if m.cfg.hpo.pruner != "none" and not is_last:
                 reason = self._objective_prunes(m.trial.study, update, value)
         if not is_last and reason is None and m.trial.should_prune():

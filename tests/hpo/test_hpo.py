@@ -267,3 +267,31 @@ def test_a_trial_is_a_lone_learner_even_when_the_config_asks_for_a_population(se
         runner.base_cfg = base
     assert member.cfg.train.population == 1 and member.cfg.train.ensemble_top_k is None
     assert dump_config(member.cfg) == dump_config(lone_learner(member.cfg))
+
+
+def test_a_trial_stops_as_training_does_when_its_objective_stops_improving(setup, tmp_path):
+    """train.patience in HPO: a trial whose regime objective sets no new best for `patience`
+    objectives ends there, COMPLETE, its value the best so far; the rule replayed on its own
+    objective series says exactly where. With a learning rate of 1e-9 the policy barely moves (only
+    the observation statistics do), so a patience of 1 stops the trial well before update 8."""
+    import dataclasses
+    import math
+
+    from tbjax.run.patience import Patience
+
+    base = setup["cfg"]
+    cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, patience=1, total_env_steps=1024))
+    runner = TrialRunner(cfg, setup["runner"].exp, setup["runner"].space, tmp_path / "patience")
+    runner.trainers = setup["runner"].trainers  # the same compiled program: nothing to recompile
+    study, _ = _run(runner, [{"ppo.learning_rate": 1e-9}], batch=1)
+    (trial,) = study.get_trials()
+    series = trial.user_attrs["objective_series"]
+    rule, stop = Patience(1, 1), None
+    for u, v in series:
+        if rule.record(0, v > max([w for x, w in series if x < u], default=-math.inf)):
+            stop = u
+            break
+    assert trial.state == TrialState.COMPLETE and stop is not None and stop < 8
+    assert trial.user_attrs["stopped_early"] == {"update": stop, "patience": 1}
+    assert series[-1][0] == stop and trial.user_attrs["lr_applied"][-1][0] == stop  # no chunk after the stop
+    assert trial.value == pytest.approx(max(v for _, v in series))
