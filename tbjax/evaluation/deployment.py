@@ -7,6 +7,14 @@ baseline on the same val bars (:func:`tbjax.evaluation.significance.paired_edge`
 deployed when PSR(active > 0) >= ``eval.edge_confidence`` (0: always deploy the agent, the
 behaviour before this rule). Only val bars are read here.
 
+The checkpoint (and, in a population, the members) being judged were CHOSEN on those same val
+bars, among every evaluation of every member: the best of many looks shows an edge by luck. So the
+threshold is not 0 but SR0, the Sharpe the best of N zero-skill looks would show (the Deflated
+Sharpe Ratio of Bailey & López de Prado 2014, as HPO's selection statistics use it): N = the val
+looks the selection compared, V[SR] = the variance of their per-bar active Sharpes against the
+baseline (a look that trades as the baseline does, zero active variance, counts as 0). A run with
+one look is tested against 0, as before.
+
 The baseline (``eval.baseline``): ``flat`` holds position 0, ``buy_and_hold`` position 1;
 ``auto`` is flat when the action space can go short, else buy-and-hold. It trades through the
 same env as the agent (fills, costs), as a :class:`ConstantPolicy`.
@@ -18,8 +26,10 @@ import dataclasses
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 from tbjax.errors import InputError
+from tbjax.evaluation.significance import expected_max_sharpe, psr_from_moments
 
 BASELINE_POSITION = {"flat": 0.0, "buy_and_hold": 1.0}
 BASELINE_WORDS = {"flat": "holding flat", "buy_and_hold": "buying and holding"}
@@ -71,24 +81,53 @@ def baseline_policy(cfg) -> tuple[str, ConstantPolicy]:
                                                                 e.min_position, e.max_position))
 
 
-def decide(val_eval: dict, baseline: str, confidence: float) -> dict:
-    """The deployment decision from a VAL eval dict (its ``vs_baselines`` entry, see backtest).
+def val_look(val_eval: dict, baseline: str) -> float | None:
+    """One val evaluation's per-bar active Sharpe against ``baseline`` (a look the selection took);
+    0 for a policy that trades as the baseline does; None when the eval holds no paired test."""
+    edge = (val_eval.get("vs_baselines") or {}).get(baseline)
+    if not edge or not edge.get("n_bars"):
+        return None
+    sr = edge.get("active_sharpe")
+    return float(sr) if sr is not None and math.isfinite(sr) else 0.0
 
-    Returns {"policy": "agent" | "baseline", "baseline", "val_edge": paired stats, "confidence",
-    "reason"}: plain words a report and a log line can show as they are.
+
+def deflated_threshold(looks) -> tuple[int, float]:
+    """(N, SR0): the val looks counted and the per-bar Sharpe the best of them shows by luck."""
+    kept = np.array([x for x in looks if x is not None and math.isfinite(x)], np.float64)
+    if kept.size < 2:
+        return int(kept.size), 0.0
+    return int(kept.size), expected_max_sharpe(kept.size, float(kept.var(ddof=1)))
+
+
+def decide(val_eval: dict, baseline: str, confidence: float, looks=()) -> dict:
+    """The deployment decision from a VAL eval dict (its ``vs_baselines`` entry, see backtest) and
+    the ``looks`` the selection compared on val (:func:`val_look` of each evaluation; module docstring).
+
+    Returns {"policy": "agent" | "baseline", "baseline", "val_edge": paired stats, "looks": N,
+    "sr0", "psr_deflated", "confidence", "reason"}: plain words a report and a log line can show.
     """
     edge = dict((val_eval.get("vs_baselines") or {}).get(baseline) or {})
+    n_looks, sr0 = deflated_threshold(looks)
     psr = edge.get("psr")
+    if n_looks > 1 and psr is not None and "active_skew" in edge:
+        psr = psr_from_moments(edge["active_sharpe"], edge["active_skew"], edge["active_kurtosis"], edge["n_bars"], sr0)
     has_edge = confidence == 0 or (psr is not None and math.isfinite(psr) and psr >= confidence)
     words = BASELINE_WORDS[baseline]
     shown = "undefined" if psr is None or not math.isfinite(psr) else f"{psr:.2f}"
+    if n_looks > 1:
+        shown += f" (deflated for the {n_looks} val evaluations compared; undeflated {_prob(edge.get('psr'))})"
     if has_edge:
         reason = f"edge found on val: P(agent beats {words}) = {shown} >= {confidence:.2f}; deploying the agent"
     else:
         reason = (f"no edge found on val: P(agent beats {words}) = {shown} < {confidence:.2f}; "
                   f"{words} instead")
     return {"policy": "agent" if has_edge else "baseline", "baseline": baseline,
-            "position": BASELINE_POSITION[baseline], "val_edge": edge, "confidence": confidence, "reason": reason}
+            "position": BASELINE_POSITION[baseline], "val_edge": edge, "looks": n_looks, "sr0": sr0,
+            "psr_deflated": psr, "confidence": confidence, "reason": reason}
+
+
+def _prob(p) -> str:
+    return "undefined" if p is None or not math.isfinite(p) else f"{p:.2f}"
 
 
 def deployment_lines(evals: dict) -> list[str]:

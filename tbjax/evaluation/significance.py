@@ -341,9 +341,11 @@ def paired_edge(strategy: np.ndarray, benchmark: np.ndarray) -> dict:
     unlike comparing two Sharpe ratios, nothing about the benchmark is treated as known. A
     strategy identical to its benchmark has no active return (PSR NaN: no evidence of an edge).
 
-    Returns {"psr", "active_sharpe" (per bar), "mean_active_return" (per bar), "n_bars"}.
+    Returns {"psr", "active_sharpe" (per bar), "active_skew", "active_kurtosis", "mean_active_return"
+    (per bar), "n_bars"}: the moments let a caller take the PSR against another threshold (the
+    deflated deployment test, tbjax.evaluation.deployment).
     """
     a = np.asarray(strategy, np.float64).ravel() - np.asarray(benchmark, np.float64).ravel()
     sr, skew, kurt, t = sharpe_moments(a)
-    return {"psr": psr_from_moments(sr, skew, kurt, t, 0.0), "active_sharpe": sr,
-            "mean_active_return": float(a.mean()) if a.size else math.nan, "n_bars": int(a.size)}
+    return {"psr": psr_from_moments(sr, skew, kurt, t, 0.0), "active_sharpe": sr, "active_skew": skew,
+            "active_kurtosis": kurt, "mean_active_return": float(a.mean()) if a.size else math.nan, "n_bars": int(a.size)}

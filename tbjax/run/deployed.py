@@ -47,6 +47,17 @@ def baseline_evaluation(session, hold, split: str) -> tuple[dict, dict]:
     return result, ser
 
 
+def selection_looks(session) -> list[float]:
+    """Every val look the run's selection compared (its member book; deflates the deployment test).
+    A session opened only to evaluate has an empty book: the run's "latest" checkpoint records them
+    all (the "best" one those up to its update; a walk-forward fold folder's "best" all of the fold's)."""
+    looks = session.book.all_looks()
+    if not looks:
+        meta = session.ckpt.meta("latest") or session.ckpt.meta("best") or {}
+        looks = [x for member in meta.get("member_looks") or [] for x in member]
+    return looks
+
+
 def evaluate_checkpoint(session, carry, meta: dict, which: str, splits=("val", "test")) -> tuple[dict, dict]:
     """(eval dict per split, report series per split) of what the run deploys; writes nothing.
 
@@ -56,7 +67,7 @@ def evaluate_checkpoint(session, carry, meta: dict, which: str, splits=("val", "
     wanted = tuple(splits)
     evals, series = _agent_evaluation(session, carry, meta, which, tuple(dict.fromkeys(("val",) + wanted)))
     baseline, hold = baseline_policy(session.cfg)
-    decision = decide(evals["val"], baseline, session.cfg.eval.edge_confidence)
+    decision = decide(evals["val"], baseline, session.cfg.eval.edge_confidence, selection_looks(session))
     out_evals, out_series = {}, {}
     for split in wanted:
         agent = evals[split]

@@ -5,7 +5,9 @@ population run (``train.population``), an HPO trial (``hpo.batch`` of them train
 walk-forward fold. Each evaluation is offered to the book (:meth:`MemberBook.offer`: member,
 objective, update, carry); the book keeps that member's best objective, the update it came at, its
 val Sortino and a host copy of its carry, and counts the evaluations since that best
-(``train.patience``, :class:`tbjax.run.patience.Patience`).
+(``train.patience``, :class:`tbjax.run.patience.Patience`). It also keeps every evaluation's "look":
+its val active Sharpe against the baseline, which the deployment test deflates by
+(:func:`tbjax.evaluation.deployment.decide`: the deployed carry is the best of these looks).
 
 The host copy (:func:`owned_host_copy`) owns its memory. On a CPU, ``jax.device_get`` and
 ``np.asarray`` of a ``jax.Array`` return zero-copy, read-only NumPy views of the device buffer
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from tbjax.evaluation.deployment import val_look
 from tbjax.learner.population import stack_trees
 from tbjax.run.chunks import take
 from tbjax.run.distributed import host_copy
@@ -56,8 +59,9 @@ class MemberBook:
     objective above the best so far is, so -inf means "never evaluated" and a NaN is never kept.
     """
 
-    def __init__(self, n_members: int, patience: int = 0, keep_first: bool = False):
-        self.n_members, self.keep_first = n_members, keep_first
+    def __init__(self, n_members: int, patience: int = 0, keep_first: bool = False, baseline: str | None = None):
+        self.n_members, self.keep_first, self.baseline = n_members, keep_first, baseline
+        self.looks: list[list[float]] = [[] for _ in range(n_members)]  # val_look of every evaluation
         self.objective = [-math.inf] * n_members
         self.update: list[int | None] = [None] * n_members
         self.val_sortino: list[float | None] = [None] * n_members
@@ -65,9 +69,14 @@ class MemberBook:
         self.patience = Patience(n_members, patience)
         self.improved = False  # some member improved since the caller last reset it (a "best" checkpoint is due)
 
-    def offer(self, i: int, objective: float, update: int, carry=None, val_sortino: float | None = None) -> Offer:
+    def offer(self, i: int, objective: float, update: int, carry=None, val_sortino: float | None = None,
+              val_eval: dict | None = None) -> Offer:
         """One evaluation of member ``i``: keep it when ``objective`` is the member's new best, count it
-        for patience. ``carry`` None: nothing to keep (a lone training run writes its best to disk)."""
+        for patience, record its look (``val_eval`` against the book's baseline). ``carry`` None:
+        nothing to keep (a lone training run writes its best to disk)."""
+        look = None if val_eval is None or self.baseline is None else val_look(val_eval, self.baseline)
+        if look is not None:
+            self.looks[i].append(look)
         # several processes: the member's env axis spans every process's devices, so its global
         # values are gathered first; a collective, so every process gathers, improved or not
         gathered = None if carry is None else host_copy(carry)
@@ -94,7 +103,14 @@ class MemberBook:
         the members chosen on val)."""
         finite = [o if math.isfinite(o) else None for o in self.objective]
         return {"member_objective": finite, "member_update": self.update, "member_val_sortino": self.val_sortino,
-                "selected": select_members(finite, top_k), **self.patience.meta()}
+                "selected": select_members(finite, top_k), **self.selection_meta()}
+
+    def selection_meta(self) -> dict:
+        """What every checkpoint records of the selection itself: patience counts and the val looks."""
+        return {**self.patience.meta(), "member_looks": self.looks}
+
+    def all_looks(self) -> list[float]:
+        return [x for member in self.looks for x in member]
 
     def restore(self, meta: dict, best_carry=None) -> None:
         """From a checkpoint's meta (and its restored "best" carry) on resume. A lone run's meta holds
@@ -108,6 +124,8 @@ class MemberBook:
         self.update = list(meta.get("member_update", [None] * n))
         self.val_sortino = list(meta.get("member_val_sortino", [None] * n))
         self.patience.restore(meta)
+        looks = list(meta.get("member_looks") or [])[:n]
+        self.looks = [list(x) for x in looks] + [[] for _ in range(n - len(looks))]
         if best_carry is not None:
             self.carries = [owned_host_copy(take(best_carry, i)) if self.update[i] is not None else None
                             for i in range(n)]

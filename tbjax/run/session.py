@@ -31,6 +31,7 @@ from tbjax.atomic import append_line, write_atomic
 from tbjax.config import Config
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
 from tbjax.errors import InputError
+from tbjax.evaluation.deployment import resolve_baseline
 from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.learner.population import population_program
@@ -84,7 +85,7 @@ class TrainingSession:
         self.program = population_program(self.trainer, self.n_members)
         self.run_hparams = self.hparams if self.n_members == 1 else population_hparams(cfg, self.hparams)
         # every member's best and its early stop on val (tbjax.run.member_book, tbjax.run.patience)
-        self.book = MemberBook(self.n_members, cfg.train.patience)
+        self.book = self._new_book()
         self.ckpt = RunCheckpoints(self.run_dir)
         self.update = 0
         self.saved_update: int | None = None  # update of the newest "latest" checkpoint on disk
@@ -129,12 +130,18 @@ class TrainingSession:
         """A fresh carry from ``train.seed`` (:func:`tbjax.run.population.initial_carry`)."""
         return initial_carry(self.cfg, self.trainer, self.hparams, self.exp.market)
 
+    def _new_book(self) -> MemberBook:
+        """Every member's best, its patience and its val looks against the run's baseline."""
+        e = self.cfg.env
+        return MemberBook(self.n_members, self.cfg.train.patience,
+                          baseline=resolve_baseline(self.cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position))
+
     def start(self, resume: bool, fix: str | None = None):
         """The carry training continues from: a fresh one from ``train.seed``, or the newest usable
         "latest" checkpoint (``fix``: the advice when there is none). Reads only."""
         carry = self.template()
         self.update, self.saved_update, self._metrics_lines = 0, None, []
-        self.book = MemberBook(self.n_members, self.cfg.train.patience)
+        self.book = self._new_book()
         self._metrics_synced = False  # the file on disk may still hold lines past the restored update
         if resume:
             carry, meta = self.ckpt.restore("latest", carry, fix=fix)
@@ -183,7 +190,7 @@ class TrainingSession:
         far (None before any evaluation: JSON has no -inf) and, for a population, every member's best
         and the members chosen on val (resume restores the book from it, evaluation reads the choice)."""
         best = self.best_objective if math.isfinite(self.best_objective) else None
-        book = self.book.meta(self.cfg.train.ensemble_top_k) if self.n_members > 1 else self.book.patience.meta()
+        book = self.book.meta(self.cfg.train.ensemble_top_k) if self.n_members > 1 else self.book.selection_meta()
         return {**save, **book, "best_objective": best}
 
     def _save_latest(self, carry, meta: dict) -> None:
@@ -283,10 +290,10 @@ class _TrainingChunks(ChunkHooks):
         """Every member stopped by ``train.patience`` (the run is finished, not interrupted)."""
         return self.session.book.patience.all_stopped()
 
-    def _offer(self, i: int, value: float, chunk: Chunk, carry=None, val_sortino=None) -> None:
+    def _offer(self, i: int, value: float, chunk: Chunk, val_eval: dict, carry=None, val_sortino=None) -> None:
         """Member ``i``'s evaluation to the book (:class:`tbjax.run.member_book.MemberBook`)."""
         session = self.session
-        if session.book.offer(i, value, chunk.update, carry, val_sortino).stopped:
+        if session.book.offer(i, value, chunk.update, carry, val_sortino, val_eval).stopped:
             who = "training" if session.n_members == 1 else f"population member {i} (seed {session.cfg.train.seed + i})"
             print(f"note: {who} stops at update {chunk.update} of {session.cfg.n_updates}: no new best val objective "
                   f"in {session.book.patience.patience} evaluations (train.patience)", flush=True)
@@ -303,7 +310,7 @@ class _TrainingChunks(ChunkHooks):
 
     def evaluate(self, i: int, carry, chunk: Chunk) -> None:
         value, val_eval, _ = self.session.objective(carry)
-        self._offer(i, value, chunk)  # no carry: a lone run's best goes straight to disk (_keep)
+        self._offer(i, value, chunk, val_eval)  # no carry: a lone run's best goes straight to disk (_keep)
         pooled = val_eval["pooled"]
         self.last_val = {"val/sortino": pooled["sortino"], "val/sharpe": pooled["sharpe"],
                          "val/total_return": pooled["total_return"], "val/objective": value}
@@ -365,7 +372,7 @@ class _PopulationChunks(_TrainingChunks):
     def evaluate(self, i: int, carry, chunk: Chunk) -> None:
         value, val_eval, _ = self.session.objective(carry)
         self.vals[i] = (value, val_eval["pooled"]["sortino"])
-        self._offer(i, value, chunk, carry, val_eval["pooled"]["sortino"])
+        self._offer(i, value, chunk, val_eval, carry, val_eval["pooled"]["sortino"])
 
     def chunk_done(self, carry, chunk: Chunk) -> None:
         rows = [r for i, r in self.rows.items() if i not in self.dead] or list(self.rows.values())

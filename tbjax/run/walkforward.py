@@ -34,7 +34,7 @@ from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import split_walk
-from tbjax.evaluation.deployment import baseline_policy, decide
+from tbjax.evaluation.deployment import baseline_policy, decide, resolve_baseline
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics, union_mean
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
@@ -86,7 +86,10 @@ class WalkForward:
 
     def start_training(self) -> None:
         """A fresh book (a fold's first evaluation is always kept: every fold deploys a carry)."""
-        self.book, self.diverged = MemberBook(len(self.folds), self.cfg.train.patience, keep_first=True), {}
+        e = self.cfg.env
+        baseline = resolve_baseline(self.cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position)
+        self.book = MemberBook(len(self.folds), self.cfg.train.patience, keep_first=True, baseline=baseline)
+        self.diverged = {}
 
 
 def uses_regimes(cfg: Config) -> bool:
@@ -182,7 +185,7 @@ class BestByVal(ChunkHooks):
         score = score if np.isfinite(score) else -np.inf
         if self.log:
             self.log(f"fold {k} update {chunk.update}: val sortino {sortino:.3f}, objective {score:.3f}")
-        if self.wf.book.offer(k, score, chunk.update, carry, sortino).stopped and self.log:
+        if self.wf.book.offer(k, score, chunk.update, carry, sortino, val_eval=res).stopped and self.log:
             self.log(f"fold {k} stops at update {chunk.update}: no new best val objective in "
                      f"{self.wf.book.patience.patience} evaluations (train.patience)")
 
@@ -252,7 +255,8 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
         score, update, carry, _ = wf.book.best(k)
         val, val_series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
         regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
-        decision = decide(val, baseline, wf.cfg.eval.edge_confidence)  # on this fold's VAL bars only
+        # on this fold's VAL bars only, deflated for every val evaluation the fold compared
+        decision = decide(val, baseline, wf.cfg.eval.edge_confidence, wf.book.looks[k])
         agent_test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
         test, agent_val = agent_test, val
         if decision["policy"] == "baseline":  # no edge on val: the fold trades its baseline on test

@@ -156,6 +156,6 @@ def save_fold_runs(run_dir: Path, wf, rows: list[dict] | None = None) -> list[Pa
                 write_atomic(folder / DEPLOYMENT_FILE, json.dumps(_jsonable(decision), indent=1, sort_keys=True))
         with run_write(folder / "checkpoints" / "best"), RunCheckpoints(folder) as ckpt:
             ckpt.save_best(update, carry, {"update": update, "objective": float(score), "fold": k,
-                                           "val_sortino": float(val_sortino)})
+                                           "val_sortino": float(val_sortino), "member_looks": [wf.book.looks[k] if wf.book else []]})
         out.append(folder)
     return out

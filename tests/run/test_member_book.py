@@ -121,15 +121,20 @@ def test_best_carry_stacks_the_bests_and_fills_in_the_current_carry():
 
 
 def test_meta_and_restore_round_trip_and_read_older_checkpoints():
-    book = MemberBook(3, patience=3)
-    book.offer(0, 0.4, 2, _fresh(1), 0.2)
-    book.offer(2, 0.9, 4, _fresh(2), 0.6)
-    book.offer(1, -0.1, 4, _fresh(3), -0.2)
-    book.offer(1, -0.3, 6, _fresh(4), -0.2)
+    def val(active_sharpe):  # a val eval's paired test against flat (tbjax.evaluation.backtest)
+        return {"vs_baselines": {"flat": {"active_sharpe": active_sharpe, "n_bars": 50}}}
+
+    book = MemberBook(3, patience=3, baseline="flat")
+    book.offer(0, 0.4, 2, _fresh(1), 0.2, val(0.05))
+    book.offer(2, 0.9, 4, _fresh(2), 0.6, val(0.12))
+    book.offer(1, -0.1, 4, _fresh(3), -0.2, val(-0.02))
+    book.offer(1, -0.3, 6, _fresh(4), -0.2, val(float("nan")))  # trades as flat does: a look of 0
     meta = book.meta(top_k=None)
     assert meta == {"member_objective": [0.4, -0.1, 0.9], "member_update": [2, 4, 4],
-                    "member_val_sortino": [0.2, -0.2, 0.6], "selected": [2, 0], "evals_since_best": [0, 1, 0]}
-    again = MemberBook(3, patience=3)
+                    "member_val_sortino": [0.2, -0.2, 0.6], "selected": [2, 0], "evals_since_best": [0, 1, 0],
+                    "member_looks": [[0.05], [-0.02, 0.0], [0.12]]}
+    assert sorted(book.all_looks()) == [-0.02, 0.0, 0.05, 0.12]
+    again = MemberBook(3, patience=3, baseline="flat")
     again.restore(meta, best_carry=book.best_carry(None))
     assert again.meta(top_k=None) == meta
     np.testing.assert_array_equal(again.carries[2]["n"], book.carries[2]["n"])
