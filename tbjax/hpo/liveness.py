@@ -15,7 +15,9 @@ Optuna's answer, used here as its documentation recommends for distributed runs:
 SQL storages are Optuna's ``RDBStorage(heartbeat_interval, grace_period, ...)``. Optuna's journal
 storage has no heartbeat, so :class:`HeartbeatJournalStorage` gives it Optuna's heartbeat interface
 (``BaseHeartbeat``: the beat is a system attr, stale = RUNNING and silent for the grace period),
-and the same Optuna functions serve all three storages.
+and the same Optuna functions serve all three storages. Both carry :class:`LiveOwnerHeartbeat`: a
+failed beat never ends the beat thread, and a trial whose worker is alive on the checking
+worker's machine is never stale (a long SQLite write lock silences every beat).
 
 Counting (``n_trials`` is the study's total, :func:`counted_trials`): every started trial except
 a stale trial that was retried (its retry stands in for it) and a surplus trial. Trial numbers are
@@ -27,13 +29,18 @@ with ``surplus`` and a reason, and never trains. So N workers finish exactly ``n
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import (
     BaseHeartbeat,
     get_heartbeat_thread,
@@ -44,6 +51,7 @@ from optuna.trial import TrialState
 from tbjax.hpo.liveness_settings import LivenessSettings  # noqa: F401  (re-exported)
 
 HEARTBEAT_ATTR = "tbjax:heartbeat"  # journal storages only: Optuna's RDB keeps its own heartbeat table
+OWNER_ATTR = "tbjax:worker"  # the process that runs the trial: never failed as stale while it beats it
 SURPLUS_ATTR = "surplus"
 
 
@@ -64,8 +72,8 @@ class StaleTrialRetry(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a heartbeat-stale trial, plus one stderr line naming it.
 
     The copy starts without the stale trial's user attrs (its partial ``objective_series`` and
-    ``lr_applied`` belong to the killed attempt) and without its journal heartbeat (an old beat
-    would make the copy look stale before its own thread beats). Numbers this process failed are
+    ``lr_applied`` belong to the killed attempt), without its journal heartbeat (an old beat
+    would make the copy look stale before its own thread beats) and without its owner. Numbers this process failed are
     kept in ``failed`` (for :func:`recover_stale`).
     """
 
@@ -78,7 +86,7 @@ class StaleTrialRetry(RetryHeartbeatStaleTrialCallback):
     def __call__(self, study, trial) -> None:
         retry = copy.deepcopy(trial)
         retry.user_attrs = {}
-        retry.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}
+        retry.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in (HEARTBEAT_ATTR, OWNER_ATTR)}
         before = len(study.get_trials(deepcopy=False))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,7 +99,96 @@ class StaleTrialRetry(RetryHeartbeatStaleTrialCallback):
                  f"stopped); {again}")
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+# --------------------------------------------------------------------------- who runs a trial
+
+
+def _machine() -> str:
+    """This machine and PID namespace: host name, kernel boot id, PID namespace (where readable)."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(read())
+        except OSError:
+            pass
+    return "/".join(parts)
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc) or None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has stopped running
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    """Process ``pid`` runs and is the one that started at ``started`` (not a later one with its pid)."""
+    if Path("/proc/self/stat").exists():
+        now = _started(pid)
+        return now is not None and (started is None or now == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+MACHINE = _machine()
+_BEATING: set[tuple[str, int]] = set()  # (Liveness token, trial id) this process beats now
+_BEATING_LOCK = threading.Lock()
+
+
+def owner_alive(owner, trial_id: int) -> bool:
+    """True when the process that runs the trial (its ``OWNER_ATTR``) is on this machine and provably
+    still runs it: this process and one of its Liveness still beats the trial, or another live
+    process (same pid and start time). Elsewhere (another machine) only the heartbeat can tell."""
+    if not isinstance(owner, dict) or owner.get("machine") != MACHINE:
+        return False
+    if owner.get("pid") == os.getpid():
+        with _BEATING_LOCK:
+            return (owner.get("token"), trial_id) in _BEATING
+    return _process_alive(int(owner["pid"]), owner.get("started"))
+
+
+class LiveOwnerHeartbeat:
+    """What tbjax adds to Optuna's heartbeat storages (mixed in before the storage class).
+
+    * A beat never stops the beating: Optuna's heartbeat thread ends at the first exception of
+      ``record_heartbeat``, and then the live trial goes stale. A failed beat (a lock timeout behind
+      another worker's long write, a dropped connection) is logged and the next beat follows after
+      the interval; a beat on a trial another worker already failed is ignored.
+    * A trial is stale only when no live process on this machine runs it (:func:`owner_alive`):
+      a silence caused by the storage itself (a write lock held longer than the grace period) never
+      fails and retries a trial whose worker is alive. Across machines the heartbeat alone decides.
+    """
+
+    beat_log: Callable[[str], None] = staticmethod(lambda line: print(line, file=sys.stderr, flush=True))
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker judged it stale: nothing to keep alive
+            pass
+        except Exception as exc:  # noqa: BLE001 (the beat thread must live on whatever the storage raised)
+            cause = exc.__cause__ or exc
+            why = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+            self.beat_log(f"hpo: a heartbeat of trial id {trial_id} failed ({why}); the next one follows in "
+                          f"{self.get_heartbeat_interval()} s")
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return [i for i in super()._get_stale_trial_ids(study_id)
+                if not owner_alive(self.get_trial(i).system_attrs.get(OWNER_ATTR), i)]
+
+
+class HeartbeatRDBStorage(LiveOwnerHeartbeat, RDBStorage):
+    """Optuna's RDBStorage (its heartbeat table and stale-trial check) with :class:`LiveOwnerHeartbeat`."""
+
+
+class _JournalHeartbeat(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with Optuna's heartbeat interface (Optuna 5 has none for journals).
 
     ``record_heartbeat`` writes the time as the system attr ``HEARTBEAT_ATTR``; a RUNNING trial
@@ -105,10 +202,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker judged it stale: nothing to keep alive
-            pass
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
@@ -122,6 +216,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self.heartbeat_stale_trial_callback
 
 
+class HeartbeatJournalStorage(LiveOwnerHeartbeat, _JournalHeartbeat):
+    """The journal storage with the heartbeat interface and :class:`LiveOwnerHeartbeat`."""
+
+
 class Liveness:
     """Optuna's heartbeat thread for each trial this worker runs, for one study.
 
@@ -133,12 +231,18 @@ class Liveness:
         self.study = study
         self._threads: dict[int, object] = {}
         self._lock = threading.Lock()
+        self._token = uuid.uuid4().hex
 
     def add(self, trial) -> None:
-        """Beat once now (a trial whose worker dies before its thread's first beat would never be
-        stale: Optuna skips trials without a beat), then from Optuna's thread."""
+        """Name this process as the trial's owner (:func:`owner_alive`), beat once now (a trial whose
+        worker dies before its thread's first beat would never be stale: Optuna skips trials
+        without a beat), then from Optuna's thread."""
         storage = self.study._storage
+        with _BEATING_LOCK:
+            _BEATING.add((self._token, trial._trial_id))
         if is_heartbeat_enabled(storage):
+            storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, {
+                "machine": MACHINE, "pid": os.getpid(), "started": _started(os.getpid()), "token": self._token})
             storage.record_heartbeat(trial._trial_id)
         beat = get_heartbeat_thread(trial._trial_id, storage)
         with self._lock:
@@ -148,6 +252,8 @@ class Liveness:
     def discard(self, trial) -> None:
         with self._lock:
             beat = self._threads.pop(trial._trial_id, None)
+        with _BEATING_LOCK:
+            _BEATING.discard((self._token, trial._trial_id))
         if beat is not None:
             beat.join()
 
@@ -160,8 +266,10 @@ class Liveness:
 
     def __exit__(self, *exc) -> None:
         with self._lock:
-            beats, self._threads = list(self._threads.values()), {}
-        for beat in beats:
+            beats, self._threads = dict(self._threads), {}
+        with _BEATING_LOCK:
+            _BEATING.difference_update((self._token, trial_id) for trial_id in beats)
+        for beat in beats.values():
             beat.join()
 
 

@@ -17,7 +17,8 @@ not the agent, and are not searchable: tuning them would fit the costs away.
 used as given and never suggested, even when the space lists it. Two risk keys are searched by
 default unless fixed that way: ``ppo.cvar_alpha`` in [1/ppo.num_quantiles, 0.20] and
 ``ppo.cvar_weight`` in [0.1, 2.0] (log scale). Every problem in the space is an InputError before
-the first trial.
+the first trial, including a combination of values a trial could sample that breaks a config rule
+(every combination is resolved as a trial would resolve it: :mod:`tbjax.hpo.space_check`).
 
 The CVaR floor. The critic's N = ``ppo.num_quantiles`` quantiles carry mass 1/N each, so for
 alpha < 1/N both VaR_alpha and CVaR_alpha equal the lowest quantile and alpha only rescales
@@ -32,6 +33,7 @@ with alpha raised to 1/N: the trial's config holds the value used and the user a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -41,8 +43,9 @@ from typing import Any
 
 import yaml
 
-from tbjax.config import Config, EnvConfig, PPOConfig, apply_override, keys_of_kind, validate
+from tbjax.config import Config, EnvConfig, PPOConfig, apply_override, keys_of_kind, lone_learner, validate
 from tbjax.errors import InputError
+from tbjax.hpo.space_check import check_combinations
 
 # What a search may vary, read from the config's traced/static declarations: every traced ppo.*
 # key and the reward shaping (no recompile), and the learner's static shapes plus the episode
@@ -103,6 +106,7 @@ def _decode_choice(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
 
 
+@functools.cache
 def _field_hint(key: str):
     section, name = key.split(".", 1)
     return typing.get_type_hints(_SECTIONS[section])[name]
@@ -289,44 +293,6 @@ def parse_param(key: str, entry: Any) -> ParamSpec:
     return ParamSpec(key, kind, low=low, high=high, step=step, log=log)
 
 
-def _check_each_value(cfg: Config, spec: ParamSpec, by_key: dict[str, ParamSpec]) -> None:
-    """Each end point / choice alone must give a valid config (minibatch divisibility checked jointly).
-
-    Partners that are searched too take a value that lets this one be judged alone: the largest
-    ``ppo.num_quantiles`` for a ``ppo.cvar_alpha`` value, the trial's raised alpha for a
-    ``ppo.num_quantiles`` value (see :meth:`SearchSpace.resolve`).
-    """
-    shape_keys = ("ppo.n_envs", "ppo.n_steps", "ppo.n_minibatches")
-    for value in spec.candidates():
-        values = {spec.key: list(value) if isinstance(value, tuple) else value}
-        if spec.key == "ppo.n_minibatches":
-            values.update({"ppo.n_envs": value, "ppo.n_steps": 1})
-        elif spec.key in shape_keys:
-            values["ppo.n_minibatches"] = 1
-        elif spec.key == CVAR_ALPHA_KEY and NUM_QUANTILES_KEY in by_key:
-            values[NUM_QUANTILES_KEY] = max(by_key[NUM_QUANTILES_KEY].candidates())
-        elif spec.key == NUM_QUANTILES_KEY and CVAR_ALPHA_KEY in by_key:
-            values[CVAR_ALPHA_KEY] = max(cfg.ppo.cvar_alpha, cvar_floor(value))
-        try:
-            _validated(_replace(cfg, values))
-        except InputError as exc:
-            raise InputError(f"hpo.space.{spec.key}: value {value!r} breaks a config rule ({exc}); "
-                             "narrow the range or change the choices") from None
-
-
-def _divisibility_feasible(cfg: Config, by_key: dict[str, ParamSpec]) -> None:
-    """Some (n_envs, n_steps, n_minibatches) in the space must satisfy n_minibatches | n_envs * n_steps."""
-    def values(name):
-        spec = by_key.get(f"ppo.{name}")
-        return spec.candidates() if spec is not None else [getattr(cfg.ppo, name)]
-
-    envs, steps, minis = values("n_envs"), values("n_steps"), values("n_minibatches")
-    if not any((e * s) % m == 0 for m in minis for e in envs for s in steps):
-        raise InputError(f"hpo.space: no combination of ppo.n_envs {envs}, ppo.n_steps {steps} and "
-                         f"ppo.n_minibatches {minis} has n_minibatches dividing n_envs * n_steps; "
-                         "use powers of two for all three")
-
-
 def _searched_num_quantiles(cfg: Config, user_entries: dict, user_keys: set[str]) -> list[int]:
     """The ``ppo.num_quantiles`` values trials can have: the config's, or those of its space entry."""
     if NUM_QUANTILES_KEY in user_entries and NUM_QUANTILES_KEY not in user_keys:
@@ -391,7 +357,7 @@ def build_search_space(cfg: Config, user_keys: set[str]) -> SearchSpace:
     by_key = {p.key: p for p in params}
     if CVAR_ALPHA_KEY in by_key:
         notes += _check_cvar_floor(by_key[CVAR_ALPHA_KEY], n_quantiles)
-    for p in params:
-        _check_each_value(cfg, p, by_key)
-    _divisibility_feasible(cfg, by_key)
-    return SearchSpace(params, fixed, tuple(notes))
+    space = SearchSpace(params, fixed, tuple(notes))
+    trial_base = lone_learner(cfg)  # what TrialRunner.plan resolves a trial's values on
+    check_combinations(space.params, lambda values: space.resolve(trial_base, values))
+    return space

@@ -6,16 +6,23 @@ an Optuna journal file, each with Optuna's heartbeat and stale-trial retry (:mod
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tbjax.errors import InputError
-from tbjax.hpo.liveness import HeartbeatJournalStorage, StaleTrialRetry
+from tbjax.hpo.liveness import (
+    HeartbeatJournalStorage,
+    HeartbeatRDBStorage,
+    StaleTrialRetry,
+)
 from tbjax.hpo.liveness_settings import LivenessSettings
 
 STORAGE_FLAG = "--storage / hpo.storage"
 SCHEMA_ATTEMPTS = 3  # opening a new database races with the other workers creating its tables
+SQLITE_LOCK_WAIT = 60  # seconds a SQLite call waits for the write lock (at least; the grace period if longer)
 
 
 def storage_shown(spec: str | None, run_dir: Path) -> str:
@@ -34,24 +41,33 @@ def make_storage(spec: str | None, run_dir: Path, live: LivenessSettings | None 
 
     Every storage gets Optuna's heartbeat (``heartbeat_interval``, ``grace_period``) and its
     ``RetryHeartbeatStaleTrialCallback(max_retry)``: how a trial whose worker was killed is
-    recognised and queued again (:mod:`tbjax.hpo.liveness`). ``log`` prints the one line per
-    stale trial (stderr by default).
+    recognised and queued again (:mod:`tbjax.hpo.liveness`), with beats that survive a storage
+    error and no stale verdict on a trial whose worker is alive (``LiveOwnerHeartbeat``). ``log``
+    prints the one line per stale trial or failed beat (stderr by default).
+
+    SQLite serialises every transaction (``BEGIN IMMEDIATE``, below), so a call waits up to
+    ``SQLITE_LOCK_WAIT`` seconds, or the grace period if longer, for the write lock: a worker
+    waits out another's long write instead of failing its trial.
     """
     import warnings
 
     import optuna
 
     live = live or LivenessSettings()
-    retry = StaleTrialRetry(live.max_retry, live.grace, log or (lambda line: print(line, file=sys.stderr, flush=True)))
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    retry = StaleTrialRetry(live.max_retry, live.grace, log)
     if spec is None:
         spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     if spec.endswith(".log") and "://" not in spec:
-        return journal_storage(spec, live, retry)
+        storage = journal_storage(spec, live, retry)
+        storage.beat_log = log
+        return storage
     if "://" not in spec:
         raise InputError(f"{STORAGE_FLAG} '{spec}' is neither an SQLAlchemy URL (e.g. sqlite:///study.db, "
                          "postgresql://user@host/db) nor a journal file ending in .log")
     # SQLite: wait for the write lock; PostgreSQL: drop connections the server closed (Optuna's advice)
-    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
+    engine = ({"connect_args": {"timeout": max(SQLITE_LOCK_WAIT, live.grace)}} if spec.startswith("sqlite")
+              else {"pool_pre_ping": True})
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     try:
@@ -59,8 +75,9 @@ def make_storage(spec: str | None, run_dir: Path, live: LivenessSettings | None 
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is marked experimental
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = optuna.storages.RDBStorage(spec, engine_kwargs=engine, heartbeat_interval=live.interval,
-                                                         grace_period=live.grace, heartbeat_stale_trial_callback=retry)
+                    storage = HeartbeatRDBStorage(spec, engine_kwargs=engine, heartbeat_interval=live.interval,
+                                                  grace_period=live.grace, heartbeat_stale_trial_callback=retry)
+                storage.beat_log = log
                 return _serialize_sqlite(storage) if spec.startswith("sqlite") else storage
             except (IntegrityError, OperationalError):  # workers started together on a new database: the tables
                 # another one was creating ("already exists", a unique version row); an unreachable server too
@@ -101,7 +118,8 @@ def _journal_problem(path: Path) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):  # the journal itself (appended to, never truncated)
             pass
-        probe = path.with_name(f".{path.name}.probe")  # Optuna also writes its lock file beside it
+        # Optuna also writes its lock file beside it; one probe name per process (workers start together)
+        probe = path.with_name(f".{path.name}.probe.{os.getpid()}.{threading.get_ident()}")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

@@ -44,7 +44,7 @@ import orbax.checkpoint as ocp
 from tbjax.atomic import describe_os_error, write_atomic
 from tbjax.errors import InputError
 from tbjax.run.carry_storage import abstract, describe_mismatch, rewrap, storable, structure_fingerprint
-from tbjax.run.checkpoint_files import COMMIT_FILE, FILE_LIST, save_error, step_damage, step_files
+from tbjax.run.checkpoint_files import COMMIT_FILE, FILE_LIST, TMP_MARK, save_error, step_damage, step_files
 from tbjax.run.orbax_quiet import NOISY_LOGGERS, quiet_orbax
 
 __all__ = ["COMMIT_FILE", "DEFAULT_FIX", "FILE_LIST", "KEEP", "KINDS", "NOISY_LOGGERS", "RunCheckpoints",
@@ -96,14 +96,23 @@ class RunCheckpoints:
 
     def _manager(self, kind: str, write: bool) -> ocp.CheckpointManager | None:
         """The writer (created on first save; clears orbax tmp folders of killed saves) or a fresh
-        read-only manager that sees the folder as it is now (None when the folder does not exist)."""
+        read-only manager that sees the folder as it is now (None when the folder does not exist).
+
+        The tmp folders of killed saves are removed here, before the writer exists, not by orbax's
+        ``cleanup_tmp_directories``: that runs in a thread started by the manager's constructor which
+        only orbax's own ``save`` waits for, so it deleted whatever appeared in the folder meanwhile;
+        a save failing on a full disk then reported "No such file or directory" instead.
+        """
         if write or kind in self._writers:
             if kind not in self._writers:
                 options = ocp.CheckpointManagerOptions(max_to_keep=KEEP[kind], enable_async_checkpointing=False,
-                                                       create=False, cleanup_tmp_directories=True,
+                                                       create=False, cleanup_tmp_directories=False,
                                                        multiprocessing_options=_this_process_only())
                 try:
                     self.paths[kind].mkdir(parents=True, exist_ok=True)  # orbax's create=True refuses active_processes
+                    for entry in self.paths[kind].iterdir():  # saves a killed process left unfinished
+                        if TMP_MARK in entry.name:
+                            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                     with quiet_orbax():
                         self._writers[kind] = ocp.CheckpointManager(self.paths[kind].resolve(), options=options,
                                                                     item_names=("carry", "meta"))
@@ -147,7 +156,7 @@ class RunCheckpoints:
         if sequence is None or not self.paths[kind].is_dir():
             return
         for entry in self.paths[kind].iterdir():
-            if entry.name == str(sequence) or entry.name.startswith(f"{sequence}.orbax-checkpoint-tmp"):
+            if entry.name == str(sequence) or entry.name.startswith(f"{sequence}{TMP_MARK}"):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def save_latest(self, step: int, carry, meta: dict) -> None:

@@ -22,6 +22,7 @@ from tbjax.errors import InputError
 
 COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finalised step (atomicity_types.COMMIT_SUCCESS_FILE)
 FILE_LIST = "tbjax_files.json"  # size and SHA-256 of every file of a committed step, written after the commit
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of orbax's unfinished step and item folders (TMP_DIR_SUFFIX)
 
 
 def step_files(step_dir: Path) -> dict[str, list]:

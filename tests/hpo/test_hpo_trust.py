@@ -296,6 +296,42 @@ def test_heartbeat_thread_keeps_a_long_trial_alive(tmp_path):
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]  # max_retry 0: not queued again
 
 
+def test_a_failed_beat_does_not_stop_the_beating(tmp_path, monkeypatch):
+    """Issue 27, item 8: Optuna's heartbeat thread ends at the first exception of record_heartbeat
+    (a lock timeout behind another worker's long write), and the live trial then went stale. The
+    failed beat is now logged and the thread beats again after the interval."""
+    import sqlalchemy
+
+    lines = []
+    storage = make_storage(None, tmp_path, LivenessSettings(interval=1, grace=3, max_retry=0), log=lines.append)
+    study = optuna.create_study(storage=storage)
+    with warnings.catch_warnings():  # ask() outside optimize() warns
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+    real, calls = optuna.storages.RDBStorage.record_heartbeat, []
+
+    def flaky(self, trial_id):  # Optuna's own wrapping of a lock timeout (optuna.storages._rdb.storage)
+        calls.append(trial_id)
+        if len(calls) == 2:
+            locked = sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, Exception("database is locked"))
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from locked
+        real(self, trial_id)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", flaky)
+    with Liveness(study) as liveness:
+        liveness.add(trial)  # beat 1 (here), beat 2 (the thread's first) fails
+        time.sleep(0.5)
+        with sqlite3.connect(tmp_path / "study.db") as db:
+            db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hours')")
+        time.sleep(2.0)  # beat 3 and 4 from the same thread
+        with sqlite3.connect(tmp_path / "study.db") as db:
+            (age,) = db.execute("SELECT (julianday('now') - julianday(heartbeat)) * 86400 FROM trial_heartbeats").fetchone()
+        liveness.discard(trial)
+    assert len(calls) >= 3 and age < 3  # beating again after the failure
+    assert len(lines) == 1 and "a heartbeat of trial id" in lines[0] and "database is locked" in lines[0]
+    assert "the next one follows in 1 s" in lines[0]
+
+
 def test_every_member_of_a_batch_has_its_own_heartbeat(tmp_path):
     """B trials trained as one vmapped program: each beats from its own Optuna heartbeat thread."""
     storage = make_storage(None, tmp_path, LivenessSettings(interval=1, grace=3, max_retry=0), log=lambda _: None)

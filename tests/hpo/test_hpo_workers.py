@@ -129,6 +129,114 @@ def test_three_workers_finish_exactly_n_trials_after_a_kill(setup, tmp_path, kin
           f"surplus {surplus}, lost 0, duplicated 0")
 
 
+def test_a_live_trial_is_never_retried_behind_a_slow_writer(setup, tmp_path):
+    """Issue 27, item 8. With SQLite every transaction takes the write lock; a writer that holds it
+    longer than the grace period silences every heartbeat. The worker whose check runs first after
+    the lock is released (here: this process, as a second worker does before it asks) used to fail
+    the live trial as stale and queue a retry of it while it still ran. Its worker is alive on this
+    machine, so it is not stale: it completes, once."""
+    import sqlite3
+
+    from tbjax.hpo.liveness import LivenessSettings, recover_stale
+    from tbjax.hpo.storage import make_storage
+
+    root, env = setup
+    run_dir, study_name = tmp_path / "run", f"slow-{uuid.uuid4().hex[:8]}"
+    worker = _worker(root, env, run_dir, None, study_name, 0, "hpo.n_trials=1")
+    lines = []
+    deadline = time.time() + 300
+    while time.time() < deadline and worker.poll() is None:
+        try:
+            with sqlite3.connect(run_dir / "study.db", timeout=1) as db:
+                beating = db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
+        except sqlite3.Error:  # the database or its tables do not exist yet
+            beating = 0
+        if beating:
+            break
+        time.sleep(0.05)
+    assert worker.poll() is None, worker.communicate()[1][-2000:]
+    other = optuna.load_study(study_name=study_name, storage=make_storage(
+        None, run_dir, LivenessSettings(interval=1, grace=GRACE, max_retry=2), log=lines.append))
+    writer = sqlite3.connect(run_dir / "study.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a long write: every other transaction waits behind it
+    t0 = time.time()
+    time.sleep(GRACE + 3)
+    (running,) = writer.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()
+    writer.execute("COMMIT")
+    failed = recover_stale(other)  # the first transaction after the lock: the silent trial's last beat is old
+    held = time.time() - t0
+    _, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
+    assert running == 1 and held > GRACE + 2
+    assert failed == [] and lines == [] and "stale trial" not in err
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE)]  # completed, never retried
+    assert "failed_trial" not in trials[0].system_attrs
+    print(f"FIGURES slow writer: lock held {held:.1f} s > grace {GRACE} s, stale verdicts 0, retries 0, "
+          f"trial 0 {trials[0].state.name}")
+
+
+def test_journal_workers_racing_for_stale_trials_retry_each_once(tmp_path):
+    """Three workers run Optuna's stale-trial check on one journal file, each having read all 12
+    trials as stale before any writes its FAIL (held at a common instant between the two). The
+    journal replays operations in file order and a FAIL landing after another worker's FAIL raises
+    for its writer (Optuna's UpdateFinishedTrialError), so only the first worker retries a trial."""
+    from tbjax.hpo.liveness import HEARTBEAT_ATTR, LivenessSettings
+    from tbjax.hpo.storage import make_storage
+
+    path, live = tmp_path / "study.log", LivenessSettings(interval=1, grace=3, max_retry=2)
+    storage = make_storage(str(path), tmp_path, live, log=lambda _: None)
+    study = optuna.create_study(study_name="race", storage=storage)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for _ in range(12):  # trials of a killed worker: RUNNING, last beat an hour ago
+        storage.set_trial_system_attr(study.ask(dist)._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+    code = ("import sys, time, warnings, optuna; from pathlib import Path; warnings.simplefilter('ignore'); "
+            "from tbjax.hpo.storage import make_storage; from tbjax.hpo.liveness import LivenessSettings, recover_stale; "
+            "s = optuna.load_study(study_name='race', storage=make_storage(sys.argv[1], Path(sys.argv[1]).parent, "
+            "LivenessSettings(1, 3, 2), log=lambda _: None)); start = float(sys.argv[2]); st = s._storage\n"
+            "def held(study_id, read=st._get_stale_trial_ids):\n"
+            "    ids = read(study_id)\n"
+            "    while time.time() < start: pass\n"
+            "    return ids\n"
+            "st._get_stale_trial_ids = held\n"
+            "print(' '.join(map(str, recover_stale(s))), len(held(s._study_id)), file=sys.stdout)")
+    start = time.time() + 6  # all three have loaded the study by then
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(start)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert [out.split()[-1] for out, _ in outs] == ["0"] * 3  # afterwards none is stale
+    failed = sorted(int(n) for out, _ in outs for n in out.split()[:-1])
+    assert failed == list(range(12))  # each stale trial failed by exactly one worker
+    trials = optuna.load_study(study_name="race", storage=make_storage(str(path), tmp_path, live)).get_trials()
+    retries = [t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING]
+    assert sorted(retries) == list(range(12))  # and retried once
+    print(f"FIGURES journal race: 3 workers, 12 stale trials, retries {len(retries)}, "
+          f"failed per worker {[len(out.split()) - 1 for out, _ in outs]}")
+
+
+def test_journal_workers_opening_one_new_file_together_all_open_it(tmp_path):
+    """Each worker checks that a journal path can hold Optuna's lock file with a probe file; with one
+    probe name for all, a worker's probe was deleted by another's and the path said 'not writable'."""
+    import threading
+
+    from tbjax.hpo.storage import _journal_problem
+
+    problems = []
+
+    def open_many():
+        problems.extend(p for p in (_journal_problem(tmp_path / "study.log") for _ in range(200)) if p)
+
+    threads = [threading.Thread(target=open_many) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.log"]  # no probe left behind
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--grace-period", "0"], "--grace-period must be an integer >= 1, got 0"),
     (["--max-retries", "-1"], "--max-retries must be an integer >= 0, got -1"),

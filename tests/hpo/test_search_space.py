@@ -96,20 +96,106 @@ def test_invalid_entries_are_config_errors(tmp_path, key, entry, words):
     assert words in str(err.value) and key in str(err.value)
 
 
-def test_minibatch_divisibility_impossible_for_every_choice(tmp_path):
+def test_minibatch_divisibility_is_checked_on_every_combination(tmp_path):
     # n_envs * n_steps in {3*5, 3*7, 5*5, 5*7} = {15, 21, 25, 35}: none divisible by 2 or 4
     cfg, keys = _config(tmp_path, {"hpo": {"space": {
         "ppo.n_envs": {"type": "categorical", "choices": [3, 5]},
         "ppo.n_steps": {"type": "categorical", "choices": [5, 7]},
         "ppo.n_minibatches": {"type": "categorical", "choices": [2, 4]}}}})
-    with pytest.raises(InputError, match="no combination"):
+    with pytest.raises(InputError) as err:
         build_search_space(cfg, keys)
-    # adding n_minibatches 5 makes 15 = 3*5 divisible: accepted
+    assert "the combination ppo.n_envs = 3, ppo.n_minibatches = 2, ppo.n_steps = 5 breaks" in str(err.value)
+    assert "(no combination of the space passes)" in str(err.value)
+    # 15 = 3*5 is divisible by 5, but a trial can still sample 3*7 with 5 (or 5*5 with 2): refused
     cfg, keys = _config(tmp_path, {"hpo": {"space": {
         "ppo.n_envs": {"type": "categorical", "choices": [3, 5]},
         "ppo.n_steps": {"type": "categorical", "choices": [5, 7]},
         "ppo.n_minibatches": {"type": "categorical", "choices": [2, 5]}}}})
+    with pytest.raises(InputError, match="hpo.space.ppo.n_minibatches: the combination"):
+        build_search_space(cfg, keys)
+    # powers of two: every combination divides
+    cfg, keys = _config(tmp_path, {"hpo": {"space": {
+        "ppo.n_envs": {"type": "categorical", "choices": [4, 8]},
+        "ppo.n_steps": {"type": "int", "low": 8, "high": 32, "step": 8},
+        "ppo.n_minibatches": {"type": "categorical", "choices": [2, 4, 8]}}}})
     assert "ppo.n_minibatches" in build_search_space(cfg, keys).keys
+
+
+@pytest.mark.parametrize("space, config, message", [
+    # each value passes alone, the pair does not: lr_min above the low end of the learning rate
+    ({"ppo.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3},
+      "ppo.lr_min": {"type": "float", "low": 0.0, "high": 1e-4}}, {},
+     ("hpo.space.ppo.lr_min: the combination ppo.learning_rate = 1e-05, ppo.lr_min = 0.0001 breaks a config rule "
+      "(ppo.lr_min must lie in [0, ")),
+    # a recurrent policy needs n_minibatches | n_envs (whole env sequences): only with policy gru
+    ({"ppo.policy": {"type": "categorical", "choices": ["mlp", "gru"]},
+      "ppo.n_envs": {"type": "categorical", "choices": [8, 12]}}, {"n_minibatches": 8},
+     "hpo.space.ppo.n_envs, hpo.space.ppo.policy: the combination ppo.n_envs = 12, ppo.policy = 'gru' breaks"),
+    # alone (the config's cvar_weight 0 turns the CVaR term off) num_quantiles 4 passes; with the searched
+    # cvar_weight (default range [0.1, 2]) the fixed cvar_alpha 0.2 is below its floor 1/4
+    ({"ppo.num_quantiles": {"type": "categorical", "choices": [4, 8]}}, {"cvar_alpha": 0.2},
+     "hpo.space.ppo.num_quantiles: value 4 breaks a config rule (ppo.cvar_alpha = 0.2 is below 1/ppo.num_quantiles"),
+])
+def test_space_combinations_that_break_a_rule_are_refused(tmp_path, space, config, message):
+    cfg, keys = _config(tmp_path, {"ppo": config, "hpo": {"space": space}})
+    with pytest.raises(InputError) as err:
+        build_search_space(cfg, keys)
+    assert message in str(err.value) and "change the choices or narrow the ranges" in str(err.value)
+
+
+def test_intended_adjustments_are_not_refused(tmp_path):
+    # cvar_alpha below 1/num_quantiles of a trial is raised by resolve (the 'adjusted' attr), not an error
+    cfg, keys = _config(tmp_path, {"hpo": {"space": {
+        "ppo.num_quantiles": {"type": "categorical", "choices": [4, 8, 32]},
+        "ppo.cvar_alpha": {"type": "float", "low": 0.03125, "high": 0.2}}}})
+    assert build_search_space(cfg, keys).keys == ["ppo.cvar_alpha", "ppo.cvar_weight", "ppo.num_quantiles"]
+
+
+def test_a_large_space_is_checked_by_key_sets_within_the_budget(tmp_path):
+    import time
+
+    # 512 * 16 * 4 combinations of the shapes (x 2^3 float ends): above COMBINATION_LIMIT
+    space = {"ppo.n_envs": {"type": "int", "low": 8, "high": 4096, "step": 8},
+             "ppo.n_steps": {"type": "int", "low": 16, "high": 256, "step": 16},
+             "ppo.n_minibatches": {"type": "categorical", "choices": [1, 2, 4, 8]},
+             "ppo.gamma": {"type": "float", "low": 0.9, "high": 0.99}}
+    cfg, keys = _config(tmp_path, {"hpo": {"space": space}})
+    t0 = time.perf_counter()
+    assert len(build_search_space(cfg, keys).keys) == 6
+    assert time.perf_counter() - t0 < 5  # CHECK_BUDGET checks of about 50 us (0.5 s measured)
+    space["ppo.n_minibatches"]["choices"] = [1, 2, 3]
+    cfg, keys = _config(tmp_path, {"hpo": {"space": space}})
+    with pytest.raises(InputError, match="ppo.n_envs = 8, ppo.n_minibatches = 3, ppo.n_steps = 16 breaks"):
+        build_search_space(cfg, keys)
+
+
+@pytest.fixture(scope="module")
+def tiny_processed(tmp_path_factory):
+    from tiny_run_config import tiny_market
+
+    return tiny_market(tmp_path_factory.mktemp("space_cli"))
+
+
+def test_cli_refuses_a_breaking_space_before_any_trial(tiny_processed, tmp_path, capsys):
+    """Issue 27, item 7: n_minibatches 3 does not divide n_steps * n_envs = 128. It used to be found
+    by the trial that sampled it (failed as infeasible); now the study never starts."""
+    from tiny_run_config import tiny_body
+
+    from tbjax.cli.hpo import main
+
+    body = tiny_body(tiny_processed, total_env_steps=256)
+    body["hpo"] = {"n_trials": 2, "pruner": "none", "space": {
+        "ppo.n_minibatches": {"type": "categorical", "choices": [2, 3]}}}
+    del body["ppo"]["n_minibatches"]  # written in the YAML it would be fixed, not searched
+    config = tmp_path / "hpo.yaml"
+    config.write_text(yaml.safe_dump(body))
+    run_dir = tmp_path / "run"
+    assert main(["--config", str(config), "--run-dir", str(run_dir)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: hpo.space.ppo.n_minibatches: value 3 breaks a config rule ")
+    assert "ppo.n_steps * ppo.n_envs = 128 is not divisible by ppo.n_minibatches = 3" in err[0]
+    assert "Traceback" not in err[0]
+    assert not run_dir.exists()  # no study.db, no trial folder, no jax_cache
 
 
 def test_everything_fixed_is_an_error(tmp_path):

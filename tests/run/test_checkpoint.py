@@ -111,6 +111,7 @@ def test_killed_save_leaves_previous_checkpoint_loadable(tmp_path, carry_templat
     writer = RunCheckpoints(tmp_path)
     writer.save_latest(30, scrambled(carry_template, 22), {"update": 30})
     assert_bit_exact(writer.restore("latest", carry_template)[0], scrambled(carry_template, 22))
+    assert not tmp_dir.exists()  # the writer removed the killed save's tmp folder before it started
     writer.close()
 
 
