@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from tbjax.config import Config, EnvConfig, PPOConfig, apply_override, keys_of_kind, lone_learner, validate
+from tbjax.config_rules import cvar_floor
 from tbjax.errors import InputError
 from tbjax.hpo.space_check import check_combinations
 
@@ -146,11 +147,6 @@ class SearchSpace:
             trial_cfg, note = _raise_to_cvar_floor(trial_cfg)
             notes += [note] if note else []
         return _validated(trial_cfg), notes
-
-
-def cvar_floor(num_quantiles: int) -> float:
-    """The smallest meaningful ``ppo.cvar_alpha``: below 1/N, VaR and CVaR are the lowest quantile."""
-    return 1.0 / num_quantiles
 
 
 def _raise_to_cvar_floor(cfg: Config) -> tuple[Config, str | None]:
