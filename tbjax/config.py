@@ -137,6 +137,7 @@ class EvalConfig:
     regime_seed: int = 2024
     baseline: str = "auto"  # what is deployed when val shows no edge: flat, buy_and_hold, auto (flat if shorts allowed)
     edge_confidence: float = 0.95  # deploy the agent only if P(agent beats the baseline on val) >= this
+    edge_deflation: bool = False  # test that P against the best of the val evaluations compared (DSR), not 0
 
 
 @dataclass(frozen=True)

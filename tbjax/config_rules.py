@@ -32,7 +32,7 @@ POLICIES = ("mlp", "gru", "lstm")  # mlp, or a core of tbjax.agent.recurrent.CEL
 LR_SCHEDULES = ("constant", "linear")
 PRECISIONS = ("float32", "bfloat16")
 BASELINES = ("auto", "flat", "buy_and_hold")  # positions: tbjax.evaluation.deployment.BASELINE_POSITION
-PRUNERS = ("successive_halving", "median", "hyperband", "patient", "none")  # built by tbjax.cli.hpo.make_pruner
+PRUNERS = ("successive_halving", "median", "hyperband", "patient", "none")  # built by tbjax.hpo.study.make_pruner
 TRAIN_MODES = ("expanding", "rolling")
 # The longest lookback of any feature: the slow EMA span of MACD, which tbjax.data.features
 # computes with THIS constant (defined here, the lowest layer that needs it, for env.window_size).
@@ -228,6 +228,7 @@ def validate(cfg) -> None:
     check_choice("eval.baseline", ev.baseline, BASELINES)
     check(0 <= ev.edge_confidence <= 1, f"eval.edge_confidence must lie in [0, 1] (0: always deploy the agent; "
           f"0.95: only with 95 % confidence that it beats the baseline on val), got {ev.edge_confidence}")
+    check(isinstance(ev.edge_deflation, bool), f"eval.edge_deflation must be true or false, got {ev.edge_deflation!r}")
     if cfg.data.embargo_bars is not None:
         check(cfg.data.embargo_bars >= 0, f"data.embargo_bars must be >= 0, got {cfg.data.embargo_bars}")
     if cfg.data.bars_per_year is not None:

@@ -8,12 +8,16 @@ deployed when PSR(active > 0) >= ``eval.edge_confidence`` (0: always deploy the 
 behaviour before this rule). Only val bars are read here.
 
 The checkpoint (and, in a population, the members) being judged were CHOSEN on those same val
-bars, among every evaluation of every member: the best of many looks shows an edge by luck. So the
-threshold is not 0 but SR0, the Sharpe the best of N zero-skill looks would show (the Deflated
-Sharpe Ratio of Bailey & López de Prado 2014, as HPO's selection statistics use it): N = the val
-looks the selection compared, V[SR] = the variance of their per-bar active Sharpes against the
-baseline (a look that trades as the baseline does, zero active variance, counts as 0). A run with
-one look is tested against 0, as before.
+bars, among every evaluation of every member: the best of many looks shows an edge by luck. The
+decision therefore also states the deflated probability, tested not against 0 but against SR0, the
+Sharpe the best of N zero-skill looks would show (the Deflated Sharpe Ratio of Bailey & López de
+Prado 2014, as HPO's selection statistics use it): N = the val looks the selection compared, V[SR]
+= the variance of their per-bar active Sharpes against the baseline (a look that trades as the
+baseline does, zero active variance, counts as 0). With ``eval.edge_deflation`` the decision uses
+it. It is off by default, as measured on walk-forward folds (docs/TUNING.md): successive
+checkpoints of one learner are neither independent nor zero-skill (their spread is partly real
+learning), so SR0 overstates luck; it rejected folds with a real edge (planted rho 0.1: stitched
+Sharpe 1.49 -> 1.16) and flipped none of the sample's losing folds.
 
 The baseline (``eval.baseline``): ``flat`` holds position 0, ``buy_and_hold`` position 1;
 ``auto`` is flat when the action space can go short, else buy-and-hold. It trades through the
@@ -99,23 +103,27 @@ def deflated_threshold(looks) -> tuple[int, float]:
     return int(kept.size), expected_max_sharpe(kept.size, float(kept.var(ddof=1)))
 
 
-def decide(val_eval: dict, baseline: str, confidence: float, looks=()) -> dict:
+def decide(val_eval: dict, baseline: str, confidence: float, looks=(), deflate: bool = False) -> dict:
     """The deployment decision from a VAL eval dict (its ``vs_baselines`` entry, see backtest) and
-    the ``looks`` the selection compared on val (:func:`val_look` of each evaluation; module docstring).
+    the ``looks`` the selection compared on val (:func:`val_look` of each evaluation; module
+    docstring); ``deflate`` (``eval.edge_deflation``): decide on the deflated probability.
 
     Returns {"policy": "agent" | "baseline", "baseline", "val_edge": paired stats, "looks": N,
-    "sr0", "psr_deflated", "confidence", "reason"}: plain words a report and a log line can show.
+    "sr0", "psr_deflated", "deflated", "confidence", "reason"}: plain words a report can show.
     """
     edge = dict((val_eval.get("vs_baselines") or {}).get(baseline) or {})
     n_looks, sr0 = deflated_threshold(looks)
-    psr = edge.get("psr")
-    if n_looks > 1 and psr is not None and "active_skew" in edge:
-        psr = psr_from_moments(edge["active_sharpe"], edge["active_skew"], edge["active_kurtosis"], edge["n_bars"], sr0)
+    plain = psr_deflated = edge.get("psr")
+    if n_looks > 1 and plain is not None and "active_skew" in edge:
+        psr_deflated = psr_from_moments(edge["active_sharpe"], edge["active_skew"], edge["active_kurtosis"],
+                                        edge["n_bars"], sr0)
+    psr = psr_deflated if deflate else plain
     has_edge = confidence == 0 or (psr is not None and math.isfinite(psr) and psr >= confidence)
     words = BASELINE_WORDS[baseline]
-    shown = "undefined" if psr is None or not math.isfinite(psr) else f"{psr:.2f}"
+    shown = _prob(psr)
     if n_looks > 1:
-        shown += f" (deflated for the {n_looks} val evaluations compared; undeflated {_prob(edge.get('psr'))})"
+        shown += (f" (deflated for the {n_looks} val evaluations compared; undeflated {_prob(plain)})" if deflate else
+                  f" ({_prob(psr_deflated)} once deflated for the {n_looks} val evaluations compared)")
     if has_edge:
         reason = f"edge found on val: P(agent beats {words}) = {shown} >= {confidence:.2f}; deploying the agent"
     else:
@@ -123,7 +131,7 @@ def decide(val_eval: dict, baseline: str, confidence: float, looks=()) -> dict:
                   f"{words} instead")
     return {"policy": "agent" if has_edge else "baseline", "baseline": baseline,
             "position": BASELINE_POSITION[baseline], "val_edge": edge, "looks": n_looks, "sr0": sr0,
-            "psr_deflated": psr, "confidence": confidence, "reason": reason}
+            "psr_deflated": psr_deflated, "deflated": deflate, "confidence": confidence, "reason": reason}
 
 
 def _prob(p) -> str:

@@ -67,7 +67,8 @@ def evaluate_checkpoint(session, carry, meta: dict, which: str, splits=("val", "
     wanted = tuple(splits)
     evals, series = _agent_evaluation(session, carry, meta, which, tuple(dict.fromkeys(("val",) + wanted)))
     baseline, hold = baseline_policy(session.cfg)
-    decision = decide(evals["val"], baseline, session.cfg.eval.edge_confidence, selection_looks(session))
+    decision = decide(evals["val"], baseline, session.cfg.eval.edge_confidence, selection_looks(session),
+                      session.cfg.eval.edge_deflation)
     out_evals, out_series = {}, {}
     for split in wanted:
         agent = evals[split]

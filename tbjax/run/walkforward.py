@@ -40,18 +40,15 @@ from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
+from tbjax.run.assembly import assemble
 from tbjax.run.member_book import MemberBook
 from tbjax.run.setup import (
     backtest_as_configured,
     bar_times,
-    env_params_from_config,
-    hparams_from_config,
     load_processed,
     objective_of,
     regime_market,
     regime_sortinos,
-    spec_from_config,
-    trainer_for,
 )
 
 
@@ -125,14 +122,14 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
         out.append(FoldData(fold, pipe, market, ranges, regimes))
     bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
     wf = WalkForward(lone_learner(cfg), tables, out, float(bpy))  # each fold is one learner
-    wf.env_params = env_params_from_config(cfg)
+    built = assemble(cfg, len(tables))  # tbjax.run.assembly: the trainer from the shared cache
+    wf.env_params = built.env_params
     from tbjax.env import market as market_env
     for fd in out:
         market_env.check_data(wf.env_params, fd.market)
     wf.walk_steps = max(int(split_walk(fd.market, r, cfg.env.window_size)[1].max())
                         for fd in out for r in (ROLE_VAL, ROLE_TEST))
-    wf.trainer = trainer_for(spec_from_config(cfg, len(tables)), wf.env_params)
-    wf.hparams = hparams_from_config(cfg, wf.env_params)
+    wf.trainer, wf.hparams = built.trainer, built.hparams
     return wf
 
 
@@ -256,7 +253,7 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
         val, val_series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
         regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
         # on this fold's VAL bars only, deflated for every val evaluation the fold compared
-        decision = decide(val, baseline, wf.cfg.eval.edge_confidence, wf.book.looks[k])
+        decision = decide(val, baseline, wf.cfg.eval.edge_confidence, wf.book.looks[k], wf.cfg.eval.edge_deflation)
         agent_test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
         test, agent_val = agent_test, val
         if decision["policy"] == "baseline":  # no edge on val: the fold trades its baseline on test

@@ -55,8 +55,9 @@ def test_decide_deploys_the_agent_only_with_enough_val_evidence(psr, confidence,
 
 def test_the_edge_is_deflated_for_every_val_look_the_selection_compared():
     """An agent whose val edge clears 0.95 on its own, chosen as the best of 20 val looks: the
-    test is against SR0, the Sharpe the best of 20 zero-skill looks shows (Bailey & López de Prado
-    2014), computed here by hand from the closed form; it no longer clears 0.95."""
+    deflated test is against SR0, the Sharpe the best of 20 zero-skill looks shows (Bailey & López
+    de Prado 2014), computed here by hand from the closed form; it no longer clears 0.95. The
+    decision states it always and uses it with eval.edge_deflation."""
     rng = np.random.default_rng(3)
     bench = rng.normal(0.0, 0.01, 400)
     strat = bench + rng.normal(0.00025, 0.002, 400)
@@ -64,7 +65,8 @@ def test_the_edge_is_deflated_for_every_val_look_the_selection_compared():
     assert edge["psr"] >= 0.95  # alone: an edge
     looks = list(rng.normal(0.0, 0.05, 19)) + [edge["active_sharpe"]]
     lone = decide({"vs_baselines": {"flat": edge}}, "flat", 0.95)
-    deflated = decide({"vs_baselines": {"flat": edge}}, "flat", 0.95, looks)
+    stated = decide({"vs_baselines": {"flat": edge}}, "flat", 0.95, looks)
+    deflated = decide({"vs_baselines": {"flat": edge}}, "flat", 0.95, looks, deflate=True)
     n, var, gamma = 20, np.var(looks, ddof=1), 0.5772156649015329
     sr0 = math.sqrt(var) * ((1 - gamma) * norm.ppf(1 - 1 / n) + gamma * norm.ppf(1 - 1 / (n * math.e)))
     a = strat - bench
@@ -73,8 +75,10 @@ def test_the_edge_is_deflated_for_every_val_look_the_selection_compared():
     expected = norm.cdf((sr - sr0) * math.sqrt(len(a) - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr ** 2))
     assert deflated["sr0"] == pytest.approx(sr0, rel=1e-9) and deflated["looks"] == 20
     assert deflated["psr_deflated"] == pytest.approx(expected, rel=1e-9) and expected < 0.95
-    assert lone["policy"] == "agent" and deflated["policy"] == "baseline"
-    assert "deflated for the 20 val evaluations compared" in deflated["reason"]
+    assert lone["policy"] == "agent" and stated["policy"] == "agent" and deflated["policy"] == "baseline"
+    assert stated["psr_deflated"] == deflated["psr_deflated"] and not stated["deflated"] and deflated["deflated"]
+    assert f"({expected:.2f} once deflated for the 20 val evaluations compared)" in stated["reason"]
+    assert "deflated for the 20 val evaluations compared; undeflated" in deflated["reason"]
     # one look is the plain paired test; a look of a policy that trades as the baseline counts as 0
     assert decide({"vs_baselines": {"flat": edge}}, "flat", 0.95, looks[-1:])["psr_deflated"] == edge["psr"]
 
