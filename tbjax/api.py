@@ -31,7 +31,6 @@ import pyarrow.feather as feather
 
 from tbjax.learner.walk import WALK_ROLE, held_positions, walk
 from tbjax.config import Config, load_config
-from tbjax.data.market import ROLE_TRAIN
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.errors import InputError
 
@@ -166,7 +165,7 @@ class TradingPolicy:
 
 
 def _env_params(cfg: Config, role: int, **overrides):
-    from tbjax.run.setup import env_params_from_config
+    from tbjax.run.assembly import env_params_from_config
 
     params = env_params_from_config(cfg, role)
     return params.replace(**{k: (v if k == "episode_len" else jnp.float32(v)) for k, v in overrides.items()})
@@ -209,9 +208,7 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     """Restore a run's agent: ``checkpoints/best`` (falls back to ``latest``) or the named checkpoint."""
     from tbjax.run.checkpoint import RunCheckpoints
     from tbjax.data.market import market_data_from_arrays
-    from tbjax.run.setup import hparams_from_config, spec_from_config
-    from tbjax.env.protocol import MarketEnv
-    from tbjax.learner.trainer import make_trainer
+    from tbjax.run.assembly import assemble
     from tbjax.evaluation.deployment import baseline_policy
     from tbjax.run.deployed import read_deployment
     from tbjax.run.population import chosen_members, ensemble_policy, initial_carry
@@ -220,8 +217,8 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
     cfg = _resolve_run_paths(load_config(run_dir / "config.yaml"), run_dir)
     pipeline = FeaturePipeline.load(str(run_dir / "feature_pipeline.json"))
     symbols = _run_symbols(run_dir, cfg)
-    env_params = _env_params(cfg, ROLE_TRAIN)
-    trainer = make_trainer(spec_from_config(cfg, n_groups=max(1, len(symbols))), MarketEnv(), env_params)
+    built = assemble(cfg, len(symbols))  # the trainer from the shared cache, as training's (tbjax.run.assembly)
+    trainer = built.trainer
     # Shapes only: one zero symbol long enough for the env's episode sampling.
     rows = cfg.env.window_size + cfg.env.episode_len + 2
     zeros = np.zeros(rows, np.float32)
@@ -230,8 +227,7 @@ def load_policy(run_dir_or_checkpoint: str | Path) -> TradingPolicy:
         open_=[zeros + 1], close=[zeros + 1], volatility=[zeros], volume=[zeros + 1],
         tradable=[np.ones(rows, bool)], hour_of_week=[np.zeros(rows, np.int32)],
         role_ranges=[[(0, rows), (0, 0), (0, 0)]], feature_names=[f"{c}_z" for c in pipeline.columns])
-    hparams = hparams_from_config(cfg, env_params)
-    template = jax.eval_shape(lambda: initial_carry(cfg, trainer, hparams, market))  # stacked for a population
+    template = jax.eval_shape(lambda: initial_carry(cfg, trainer, built.hparams, market))  # stacked for a population
     ckpt = RunCheckpoints(run_dir)
     kind = next((k for k in kinds if ckpt.meta(k) is not None), None)
     if kind is None:

@@ -62,7 +62,7 @@ from optuna.trial import TrialState
 
 from tbjax.atomic import atomic_folder, write_atomic
 from tbjax.config import Config, dump_config, lone_learner
-from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
+from tbjax.data.market import ROLE_TEST, ROLE_VAL
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
@@ -75,11 +75,11 @@ from tbjax.hpo.program import Program, program_for, stack_trees
 from tbjax.hpo.selection import INFEASIBLE_ATTR, val_candidate
 from tbjax.hpo.space import SearchSpace
 from tbjax.learner.trainer import Trainer
+from tbjax.run.assembly import Assembly, assemble
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.member_book import MemberBook
-from tbjax.run.setup import (Experiment, env_params_from_config, evaluate_split, hparams_from_config,
-                             objective_of, regime_sortinos, spec_from_config, trainer_for)
+from tbjax.run.setup import Experiment, evaluate_split, objective_of, regime_sortinos
 
 OBJECTIVE_PRUNE_STARTUP = 3
 
@@ -98,9 +98,8 @@ class Member:
 
     trial: optuna.trial.Trial
     cfg: Config
-    hparams: Any
+    assembly: Assembly  # tbjax.run.assembly: the trial's EnvParams, HParams, spec and (shared) trainer
     exp: Experiment
-    env_params: Any
     alive: bool = True
     told: bool = False  # the trial's final state is in the storage
     n_evals: int = 0
@@ -109,6 +108,9 @@ class Member:
     val_candidates: list = field(default_factory=list)  # hpo.selection.val_candidate of each objective
     lr_applied: list = field(default_factory=list)
     pad: bool = False
+
+    hparams = property(lambda self: self.assembly.hparams)
+    env_params = property(lambda self: self.assembly.env_params)
 
 
 class TrialRunner:
@@ -128,19 +130,18 @@ class TrialRunner:
         self.liveness: Liveness | None = None
 
     # ------------------------------------------------------------------ programs
-    def signature(self, cfg: Config, hparams) -> tuple:
-        spec = spec_from_config(cfg, len(self.exp.symbols))
-        return spec, jax.tree_util.tree_structure(hparams)
+    @staticmethod
+    def signature(m: Member) -> tuple:
+        return m.assembly.spec, jax.tree_util.tree_structure(m.hparams)
 
-    def program(self, signature: tuple, n_members: int, env_params) -> Program:
-        """The compiled program of ``signature`` (env_params: any member's; their static parts agree)."""
-        spec = signature[0]
+    def program(self, m: Member, n_members: int) -> Program:
+        """The compiled program of ``m``'s signature (any member of a group: their static parts agree)."""
+        signature = self.signature(m)
         if signature not in self.trainers:
-            self.trainers[signature] = trainer_for(spec, env_params)  # shared with training runs in this process
-        trainer = self.trainers[signature]
+            self.trainers[signature] = m.assembly.trainer  # the shared cache: training runs in this process reuse it
         key = (signature, n_members)
         if key not in self.programs:
-            self.programs[key] = program_for(trainer, n_members)
+            self.programs[key] = program_for(self.trainers[signature], n_members)
         return self.programs[key]
 
     def compile_count(self) -> int:
@@ -154,17 +155,15 @@ class TrialRunner:
         values = self.space.suggest(trial)
         try:
             cfg, adjusted = self.space.resolve(lone_learner(self.base_cfg), values)  # a trial is ONE learner
-            env_params = env_params_from_config(cfg, ROLE_TRAIN)
-            market_env.check_data(env_params, self.exp.market)
-            hparams = hparams_from_config(cfg, env_params)
+            built = assemble(cfg, len(self.exp.symbols))
+            market_env.check_data(built.env_params, self.exp.market)
         except InputError as exc:
             trial.set_user_attr(INFEASIBLE_ATTR, True)  # never run: not a configuration tried
             self._fail(trial, f"sampled values break a config rule: {exc}")
             return None
         if adjusted:
             trial.set_user_attr("adjusted", adjusted)
-        return Member(trial, cfg, hparams, dataclasses.replace(self.exp, cfg=cfg), env_params,
-                      book=MemberBook(1, cfg.train.patience))
+        return Member(trial, cfg, built, dataclasses.replace(self.exp, cfg=cfg), book=MemberBook(1, cfg.train.patience))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, m: Member, trainer: Trainer, carry, role: int) -> tuple[dict, dict]:
@@ -252,7 +251,7 @@ class TrialRunner:
     def run_group(self, members: list[Member], n_members: int) -> None:
         """Train ``members`` (one static signature, at most ``n_members``) to the end or until pruned."""
         cfg = members[0].cfg
-        program = self.program(self.signature(cfg, members[0].hparams), n_members, members[0].hparams.env)
+        program = self.program(members[0], n_members)
         market = self.exp.market
         key = jax.random.PRNGKey(cfg.train.seed)  # common random numbers: every trial sees one stream
         if n_members == 1:
@@ -353,7 +352,7 @@ class TrialRunner:
             members = [m for m in (self.plan(t) for t in trials) if m is not None]
             groups: dict[tuple, list[Member]] = {}
             for m in members:
-                groups.setdefault(self.signature(m.cfg, m.hparams), []).append(m)
+                groups.setdefault(self.signature(m), []).append(m)
             for group in groups.values():
                 try:
                     self.run_group(group, batch)

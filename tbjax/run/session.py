@@ -29,7 +29,7 @@ import numpy as np
 
 from tbjax.atomic import append_line, write_atomic
 from tbjax.config import Config
-from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
+from tbjax.data.market import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.deployment import resolve_baseline
 from tbjax.evaluation.objective import finite_or_zero
@@ -43,8 +43,8 @@ from tbjax.run.rundir import RunDirSetup, export_run_dataset, read_metrics_lines
 from tbjax.run.deployed import evaluate_checkpoint, save_evaluation, write_evaluation  # noqa: F401 (re-export)
 # re-exported: the CLI (train, evaluate) imports the run-directory rules from here
 from tbjax.run.population import initial_carry, population_hparams
-from tbjax.run.setup import (build_experiment, env_params_from_config, evaluate_split, evaluate_with_objective,
-                             hparams_from_config, spec_from_config, trainer_for)
+from tbjax.run.assembly import assemble
+from tbjax.run.setup import build_experiment, evaluate_split, evaluate_with_objective
 
 SUM_KEYS = ("episode/count",)
 LAST_KEYS = ("nan_guard_count", "lr", "popart/mu", "popart/sigma", "popart/holdout_ev", "ev/ema")
@@ -75,10 +75,8 @@ class TrainingSession:
         """
         self.cfg, self.run_dir, self.write, self.quiet = cfg, Path(run_dir), write, quiet
         self.exp = build_experiment(cfg, pipeline=pipeline)
-        self.env_params = env_params_from_config(cfg, ROLE_TRAIN)
-        self.hparams = hparams_from_config(cfg, self.env_params)
-        self.spec = spec_from_config(cfg, n_groups=len(self.exp.symbols))
-        self.trainer = trainer_for(self.spec, self.env_params)
+        built = assemble(cfg, len(self.exp.symbols))  # tbjax.run.assembly: the trainer from the shared cache
+        self.env_params, self.hparams, self.spec, self.trainer = built.env_params, built.hparams, built.spec, built.trainer
         # train.population > 1: that many seeds as one compiled program (tbjax.run.population); 1: the trainer's own
         self.n_members = cfg.train.population
         self.members_steps_per_update = cfg.batch_size * self.n_members  # every member's (the progress bar)

@@ -1,4 +1,5 @@
-"""From a Config to everything a run needs: data, roles, fitted features, MarketData, trainer inputs.
+"""From a Config to everything a run needs: data, roles, fitted features, MarketData (the trainer's
+inputs, EnvParams → HParams → TrainerSpec → Trainer, are :mod:`tbjax.run.assembly`'s).
 
 Shared by ``tbjax.train``, ``tbjax.hpo``, ``tbjax.evaluate`` and the benchmarks so that they all
 read the data, split it and fit the FeaturePipeline in exactly one way:
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.feather as feather
 
-from tbjax.config import Config, keys_of_kind
+from tbjax.config import Config
 from tbjax.data import features as feats
 from tbjax.data.bars import BAR_COLUMNS, market_from_tables
 from tbjax.data.market import MarketData
@@ -28,7 +29,9 @@ from tbjax.data.synthetic import generate_klines
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.evaluation.metrics import infer_bars_per_year
-from tbjax.learner.trainer import HParams, TrainerSpec, make_hparams
+# re-exported: the assembly's pieces were defined here, and callers still import them from here
+from tbjax.run.assembly import (_TRAINERS, HPARAM_FIELDS, env_params_from_config,  # noqa: F401 (re-export)
+                                hparams_from_config, spec_from_config, trainer_for)
 
 REGIME_MARKETS = {"choppy": "CHOPPY_FLAT", "trend": "STRONG_TREND"}
 
@@ -179,43 +182,6 @@ def build_experiment(cfg: Config, with_regimes: bool = True, pipeline: FeaturePi
     return exp
 
 
-def env_params_from_config(cfg: Config, role: int = ROLE_TRAIN, **static_overrides):
-    e = cfg.env
-    mult = None
-    if e.liquidity_seasonality:
-        mult = market_env.load_liquidity_multipliers(e.liquidity_seasonality)
-    kwargs = dict(
-        window_size=e.window_size, episode_len=e.episode_len, action_mode=e.action_mode,
-        position_levels=tuple(e.position_levels), symbol_sampling=e.symbol_sampling, role=role,
-        fee_bps=e.fee_bps, half_spread_bps=e.half_spread_bps, slippage_k=e.slippage_k,
-        impact_coef=e.impact_coef, borrow_bps_per_bar=e.borrow_bps_per_bar,
-        turnover_penalty=e.turnover_penalty, min_position=e.min_position, max_position=e.max_position,
-        equity_floor=e.equity_floor, capital=e.capital,
-    )
-    if mult is not None:
-        kwargs["liquidity_multipliers"] = mult
-    kwargs.update(static_overrides)
-    return market_env.make_env_params(**kwargs)
-
-
-def spec_from_config(cfg: Config, n_groups: int) -> TrainerSpec:
-    p, t = cfg.ppo, cfg.train
-    return TrainerSpec(
-        n_envs=p.n_envs, n_steps=p.n_steps, n_epochs=p.n_epochs, n_minibatches=p.n_minibatches,
-        updates_per_chunk=t.updates_per_chunk, total_updates=cfg.n_updates,
-        hidden_sizes=tuple(p.hidden_sizes), num_quantiles=p.num_quantiles, non_crossing=p.non_crossing,
-        shared_torso=p.shared_torso, policy=p.policy, rnn_size=p.rnn_size, bar_features=p.bar_features, huber_kappa=p.huber_kappa, obs_clip=p.obs_clip,
-        lr_schedule=p.lr_schedule, precision=t.precision, n_groups=max(1, n_groups),
-    )
-
-
-HPARAM_FIELDS = keys_of_kind("traced", "ppo")
-
-
-def hparams_from_config(cfg: Config, env_params) -> HParams:
-    return make_hparams(env_params, **{k: getattr(cfg.ppo, k) for k in HPARAM_FIELDS})
-
-
 def eval_key(cfg: Config, role: int):
     """PRNG key of a stochastic evaluation (``eval.deterministic: false``) of ``role``.
 
@@ -298,28 +264,3 @@ def evaluate_with_objective(exp: Experiment, policy_apply, params, obs_stats, en
     e = exp.cfg.eval
     result["objective_weights"] = {"w_val": e.w_val, "w_choppy": e.w_choppy, "w_trend": e.w_trend}
     return value, result, series
-
-
-_TRAINERS: dict = {}
-
-
-def trainer_for(spec: TrainerSpec, env_params):
-    """One compiled trainer per COMPLETE static signature, shared within the process.
-
-    The key is everything the compiled functions depend on besides their traced arguments: the
-    TrainerSpec, the action space (the network's output: ``env.action_mode`` and the number of
-    actions), the window (the per-bar encoder reads ``env.window_size`` rows) and the device count
-    (the mesh). Runs, HPO trials and tests with the same signature
-    reuse its compiled init / train_chunk / policy_apply (and the backtest walk, whose cache keys
-    on policy_apply) instead of recompiling.
-    """
-    import jax
-
-    from tbjax.env.protocol import MarketEnv
-    from tbjax.learner.trainer import make_mesh, make_trainer
-
-    key = (spec, env_params.action_mode, market_env.n_actions(env_params), env_params.window_size, jax.device_count())
-    if key not in _TRAINERS:
-        _TRAINERS[key] = make_trainer(spec, MarketEnv(), env_params,
-                                      mesh=make_mesh() if jax.device_count() > 1 else None)
-    return _TRAINERS[key]

@@ -113,6 +113,19 @@ def test_target_positions_equal_backtest_positions_of_the_same_checkpoint(tiny_r
     assert len(np.unique(np.concatenate(list(tiny_run["best"].values())))) >= 2
 
 
+def test_load_policy_takes_trainings_cached_trainer_from_the_assembly(tiny_run, monkeypatch):
+    """One assembly (tbjax.run.assembly): load_policy asks it once for the trainer, and the trainer is
+    the one a training run of the same config gets from the shared cache (no second compile)."""
+    from tbjax.run.assembly import Assembly, assemble
+
+    asked = []
+    real = Assembly.trainer
+    monkeypatch.setattr(Assembly, "trainer", property(lambda self: asked.append(self) or real.fget(self)))
+    policy = tbjax.load_policy(tiny_run["run"])
+    assert len(asked) == 1
+    assert policy.trainer is assemble(tiny_run["cfg"], len(tiny_run["exp"].symbols)).trainer
+
+
 def test_recurrent_target_positions_equal_backtest_positions(tiny_gru_run):
     """load_policy carries the GRU state through the bars in order, from zero at the first
     decision, as the backtest does through the split."""
