@@ -28,7 +28,8 @@ class TrainCarry:
     PopArt starts from the moments of the initial policy's returns (rollout.initial_popart); the
     holdout is a fixed batch of the initial policy's transitions whose EV against the current
     critic is reported per chunk (popart/holdout_ev), a check that rescaling keeps the critic
-    consistent on data it no longer trains on.
+    consistent on data it no longer trains on. A recurrent holdout is whole sequences (time-major,
+    from the zero state), so the current critic reads them with the states it produces itself.
     """
 
     params: Any
@@ -42,11 +43,11 @@ class TrainCarry:
     ev_ema: jax.Array       # f32, NaN until the first finite weighted EV
     nan_guard_count: jax.Array  # int32 updates skipped by the guard
     episode_count: jax.Array    # int32 episodes completed so far
-    holdout_obs: jax.Array      # [H, obs_dim] raw observations of the initial policy's rollout
-    holdout_returns: jax.Array  # [H] their lambda-returns (initial critic)
-    holdout_mask: jax.Array     # [H] tradable
+    holdout_obs: jax.Array      # [H, obs_dim] raw obs of the initial policy's rollout; recurrent [T, E, obs_dim]
+    holdout_returns: jax.Array  # [H] their lambda-returns (initial critic); recurrent: [T, E]
+    holdout_mask: jax.Array     # [H] tradable; recurrent: [T, E]
     hidden: Any = None          # [N, state] recurrent state for last_obs (sharded over "env"); None: mlp
-    holdout_hidden: Any = None  # [H, state] recurrent state before each holdout observation; None: mlp
+    holdout_reset: Any = None   # [T, E] episode starts inside the holdout sequences (from zero); None: mlp
 
 
 @flax.struct.dataclass
@@ -69,7 +70,6 @@ class Transition:
     ep_return: jax.Array
     ep_length: jax.Array
     ep_equity: jax.Array
-    hidden: Any = None  # recurrent state before the step (recorded only for the holdout)
 
 
 def all_finite(tree) -> jax.Array:

@@ -23,11 +23,11 @@ from tbjax.learner.context import Learner, reset_hidden
 
 
 def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, last_obs, key, hp: HParams, data,
-            hidden=None, record_hidden: bool = False):
+            hidden=None):
     """(trajectory, advantages, lambda-returns, env_state, last_obs, hidden) of n_steps x n_envs.
 
     ``hidden`` is the recurrent state for ``last_obs`` (None for the MLP); it is zeroed where an
-    episode ends, and ``record_hidden`` keeps the state before each step in the trajectory.
+    episode ends.
     """
     s = ctx.spec
     vstep = jax.vmap(ctx.env.step, in_axes=(0, 0, 0, None, None))
@@ -56,7 +56,7 @@ def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, las
             tradable=info["tradable"], symbol=info["symbol"],
             ep_return=info["episode_return"].astype(jnp.float32),
             ep_length=info["episode_length"].astype(jnp.float32),
-            ep_equity=info["final_equity"].astype(jnp.float32), hidden=h if record_hidden else None)
+            ep_equity=info["final_equity"].astype(jnp.float32))
         return (env_state, next_obs, next_h), t
 
     (env_state, last_obs, hidden), traj = jax.lax.scan(env_step, (env_state, last_obs, hidden),

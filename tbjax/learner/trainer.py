@@ -30,8 +30,8 @@ from tbjax.agent import ppo
 from tbjax.agent.diagnostics import explained_variance
 from tbjax.agent.hparams import HParams, TrainerSpec, make_hparams  # noqa: F401 (re-export)
 from tbjax.agent.networks import init_params, policy_mode, policy_sample
-from tbjax.agent.normalize import init_running_stats
-from tbjax.agent.popart import init_popart, popart_sigma
+from tbjax.agent.normalize import init_running_stats, normalize_obs
+from tbjax.agent.popart import denormalize_value, init_popart, popart_sigma
 from tbjax.env.protocol import prepared
 from tbjax.errors import InputError
 from tbjax.learner.carry import NonFiniteUpdateError, TrainCarry, raise_if_nonfinite  # noqa: F401 (re-export)
@@ -109,7 +109,9 @@ def policy_apply(ctx: Learner, params, obs_stats, obs, deterministic: bool = Tru
 
 
 def init(ctx: Learner, key, hp: HParams, data) -> TrainCarry:
-    """Fresh carry: network, optimiser, envs, and a holdout rolled out once by the initial policy."""
+    """Fresh carry: network, optimiser, envs, and a holdout rolled out once by the initial policy
+    (random transitions for the MLP; for a recurrent policy the first ``holdout_size // n_steps``
+    envs' whole sequences, at least one, cut to ``holdout_size`` steps)."""
     s, env = ctx.spec, ctx.env
     data = prepared(env, data)
     obs_dim = env.observation_size(hp.env, data)
@@ -123,7 +125,7 @@ def init(ctx: Learner, key, hp: HParams, data) -> TrainCarry:
     h_obs, h_state = ctx.shard_env(vreset(jax.random.split(key_hreset, s.n_envs), hp.env, data))
     stats0 = init_running_stats((obs_dim,))
     traj, _, _, _, h_last, h_hidden = rollout(ctx, params, stats0, init_popart(), h_state, h_obs, key_hroll, hp, data,
-                                              ctx.initial_hidden((s.n_envs,)), record_hidden=True)
+                                              ctx.initial_hidden((s.n_envs,)))
     popart0 = initial_popart(traj, hp)
     # traj.value / final_value were de-normalised with (mu 0, sigma 1): map them to popart0.
     sigma0 = popart_sigma(popart0, s.popart_sigma_min)
@@ -131,19 +133,34 @@ def init(ctx: Learner, key, hp: HParams, data) -> TrainCarry:
     last_value = jnp.mean(value_quantiles(ctx, params, stats0, popart0, h_last, h_hidden), axis=-1)
     next_values = ppo.next_state_values(values, last_value, final_values, traj.truncated)
     _, returns = ppo.gae(traj.reward, values, next_values, traj.terminated, traj.done, hp.gamma, hp.gae_lambda)
-    size = min(s.holdout_size, s.n_envs * s.n_steps)
-    tradable = traj.tradable.reshape(-1)
-    # Random tradable transitions first (non-tradable ones only if too few are tradable).
-    pick = jnp.argsort(jnp.where(tradable, jax.random.uniform(key_pick, tradable.shape), 2.0))[:size]
+    if ctx.recurrent:  # whole sequences, so the current network can rebuild its own states over them
+        steps = min(s.n_steps, s.holdout_size)
+        envs = min(s.n_envs, max(1, s.holdout_size // steps))
+        starts = jnp.concatenate([jnp.zeros_like(traj.done[:1]), traj.done[:-1]])  # reset_t = done_{t-1}
+        holdout = dict(holdout_obs=traj.obs[:steps, :envs], holdout_returns=returns[:steps, :envs],
+                       holdout_mask=traj.tradable[:steps, :envs], holdout_reset=starts[:steps, :envs])
+    else:  # random tradable transitions first (non-tradable ones only if too few are tradable)
+        size = min(s.holdout_size, s.n_envs * s.n_steps)
+        tradable = traj.tradable.reshape(-1)
+        pick = jnp.argsort(jnp.where(tradable, jax.random.uniform(key_pick, tradable.shape), 2.0))[:size]
+        holdout = dict(holdout_obs=traj.obs.reshape(-1, obs_dim)[pick], holdout_returns=returns.reshape(-1)[pick],
+                       holdout_mask=tradable[pick])
     return TrainCarry(
         params=params, opt_state=ppo.ADAM.init(params), popart=popart0, obs_stats=stats0,
         env_state=env_state, last_obs=last_obs, rng=key_rng,
         update=jnp.zeros((), jnp.int32), ev_ema=jnp.full((), jnp.nan, jnp.float32),
         nan_guard_count=jnp.zeros((), jnp.int32), episode_count=jnp.zeros((), jnp.int32),
-        holdout_obs=traj.obs.reshape(-1, obs_dim)[pick],
-        holdout_returns=returns.reshape(-1)[pick], holdout_mask=tradable[pick],
-        hidden=ctx.shard_env(ctx.initial_hidden((s.n_envs,))),
-        holdout_hidden=None if traj.hidden is None else traj.hidden.reshape(-1, traj.hidden.shape[-1])[pick])
+        hidden=ctx.shard_env(ctx.initial_hidden((s.n_envs,))), **holdout)
+
+
+def holdout_values(ctx: Learner, carry: TrainCarry):
+    """The current critic's mean value of each holdout observation; a recurrent critic reads the
+    holdout sequences from the zero state (where their rollout started) with its own states."""
+    if not ctx.recurrent:
+        return jnp.mean(value_quantiles(ctx, carry.params, carry.obs_stats, carry.popart, carry.holdout_obs), axis=-1)
+    x = normalize_obs(carry.obs_stats, carry.holdout_obs, ctx.spec.obs_clip)
+    _, q = ctx.replay(carry.params, x, ctx.initial_hidden(carry.holdout_obs.shape[1:2]), carry.holdout_reset)
+    return jnp.mean(denormalize_value(carry.popart, q, ctx.spec.popart_sigma_min), axis=-1)
 
 
 def train_chunk(ctx: Learner, carry: TrainCarry, hp: HParams, data):
@@ -154,9 +171,8 @@ def train_chunk(ctx: Learner, carry: TrainCarry, hp: HParams, data):
     data = prepared(ctx.env, data)
     carry, metrics = jax.lax.scan(lambda c, _: update(ctx, c, hp, data), carry, None,
                                   length=ctx.spec.updates_per_chunk)
-    holdout_pred = jnp.mean(value_quantiles(ctx, carry.params, carry.obs_stats, carry.popart, carry.holdout_obs,
-                                            carry.holdout_hidden), axis=-1)
-    metrics["popart/holdout_ev"] = explained_variance(carry.holdout_returns, holdout_pred, carry.holdout_mask)
+    metrics["popart/holdout_ev"] = explained_variance(carry.holdout_returns, holdout_values(ctx, carry),
+                                                      carry.holdout_mask)
     return carry, metrics
 
 

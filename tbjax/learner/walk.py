@@ -17,12 +17,37 @@ import numpy as np
 from tbjax.data.market import scaled_once
 from tbjax.env import market as market_env
 
+CHAINS = 2  # recurrent state chains of the walk (chain_schedule)
+
+
+def chain_schedule(i, episode_len: int):
+    """(reset [CHAINS] bool, acting chain) at decision ``i`` of a split, for a recurrent policy.
+
+    Training acts from states 0 .. episode_len - 1 steps old (every episode starts at zero), so
+    the walk never carries one state through a whole split: two chains of the core read every bar,
+    chain k restarting from zero at the decisions i = m * b with m % 2 == k, b = episode_len // 2;
+    the chain restarted longer ago acts. The state acting at decision i is therefore the core run
+    from zero over decisions max(0, (i // b - 1) * b) .. i: b .. 2b - 1 steps old after the first b
+    decisions (a burn-in of at least b bars, never a cold start inside the split). episode_len 1:
+    every decision from zero, as in training.
+    """
+    b = episode_len // 2
+    if b == 0:
+        return jnp.ones((CHAINS,), bool), 0
+    m = i // b
+    return (i % b == 0) & (jnp.arange(CHAINS) == m % 2), (m + 1) % 2
+
+
 def _stepper(policy_apply):
     """(step, initial state) of an acting function: the trainer's ``Acting`` carries a recurrent
-    state through ``.step``; a plain ``policy_apply(params, obs_stats, obs, deterministic, key)``
-    is stateless (state None)."""
+    state through ``.step`` (one row per chain); a plain
+    ``policy_apply(params, obs_stats, obs, deterministic, key)`` is stateless (state None)."""
     if hasattr(policy_apply, "step"):
-        return policy_apply.step, policy_apply.initial_hidden((1,))
+        hidden0 = policy_apply.initial_hidden((1,))
+        if hidden0 is None:
+            return policy_apply.step, None
+        # one state per chain on a leading axis, whatever its layout (an ensemble stacks members)
+        return policy_apply.step, jax.tree_util.tree_map(lambda h: jnp.broadcast_to(h, (CHAINS, *h.shape)), hidden0)
 
     def stateless(params, obs_stats, hidden, obs, deterministic, key=None):
         return policy_apply(params, obs_stats, obs, deterministic, key=key), hidden
@@ -39,8 +64,9 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
     the same way in both. Per decision bar t: ``observe`` (account features + window) → policy with
     FROZEN ``obs_stats`` → ``market_step`` (fill at t+1's open with every cost, mark at t+1's
     close). Steps past ``n_valid[s]`` keep the state and are marked invalid; ``n_steps`` (static)
-    is the scan length. The account starts flat-equity at ``position0[s]``; a recurrent policy's
-    state starts at zero for every symbol and is carried through the split in bar order.
+    is the scan length. The account starts flat-equity at ``position0[s]``; a recurrent policy acts
+    at each bar from the state of its core run from zero over a window of at most
+    ``env_params.episode_len`` bars ending there (:func:`chain_schedule`), as in training.
 
     The walk never reads ``env_params.role`` to place itself (``start`` comes from the host; the
     out-of-rows truncation flag is ignored), so callers pin the role to one value and val, test
@@ -65,8 +91,16 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
             account, hidden = state
             obs = market_env.observe(account, env_params, market)
             step_key = None if deterministic else jax.random.fold_in(sym_key, i)
-            action, hidden = step(params, obs_stats, hidden, obs[None], deterministic, key=step_key)
-            action = action[0]
+            if hidden is None:  # the MLP: stateless, one row
+                action, hidden = step(params, obs_stats, hidden, obs[None], deterministic, key=step_key)
+                action = action[0]
+            else:  # every chain reads the bar's observation; the one restarted longer ago acts
+                reset, acting = chain_schedule(i, env_params.episode_len)
+                hidden = jax.tree_util.tree_map(
+                    lambda h: jnp.where(reset.reshape((CHAINS,) + (1,) * (h.ndim - 1)), 0.0, h), hidden)
+                action, hidden = jax.vmap(lambda h: step(params, obs_stats, h, obs[None], deterministic,
+                                                         key=step_key))(hidden)
+                action = action[acting, 0]
             new_account, _, _, _, info = market_env.market_step(account, action, env_params, market)
             valid = i < n_sym
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), (new_account, hidden), state)

@@ -39,7 +39,7 @@ def test_replay_reproduces_the_rollouts_log_probs_and_values(policy, shared):
     params = init_params(ctx.network, jax.random.PRNGKey(0), 4 * 3 + 4)
     obs0, state0 = jax.vmap(MarketEnv().reset, in_axes=(0, None, None))(jax.random.split(jax.random.PRNGKey(1), 8),
                                                                        env_params, data)
-    run = jax.jit(partial(rollout, ctx), static_argnames="record_hidden")
+    run = jax.jit(partial(rollout, ctx))
     # a first rollout leaves a non-zero state mid-episode; its observations give non-trivial statistics
     traj0, _, _, state1, obs1, hidden1 = run(params, init_running_stats((obs0.shape[-1],)), _popart(), state0, obs0,
                                              jax.random.PRNGKey(2), hp, data, ctx.initial_hidden((8,)))
@@ -133,3 +133,40 @@ def test_hpo_batched_program_runs_a_gru_like_separate_trials():
             np.testing.assert_allclose(np.asarray(metrics[key])[i], np.asarray(alone_metrics[key]), rtol=2e-3,
                                        atol=2e-5, err_msg=key)
         np.testing.assert_allclose(np.asarray(carry.hidden[i]), np.asarray(alone.hidden), rtol=1e-3, atol=1e-4)
+
+
+def test_recurrent_holdout_ev_reads_the_current_networks_own_states():
+    """popart/holdout_ev after training equals the EV of values the current network computes by
+    stepping through the holdout sequences from the zero state (resets at their episode starts),
+    not values read from the initial network's states."""
+    from tbjax.agent.diagnostics import explained_variance
+
+    data = toy_market()
+    env_params = market.make_env_params(window_size=4, episode_len=5)
+    spec = TrainerSpec(n_envs=8, n_steps=12, n_epochs=2, n_minibatches=2, updates_per_chunk=4, hidden_sizes=(16,),
+                       num_quantiles=8, holdout_size=32, policy="gru", rnn_size=8, lr_schedule="constant")
+    trainer = make_trainer(spec, MarketEnv(), env_params)
+    hp = make_hparams(env_params, learning_rate=3e-2)
+    carry0 = trainer.init(jax.random.PRNGKey(0), hp, data)
+    params0 = jax.tree_util.tree_map(jnp.array, carry0.params)
+    carry, metrics = trainer.train_chunk(carry0, hp, data)
+    ctx = trainer.context
+    obs, reset = np.asarray(carry.holdout_obs), np.asarray(carry.holdout_reset)
+    assert obs.ndim == 3 and reset[1:].any()  # whole sequences with episode starts inside
+
+    def values_from_states_of(state_params):
+        """Values of the current critic, each read from the state ``state_params`` reached there."""
+        hidden, values = ctx.initial_hidden(obs.shape[1:2]), []
+        for t in range(obs.shape[0]):
+            hidden = jnp.where(jnp.asarray(reset[t])[:, None], 0.0, hidden)
+            q = ctx.step(carry.params, carry.obs_stats, carry.popart, hidden, jnp.asarray(obs[t]))[1]
+            values.append(jnp.mean(q, axis=-1))
+            hidden = ctx.step(state_params, carry.obs_stats, carry.popart, hidden, jnp.asarray(obs[t]))[2]
+        return jnp.stack(values)
+
+    def ev(values):
+        return float(explained_variance(carry.holdout_returns, values, carry.holdout_mask))
+
+    own, initial = ev(values_from_states_of(carry.params)), ev(values_from_states_of(params0))
+    assert abs(own - initial) > 1e-3  # the states matter
+    np.testing.assert_allclose(float(metrics["popart/holdout_ev"]), own, rtol=1e-4, atol=1e-5)

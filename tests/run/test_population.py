@@ -229,8 +229,8 @@ def test_a_resumed_population_ends_as_the_uninterrupted_one(population_run, proc
 
 def test_an_ensemble_of_one_recurrent_policy_twice_acts_as_that_policy(processed, tmp_path):
     """Two copies of a GRU member: the ensemble's mean is the member's own level on every bar, so
-    its backtest equals the member's only if every copy carries its recurrent state through the
-    split (a state reset each bar would act differently)."""
+    its backtest equals the member's only if every copy keeps its own recurrent state through the
+    walk (a state reset each bar would act differently)."""
     from tbjax.data.market import ROLE_TEST
     from tbjax.learner.population import stack_trees
     from tbjax.run.setup import evaluate_split
