@@ -244,11 +244,8 @@ def main(argv=None) -> int:
                    "'Is it real?' block; best_update_fraction = best update / cfg.n_updates; seconds = the "
                    "run_walkforward call after clearing JAX's caches"),
         "results": results,
-        "versions": common.versions("jax", "jaxlib", "flax", "optax"),
     }
-    common.write_json(args.out, report)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, report, ("jax", "jaxlib", "flax", "optax"))
 
 
 if __name__ == "__main__":

@@ -160,9 +160,7 @@ def storage_main(args, n_trials: int) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     out = {"cpu": cpu, "cores": os.cpu_count(), "n_trials": n_trials, "quick": args.quick, "sweeps": sweeps}
-    common.write_json(out_path, out)
-    print(f"wrote {out_path}")
-    return 0
+    return common.finish(out_path, out)
 
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hpo_throughput.json"
@@ -206,9 +204,7 @@ def main(argv=None) -> int:
            "n_trials": n_trials, "quick": args.quick, "sweeps": results,
            "per_trial_updates": cfg.n_updates, "n_envs": cfg.ppo.n_envs, "n_steps": cfg.ppo.n_steps,
            "dead_members": dead}
-    common.write_json(args.out, out)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, out)
 
 
 if __name__ == "__main__":

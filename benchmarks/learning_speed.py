@@ -317,11 +317,8 @@ def main(argv=None) -> int:
                      "tbjax_envs_per_member": args.tbjax_envs, "tbjax_population": args.tbjax_population,
                      "sb3_envs": args.sb3_envs, "turnover_penalty": args.turnover_penalty,
                      "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS},
-        "versions": common.versions("jax", "flax", "stable_baselines3", "torch"),
     }
-    common.write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, result, ("jax", "flax", "stable_baselines3", "torch"))
 
 
 if __name__ == "__main__":

@@ -246,10 +246,8 @@ def main(argv=None) -> int:
               "settings": {"population": args.population, "tbjax_envs_per_member": args.tbjax_envs,
                            "sb3_envs": args.sb3_envs, "n_steps": args.n_steps, "n_epochs": args.epochs,
                            "n_minibatches": args.minibatches, "hidden": list(common.HIDDEN), **common.PPO_SETTINGS},
-              "machine": common.machine_info(), "versions": common.versions("jax", "stable_baselines3", "torch")}
-    common.write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return 0
+              "machine": common.machine_info()}
+    return common.finish(args.out, result, ("jax", "stable_baselines3", "torch"))
 
 
 if __name__ == "__main__":

@@ -66,13 +66,12 @@ def write_inputs(folder: Path, n_bars: int, seed: int = 0) -> Path:
 
 def child(folder: Path) -> None:
     """Run prepare once in this (fresh) process and print seconds and the peak-RSS increase."""
-    from tbjax.cli import prepare
+    from tbjax.data.prepare import prepare
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    prepare.prepare(folder / "raw", folder / "out", fear_greed=str(folder / "fg.csv"), latest="2200-01-01",
-                    events=str(folder / "events.csv"), no_trade_windows=["00:00-00:05"],
-                    log=lambda line: None)
+    prepare(folder / "raw", folder / "out", fear_greed=str(folder / "fg.csv"), latest="2200-01-01",
+            events=str(folder / "events.csv"), no_trade_windows=["00:00-00:05"], log=lambda line: None)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "peak_kib": peak - base}))

@@ -3,7 +3,7 @@ Gymnasium twin's host market and SB3's vectorised envs and learners.
 
 Kept apart from ``benchmarks.common`` because only the peer comparisons need it: stable-baselines3,
 sb3-contrib and torch are imported inside the functions, so this module loads without them and
-``have_sb3`` says whether the peer side can run. The settings come from ``benchmarks.common``
+``have_sb3`` says whether the peer side can run. The settings come from ``benchmarks.learners``
 (``PPO_SETTINGS``, ``HIDDEN``, ``DEFAULT_PPO``), so both learners are configured from one place.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_PPO, HIDDEN, PPO_SETTINGS
+from benchmarks.learners import DEFAULT_PPO, HIDDEN, PPO_SETTINGS
 from tbjax.data.market import MarketData
 
 

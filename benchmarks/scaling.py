@@ -145,9 +145,7 @@ def main(argv=None) -> int:
                      "n_minibatches": 4, "updates": args.updates, "symbols": args.symbols, "bars": args.bars,
                      "window": args.window},
     }
-    common.write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return 0 if all("steps_per_s" in r for r in rows) else 1
+    return common.finish(args.out, result, status=0 if all("steps_per_s" in r for r in rows) else 1)
 
 
 if __name__ == "__main__":

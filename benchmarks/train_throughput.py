@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 
-from common import machine_info, write_json
+from benchmarks.record import machine_info, write_json
 from env_throughput import synthetic_market  # same synthetic MarketData as the env benchmark
 from tbjax.agent import ppo
 from tbjax.data.market import scaled_once

@@ -242,9 +242,7 @@ def confirm(args) -> int:
                 flush=True)
         out["results"][name] = {"params": values, "runs": per_seed,
                                 "mean_objective": float(np.mean([r["objective"] for r in per_seed]))}
-    common.write_json(args.out, out)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, out)
 
 
 def grid(args) -> int:
@@ -267,9 +265,7 @@ def grid(args) -> int:
             print(f"  {key}={value:g} seed {seed}: objective {out['results'][-1]['objective']:.3f} " + ", ".join(
                 f"{m} held {v['held_fraction']:.3f} turnover {v['held_turnover']:.3f}" for m, v in scores.items()),
                 flush=True)
-    common.write_json(args.out, out)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, out)
 
 
 def main(argv=None) -> int:
@@ -295,7 +291,7 @@ def main(argv=None) -> int:
     best = study.best_trial
     plots = plot_study(rows, Path(args.plots))
     print(f"best trial {best.number}: objective {best.value:.3f} with {best.params}")
-    common.write_json(args.out, {
+    return common.finish(args.out, {
         "device": common.device_string(), "seconds": time.perf_counter() - t0,
         "objective": "mean held oracle fraction (rho 0.2, 0.1) - "
                      f"{TURNOVER_WEIGHT} x max(0, held no-signal turnover - {TURNOVER_GOAL})",
@@ -305,10 +301,7 @@ def main(argv=None) -> int:
                      "n_steps": args.n_steps, "n_epochs": args.epochs, "n_minibatches": args.minibatches,
                      "updates": args.updates, "eval_every": args.eval_every, "seed": args.seed,
                      "sampler_seed": args.sampler_seed, "fee_bps": FEE_BPS},
-        "versions": common.versions("jax", "optuna"),
-    })
-    print(f"wrote {args.out}")
-    return 0
+    }, ("jax", "optuna"))
 
 
 if __name__ == "__main__":

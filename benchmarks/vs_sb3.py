@@ -171,8 +171,6 @@ def main(argv=None) -> int:
         "policy": args.policy,
         "ratio_per_policy": {p: (r["steps_per_s"] / sb["steps_per_s"] if sb else None) for p, r in best_of.items()},
         "tbjax_steps_per_s_per_policy": {p: r["steps_per_s"] for p, r in best_of.items()},
-        "versions": common.versions("jax", "jaxlib", "flax", "optax", "stable_baselines3", "sb3_contrib", "torch",
-                                    "gymnasium", "numpy"),
         "settings": {
             "market": {"symbols": args.symbols, "bars": args.bars, "window": args.window,
                        "features": pm.market.n_features, "signal_rho": pm.signal_rho},
@@ -184,9 +182,8 @@ def main(argv=None) -> int:
         },
         "machine": common.machine_info(),
     }
-    common.write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, result, ("jax", "jaxlib", "flax", "optax", "stable_baselines3", "sb3_contrib",
+                                            "torch", "gymnasium", "numpy"))
 
 
 if __name__ == "__main__":

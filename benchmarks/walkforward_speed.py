@@ -214,11 +214,8 @@ def main(argv=None) -> int:
                    "train_s: chunk calls minus compile_s; fresh JAX caches per measurement; fastest of "
                    f"{args.repeats} run(s) per (K, mode), ABBA order"),
         "repeats": args.repeats,
-        "versions": common.versions("jax", "jaxlib", "flax", "optax"),
     }
-    common.write_json(args.out, report)
-    print(f"wrote {args.out}")
-    return 0
+    return common.finish(args.out, report, ("jax", "jaxlib", "flax", "optax"))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_rules_the_config_now_checks_before_any_work():
 
 def test_lists_of_choices_match_what_uses_them():
     from tbjax.agent import networks, recurrent
-    from tbjax.cli.hpo import make_pruner
+    from tbjax.hpo.study import make_pruner
     from tbjax.data.features import macd_lines
     from tbjax.evaluation.deployment import BASELINE_POSITION
 

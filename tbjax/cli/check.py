@@ -8,10 +8,9 @@ The checks and the memory estimate are :mod:`tbjax.run.preflight`; the warm-up r
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from tbjax.errors import InputError, print_error
+from tbjax.cli.common import OneLineParser, run_main
 from tbjax.run.preflight import Check, run_checks
 
 
@@ -25,16 +24,12 @@ def _mark(ok: bool) -> str:
     return mark
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line through InputError, not usage text
-        raise InputError(f"{message} (see python -m tbjax.check --help)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m tbjax.check", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m tbjax.check", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/base.yaml", help="YAML config (default configs/base.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="A.B=C", help="override a config key")
-    try:
+
+    def body() -> int:
         args = parser.parse_args(argv)
         from tbjax.config import load_config
 
@@ -42,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         checks = [Check(True, "config", f"{args.config} valid" + (f" with {len(args.set)} override(s)"
                                                                   if args.set else ""))]
         checks += run_checks(cfg)
-    except InputError as exc:
-        return print_error(exc)
-    width = max(len(c.name) for c in checks)
-    for c in checks:
-        print(f"{_mark(c.ok)} {c.name:<{width}}  {c.detail}")
-    failed = sum(not c.ok for c in checks)
-    print(f"{len(checks) - failed} of {len(checks)} checks passed" + ("" if not failed else
-                                                                      f"; fix the {failed} marked ✗"
-                                                                      .replace("✗", _mark(False))))
-    return 0 if failed == 0 else 2
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            print(f"{_mark(c.ok)} {c.name:<{width}}  {c.detail}")
+        failed = sum(not c.ok for c in checks)
+        print(f"{len(checks) - failed} of {len(checks)} checks passed" + ("" if not failed else
+                                                                          f"; fix the {failed} marked ✗"
+                                                                          .replace("✗", _mark(False))))
+        return 0 if failed == 0 else 2
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import re
 import sys
 from pathlib import Path
 
-from tbjax.errors import InputError, print_error
+from tbjax.cli.common import OneLineParser, one_line_warnings, run_main
+from tbjax.errors import InputError
 
 
 def _no_checkpoint_fix(which: str, run_dir: Path) -> str:
@@ -41,8 +42,6 @@ def _reason(exc: Exception) -> str:
 
 
 def main(argv=None) -> int:
-    from tbjax.cli.train import OneLineParser, one_line_warnings
-
     ap = OneLineParser(prog="python -m tbjax.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", required=True, help="a run directory written by python -m tbjax.train")
     ap.add_argument("--split", choices=["val", "test", "both"], default="both")
@@ -50,13 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true",
                     help="only print the metrics (for a read-only run directory)")
     with one_line_warnings():
-        try:
-            return evaluate(ap.parse_args(argv))
-        except KeyboardInterrupt:
-            print("interrupted: nothing was written", file=sys.stderr)
-            return 130
-        except InputError as exc:
-            return print_error(exc)
+        return run_main(lambda: evaluate(ap.parse_args(argv)), interrupted="interrupted: nothing was written")
 
 
 def evaluate(args) -> int:

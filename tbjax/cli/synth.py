@@ -16,7 +16,6 @@ one at a time) and the disk all files need must be available. Files are written 
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -24,9 +23,10 @@ import sys
 import numpy as np
 
 from tbjax.atomic import disk_errors, write_with
+from tbjax.cli.common import OneLineParser, run_main
 from tbjax.data.synthetic import REGIME_NAMES, generate_klines, regime_index
 from tbjax.data.tables import parse_timeframe
-from tbjax.errors import InputError, print_error
+from tbjax.errors import InputError
 
 KLINE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time",
                  "quote_volume", "n_trades", "taker_buy_base", "taker_buy_quote")
@@ -97,13 +97,8 @@ def check_size(bars: int, symbols: int, timeframe: str, out: str) -> None:
                          f"free; lower --bars or --symbols, or choose another --out")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one message through InputError, not usage text
-        raise InputError(f"{message} (see python -m tbjax.synth --help)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tbjax.synth", description=__doc__.split("\n\n")[0])
+def _parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m tbjax.synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--symbols", type=int, default=1, help="number of symbols SYN0..SYN<K-1>")
     p.add_argument("--bars", type=int, required=True, help="bars per symbol")
@@ -149,11 +144,11 @@ def run(argv: list[str] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body() -> int:
         run(argv)
-    except InputError as err:
-        return print_error(err)
-    return 0
+        return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

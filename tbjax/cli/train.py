@@ -31,24 +31,13 @@ The rules live below the CLI: planning in :mod:`tbjax.run.resume`, the phases in
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import sys
-import warnings
 
-from tbjax.errors import InputError, print_error
-from tbjax.run.interrupts import Interrupted, interrupt_means, sigterm_interrupts
+from tbjax.cli.common import OneLineParser, one_line_warnings, run_main
+from tbjax.run.interrupts import interrupt_means, sigterm_interrupts
 from tbjax.run.resume import DEFAULT_CONFIG, RESUMABLE_KEYS, continue_command
 
-__all__ = ["DEFAULT_CONFIG", "RESUMABLE_KEYS", "OneLineParser", "continue_command", "main", "one_line_warnings",
-           "parse_args", "run"]
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one InputError line (exit 2 through main), not usage text."""
-
-    def error(self, message: str):
-        raise InputError(f"{message} (see {self.prog} --help)")
+__all__ = ["DEFAULT_CONFIG", "RESUMABLE_KEYS", "continue_command", "main", "parse_args", "run"]
 
 
 def parse_args(argv):
@@ -68,33 +57,14 @@ def parse_args(argv):
     return args
 
 
-@contextlib.contextmanager
-def one_line_warnings():
-    """Show warnings as one ``warning: ...`` line each (no file path, no source line) in the block:
-    a fallback to an older checkpoint is news for the user, not a stack location."""
-    with warnings.catch_warnings():  # the filters stay as they are; only the display changes
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-
-        warnings.showwarning = show
-        yield
-
-
 def main(argv=None) -> int:
+    def body() -> int:
+        args = parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        return run(args)
+
     with one_line_warnings(), sigterm_interrupts():
-        try:
-            args = parse_args(argv)
-            args.argv = list(sys.argv[1:] if argv is None else argv)
-            return run(args)
-        except Interrupted as exc:
-            print(f"interrupted {exc}", file=sys.stderr)
-            return 130
-        except KeyboardInterrupt:  # between the phases: nothing half-done to report
-            print("interrupted", file=sys.stderr)
-            return 130
-        except InputError as exc:
-            return print_error(exc)
+        return run_main(body, interrupted="interrupted")  # a bare Ctrl-C comes between the phases: nothing half-done
 
 
 def _note(text: str) -> None:

@@ -7,21 +7,15 @@ one, for comparison) and writes ``<run>/walkforward.json`` and ``report.md``. Ba
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from tbjax.errors import InputError, print_error
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise InputError(f"{message} (see {self.prog} --help)")
+from tbjax.cli.common import OneLineParser, run_main
 
 
 def parse_args(argv):
-    ap = _Parser(prog="python -m tbjax.walkforward", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="python -m tbjax.walkforward", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/base.yaml", help="YAML config")
     ap.add_argument("--folds", type=int, default=None, help="number of folds (walkforward.folds)")
     ap.add_argument("--run-dir", default=None, help="output folder (default runs/walkforward-<time>)")
@@ -34,7 +28,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     from tbjax.config import load_config, validate
 
-    try:
+    def body() -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         overrides = list(args.set) + ([f"walkforward.folds={args.folds}"] if args.folds is not None else [])
         cfg = load_config(args.config, overrides)
@@ -46,9 +40,13 @@ def main(argv=None) -> int:
         use_compilation_cache()
 
         log = None if args.quiet else (lambda line: print(line, flush=True))
-        doc = run_walkforward(cfg, run_dir, sequential=args.sequential, log=log)
-    except InputError as exc:
-        return print_error(exc)
+        _print(run_walkforward(cfg, run_dir, sequential=args.sequential, log=log), run_dir)
+        return 0
+
+    return run_main(body)
+
+
+def _print(doc: dict, run_dir: Path) -> None:
     def num(v):
         return "n/a" if v is None else f"{v:.3f}"
     for row in doc["folds"]:
@@ -59,4 +57,3 @@ def main(argv=None) -> int:
     print(f"stitched out-of-sample: sortino {num(st['metrics'].get('sortino'))} vs buy-and-hold "
           f"{num(st['buy_and_hold'].get('sortino'))}; {st['is_it_real'].get('reading', '')}")
     print(f"written to {run_dir} (each fold's policy in {run_dir / 'folds'})")
-    return 0

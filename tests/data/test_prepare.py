@@ -10,6 +10,7 @@ import pytest
 
 from tbjax.cli import prepare
 from tbjax.data import features, hashing, klines, tables
+from tbjax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 HOUR = 3_600_000
@@ -232,10 +233,10 @@ def test_failure_after_first_table_leaves_no_temp_or_partial_files(tmp_path, cap
     def failing_on_second(bars):
         calls.append(1)
         if len(calls) == 2:
-            raise prepare.InputError("BBB: simulated feature failure; fix the input")
+            raise InputError("BBB: simulated feature failure; fix the input")
         return real(bars)
 
-    monkeypatch.setattr(prepare.feature_lib, "compute_features", failing_on_second)
+    monkeypatch.setattr(features, "compute_features", failing_on_second)
     code, _, err = run(["--raw-dir", raw, "--out", out], capsys)
     assert code == 2 and err == "error: BBB: simulated feature failure; fix the input\n"
     assert sorted(p.name for p in out.iterdir()) == ["OLD.txt"]  # no temp, no AAA.feather

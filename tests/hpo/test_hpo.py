@@ -26,7 +26,9 @@ from tbjax.config import load_config
 from tbjax.data.market import ROLE_VAL
 from tbjax.run.setup import build_experiment, env_params_from_config, evaluate_split
 from tbjax.errors import InputError
-from tbjax.cli.hpo import main as hpo_main, make_storage, open_study
+from tbjax.cli.hpo import main as hpo_main
+from tbjax.hpo.storage import make_storage
+from tbjax.hpo.study import open_study
 from tbjax.hpo.liveness import counted_trials
 from tbjax.hpo.runner import OBJECTIVE_PRUNE_STARTUP, TrialRunner
 from tbjax.hpo.space import build_search_space, user_set_keys

@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from tbjax.config import PPOConfig
 from tbjax.cli import evaluate, prepare, synth, train
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
-from tbjax.cli.hpo import main as hpo_main, make_storage
+from tbjax.cli.hpo import main as hpo_main
+from tbjax.hpo.storage import make_storage
 from tbjax.config import load_config
 from tbjax.hpo.runner import TrialRunner
 from tbjax.hpo.liveness import HEARTBEAT_ATTR, Liveness, LivenessSettings, counted_trials, recover_stale

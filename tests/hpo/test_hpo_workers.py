@@ -288,13 +288,13 @@ def test_sqlite_never_hands_one_waiting_trial_to_two_workers(tmp_path):
 def test_results_are_rewritten_when_a_trial_finishes_while_they_are_written(tmp_path, monkeypatch):
     """Two workers write hpo_summary.json at their ends; one that read the study before the other's
     last trial finished must not leave its older summary behind."""
-    from tbjax.cli import hpo as hpo_cli
+    from tbjax.hpo import results as hpo_results
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=1.0))
-    real, calls = hpo_cli._write_results_once, []
+    real, calls = hpo_results._write_results_once, []
 
     def slow_write(*args):
         out = real(*args)
@@ -303,8 +303,8 @@ def test_results_are_rewritten_when_a_trial_finishes_while_they_are_written(tmp_
         calls.append(out["best_trial"])
         return out
 
-    monkeypatch.setattr(hpo_cli, "_write_results_once", slow_write)
-    summary = hpo_cli.write_results(study, tmp_path)
+    monkeypatch.setattr(hpo_results, "_write_results_once", slow_write)
+    summary = hpo_results.write_results(study, tmp_path)
     assert calls == [0, 1]
     assert summary["best_trial"] == 1
     assert json.loads((tmp_path / "hpo_summary.json").read_text())["best_trial"] == 1
@@ -315,7 +315,7 @@ def test_workers_swapping_best_at_once_never_fail_and_leave_a_whole_copy(tmp_pat
     when another worker's swap had just moved it aside. The extra files now travel inside the copy."""
     import threading
 
-    from tbjax.cli.hpo import _swap_in_copy
+    from tbjax.hpo.results import _swap_in_copy
 
     trials = []
     for k in range(4):
