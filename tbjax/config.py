@@ -166,6 +166,18 @@ class WalkForwardConfig:
 
 
 @dataclass(frozen=True)
+class FrontierConfig:
+    """``python -m tbjax.frontier``: a grid of risk settings trained as one population (tbjax.run.frontier)."""
+
+    cvar_weight: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    cvar_alpha: Optional[list[float]] = None  # None: ppo.cvar_alpha alone
+    turnover_penalty: Optional[list[float]] = None  # None: env.turnover_penalty alone
+    seeds: int = 2  # members per grid point, seeds train.seed .. train.seed + seeds - 1
+    return_metric: str = "sortino"  # the Pareto set's return measure (a pooled metric key)
+    tail_metric: str = "cvar_5"  # its tail measure, as a loss (cvar_5, var_5: minus the return)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     runs_dir: str = "runs"
     run_name: Optional[str] = None
@@ -182,6 +194,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     hpo: HPOConfig = field(default_factory=HPOConfig)
     walkforward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     @property

@@ -34,6 +34,10 @@ PRECISIONS = ("float32", "bfloat16")
 BASELINES = ("auto", "flat", "buy_and_hold")  # positions: tbjax.evaluation.deployment.BASELINE_POSITION
 PRUNERS = ("successive_halving", "median", "hyperband", "patient", "none")  # built by tbjax.hpo.study.make_pruner
 TRAIN_MODES = ("expanding", "rolling")
+# tbjax.frontier's Pareto measures: pooled metric keys (tbjax.evaluation.metrics); a tail measure is
+# read as a loss (tbjax.evaluation.pareto.tail_loss: var_5 / cvar_5 negated)
+FRONTIER_RETURN_METRICS = ("sortino", "sharpe", "total_return", "cagr", "calmar")
+FRONTIER_TAIL_METRICS = ("cvar_5", "var_5", "max_drawdown", "volatility")
 # The longest lookback of any feature: the slow EMA span of MACD, which tbjax.data.features
 # computes with THIS constant (defined here, the lowest layer that needs it, for env.window_size).
 SLOWEST_INDICATOR_WINDOW = 26
@@ -201,6 +205,19 @@ def _validate_env(e) -> None:
     check_position_range(e.min_position, e.max_position)
 
 
+def _validate_frontier(f) -> None:  # the grid's points are checked as configs by tbjax.run.frontier
+    for name in ("cvar_weight", "cvar_alpha", "turnover_penalty"):
+        values = getattr(f, name)
+        check(values is None or (isinstance(values, (list, tuple)) and len(values) >= 1),
+              f"frontier.{name} must be a non-empty list of values{'' if name == 'cvar_weight' else ' or null'}, "
+              f"got {values!r}")
+        check(values is None or len(set(values)) == len(values),
+              f"frontier.{name} = {list(values or [])} repeats a value: list each value once")
+    check_count("frontier.seeds", f.seeds)
+    check_choice("frontier.return_metric", f.return_metric, FRONTIER_RETURN_METRICS)
+    check_choice("frontier.tail_metric", f.tail_metric, FRONTIER_TAIL_METRICS)
+
+
 def validate(cfg) -> None:
     """Ranges and cross-field rules, each with a message that says what to change.
 
@@ -234,6 +251,7 @@ def validate(cfg) -> None:
     if cfg.data.bars_per_year is not None:
         check(cfg.data.bars_per_year > 0, f"data.bars_per_year must be > 0, got {cfg.data.bars_per_year}")
     _validate_walkforward(cfg.walkforward)
+    _validate_frontier(cfg.frontier)
     for name in ("batch", "n_trials", "objective_every"):  # objective_every: a modulus in tbjax.hpo.runner
         check_count(f"hpo.{name}", getattr(cfg.hpo, name))
     check(cfg.hpo.timeout is None or cfg.hpo.timeout > 0, f"hpo.timeout must be null or > 0 seconds, got {cfg.hpo.timeout}")

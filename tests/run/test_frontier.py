@@ -1,0 +1,144 @@
+"""python -m tbjax.frontier on a tiny market: ONE trained 2 x 2 grid (2 seeds each, 8 members)
+shared by every test: one compile for the whole grid, a member equal to a lone run with its
+point's settings and seed, the Pareto set against brute force, an impossible budget, and the run
+folder evaluated as a training run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from tbjax.cli import frontier as frontier_cli
+from tbjax.cli import prepare, synth
+from tbjax.cli import evaluate as evaluate_cli
+from tbjax.config import load_config
+from tbjax.evaluation.pareto import pareto_mask, tail_loss
+from tbjax.learner.population import population_program
+from tbjax.run.assembly import assemble
+from tbjax.run.chunks import take
+from tbjax.run.frontier import frontier_grid, run_config
+from tbjax.run.reevaluate import open_run
+from tbjax.run.session import TrainingSession
+
+TINY = ["env.window_size=32", "env.episode_len=16", "env.position_levels=[-1.0, 0.0, 0.5, 1.0]",
+        "data.train_start=2020-01-01", "data.train_end=2020-01-24", "data.val_start=2020-01-25",
+        "data.val_end=2020-01-31", "data.test_start=2020-02-01", "data.test_end=2020-02-28",
+        "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]",
+        "ppo.num_quantiles=8", "ppo.cvar_alpha=0.25", "ppo.learning_rate=3e-3", "train.updates_per_chunk=2",
+        "train.eval_every=2", "train.total_env_steps=1024", "output.tensorboard=false", "eval.regime_bars=300",
+        "eval.w_choppy=0", "eval.w_trend=0", "eval.edge_confidence=0", "train.patience=0", "train.seed=5",
+        "frontier.cvar_weight=[0.0, 1.0]", "frontier.turnover_penalty=[0.0, 0.002]", "frontier.seeds=2"]
+
+
+@pytest.fixture(scope="module")
+def frontier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frontier")
+    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1000", "--timeframe", "1h",
+                       "--seed", "3", "--signal", "0.3"]) == 0
+    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
+    sets = TINY + [f"data.processed_dir={root / 'proc'}"]
+    run_dir = root / "run"
+    args = ["--config", "configs/base.yaml", "--run-dir", str(run_dir), "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    assert frontier_cli.main(args) == 0
+    cfg = load_config("configs/base.yaml", sets)
+    return {"run_dir": run_dir, "sets": sets, "cfg": cfg, "root": root,
+            "summary": json.loads((run_dir / "frontier.json").read_text())}
+
+
+def test_grid_maps_points_and_seeds_to_members(frontier):
+    grid = frontier_grid(frontier["cfg"])
+    assert [p["ppo.cvar_weight"] for p in grid.points] == [0.0, 0.0, 1.0, 1.0]
+    assert [p["env.turnover_penalty"] for p in grid.points] == [0.0, 0.002, 0.0, 0.002]
+    assert grid.n_members == 8 and grid.members_of(3) == [6, 7] and grid.seed_of(7) == 6
+    summary = frontier["summary"]
+    assert len(summary["points"]) == 4 and summary["grid"]["members"] == 8
+    assert [m["seed"] for m in summary["points"][3]["members"]] == [5, 6]
+    hps = grid.hparams(2)
+    np.testing.assert_allclose(np.asarray(hps.cvar_weight), [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_allclose(np.asarray(hps.env.turnover_penalty), [0, 0, .002, .002] * 2, rtol=1e-6)
+
+
+def test_the_whole_grid_compiles_once(frontier):
+    cfg = run_config(frontier["cfg"], frontier_grid(frontier["cfg"]))
+    program = population_program(assemble(cfg, 2).trainer, 8)  # the cached program the run trained with
+    assert program.chunk._cache_size() == 1
+
+
+def test_member_equals_a_lone_run_with_its_settings_and_seed(frontier, tmp_path):
+    point, seed = 3, 1  # cvar_weight 1, turnover_penalty 0.002, seed train.seed + 1
+    member = point * 2 + seed
+    lone_cfg = load_config("configs/base.yaml", frontier["sets"] + ["ppo.cvar_weight=1.0", "env.turnover_penalty=0.002",
+                                                                    "train.seed=6", "train.population=1"])
+    lone = TrainingSession(lone_cfg, tmp_path / "lone", write=False, quiet=True)
+    assert lone.train(resume=False, stop=None)
+    session = open_run(frontier["run_dir"])
+    latest, meta = session.ckpt.restore("latest", session.template())
+    for a, b in zip(jax.tree_util.tree_leaves(take(latest, member).params), jax.tree_util.tree_leaves(lone.carry.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert meta["member_objective"][member] == pytest.approx(lone.best_objective, rel=1e-3, abs=1e-3)
+    assert meta["member_update"][member] == lone.book.meta(None)["member_update"][0]
+    # the other seed of the same point differs: the comparison is not trivially true
+    other = take(latest, member - 1).params
+    assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(other)[0]),
+                           np.asarray(jax.tree_util.tree_leaves(lone.carry.params)[0]))
+
+
+def test_pareto_flags_equal_brute_force(frontier):
+    summary = frontier["summary"]
+    ret, tail = summary["return_metric"], summary["tail_metric"]
+    for split in ("val", "test"):
+        r = [p[split][ret] if p[split][ret] is not None else math.nan for p in summary["points"]]
+        loss = [tail_loss(p[split], tail) for p in summary["points"]]
+        assert [p["pareto"][split] for p in summary["points"]] == pareto_mask(r, loss)
+        for i, on in enumerate(pareto_mask(r, loss)):
+            dominated = any(r[j] >= r[i] and loss[j] <= loss[i] and (r[j] > r[i] or loss[j] < loss[i])
+                            for j in range(len(r)) if j != i and math.isfinite(r[j]) and math.isfinite(loss[j]))
+            assert on == (math.isfinite(r[i]) and math.isfinite(loss[i]) and not dominated)
+    assert set(summary["val_pareto"]) == {i for i, p in enumerate(summary["points"]) if p["pareto"]["val"]}
+    for p in summary["points"]:
+        assert set(p["val"]["is_it_real"]) >= {"sharpe_ci", "sortino_ci", "max_drawdown_ci"}
+    assert {"buy_and_hold", "flat"} <= set(summary["baselines"]["test"])
+    run_dir = frontier["run_dir"]
+    assert (run_dir / "frontier.png").stat().st_size > 0
+    report = (run_dir / "report.md").read_text()
+    assert "Each step of risk aversion" in report and "Spearman" in report or "Too few" in report
+
+
+def test_run_folder_evaluates_as_the_chosen_point(frontier, capsys):
+    summary = frontier["summary"]
+    chosen = summary["points"][summary["chosen"]["point"]]
+    assert summary["chosen"]["point"] in summary["val_pareto"] and "no budget" in summary["chosen"]["rule"]
+    run_dir = frontier["run_dir"]
+    assert evaluate_cli.main(["--run-dir", str(run_dir), "--split", "val", "--no-write"]) == 0
+    from tbjax.run.reevaluate import evaluate_run
+
+    evals, _ = evaluate_run(run_dir, "best", ("val",))
+    val = evals["val"].get("agent") or evals["val"]
+    assert evals["val"]["population"]["selected"] == chosen["selected"]
+    for key in ("sortino", "sharpe", "total_return", "cvar_5", "max_drawdown"):
+        assert val["pooled"][key] == pytest.approx(chosen["val"][key], rel=1e-6, abs=1e-9)
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.ppo.cvar_weight == chosen["settings"]["ppo.cvar_weight"]
+    assert cfg.env.turnover_penalty == pytest.approx(chosen["settings"]["env.turnover_penalty"])
+    import tbjax
+
+    policy = tbjax.load_policy(run_dir)
+    assert policy.members == chosen["selected"]
+
+
+def test_impossible_budget_exits_2_naming_the_tightest_point(frontier, capsys):
+    summary = frontier["summary"]
+    losses = [tail_loss(p["val"], "cvar_5") for p in summary["points"]]
+    tightest = int(np.nanargmin(losses))
+    before = (frontier["run_dir"] / "config.yaml").read_text()
+    assert frontier_cli.main(["--run-dir", str(frontier["run_dir"]), "--max-cvar", "0.00001%"]) == 2
+    err = capsys.readouterr().err
+    assert f"tightest is point {tightest} " in err and f"{losses[tightest]:.4%}" in err
+    assert (frontier["run_dir"] / "config.yaml").read_text() == before  # the policy is unchanged
+    assert frontier_cli.main(["--run-dir", str(frontier["run_dir"]), "--max-cvar", "abc"]) == 2
