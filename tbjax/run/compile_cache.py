@@ -25,12 +25,14 @@ compiles as before.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 OFF_VALUES = ("0", "off", "false", "no")
 # Programs that compile faster than this are not worth a disk entry (JAX's default is 1 s, which
 # skips the evaluation walks; each is 0.3-0.8 s on a 2-core CPU and runs once per split).
 MIN_COMPILE_SECONDS = 0.2
+_ours: str | None = None  # the value this module put into JAX_COMPILATION_CACHE_DIR (not the user's)
 
 
 def default_cache_dir() -> Path:
@@ -43,17 +45,26 @@ def use_compilation_cache(folder: str | Path | None = None) -> str | None:
     """Turn JAX's persistent cache on for this process; the folder used, or None when off.
 
     Call before the first compilation (each CLI does, first thing after parsing its arguments).
+    When JAX is not imported yet, only its environment variables are set (JAX reads them at
+    import), so a command that stops on bad input before any JAX work never pays JAX's import.
     """
+    global _ours
     explicit = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if explicit is not None and explicit == _ours:  # set by an earlier call of this process, not by the user
+        explicit = None
     if not explicit and os.environ.get("TBJAX_COMPILATION_CACHE", "").strip().lower() in OFF_VALUES:
+        if _ours is not None:
+            os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+            _ours = None
         return None
-    import jax
+    chosen = explicit or str(Path(folder).resolve() if folder is not None else default_cache_dir())
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = chosen
+    _ours = None if explicit else chosen
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECONDS))
+    if "jax" in sys.modules:  # already imported (a notebook, a test): its config holds the values
+        import jax
 
-    if explicit:
-        chosen = explicit  # JAX read it at import; set again in case a caller imported JAX earlier
-    else:
-        chosen = str(Path(folder).resolve() if folder is not None else default_cache_dir())
-    jax.config.update("jax_compilation_cache_dir", chosen)
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+        jax.config.update("jax_compilation_cache_dir", chosen)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     return chosen

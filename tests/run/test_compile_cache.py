@@ -71,3 +71,16 @@ def test_a_second_process_loads_the_program_and_a_changed_program_gets_its_own_e
     assert _entries(folder) == first  # loaded, not compiled again: same key, no new entry
     assert run(2) == pytest.approx(2 * 64 * 64 * float(jax.numpy.tanh(64.0)))  # a code change...
     assert len(_entries(folder) - first) >= 1  # ...is a different program: it never loads the old one
+
+
+def test_turning_the_cache_on_does_not_import_jax(tmp_path):
+    """Before JAX is imported, only its environment variables are set (a command that stops on bad
+    input never pays JAX's import, nor its second OS thread); JAX imported afterwards reads them."""
+    code = ("import os, sys\nfrom tbjax.run.compile_cache import use_compilation_cache\n"
+            "chosen = use_compilation_cache()\n"
+            "print('jax' in sys.modules, len(os.listdir('/proc/self/task')), chosen == os.environ['JAX_COMPILATION_CACHE_DIR'])\n"
+            "import jax\nprint(jax.config.jax_compilation_cache_dir == chosen)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "1", "True", "True"]

@@ -354,7 +354,10 @@ def test_evaluate_on_a_read_only_run_prints_metrics_and_says_they_were_not_saved
 
 # Runs train.main with a marker file written when the phase starts (then the phase proceeds, slowly
 # for data loading, at its own pace for the XLA compile of the first chunk), so the test's SIGINT
-# lands inside that phase.
+# lands inside that phase. The slow load sleeps in short slices, as real loading returns to Python
+# between C calls: JAX (imported by then) runs a second OS thread, the kernel may deliver the
+# process's SIGINT to it, and CPython then runs the handler when the main thread next executes
+# bytecode, which one long sleep(120) delays by 120 s (it did once, under a full parallel suite).
 IN_PHASE = """
 import pathlib, sys, time
 import tbjax.run.setup as experiment
@@ -365,7 +368,8 @@ real_load, real_compile = experiment.load_processed, session.TrainingSession.com
 def load(cfg):
     if phase == "load":
         marker.write_text(phase)
-        time.sleep(120)
+        for _ in range(1200):
+            time.sleep(0.1)
     return real_load(cfg)
 def compile(self, carry):
     marker.write_text(phase)
