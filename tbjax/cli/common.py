@@ -62,3 +62,18 @@ def run_main(body: Callable[[], int], interrupted: str | None = None) -> int:
         return print_error(exc)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+
+
+def training_main(parse_args: Callable, run: Callable, argv=None) -> int:
+    """``main`` of a command that trains (train, frontier): SIGTERM acts as Ctrl-C before training
+    (:func:`tbjax.run.interrupts.sigterm_interrupts`), and a bare Ctrl-C comes between the phases,
+    where nothing is half-done (exit 130 with the line "interrupted")."""
+    from tbjax.run.interrupts import sigterm_interrupts
+
+    def body() -> int:
+        args = parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        return run(args)
+
+    with one_line_warnings(), sigterm_interrupts():
+        return run_main(body, interrupted="interrupted")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tbjax.cli.common import OneLineParser, one_line_warnings, run_main
+from tbjax.cli.common import OneLineParser, training_main
 from tbjax.errors import InputError
 
 
@@ -59,15 +59,7 @@ def budgets_of(args) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    def body() -> int:
-        args = parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)
-        return run(args)
-
-    from tbjax.run.interrupts import sigterm_interrupts
-
-    with one_line_warnings(), sigterm_interrupts():
-        return run_main(body, interrupted="interrupted")
+    return training_main(parse_args, run, argv)
 
 
 def run(args) -> int:

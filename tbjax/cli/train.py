@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import sys
 
-from tbjax.cli.common import OneLineParser, one_line_warnings, run_main
-from tbjax.run.interrupts import interrupt_means, sigterm_interrupts
+from tbjax.cli.common import OneLineParser, training_main
+from tbjax.run.interrupts import interrupt_means
 from tbjax.run.resume import DEFAULT_CONFIG, RESUMABLE_KEYS, continue_command
 
 __all__ = ["DEFAULT_CONFIG", "RESUMABLE_KEYS", "continue_command", "main", "parse_args", "run"]
@@ -58,13 +58,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    def body() -> int:
-        args = parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)
-        return run(args)
-
-    with one_line_warnings(), sigterm_interrupts():
-        return run_main(body, interrupted="interrupted")  # a bare Ctrl-C comes between the phases: nothing half-done
+    return training_main(parse_args, run, argv)
 
 
 def _note(text: str) -> None:
