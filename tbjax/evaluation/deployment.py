@@ -77,10 +77,15 @@ class ConstantPolicy:
         return jnp.full(batch + (1,), self.action, jnp.float32)
 
 
+def baseline_name(cfg) -> str:
+    """A config's ``eval.baseline`` with ``auto`` resolved against its action space."""
+    e = cfg.env
+    return resolve_baseline(cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position)
+
+
 def baseline_policy(cfg) -> tuple[str, ConstantPolicy]:
     """(baseline name, its constant policy) for a config."""
-    e = cfg.env
-    name = resolve_baseline(cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position)
+    e, name = cfg.env, baseline_name(cfg)
     return name, ConstantPolicy(e.action_mode, baseline_action(name, e.action_mode, e.position_levels,
                                                                 e.min_position, e.max_position))
 

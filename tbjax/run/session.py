@@ -29,9 +29,9 @@ import numpy as np
 
 from tbjax.atomic import append_line, write_atomic
 from tbjax.config import Config
-from tbjax.data.market import ROLE_TEST, ROLE_VAL
+from tbjax.data.market import ROLE_VAL
 from tbjax.errors import InputError
-from tbjax.evaluation.deployment import resolve_baseline
+from tbjax.evaluation.deployment import baseline_name
 from tbjax.evaluation.objective import finite_or_zero
 from tbjax.evaluation.metrics import json_safe
 from tbjax.learner.population import population_program
@@ -130,9 +130,7 @@ class TrainingSession:
 
     def _new_book(self) -> MemberBook:
         """Every member's best, its patience and its val looks against the run's baseline."""
-        e = self.cfg.env
-        return MemberBook(self.n_members, self.cfg.train.patience,
-                          baseline=resolve_baseline(self.cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position))
+        return MemberBook(self.n_members, self.cfg.train.patience, baseline=baseline_name(self.cfg))
 
     def start(self, resume: bool, fix: str | None = None):
         """The carry training continues from: a fresh one from ``train.seed``, or the newest usable

@@ -34,7 +34,7 @@ from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import split_walk
-from tbjax.evaluation.deployment import baseline_policy, decide, resolve_baseline
+from tbjax.evaluation.deployment import baseline_name, baseline_policy, decide
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics, union_mean
 from tbjax.evaluation.significance import is_it_real
 from tbjax.learner.population import population_program, stack_trees
@@ -83,9 +83,8 @@ class WalkForward:
 
     def start_training(self) -> None:
         """A fresh book (a fold's first evaluation is always kept: every fold deploys a carry)."""
-        e = self.cfg.env
-        baseline = resolve_baseline(self.cfg.eval.baseline, e.action_mode, e.position_levels, e.min_position)
-        self.book = MemberBook(len(self.folds), self.cfg.train.patience, keep_first=True, baseline=baseline)
+        self.book = MemberBook(len(self.folds), self.cfg.train.patience, keep_first=True,
+                               baseline=baseline_name(self.cfg))
         self.diverged = {}
 
 
