@@ -17,10 +17,13 @@ and pruning rules: :mod:`tbjax.hpo.runner`; the search space: :mod:`tbjax.hpo.sp
 
 Outputs in the run dir: ``trials/<n>/`` (config.yaml, feature_pipeline.json, checkpoints/best:
 ``python -m tbjax.evaluate --run-dir <run-dir>/trials/<n>`` works), ``best/`` (a copy of the best
-trial's folder), ``hpo_summary.json`` and ``plots/*.png``. Compiled programs are cached on disk in
-``<run-dir>/jax_cache`` (unless JAX_COMPILATION_CACHE_DIR is set) so further workers and resumed
-runs skip XLA compilation. A study in which no trial completed (every trial failed or was pruned,
-and none is still running) exits 2 with one message quoting the first reasons.
+trial's folder), ``hpo_summary.json`` and ``plots/*.png``. With two or three ``hpo.objectives``
+(:mod:`tbjax.hpo.objectives`) the study is multi-objective, without pruning: ``pareto/<n>/`` holds a
+copy of each Pareto-front member instead of ``best/``, and ``plots/pareto_front.png`` Optuna's plot.
+Compiled programs are cached on disk in ``<run-dir>/jax_cache`` (unless JAX_COMPILATION_CACHE_DIR is
+set) so further workers and resumed runs skip XLA compilation. A study in which no trial completed
+(every trial failed or was pruned, and none is still running) exits 2 with one message quoting the
+first reasons.
 
 The study is opened by :mod:`tbjax.hpo.study` and its results written by :mod:`tbjax.hpo.results`;
 this module parses and prints.
@@ -101,12 +104,16 @@ def run(argv=None) -> dict:
     from tqdm import tqdm
 
     from tbjax.hpo.liveness import counted_trials
+    from tbjax.hpo.objectives import PRUNING_OFF, Goals
     from tbjax.hpo.runner import TrialRunner
-    from tbjax.run.setup import build_experiment
+    from tbjax.run.experiment import build_experiment
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for note in space.notes:
         print(f"hpo: note: {note}", file=sys.stderr)
+    goals = Goals.of(cfg)
+    if goals.multi:
+        print(f"hpo: note: objectives {goals.label()}; pruning {PRUNING_OFF}", file=sys.stderr)
     study = open_study(cfg, run_dir, liveness_of(args))
     exp = build_experiment(cfg)
     runner = TrialRunner(cfg, exp, space, run_dir)
@@ -122,7 +129,7 @@ def run(argv=None) -> dict:
         bar.update(max(0, n_done() - bar.n))
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if complete:
-            bar.set_postfix({"best": f"{max(t.value for t in complete):.3f}"})
+            bar.set_postfix(runner.goals.postfix(study, complete))
 
     try:
         runner.optimize(study, cfg.hpo.n_trials, cfg.hpo.batch, cfg.hpo.timeout, on_trial_done=progress)
@@ -134,13 +141,21 @@ def run(argv=None) -> dict:
     error = no_result_error(study, run_dir)
     if error is not None:
         raise error
-    if summary["best_trial"] is None:
-        print(f"study '{cfg.hpo.study_name}': {summary['trial_counts']}; no trial has completed yet (others are "
-              f"still running in other workers); run the command again later to collect the results in {run_dir}")
-        return summary
-    print(f"study '{cfg.hpo.study_name}': {summary['trial_counts']}; best value {summary['best_value']} "
-          f"(trial {summary['best_trial']}); results in {run_dir}")
+    print(_outcome(cfg, summary, goals, run_dir))
     return summary
+
+
+def _outcome(cfg, summary: dict, goals, run_dir: Path) -> str:
+    """The last line: the best trial, or the Pareto front, or that none has completed yet."""
+    head = f"study '{cfg.hpo.study_name}': {summary['trial_counts']}"
+    if summary.get("pareto_front"):
+        front = ", ".join(str(m["trial"]) for m in summary["pareto_front"])
+        return (f"{head}; Pareto front on {goals.label()}: trials {front} (copies in {run_dir / 'pareto'}); "
+                f"results in {run_dir}")
+    if summary["best_trial"] is None:
+        return (f"{head}; no trial has completed yet (others are still running in other workers); run the "
+                f"command again later to collect the results in {run_dir}")
+    return f"{head}; best value {summary['best_value']} (trial {summary['best_trial']}); results in {run_dir}"
 
 
 def main(argv=None) -> int:

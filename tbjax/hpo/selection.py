@@ -45,6 +45,31 @@ def val_candidate(update: int, val_series) -> dict:
 
 def study_selection_bias(trials, best_trial: int | None) -> dict:
     """:func:`selection_bias` of a study's trials (Optuna FrozenTrials), by the rules above."""
+    columns, candidates, unevaluated = _study_columns(trials)
+    return selection_bias(columns, best_trial, candidates, unevaluated)
+
+
+def front_selection_bias(trials, front: list[int], chosen: str) -> tuple[dict, dict[int, dict]]:
+    """A multi-objective study's statistics (PBO and N; no best trial) and, for each Pareto-front
+    member, its DSR against the study's N, with the study's PBO and a reading.
+
+    A front member was chosen among the same candidates a best trial is, so the same N counts the
+    looks; picking a front (several members) is a milder selection than picking one best, so the
+    deflation errs on the strict side again. ``chosen`` says how (the report shows it).
+    """
+    columns, candidates, unevaluated = _study_columns(trials)
+    study = selection_bias(columns, None, candidates, unevaluated)
+    each = {}
+    for n in front:
+        own = {**selection_bias(columns, n, candidates, unevaluated, pbo=False), "pbo": study["pbo"], "chosen": chosen}
+        if "dsr_n" in own:  # else no trial stored its returns: the reading says so
+            own["reading"] = _reading(own, f"trial {n}'s")
+        each[n] = own
+    return study, each
+
+
+def _study_columns(trials) -> tuple[dict, dict, list]:
+    """(trial -> best-checkpoint val returns, trial -> val_candidates, unevaluated trials) by the rules above."""
     retried = set(retries_of(trials).values())
     columns, candidates, unevaluated = {}, {}, []
     for t in trials:
@@ -56,17 +81,19 @@ def study_selection_bias(trials, best_trial: int | None) -> dict:
                 candidates[t.number] = t.user_attrs["val_candidates"]
         elif t.state in (TrialState.FAIL, TrialState.PRUNED):
             unevaluated.append(t.number)
-    return selection_bias(columns, best_trial, candidates, unevaluated)
+    return columns, candidates, unevaluated
 
 
 def selection_bias(trial_returns: dict[int, list[float]], best_trial: int | None,
-                   candidates: dict[int, list[dict]] | None = None, unevaluated: list[int] = ()) -> dict:
+                   candidates: dict[int, list[dict]] | None = None, unevaluated: list[int] = (),
+                   pbo: bool = True) -> dict:
     """DSR of ``best_trial`` and PBO over the configurations (trial number -> best-checkpoint val returns).
 
     ``candidates``: trial -> the :func:`val_candidate` records of every evaluation it chose among
     (a trial without is its best checkpoint alone); ``unevaluated``: configurations run that never
     reached an objective (in DSR's N only). Trials whose series length differs from the majority's
-    (another data set) are left out and listed. Undefined statistics are None with the reason.
+    (another data set) are left out and listed. Undefined statistics are None with the reason;
+    ``pbo=False`` skips PBO (the CSCV pass, the costly part) for a caller that has it.
     """
     lengths = [len(r) for r in trial_returns.values()]
     if not lengths:
@@ -85,7 +112,7 @@ def selection_bias(trial_returns: dict[int, list[float]], best_trial: int | None
         var = float(sharpes.var(ddof=1)) if sharpes.size > 1 else 0.0
         dsr = probabilistic_sharpe_ratio(kept[best_trial], expected_max_sharpe(out["dsr_n"], var))
         out["dsr"] = dsr if math.isfinite(dsr) else None
-    if len(kept) >= 2 and common >= 2 * PBO_BLOCKS:
+    if pbo and len(kept) >= 2 and common >= 2 * PBO_BLOCKS:
         owner = [n for n in kept for _ in looks[n]]
         out["pbo"] = nested_pbo(np.array([c["block_sum"] for c in pool]).T, np.array([c["block_sumsq"] for c in pool]).T,
                                 pool[0]["block_size"], owner)["pbo"]
@@ -93,13 +120,13 @@ def selection_bias(trial_returns: dict[int, list[float]], best_trial: int | None
     return out
 
 
-def _reading(out: dict) -> str:
+def _reading(out: dict, whose: str = "the best trial's") -> str:
     looks = (f"{out['dsr_n']} candidates: {out['n_candidates']} evaluations of {out['n_trials']} trials"
              + (f" and {out['n_unevaluated']} configurations that failed before any" if out["n_unevaluated"] else ""))
     parts = []
     if out["dsr"] is not None:
         verdict = "significant" if out["dsr"] >= CONFIDENCE else "not significant"
-        parts.append(f"DSR {out['dsr']:.2f} over {looks}: the best trial's validation Sharpe "
+        parts.append(f"DSR {out['dsr']:.2f} over {looks}: {whose} validation Sharpe "
                      f"is {verdict} at {CONFIDENCE:.0%} once the search is accounted for")
     if out["pbo"] is not None:
         parts.append(f"PBO {out['pbo']:.2f}: the in-sample best trial (each trial picking its checkpoint in "

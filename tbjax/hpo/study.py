@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tbjax.hpo.liveness_settings import LivenessSettings
-from tbjax.hpo.storage import make_storage
+from tbjax.hpo.objectives import Goals
+from tbjax.hpo.storage import make_storage, storage_shown
 
 
 def make_pruner(name: str, n_updates: int):
@@ -27,14 +28,19 @@ def make_pruner(name: str, n_updates: int):
 
 
 def open_study(cfg, run_dir: Path, live: LivenessSettings | None = None):
+    """The study with one direction per ``hpo.objectives`` entry (:mod:`tbjax.hpo.objectives`): TPE
+    (multi-objective TPE for several), and no pruner for several (Optuna prunes single-objective only)."""
     import optuna
 
+    goals = Goals.of(cfg)
     storage = make_storage(cfg.hpo.storage, run_dir, live)
     try:
         n_existing = len(optuna.load_study(study_name=cfg.hpo.study_name, storage=storage).get_trials(deepcopy=False))
     except KeyError:  # a new study
         n_existing = 0
     sampler = optuna.samplers.TPESampler(seed=cfg.hpo.sampler_seed + n_existing, constant_liar=True)
-    return optuna.create_study(storage=storage, study_name=cfg.hpo.study_name, direction="maximize",
-                               sampler=sampler, pruner=make_pruner(cfg.hpo.pruner, cfg.n_updates),
-                               load_if_exists=True)
+    pruner = make_pruner(cfg.hpo.pruner if goals.prunable else "none", cfg.n_updates)
+    study = optuna.create_study(storage=storage, study_name=cfg.hpo.study_name, directions=list(goals.directions),
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    goals.adopt(study, storage_shown(cfg.hpo.storage, run_dir))
+    return study
