@@ -52,6 +52,8 @@ BENCHMARKS = (
     Benchmark("learning_speed", "Learning speed: time to 80 % of the oracle Sharpe", "learning_speed.py"),
     Benchmark("walkforward_speed", "Walk-forward: K folds vmapped vs sequential", "walkforward_speed.py"),
     Benchmark("policy_quality", "Policy quality at equal wall-clock: tbjax population vs SB3", "policy_quality.py"),
+    Benchmark("frontier", "Risk frontier: 5 x 2 points as one program vs a population, lone runs; its points",
+              "frontier.py"),
     Benchmark("scaling", "Scaling over devices", "scaling.py", in_quick=False),
 )
 

@@ -1,12 +1,17 @@
 """python -m tbjax.synth: write synthetic symbols as Binance kline CSV dumps.
 
     python -m tbjax.synth --out DIR --symbols K --bars N --timeframe 1h [--seed S] [--signal RHO]
-                          [--regime NAME]
+                          [--regime NAME] [--crash PROB [--crash-size DROP] [--crash-premium MU]
+                          [--crash-levels L]]
 
 Writes DIR/SYN0.csv .. DIR/SYN<K-1>.csv in the layout of data.binance.vision dumps: 12 columns,
 no header (open_time ms, open, high, low, close, volume, close_time, quote_volume, n_trades,
 taker_buy_base, taker_buy_quote, ignore=0), so ``python -m tbjax.prepare`` reads them like real
 downloads. Symbol k uses random stream k of the seed. Model: :mod:`tbjax.data.synthetic`.
+``--crash PROB`` plants a tail (:class:`tbjax.data.synthetic.Crash`): fragile spells at a level L
+in 1..``--crash-levels``, announced a bar ahead by a taker-buy ratio that falls with L, in which
+each bar crashes by ``--crash-size`` with probability PROB x L and earns ``--crash-premium`` more
+drift (the market the risk frontier's test trains on, docs/TUNING.md).
 
 Arguments are checked before anything is generated: counts must be positive, the seed
 non-negative, and the memory one symbol needs (``BYTES_PER_BAR`` per bar; symbols are generated
@@ -24,7 +29,7 @@ import numpy as np
 
 from tbjax.atomic import disk_errors, write_with
 from tbjax.cli.common import OneLineParser, run_main
-from tbjax.data.synthetic import REGIME_NAMES, generate_klines, regime_index
+from tbjax.data.synthetic import REGIME_NAMES, Crash, generate_klines, regime_index
 from tbjax.data.tables import parse_timeframe
 from tbjax.errors import InputError
 
@@ -107,7 +112,26 @@ def _parser() -> OneLineParser:
     p.add_argument("--signal", type=float, default=0.0,
                    help="planted correlation rho of taker_buy_ratio with the next return")
     p.add_argument("--regime", default=None, help=f"force one regime: {', '.join(REGIME_NAMES)}")
+    p.add_argument("--crash", type=float, default=None, metavar="PROB",
+                   help=f"plant a tail: crash probability per fragile bar and level (off when not given; "
+                        f"{Crash.prob:g} is the test's)")
+    p.add_argument("--crash-size", type=float, default=Crash.size, metavar="DROP",
+                   help=f"log-return drop of a crash (default {Crash.size:g})")
+    p.add_argument("--crash-premium", type=float, default=Crash.premium, metavar="MU",
+                   help=f"extra drift per fragile bar (default {Crash.premium:g})")
+    p.add_argument("--crash-levels", type=int, default=Crash.levels, metavar="L",
+                   help=f"fragile levels 1..L, crash probability PROB x level (default {Crash.levels})")
     return p
+
+
+def crash_of(args) -> Crash | None:
+    """The planted tail the flags ask for (None without ``--crash``); InputError naming the flag."""
+    if args.crash is None:
+        return None
+    crash = Crash(prob=args.crash, size=args.crash_size, premium=args.crash_premium, levels=args.crash_levels)
+    crash.check({"prob": "--crash", "size": "--crash-size", "premium": "--crash-premium",
+                 "levels": "--crash-levels"})
+    return crash
 
 
 def run(argv: list[str] | None = None) -> list[str]:
@@ -124,6 +148,7 @@ def run(argv: list[str] | None = None) -> list[str]:
     timeframe_ms = parse_timeframe(args.timeframe)
     if args.regime is not None:
         regime_index(args.regime)
+    crash = crash_of(args)
     check_size(args.bars, args.symbols, args.timeframe, args.out)
     try:
         os.makedirs(args.out, exist_ok=True)
@@ -132,13 +157,15 @@ def run(argv: list[str] | None = None) -> list[str]:
     paths = []
     for k in range(args.symbols):
         klines = generate_klines(args.bars, timeframe_ms, args.seed, args.signal, args.regime,
-                                 stream=k)
+                                 stream=k, crash=crash)
         path = os.path.join(args.out, f"SYN{k}.csv")
         with disk_errors(path):
             write_kline_csv(path, klines)
         del klines
+        tail = "" if crash is None else (f", crash {crash.prob:g} x level (1..{crash.levels}) of "
+                                         f"{crash.size:g} in fragile spells")
         print(f"wrote {path}: {args.bars} bars of {args.timeframe}, signal rho {args.signal:g}, "
-              f"regime {args.regime or 'markov'}")
+              f"regime {args.regime or 'markov'}{tail}")
         paths.append(path)
     return paths
 

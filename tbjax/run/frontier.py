@@ -16,6 +16,11 @@ trains (same settings and seed ⇒ same member; with ``train.population_jitter``
 lone run with ``train.seed + s``). Two points differ only in their settings, never in their seeds
 (common random numbers across the frontier).
 
+A frontier run stops and resumes as a training run does (``--max-chunks``, SIGINT/SIGTERM, a
+failed write; :func:`frontier_job` with a resume plan continues from the "latest" checkpoint with
+the run's own config.yaml, which rebuilds the same grid), and its checkpoints record every
+member's seed (``member_seeds``), which the run's evaluation and report show.
+
 After training each point's ensemble is chosen among ITS members exactly as a population chooses
 (:func:`tbjax.run.population.select_members` on the members' best val objectives,
 ``train.ensemble_top_k``) and evaluated on val and test with the shared evaluation.
@@ -27,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +65,8 @@ def with_settings(cfg: Config, settings: dict) -> Config:
     return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **kw) for s, kw in sections.items()})
 
 
-def with_population(cfg: Config, size: int) -> Config:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, population=size))
+def with_population(cfg: Config, n_members: int) -> Config:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, population=n_members))
 
 
 def describe(settings: dict) -> str:
@@ -145,6 +152,17 @@ class FrontierSession(TrainingSession):
     def template(self):
         return self.program.start(self.grid.keys(), self.run_hparams, self.exp.market)
 
+    def _latest_meta(self, save: dict) -> dict:
+        """A checkpoint's record, with every member's seed (point p's seed s is ``train.seed + s``)."""
+        seeds = [self.grid.seed_of(m) for m in range(self.grid.n_members)]
+        return {**super()._latest_meta(save), "member_seeds": seeds}
+
+
+def continue_command(run_dir: Path, quiet: bool) -> str:
+    """The command that continues a stopped frontier run: its config.yaml holds everything else."""
+    return (f"python -m tbjax.frontier --run-dir {shlex.quote(str(run_dir))} --resume"
+            + (" --quiet" if quiet else ""))
+
 
 def point_members(grid: FrontierGrid, p: int, meta: dict, top_k: int | None) -> tuple[list[int], str]:
     """Point p's ensemble (global member indices, best val objective first) and the rule that chose
@@ -166,7 +184,7 @@ def _summary(result: dict) -> dict:
 def evaluate_points(session: FrontierSession, carry, meta: dict) -> tuple[list[dict], dict]:
     """Every point's entry (settings, members, val and test metrics of its ensemble) and the
     baselines' (buy-and-hold, flat) metrics per split; ``carry`` holds every member's best."""
-    from tbjax.run.setup import evaluate_with_objective
+    from tbjax.evaluation.scoring import evaluate_split, evaluate_with_objective
 
     grid, cfg = session.grid, session.cfg
     objectives = meta.get("member_objective") or [None] * grid.n_members
@@ -179,8 +197,9 @@ def evaluate_points(session: FrontierSession, carry, meta: dict) -> tuple[list[d
         entry = {"point": p, "settings": settings, "selected": chosen, "rule": rule,
                  "members": [{"member": m, "seed": grid.seed_of(m), "val_objective": objectives[m],
                               "best_update": updates[m], "selected": m in chosen} for m in grid.members_of(p)]}
-        for split, role in (("val", ROLE_VAL), ("test", ROLE_TEST)):
-            _, result, _ = evaluate_with_objective(session.exp, apply, params, stats, env_params, role)
+        for split, role in (("val", ROLE_VAL), ("test", ROLE_TEST)):  # the objective is val's alone
+            result = (evaluate_with_objective(session.exp, apply, params, stats, env_params, role)[1] if split == "val"
+                      else evaluate_split(session.exp, apply, params, stats, env_params, role)[0])
             entry[split] = _summary(result)
             if split not in baselines:
                 baselines[split] = {name: {k: result["baselines"][name].get(k) for k in POINT_METRICS}
@@ -189,35 +208,39 @@ def evaluate_points(session: FrontierSession, carry, meta: dict) -> tuple[list[d
     return points, baselines
 
 
-def frontier_job(plan, budgets: dict[str, float], *, command: list[str], quiet: bool = False,
-                 note=lambda text: None) -> dict:
-    """Train the grid of ``plan.cfg`` as one population in ``plan.run_dir``, evaluate every point,
-    choose one (``budgets`` {tail metric: largest val loss}) and make it the run's policy; returns
-    frontier.json's body. No point within budget: frontier.json / .png / .md are written, then one
-    InputError naming the tightest point."""
+def frontier_job(plan, budgets: dict[str, float], *, command: list[str], options=None,
+                 note=lambda text: None) -> dict | None:
+    """Train the grid of ``plan.cfg`` as one population in ``plan.run_dir`` (a fresh plan, or a
+    resume plan of :func:`tbjax.run.resume.plan_resume` on a stopped frontier run), evaluate every
+    point, choose one (``budgets`` {tail metric: largest val loss}) and make it the run's policy;
+    returns frontier.json's body, or None when training stopped resumably (``options.max_chunks``,
+    a signal; ``options``: :class:`tbjax.run.job.RunOptions`): :func:`continue_command` continues
+    it. No point within budget: frontier.json / .png / .md are written, then one InputError naming
+    the tightest point."""
     from tbjax.config import dump_config
     from tbjax.run import frontier_outputs as out
-    from tbjax.run.interrupts import Interrupted, deferred_interrupts, interrupt_means
-    from tbjax.run.job import NOTHING_WRITTEN, final_evaluation, train_chunks
+    from tbjax.run.interrupts import interrupt_means
+    from tbjax.run.job import NOTHING_WRITTEN, RunOptions, final_evaluation, open_session, train_chunks
     from tbjax.run.reevaluate import open_run
     from tbjax.run.resume import Plan, check_fresh_run_dir
-    from tbjax.run.warmup import check_warmup
 
     grid = frontier_grid(plan.cfg)
     cfg = run_config(plan.cfg, grid)
-    plan = Plan(cfg, dump_config(cfg), plan.run_dir, fresh=True)
+    options = options or RunOptions()
+    resume_with = continue_command(plan.run_dir, options.quiet)
+    if plan.fresh:
+        plan = Plan(cfg, dump_config(cfg), plan.run_dir, fresh=True)
+    elif plan.cfg.train.population != grid.n_members:
+        raise InputError(f"--resume: '{plan.run_dir}' is not a frontier run (train.population = "
+                         f"{plan.cfg.train.population}, its frontier grid has {grid.n_members} members): continue "
+                         "a training run with python -m tbjax.train --resume")
     with interrupt_means(NOTHING_WRITTEN):
-        leftovers = check_fresh_run_dir(plan.run_dir)
-        check_warmup(cfg)
-        session = FrontierSession(cfg, plan.run_dir, grid, quiet=quiet)
-        carry = session.start(resume=False)
-        with deferred_interrupts(NOTHING_WRITTEN):
-            session.compile(carry)
-    if not train_chunks(plan, session, carry, command=command, leftovers=leftovers, quiet=quiet, max_chunks=None,
-                        note=note):
-        raise Interrupted(f"during training; a frontier run does not resume: run it again (the checkpoints in "
-                          f"'{plan.run_dir}' are kept)")
-    best, meta = session.ckpt.restore("best", session.template())
+        leftovers = check_fresh_run_dir(plan.run_dir, continue_with=resume_with) if plan.fresh else []
+        session, carry = open_session(plan, options, make_session=lambda c, d, **kw: FrontierSession(c, d, grid, **kw))
+    if not train_chunks(plan, session, carry, command=command, leftovers=leftovers, options=options, note=note,
+                        continue_with=resume_with):
+        return None
+    best, meta = session.ckpt.restore("best", jax.eval_shape(session.template))  # the structure is enough
     points, baselines = evaluate_points(session, best, meta)
     summary = out.summarize(points, baselines, cfg.frontier.return_metric, cfg.frontier.tail_metric)
     summary["grid"] = {"points": len(grid.points), "seeds": grid.seeds, "members": grid.n_members,
@@ -238,7 +261,6 @@ def rechoose(run_dir, budgets: dict[str, float]) -> dict:
     """Choose again on a finished frontier run (its frontier.json), without training: the new point
     becomes the run's policy as in :func:`frontier_job`."""
     import json
-    from pathlib import Path
 
     from tbjax.run import frontier_outputs as out
     from tbjax.run.job import final_evaluation

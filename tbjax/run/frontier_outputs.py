@@ -184,7 +184,9 @@ def install_choice(session, summary: dict) -> None:
         raw[section][name] = value
     with run_write(path):
         write_atomic(path, yaml.safe_dump(raw, sort_keys=False))
-    carry, meta = session.ckpt.restore("best", session.template())
+    import jax
+
+    carry, meta = session.ckpt.restore("best", jax.eval_shape(session.template))  # the structure is enough
     meta = {k: v for k, v in meta.items() if k not in ("step", "structure")}
     meta.update(selected=point["selected"], frontier_point={"point": chosen["point"], "rule": chosen["rule"],
                                                             "settings": point["settings"]})

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tbjax.data.synthetic import (ANCHOR_ALPHA, REGIME_NAMES, REGIMES, SHOCK_PROBABILITY,
-                                  SHOCK_SIZES, STAY_PROBABILITY, generate_klines)
+                                  SHOCK_SIZES, STAY_PROBABILITY, Crash, generate_klines)
 from tbjax.errors import InputError
 from tbjax.cli.synth import main
 
@@ -146,3 +146,83 @@ def test_cli_disk_full_leaves_no_partial_csv(capsys, tmp_path, monkeypatch):
     assert len(err) == 1 and "SYN0.csv' failed: the disk is full" in err[0], err
     assert "Traceback" not in err[0] and len(written) == 1
     assert list(out.iterdir()) == []  # no SYN0.csv, no temp file
+
+
+# ----------------------------------------------------------------------------- the planted tail
+
+TAIL = Crash(prob=0.05, size=0.1, premium=0.006)  # a crash of 10 %: far beyond NORMAL's 1 % bars and 2 % shocks
+
+
+def _phi(x):
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def test_planted_tail_frequencies_match_the_configured_numbers():
+    """On NORMAL (mu 0, sigma 1 %), with the truth (``fragile``: 0 calm, else the level) and with what
+    a trader sees (the previous bar's taker-buy ratio), against numbers derived here from the model."""
+    n = 300_000
+    bars = generate_klines(n, HOUR, seed=8, regime="NORMAL", crash=TAIL)
+    f = bars["fragile"].astype(int)
+    r = np.diff(np.log(bars["close"]))  # r[t-1] is bar t's log return
+    f_bar = f[1:]
+    share = TAIL.enter / (TAIL.enter + 1 - TAIL.stay)
+    assert (f > 0).mean() == pytest.approx(share, rel=0.1)
+    spells = np.count_nonzero(np.diff((f > 0).astype(int)) == -1)
+    assert (f > 0).sum() / spells == pytest.approx(1 / (1 - TAIL.stay), rel=0.1)  # mean fragile spell, 25 bars
+    assert set(np.unique(f)) == set(range(TAIL.levels + 1))
+    crashed = r < -TAIL.size / 2
+    assert crashed[f_bar == 0].sum() == 0  # no 5 % drop without the tail
+    calm = r[f_bar == 0]
+    ratio = bars["taker_buy_base"] / bars["volume"]
+    before = ratio[:-1]  # the ratio one bar before each return
+    for level in range(1, TAIL.levels + 1):
+        at = f_bar == level
+        k = at.sum()
+        assert k / (f_bar > 0).sum() == pytest.approx(1 / TAIL.levels, abs=0.05)  # levels drawn uniformly
+        p = TAIL.prob * level
+        assert crashed[at].mean() == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / k))
+        se = r[at].std() / math.sqrt(k) + calm.std() / math.sqrt(calm.size)
+        assert r[at].mean() - calm.mean() == pytest.approx(TAIL.premium - p * TAIL.size, abs=4 * se)
+        # the announcement: the ratio falls by flag x level one bar before the fragile bar
+        assert before[at].mean() - before[f_bar == 0].mean() == pytest.approx(-TAIL.flag * level, abs=0.003)
+    # what a trader sees: a ratio below 0.5 - flag / 2 announces; the crash frequency after it is
+    # sum_L P(L | announced) prob L, Bayes with the ratio's N(0.5 - flag L, 0.1) law per level
+    prior = [1 - share] + [share / TAIL.levels] * TAIL.levels
+    seen_at = [_phi((TAIL.flag * level - TAIL.flag / 2) / 0.1) for level in range(TAIL.levels + 1)]
+    announced = before < 0.5 - TAIL.flag / 2
+    for seen, like in ((announced, seen_at), (~announced, [1 - x for x in seen_at])):
+        evidence = sum(q * x for q, x in zip(prior, like))
+        expected = sum(q * x * TAIL.prob * level for level, (q, x) in enumerate(zip(prior, like))) / evidence
+        assert crashed[seen].mean() == pytest.approx(expected, abs=4 * math.sqrt(expected / seen.sum()) + 0.001)
+    assert crashed[announced].mean() > 5 * crashed[~announced].mean()
+
+
+def test_planted_tail_is_deterministic_and_leaves_the_rest_of_the_market():
+    a = generate_klines(5_000, HOUR, seed=4, signal_rho=0.2, crash=TAIL)
+    b = generate_klines(5_000, HOUR, seed=4, signal_rho=0.2, crash=TAIL)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    plain = generate_klines(5_000, HOUR, seed=4, signal_rho=0.2)
+    idle = generate_klines(5_000, HOUR, seed=4, signal_rho=0.2, crash=Crash(prob=0, premium=0, flag=0))
+    for key in set(plain) - {"fragile"}:  # spells that do nothing leave the market without a tail, bar for bar
+        np.testing.assert_array_equal(plain[key], idle[key])
+    assert not plain["fragile"].any() and idle["fragile"].any()
+    np.testing.assert_array_equal(idle["fragile"], a["fragile"])  # the spells: the tail's own stream
+    with pytest.raises(InputError, match="crash prob must lie in"):
+        generate_klines(10, HOUR, 0, crash=Crash(prob=1.5))
+
+
+def test_cli_crash_flags(tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert main(["--out", str(out), "--bars", "400", "--seed", "2", "--crash", "0.05", "--crash-size", "0.1",
+                 "--crash-premium", "0.006"]) == 0
+    frame = pd.read_csv(out / "SYN0.csv", header=None)
+    expected = generate_klines(400, HOUR, 2, crash=TAIL)
+    np.testing.assert_allclose(frame[4].to_numpy(), expected["close"], rtol=1e-11)
+    np.testing.assert_allclose(frame[9].to_numpy(), expected["taker_buy_base"], rtol=1e-11)
+    assert "crash 0.05 x level (1..3) of 0.1" in capsys.readouterr().out
+    assert main(["--out", str(out), "--bars", "400", "--crash", "2"]) == 2
+    assert main(["--out", str(out), "--bars", "400", "--crash", "0.1", "--crash-size", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --crash must lie in [0, 0.333333] (a probability times up to 3 levels), got 2.0",
+                   "error: --crash-size must lie in [0, 1], got -1.0"]

@@ -1,7 +1,8 @@
 """python -m tbjax.frontier on a tiny market: ONE trained 2 x 2 grid (2 seeds each, 8 members)
 shared by every test: one compile for the whole grid, a member equal to a lone run with its
-point's settings and seed, the Pareto set against brute force, an impossible budget, and the run
-folder evaluated as a training run."""
+point's settings and seed, the Pareto set against brute force, an impossible budget, the run
+folder evaluated as a training run with each member's own seed, and a frontier stopped after a
+chunk and resumed ending as the uninterrupted one (a finished one resumes to nothing)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,56 @@ def test_impossible_budget_exits_2_naming_the_tightest_point(frontier, capsys):
     assert f"tightest is point {tightest} " in err and f"{losses[tightest]:.4%}" in err
     assert (frontier["run_dir"] / "config.yaml").read_text() == before  # the policy is unchanged
     assert frontier_cli.main(["--run-dir", str(frontier["run_dir"]), "--max-cvar", "abc"]) == 2
+
+
+def test_report_and_evaluation_show_each_members_own_seed(frontier):
+    """Member p * seeds + s has seed train.seed + s (5, 6, 5, 6, ...), not train.seed + its index."""
+    expected = [5, 6] * 4
+    for split in ("val", "test"):
+        ev = json.loads((frontier["run_dir"] / "eval" / f"{split}.json").read_text())
+        assert [m["seed"] for m in ev["population"]["members"]] == expected
+    rows = [line.split("|") for line in (frontier["run_dir"] / "report.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit() and len(line.split("|")) > 9]
+    assert [int(r[2]) for r in rows] == expected
+    assert "each point's members repeat the same seeds" in (frontier["run_dir"] / "report.md").read_text()
+
+
+def _frontier_args(frontier, run_dir):
+    args = ["--config", "configs/base.yaml", "--run-dir", str(run_dir), "--quiet"]
+    for s in frontier["sets"]:
+        args += ["--set", s]
+    return args
+
+
+def test_a_stopped_frontier_resumes_to_the_uninterrupted_one(frontier, tmp_path, capsys):
+    run_dir = tmp_path / "stopped"
+    assert frontier_cli.main(_frontier_args(frontier, run_dir) + ["--max-chunks", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"continue with: python -m tbjax.frontier --run-dir {run_dir} --resume --quiet" in err
+    assert not (run_dir / "frontier.json").exists() and len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert frontier_cli.main(_frontier_args(frontier, run_dir)) == 2  # a fresh start would lose the checkpoint
+    assert f"continue it with python -m tbjax.frontier --run-dir {run_dir} --resume" in capsys.readouterr().err
+    assert frontier_cli.main(["--run-dir", str(run_dir), "--resume", "--quiet"]) == 0
+    assert (run_dir / "metrics.jsonl").read_bytes() == (frontier["run_dir"] / "metrics.jsonl").read_bytes()
+    again = json.loads((run_dir / "frontier.json").read_text())
+    whole = frontier["summary"]
+    assert again["val_pareto"] == whole["val_pareto"] and again["chosen"] == whole["chosen"]
+    for a, b in zip(again["points"], whole["points"]):
+        assert a["selected"] == b["selected"] and a["members"] == b["members"]
+        for split in ("val", "test"):
+            for key in ("sortino", "total_return", "cvar_5", "max_drawdown"):
+                assert a[split][key] == pytest.approx(b[split][key], rel=1e-6, abs=1e-12)
+    # a finished frontier resumes to nothing: no training, no file rewritten
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()}
+    assert frontier_cli.main(["--run-dir", str(run_dir), "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()} == before
+    # stopped after training, before frontier.json (an interrupt during the evaluation): --resume
+    # trains no chunk and evaluates the same points again
+    (run_dir / "frontier.json").unlink()
+    assert frontier_cli.main(["--run-dir", str(run_dir), "--resume", "--quiet"]) == 0
+    assert (run_dir / "metrics.jsonl").read_bytes() == (frontier["run_dir"] / "metrics.jsonl").read_bytes()
+    third = json.loads((run_dir / "frontier.json").read_text())
+    assert third["chosen"] == whole["chosen"]
+    for a, b in zip(third["points"], whole["points"]):
+        assert a["val"]["sortino"] == pytest.approx(b["val"]["sortino"], rel=1e-6, abs=1e-12)
