@@ -5,7 +5,9 @@ quantiles are kept per step for the CVaR advantage (the non-crossing head's quan
 by construction, so they are read without a sort). On truncation the bootstrap is
 V(info["final_obs"]); that forward pass runs under a batch-level ``lax.cond(any(truncated))``, so
 steps where no env was truncated pay nothing. A recurrent policy carries its state through the
-scan and zeroes it where an episode ends (auto-reset). Formulas: docs/ALGORITHMS.md (GAE, CVaR).
+scan and zeroes it where an episode ends (auto-reset). With ``ppo.obs_noise`` / ``ppo.obs_scale`` the
+policy acts on (and the update trains on) an augmented market window (learner.augment); evaluation
+walks never augment. Formulas: docs/ALGORITHMS.md (GAE, CVaR).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tbjax.agent.distributional import cvar_from_quantiles, value_at_risk
 from tbjax.agent.hparams import HParams
 from tbjax.agent.networks import policy_sample
 from tbjax.agent.popart import PopArtStats, init_popart, update_popart
+from tbjax.learner.augment import augment_window, rollout_scales, window_offset
 from tbjax.learner.carry import Transition
 from tbjax.learner.context import Learner, reset_hidden
 
@@ -31,6 +34,8 @@ def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, las
     """
     s = ctx.spec
     vstep = jax.vmap(ctx.env.step, in_axes=(0, 0, 0, None, None))
+    offset = window_offset(ctx.network.window_size)  # training-time augmentation (learner.augment)
+    scale = rollout_scales(key, s.n_envs, hp.obs_scale)
 
     def mean_value(obs_hidden):
         obs, h = obs_hidden
@@ -39,6 +44,7 @@ def rollout(ctx: Learner, params, obs_stats, popart: PopArtStats, env_state, las
     def env_step(runner, step_key):
         env_state, obs, h = runner
         key_act, key_env = jax.random.split(step_key)
+        obs = augment_window(obs, step_key, scale, hp.obs_noise, offset)  # what the policy acts on and trains on
         logits, q, next_h = ctx.step(params, obs_stats, popart, h, obs)
         action, log_prob = policy_sample(key_act, logits, ctx.action_mode)
         next_obs, env_state, reward, done, info = vstep(jax.random.split(key_env, s.n_envs), env_state, action,
