@@ -30,6 +30,7 @@ from benchmarks import common
 from tbjax.data.market import market_data_from_arrays, scaled_once
 from tbjax.env import market
 from tbjax.env.gym import MarketGymEnv
+from tbjax.run.assembly import make_env_params
 
 RESULTS = Path(__file__).parent / "results" / "env_throughput.json"
 
@@ -110,8 +111,8 @@ def main(argv=None) -> dict:
         shape, env_counts, steps, repeats, gym_steps = (4, 20_000, 16), (256, 1024, 4096, 16384), 200, 10, 20_000
     env_counts = tuple(args.n_envs or env_counts)
     data = synthetic_market(*shape)
-    params = market.make_env_params(window_size=32, episode_len=256, position_levels=(-1.0, 0.0, 1.0),
-                                    borrow_bps_per_bar=1.0, turnover_penalty=0.0)
+    params = make_env_params(window_size=32, episode_len=256, position_levels=(-1.0, 0.0, 1.0),
+                             borrow_bps_per_bar=1.0, turnover_penalty=0.0)
     market.check_data(params, data)
     device = jax.devices()[0]
     gym_rate = gym_steps_per_s(params, data, gym_steps)

@@ -5,7 +5,7 @@
 
 Each market is run through the walk-forward driver as ONE program, exactly as
 ``python -m tbjax.walkforward --config configs/base.yaml --folds K [--set ...]`` does: the config is
-loaded and validated (:func:`tbjax.config.load_config`), then :func:`tbjax.run.walkforward.run_walkforward`
+loaded and validated (:func:`tbjax.config.load_config`), then :func:`tbjax.walkforward.driver.run_walkforward`
 (the function the CLI calls) trains the K folds, picks each fold's best carry on its val split,
 trades each fold's test segment with it and writes ``walkforward.json``; everything reported here
 is read back from that file, so the figures are the ones a user gets.
@@ -137,11 +137,11 @@ def fresh_caches() -> None:
     import jax
 
     from tbjax.learner import population
-    from tbjax.run import setup as run_setup
+    from tbjax.run import assembly
 
     jax.clear_caches()
     population._PROGRAMS.clear()
-    run_setup._TRAINERS.clear()
+    assembly._TRAINERS.clear()
 
 
 def abstained(fold: dict) -> bool | None:
@@ -188,7 +188,7 @@ def summarise(name: str, doc: dict, cfg, seconds: float, data_s: float) -> dict:
 
 def run_market(name: str, args, work: Path) -> dict:
     from tbjax.config import load_config
-    from tbjax.run.walkforward import run_walkforward
+    from tbjax.walkforward.driver import run_walkforward
 
     t0 = time.perf_counter()
     if name == "sample":

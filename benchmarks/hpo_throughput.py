@@ -46,7 +46,7 @@ import yaml  # noqa: E402
 from benchmarks import common  # noqa: E402
 from tbjax.cli import prepare, synth  # noqa: E402
 from tbjax.config import load_config  # noqa: E402
-from tbjax.run.setup import build_experiment  # noqa: E402
+from tbjax.run.experiment import build_experiment  # noqa: E402
 from tbjax.hpo.runner import TrialRunner  # noqa: E402
 from tbjax.hpo.space import build_search_space, user_set_keys  # noqa: E402
 

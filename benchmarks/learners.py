@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 from tbjax.config import EnvConfig, PPOConfig, TrainConfig
-from tbjax.env import market as market_env
 
 LONG_SHORT = (-1.0, 0.0, 1.0)
 
@@ -33,36 +32,35 @@ def tbjax_trainer(n_envs: int, n_steps: int, n_epochs: int, n_minibatches: int, 
     gru / lstm adds separate actor and critic cores of HIDDEN[-1] units after the encoder;
     ``window_size`` is the market's (the per-bar encoder reads the window row by row)."""
     from tbjax.env.protocol import MarketEnv
-    from tbjax.learner.trainer import TrainerSpec, make_trainer
+    from tbjax.learner.trainer import make_trainer
+    from tbjax.run.assembly import make_env_params, make_spec
 
-    spec = TrainerSpec(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
-                       updates_per_chunk=updates_per_chunk, total_updates=total_updates,
-                       hidden_sizes=HIDDEN, lr_schedule="constant", n_groups=n_groups,
-                       bar_features=DEFAULT_PPO.bar_features,
-                       holdout_size=min(1024, n_envs * n_steps), policy=policy, rnn_size=HIDDEN[-1])
-    action_space = market_env.make_env_params(action_mode="discrete", position_levels=tuple(position_levels),
-                                              window_size=window_size)
+    spec = make_spec(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
+                     updates_per_chunk=updates_per_chunk, total_updates=total_updates,
+                     hidden_sizes=HIDDEN, lr_schedule="constant", n_groups=n_groups,
+                     bar_features=DEFAULT_PPO.bar_features,
+                     holdout_size=min(1024, n_envs * n_steps), policy=policy, rnn_size=HIDDEN[-1])
+    action_space = make_env_params(action_mode="discrete", position_levels=tuple(position_levels),
+                                   window_size=window_size)
     return make_trainer(spec, MarketEnv(), action_space, mesh=mesh)
 
 
 def tbjax_hparams(params, **overrides: float):
     """HParams of the shared settings (``PPO_SETTINGS``), with ``overrides`` (a study's trial values)."""
-    from tbjax.learner.trainer import make_hparams
+    from tbjax.run.assembly import make_hparams
 
     return make_hparams(params, **{**PPO_SETTINGS, **overrides})
 
 
-def seed_population(trainer, size: int, seed: int, hp, market):
-    """(program, hparams, initial carry) of ``size`` members with seeds seed .. seed+size-1 trained
-    as one program (``tbjax.learner.population``); size 1 is the lone trainer with ``PRNGKey(seed)``."""
-    import jax
+def seed_population(trainer, n_members: int, seed: int, hp, market):
+    """(program, hparams, initial carry) of ``n_members`` members with seeds seed .. seed+n_members-1
+    trained as one program (``tbjax.learner.population``); one member is the lone trainer with
+    ``PRNGKey(seed)``."""
+    from tbjax.learner.population import member_keys, population_program
 
-    from tbjax.learner.population import member_keys, population_program, stack_trees
-
-    program = population_program(trainer, size)
-    hps = stack_trees([hp] * size) if size > 1 else hp
-    key = member_keys(seed, size) if size > 1 else jax.random.PRNGKey(seed)
-    return program, hps, program.start(key, hps, market)
+    program = population_program(trainer, n_members)
+    hps = program.members([hp] * n_members)
+    return program, hps, program.start(program.members(list(member_keys(seed, n_members))), hps, market)
 
 
 def add_workload_args(p, ppo_shape: bool = True) -> None:

@@ -1,7 +1,7 @@
 """The planted-signal market both learners train on, and its oracle.
 
 Every peer comparison (``vs_sb3``, ``learning_speed``, ``scaling``) must feed both learners the same
-data, so the market is built here once, the way ``tbjax.run.setup`` builds a real run:
+data, so the market is built here once, the way ``tbjax.run.experiment`` builds a real run:
 
     generate_klines(signal_rho) per symbol → compute_features (causal) → drop the warm-up rows
     → roles by row index (train | embargo | val | embargo | test) → FeaturePipeline fit on TRAIN
@@ -29,8 +29,8 @@ from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL, MarketData
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.data.splits import ROLE_EMBARGO, role_ranges
 from tbjax.data.synthetic import generate_klines
-from tbjax.env import market as market_env
 from tbjax.evaluation.oracle import threshold_oracle
+from tbjax.run.assembly import make_env_params
 
 HOUR_MS = 3_600_000
 HOURLY_BARS_PER_YEAR = 8760.0  # 24/7 hourly bars (docs/ALGORITHMS.md "Risk metrics")
@@ -102,7 +102,7 @@ def env_params(pm: PlantedMarket, role: int = ROLE_TRAIN, fee_bps: float = 5.0, 
     """
     if turnover_penalty is None:
         turnover_penalty = DEFAULT_ENV.turnover_penalty
-    return market_env.make_env_params(
+    return make_env_params(
         window_size=pm.window_size, episode_len=episode_len, action_mode="discrete",
         position_levels=tuple(position_levels), role=role, fee_bps=fee_bps, half_spread_bps=0.0,
         slippage_k=0.0, impact_coef=0.0, borrow_bps_per_bar=0.0, turnover_penalty=turnover_penalty,

@@ -63,7 +63,9 @@ class Market:
 def load_market(name: str, args) -> Market:
     if name == "sample":
         from tbjax.config import load_config
-        from tbjax.run.setup import bar_times, build_experiment, env_params_from_config
+        from tbjax.evaluation.scoring import bar_times
+        from tbjax.run.assembly import env_params_from_config
+        from tbjax.run.experiment import build_experiment
 
         cfg = load_config("configs/base.yaml", ["output.tensorboard=false"])
         exp = build_experiment(cfg, with_regimes=False)
@@ -97,7 +99,7 @@ def run_tbjax(mk: Market, args, seed: int) -> dict:
         carry, _ = jax.block_until_ready(program.advance(carry, hps, [True] * size, mk.market))
         updates += args.chunk
         for i in range(size):
-            member = member_of(carry, i, program.stacked)
+            member = member_of(carry, i, program.stacked_members)
             res, _ = backtest(trainer.policy_apply, member.params, member.obs_stats, mk.market, mk.params[ROLE_VAL],
                               ROLE_VAL, mk.bars_per_year, time_ms=mk.time_ms, significance=False)
             score = float(np.nan_to_num(res["pooled"]["sortino"], nan=-np.inf))

@@ -44,10 +44,11 @@ from tbjax.agent import ppo
 from tbjax.data.market import scaled_once
 from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
-from tbjax.learner.population import default_member_batch, member_keys, population_program, stack_trees
+from tbjax.learner.population import default_member_batch, member_keys, population_program
 from tbjax.learner.rollout import rollout as learner_rollout
-from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
+from tbjax.learner.trainer import TrainerSpec, make_trainer
 from tbjax.learner.update import ppo_batch
+from tbjax.run.assembly import make_env_params, make_hparams, make_spec
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 RNN_SIZE = 64
@@ -78,19 +79,19 @@ def flops_of(compiled) -> float:
 
 
 def trainer_spec(policy: str, n_envs: int, args, data) -> TrainerSpec:
-    return TrainerSpec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
-                       updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
-                       holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant",
-                       policy=policy, rnn_size=RNN_SIZE)
+    return make_spec(n_envs=n_envs, n_steps=args.n_steps, n_epochs=4, n_minibatches=4,
+                     updates_per_chunk=args.updates, hidden_sizes=(64, 64), num_quantiles=32,
+                     holdout_size=1024, n_groups=data.n_symbols, lr_schedule="constant",
+                     policy=policy, rnn_size=RNN_SIZE)
 
 
-def measure_population(size: int, n_envs: int, args, data, env_params) -> dict:
-    """Chunks of a seed population of ``size`` members x ``n_envs`` envs, timed (module docstring)."""
-    program = population_program(make_trainer(trainer_spec("mlp", n_envs, args, data), MarketEnv(), env_params), size)
-    hps = stack_trees([make_hparams(env_params)] * size) if size > 1 else make_hparams(env_params)
-    alive = [True] * size
-    carry = jax.block_until_ready(program.start(member_keys(0, size) if size > 1 else jax.random.PRNGKey(0),
-                                                hps, data))
+def measure_population(n_members: int, n_envs: int, args, data, env_params) -> dict:
+    """Chunks of a seed population of ``n_members`` members x ``n_envs`` envs, timed (module docstring)."""
+    trainer = make_trainer(trainer_spec("mlp", n_envs, args, data), MarketEnv(), env_params)
+    program = population_program(trainer, n_members)
+    hps = program.members([make_hparams(env_params)] * n_members)
+    alive = [True] * n_members
+    carry = jax.block_until_ready(program.start(program.members(list(member_keys(0, n_members))), hps, data))
     t0 = time.perf_counter()
     carry, _ = jax.block_until_ready(program.advance(carry, hps, alive, data))  # compile + warm-up
     first_s = time.perf_counter() - t0
@@ -100,9 +101,9 @@ def measure_population(size: int, n_envs: int, args, data, env_params) -> dict:
         carry, _ = jax.block_until_ready(program.advance(carry, hps, alive, data))
         times.append(time.perf_counter() - t0)
     per_update = min(times) / args.updates
-    return {"policy": "mlp", "members": size, "n_envs": n_envs, "total_envs": size * n_envs,
-            "member_batch": default_member_batch(size) if size > 1 else 1,
-            "steps_per_s": size * n_envs * args.n_steps / per_update, "seconds_per_update": per_update,
+    return {"policy": "mlp", "members": n_members, "n_envs": n_envs, "total_envs": n_members * n_envs,
+            "member_batch": default_member_batch(n_members) if n_members > 1 else 1,
+            "steps_per_s": n_members * n_envs * args.n_steps / per_update, "seconds_per_update": per_update,
             "compile_s": max(first_s - min(times), 0.0)}
 
 
@@ -171,7 +172,7 @@ def main(argv=None) -> dict:
         window, episode_len = 32, 256
     n_envs = args.n_envs or n_envs
     data = synthetic_market(*shape, seed=0)
-    env_params = market.make_env_params(window_size=window, episode_len=episode_len)
+    env_params = make_env_params(window_size=window, episode_len=episode_len)
     market.check_data(env_params, data)
 
     peak = matmul_peak_gflops(1024 if args.quick else 2048)

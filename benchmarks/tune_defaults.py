@@ -125,15 +125,15 @@ def market(rho: float, symbols: int, bars: int, window: int, seed: int):
 @functools.lru_cache(maxsize=None)
 def trainer(args_key: tuple, bar_features: int, hidden: tuple, window: int):
     """One compiled trainer per static signature (the continuous settings are traced)."""
-    from tbjax.env import market as market_env
     from tbjax.env.protocol import MarketEnv
-    from tbjax.learner.trainer import TrainerSpec, make_trainer
+    from tbjax.learner.trainer import make_trainer
+    from tbjax.run.assembly import make_env_params, make_spec
 
     envs, n_steps, epochs, minibatches, chunk, n_groups = args_key
-    spec = TrainerSpec(n_envs=envs, n_steps=n_steps, n_epochs=epochs, n_minibatches=minibatches,
-                       updates_per_chunk=chunk, hidden_sizes=hidden, lr_schedule="constant", n_groups=n_groups,
-                       holdout_size=min(1024, envs * n_steps), bar_features=bar_features)
-    space = market_env.make_env_params(action_mode="discrete", position_levels=common.LONG_SHORT, window_size=window)
+    spec = make_spec(n_envs=envs, n_steps=n_steps, n_epochs=epochs, n_minibatches=minibatches,
+                     updates_per_chunk=chunk, hidden_sizes=hidden, lr_schedule="constant", n_groups=n_groups,
+                     holdout_size=min(1024, envs * n_steps), bar_features=bar_features)
+    space = make_env_params(action_mode="discrete", position_levels=common.LONG_SHORT, window_size=window)
     return make_trainer(spec, MarketEnv(), space)
 
 

@@ -7,9 +7,9 @@ The default workload is the shipped config's shape (FULL below) for a quarter of
 than the single-fold one), kept to show that cost.
 
 A synthetic hourly market (``tbjax.synth`` + ``tbjax.prepare`` into a temp folder, as
-hpo_throughput does) is split into K walk-forward folds by :func:`tbjax.run.walkforward.build_folds`
-and trained by tbjax's own drivers, :func:`~tbjax.run.walkforward.train_vmapped` and
-:func:`~tbjax.run.walkforward.train_sequential`, with the same config, hence the same total
+hpo_throughput does) is split into K walk-forward folds by :func:`tbjax.walkforward.driver.build_folds`
+and trained by tbjax's own drivers, :func:`~tbjax.walkforward.driver.train_vmapped` and
+:func:`~tbjax.walkforward.driver.train_sequential`, with the same config, hence the same total
 updates per fold (``cfg.n_updates``) and the same evaluations (``train.eval_every`` = the whole
 run, so each fold evaluates its val split once, after its last chunk, in both modes; the regime
 weights ``eval.w_choppy`` / ``eval.w_trend`` are 0, so no regime market is built or walked).
@@ -20,7 +20,7 @@ What is timed (the drivers expose no timing, so it is measured from outside):
   compile, every chunk, the val evaluations); ``ratio`` = sequential_s / vmapped_s.
 * per chunk: the driver's ``advance`` call (one compiled ``train_chunk``, then
   ``block_until_ready``; the carry it gets is awaited before the clock starts), taken by wrapping
-  the ``run_chunks`` that ``tbjax.run.walkforward`` calls (the module attribute is swapped for the
+  the ``run_chunks`` that ``tbjax.walkforward.driver`` calls (the module attribute is swapped for the
   duration of the call; the fold logic is tbjax's). ``compile_s_*`` = first chunk call minus a steady chunk (the median of the other
   chunk calls; in sequential mode fold 1.. reuse fold 0's compiled chunk), as train_throughput
   and vs_sb3 estimate it. ``train_s_*`` = the sum of the chunk calls minus that compile
@@ -55,9 +55,10 @@ from benchmarks import common
 from tbjax.cli import prepare as prepare_cli
 from tbjax.cli import synth as synth_cli
 from tbjax.config import load_config
-from tbjax.run import setup as run_setup
+from tbjax.data.processed import load_processed
 from tbjax.learner import population
-from tbjax.run import walkforward as wfm
+from tbjax.run import assembly
+from tbjax.walkforward import driver as wfm
 
 RESULTS = common.RESULTS_DIR / "walkforward_speed.json"
 
@@ -104,7 +105,7 @@ def make_config(processed: Path, w: dict, folds: int):
 
 @contextlib.contextmanager
 def timed_chunks(chunk_times: list[float], first_call: list[float]):
-    """Swap ``tbjax.run.walkforward.run_chunks`` for one that times every ``advance`` call."""
+    """Swap ``tbjax.walkforward.driver.run_chunks`` for one that times every ``advance`` call."""
     real = wfm.run_chunks
 
     def run_chunks(advance, carry, schedule, hooks, **kw):
@@ -132,7 +133,7 @@ def fresh_caches() -> None:
     """Every measurement pays its own compile: clear JAX's jit caches and the drivers' caches."""
     jax.clear_caches()
     population._PROGRAMS.clear()  # the population programs the walk-forward driver compiled
-    run_setup._TRAINERS.clear()
+    assembly._TRAINERS.clear()
 
 
 def measure(cfg, loaded, sequential: bool) -> dict:
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         processed = make_data(Path(tmp), w)
-        loaded = run_setup.load_processed(make_config(processed, w, folds[0]))[:2]
+        loaded = load_processed(make_config(processed, w, folds[0]))[:2]
         for k in folds:
             cfg = make_config(processed, w, k)
             runs = {False: [], True: []}

@@ -5,8 +5,10 @@ and what to change; an unknown key suggests the nearest valid one (``ppo.learnig
 mean ppo.learning_rate?"). Fields split into static shapes (hashable, part of the compiled
 program) and continuous values (traced float leaves of ``HParams``; docs/DESIGN.md).
 
-The ONLY place where defaults live: tbjax.env.market and tbjax.agent.hparams read them from these
-dataclasses; configs/base.yaml shows the same values (a test loads an empty YAML and compares).
+The ONLY place where defaults live, and where a setting is declared traced or static: the env and
+the learner never read this module; tbjax.run.assembly builds their EnvParams, HParams and
+TrainerSpec from these declarations (``traced()`` / ``static()`` below), so their fields are not
+written a second time. configs/base.yaml shows the same values (a test loads an empty YAML and compares).
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ from tbjax.errors import InputError
 
 
 
-def traced(default: Any):
-    """A continuous setting compiled as a float32 leaf: a new value never recompiles (HParams / EnvParams)."""
-    return field(default=default, metadata={"kind": "traced"})
+def traced(default: Any, doc: str = "", shaping: bool = False):
+    """A continuous setting compiled as a float32 leaf: a new value never recompiles (HParams / EnvParams).
+
+    ``doc``: why it exists (every traced ppo.* key has one). ``shaping``: an env.* reward-shaping
+    weight (tbjax.env.costs.shaping_penalty), a learner choice HPO may search, unlike a market cost.
+    """
+    return field(default=default, metadata={"kind": "traced", "doc": doc, "shaping": shaping})
 
 
 def static(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
@@ -38,8 +44,11 @@ def static(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSIN
 
 
 def keys_of_kind(kind: str, section: str) -> tuple[str, ...]:
-    """Field names of ``section`` (``env`` or ``ppo``) declared ``traced`` or ``static`` above."""
+    """Field names of ``section`` (``env``, ``ppo``, ``train``) declared ``traced`` or ``static`` above,
+    or (kind ``shaping``) the traced reward-shaping weights."""
     cls = typing.get_type_hints(Config)[section]
+    if kind == "shaping":
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("shaping"))
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("kind") == kind)
 
 
@@ -78,7 +87,8 @@ class EnvConfig:
     slippage_k: float = traced(0.0)
     impact_coef: float = traced(0.0)
     borrow_bps_per_bar: float = traced(0.0)
-    turnover_penalty: float = traced(2.5e-4)
+    turnover_penalty: float = traced(2.5e-4, "reward shaping per unit of |change in position| (not a cost)",
+                                     shaping=True)
     equity_floor: float = traced(0.5)
     capital: float = traced(100_000.0)
     liquidity_seasonality: Optional[str] = None  # JSON file of 168 hour-of-week multipliers
@@ -91,7 +101,7 @@ class PPOConfig:
     n_epochs: int = static(4)
     n_minibatches: int = static(4)
     hidden_sizes: list[int] = static(factory=lambda: [64, 64])
-    policy: str = static("mlp")  # mlp | gru | lstm (a recurrent core after the MLP encoder)
+    policy: str = static("mlp")  # tbjax.config_rules.POLICIES: mlp, or a recurrent core after the MLP encoder
     rnn_size: int = static(64)
     bar_features: int = static(2)  # > 0: each bar of the window encoded by one shared layer first
     num_quantiles: int = static(32)
@@ -99,28 +109,33 @@ class PPOConfig:
     shared_torso: bool = static(False)
     huber_kappa: float = static(1.0)
     obs_clip: float = static(10.0)
-    learning_rate: float = traced(4e-4)
+    learning_rate: float = traced(4e-4, "Adam step of PPO (Schulman et al. 2017)")
     lr_schedule: str = static("linear")
-    lr_min: float = traced(0.0)
-    gamma: float = traced(0.8)
-    gae_lambda: float = traced(0.7)
-    clip_eps: float = traced(0.2)
-    ent_coef: float = traced(0.025)
-    vf_coef: float = traced(0.5)
-    max_grad_norm: float = traced(0.5)
-    cvar_alpha: float = traced(0.1)
-    cvar_weight: float = traced(0.0)
-    popart_beta: float = traced(3e-4)
-    weight_decay: float = traced(0.6)  # decoupled (AdamW) weight decay per unit of learning rate
+    lr_min: float = traced(0.0, "end point of the linear decay (lr_schedule='linear')")
+    gamma: float = traced(0.8, "discount per decision (bar)")
+    gae_lambda: float = traced(0.7, "GAE bias/variance trade-off (Schulman et al. 2016)")
+    clip_eps: float = traced(0.2, "PPO ratio clip")
+    ent_coef: float = traced(0.025, "entropy bonus: keeps the first policy near uniform long enough to explore")
+    vf_coef: float = traced(0.5, "weight of the quantile-Huber critic loss")
+    max_grad_norm: float = traced(0.5, "global-norm gradient clip")
+    cvar_alpha: float = traced(0.1, "tail probability of CVaR_alpha")
+    cvar_weight: float = traced(0.0, "0 = risk-neutral PPO; > 0 adds the Rockafellar-Uryasev CVaR term")
+    popart_beta: float = traced(3e-4, "PopArt moment step per update (van Hasselt et al. 2016)")
+    weight_decay: float = traced(0.6, "decoupled weight decay per unit of learning rate (AdamW, Loshchilov & "
+                                      "Hutter 2019): shrinks weights the noise features cannot justify")
+    obs_noise: float = traced(0.0, "training-rollout jitter: sigma of Gaussian noise on the z-scored market window "
+                                   "(Um et al. 2017); never applied to val/test")
+    obs_scale: float = traced(0.0, "training-rollout magnitude scaling: window x exp(U(-s, s)) per env and rollout "
+                                   "(Um et al. 2017); never val/test")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     total_env_steps: int = 1_000_000
-    updates_per_chunk: int = 10
+    updates_per_chunk: int = static(10)
     eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
     seed: int = 0
-    precision: str = "float32"
+    precision: str = static("float32")
     population: int = 4  # members trained as ONE compiled program, seeds seed .. seed+P-1; > 1: an ensemble policy
     ensemble_top_k: Optional[int] = None  # None: every member whose val objective beats flat's (0), at least the best
     population_jitter: float = 0.0  # sigma of log-normal jitter of ppo.learning_rate and ppo.ent_coef (member 0: none)
@@ -151,6 +166,9 @@ class HPOConfig:
     storage: Optional[str] = None
     study_name: str = "tbjax"
     space: dict = field(default_factory=dict)
+    # metrics of the trial's val backtest, each 'name' or 'name:maximize|minimize' (tbjax.hpo.objectives);
+    # two or three: a multi-objective (Pareto) study
+    objectives: list[str] = field(default_factory=lambda: ["objective"])
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,20 @@ with the same message whichever door it comes through:
 - :func:`validate` checks a loaded :class:`tbjax.config.Config` (``load_config``, every CLI, each
   HPO trial's config);
 - the constructors that also take settings directly (tests, benchmarks, notebooks):
-  :func:`tbjax.env.market.make_env_params`, :func:`tbjax.agent.hparams.make_hparams`,
-  :meth:`tbjax.agent.hparams.TrainerSpec.validate`, :func:`tbjax.agent.policy.check_action_mode`,
-  :class:`tbjax.data.pipeline.FeaturePipeline`.
+  :func:`tbjax.env.market.checked_env_params`, :func:`tbjax.agent.hparams.checked_hparams` (both
+  reached through :func:`tbjax.run.assembly.make_env_params` / ``make_hparams`` with the config's
+  defaults), :meth:`tbjax.agent.hparams.TrainerSpec.validate`,
+  :func:`tbjax.agent.policy.check_action_mode`, :class:`tbjax.data.pipeline.FeaturePipeline`.
 
 Layer 0 (it imports only :mod:`tbjax.errors`), so every layer may import it. Each rule raises one
 :class:`~tbjax.errors.InputError` naming the key a user writes (``env.min_position``) and what to
 change. Rules that need the data (walk-forward plans, split dates) run where the data is read
-(:mod:`tbjax.run.folds`, :mod:`tbjax.data.splits`).
+(:mod:`tbjax.walkforward.folds`, :mod:`tbjax.data.splits`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +40,14 @@ TRAIN_MODES = ("expanding", "rolling")
 # read as a loss (tbjax.evaluation.pareto.tail_loss: var_5 / cvar_5 negated)
 FRONTIER_RETURN_METRICS = ("sortino", "sharpe", "total_return", "cagr", "calmar")
 FRONTIER_TAIL_METRICS = ("cvar_5", "var_5", "max_drawdown", "volatility")
+# hpo.objectives: what a trial can be scored on (its best checkpoint's val backtest; read by
+# tbjax.hpo.objectives) and each one's natural direction. objective: the regime objective; cvar /
+# var: the per-bar CVaR / VaR 5 % as a LOSS (minus cvar_5 / var_5); the others are pooled metrics.
+HPO_OBJECTIVES = {"objective": "maximize", "sortino": "maximize", "sharpe": "maximize", "total_return": "maximize",
+                  "cagr": "maximize", "calmar": "maximize", "cvar": "minimize", "var": "minimize",
+                  "max_drawdown": "minimize", "volatility": "minimize", "turnover": "minimize"}
+OBJECTIVE_DIRECTIONS = ("maximize", "minimize")
+MAX_OBJECTIVES = 3  # Optuna's Pareto-front plot draws 2 or 3 objectives
 # The longest lookback of any feature: the slow EMA span of MACD, which tbjax.data.features
 # computes with THIS constant (defined here, the lowest layer that needs it, for env.window_size).
 SLOWEST_INDICATOR_WINDOW = 26
@@ -74,15 +84,20 @@ PPO_FLOATS = {
     "gae_lambda": Interval(0.0, 1.0), "clip_eps": Interval(0.0, 1.0, True, True), "ent_coef": _AT_LEAST_0,
     "vf_coef": _AT_LEAST_0, "max_grad_norm": _ABOVE_0, "cvar_alpha": Interval(0.0, 1.0, True, True),
     "cvar_weight": _AT_LEAST_0, "popart_beta": Interval(0.0, 1.0, low_open=True),
-    "weight_decay": Interval(0.0, note=" (0 = plain Adam)"), "huber_kappa": _ABOVE_0, "obs_clip": _ABOVE_0,
+    "weight_decay": Interval(0.0, note=" (0 = plain Adam)"), "obs_noise": Interval(0.0, note=" (0 = off)"),
+    "obs_scale": Interval(0.0, note=" (0 = off)"), "huber_kappa": _ABOVE_0, "obs_clip": _ABOVE_0,
 }
+# The market's and the account's env.* floats. Reward-shaping weights (env.* keys declared
+# shaping=True) are not listed: they share ONE rule, SHAPING_WEIGHT (>= 0: the reward subtracts
+# weight x quantity, tbjax.env.costs.shaping_penalty; a negative weight would pay the agent for it),
+# so a new shaping term needs no rule of its own.
 ENV_FLOATS = {
-    **{k: _AT_LEAST_0 for k in ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar",
-                                "turnover_penalty")},
+    **{k: _AT_LEAST_0 for k in ("fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar")},
     "min_position": Interval(), "max_position": Interval(),
     "equity_floor": Interval(0.0, 1.0, high_open=True, note=" (a fraction of starting equity)"),
     "capital": Interval(0.0, low_open=True, note=" (account size in quote currency)"),
 }
+SHAPING_WEIGHT = _AT_LEAST_0
 FEATURE_FLOATS = {"std_floor": _ABOVE_0, "clip": _ABOVE_0}
 PPO_COUNTS = ("n_envs", "n_steps", "n_epochs", "n_minibatches", "num_quantiles", "rnn_size")
 
@@ -118,6 +133,17 @@ def check_floats(section: str, values: Mapping[str, Any], rules: Mapping[str, In
         value = values.get(name)
         if value is not None and (is_number(value) or not hasattr(value, "shape")):
             check_float(f"{section}.{name}", value, interval)
+
+
+def shaping_weights(env_section) -> tuple[str, ...]:
+    """The reward-shaping weights of an env section (fields declared ``shaping=True`` in tbjax/config.py),
+    read from the dataclass it is, so this layer-0 module needs no import of the config."""
+    return tuple(f.name for f in dataclasses.fields(env_section) if f.metadata.get("shaping"))
+
+
+def check_shaping(values: Mapping[str, Any]) -> None:
+    """Every reward-shaping weight of ``values`` by the one rule :data:`SHAPING_WEIGHT`."""
+    check_floats("env", values, {name: SHAPING_WEIGHT for name in values})
 
 
 def check_learning_rates(learning_rate: Any, lr_min: Any) -> None:
@@ -184,10 +210,29 @@ def check_learner_shape(p) -> None:
     check_floats("ppo", {k: getattr(p, k) for k in ("huber_kappa", "obs_clip")}, PPO_FLOATS)
 
 
-def _validate_walkforward(w) -> None:  # fit to the data: tbjax.run.folds
+def hpo_objectives(entries: Any) -> list[tuple[str, str]]:
+    """``hpo.objectives`` as (metric, direction) pairs: 1 to MAX_OBJECTIVES distinct metrics of
+    HPO_OBJECTIVES, each written ``name`` (its natural direction) or ``name:maximize`` / ``name:minimize``."""
+    key, names = "hpo.objectives", ", ".join(HPO_OBJECTIVES)
+    check(isinstance(entries, (list, tuple)) and 1 <= len(entries) <= MAX_OBJECTIVES,
+          f"{key} must list 1 to {MAX_OBJECTIVES} metrics, e.g. [sortino, cvar] or ['cvar:minimize'], got {entries!r}")
+    out = []
+    for entry in entries:
+        name, _, direction = str(entry).partition(":")
+        name, direction = name.strip(), direction.strip() or HPO_OBJECTIVES.get(name.strip(), "")
+        check(name in HPO_OBJECTIVES, f"{key}: unknown metric {name!r} in {entry!r}; choose from {names}")
+        check(direction in OBJECTIVE_DIRECTIONS,
+              f"{key}: {entry!r} has direction {direction!r}; write {name}, {name}:maximize or {name}:minimize")
+        out.append((name, direction))
+    seen = [n for n, _ in out]
+    check(len(set(seen)) == len(seen), f"{key} = {list(entries)} repeats a metric: list each metric once")
+    return out
+
+
+def _validate_walkforward(w) -> None:  # fit to the data: tbjax.walkforward.folds
     check_count("walkforward.folds", w.folds)
     check_choice("walkforward.train_mode", w.train_mode, TRAIN_MODES)
-    for n in ("train_bars", "val_bars", "test_bars", "step_bars", "embargo_bars"):  # durations: tbjax.run.folds
+    for n in ("train_bars", "val_bars", "test_bars", "step_bars", "embargo_bars"):  # durations: tbjax.walkforward.folds
         v, least = getattr(w, n), int(n != "embargo_bars")
         check(v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool) and v >= least),
               f"walkforward.{n} must be null, a number of bars >= {least} or a duration like '90d', got {v!r}")
@@ -202,6 +247,7 @@ def _validate_env(e) -> None:
     check_choice("env.symbol_sampling", e.symbol_sampling, SYMBOL_SAMPLINGS)
     check_position_levels(e.position_levels)
     check_floats("env", vars(e), ENV_FLOATS)
+    check_shaping({name: getattr(e, name) for name in shaping_weights(e)})
     check_position_range(e.min_position, e.max_position)
 
 
@@ -256,3 +302,4 @@ def validate(cfg) -> None:
         check_count(f"hpo.{name}", getattr(cfg.hpo, name))
     check(cfg.hpo.timeout is None or cfg.hpo.timeout > 0, f"hpo.timeout must be null or > 0 seconds, got {cfg.hpo.timeout}")
     check_choice("hpo.pruner", cfg.hpo.pruner, PRUNERS)
+    hpo_objectives(cfg.hpo.objectives)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from tbjax.data.market import market_data_from_arrays
-from tbjax.env import market as market_env
 from tbjax.evaluation.metrics import risk_metrics
+from tbjax.run.assembly import make_env_params
 
 PERIOD, DELAY, WINDOW = 12, 7, 4
 EDGE, PAYOFF_NOISE, NOISE = 0.01, 0.005, 0.002
@@ -52,7 +52,7 @@ def memory_market(n_bars: int = 6000, seed: int = 0, train_frac: float = 0.7):
 
 
 def memory_env_params(episode_len: int = 48):
-    return market_env.make_env_params(
+    return make_env_params(
         window_size=WINDOW, episode_len=episode_len, position_levels=(-1.0, 0.0, 1.0), fee_bps=0.0,
         half_spread_bps=0.0, slippage_k=0.0, impact_coef=0.0, borrow_bps_per_bar=0.0)
 

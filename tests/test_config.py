@@ -22,9 +22,9 @@ def test_empty_yaml_gives_exactly_base_yaml(tmp_path):
 
 
 def test_every_layer_reads_its_defaults_from_the_config():
-    from tbjax.agent.hparams import HPARAM_DEFAULTS, TrainerSpec, make_hparams
-    from tbjax.env.market import make_env_params
-    from tbjax.run.setup import env_params_from_config, hparams_from_config, spec_from_config
+    from tbjax.config import keys_of_kind
+    from tbjax.run.assembly import (env_params_from_config, hparams_from_config, make_env_params, make_hparams,
+                                    make_spec, spec_from_config)
 
     cfg = load_config(None)
     bare_env, from_cfg = make_env_params(), env_params_from_config(cfg)
@@ -35,28 +35,61 @@ def test_every_layer_reads_its_defaults_from_the_config():
     assert (bare_env.window_size, bare_env.episode_len, bare_env.position_levels) == (
         cfg.env.window_size, cfg.env.episode_len, tuple(cfg.env.position_levels))
     bare_hp, hp = make_hparams(), hparams_from_config(cfg, None)
-    for name in HPARAM_DEFAULTS:
+    for name in keys_of_kind("traced", "ppo"):
         assert float(getattr(bare_hp, name)) == pytest.approx(getattr(cfg.ppo, name)), name
         assert float(getattr(hp, name)) == pytest.approx(getattr(cfg.ppo, name)), name
     spec = spec_from_config(cfg, n_groups=1)
-    assert TrainerSpec() == spec
+    assert make_spec() == spec
+    assert (spec.n_envs, spec.hidden_sizes, spec.precision, spec.total_updates) == (
+        cfg.ppo.n_envs, tuple(cfg.ppo.hidden_sizes), cfg.train.precision, cfg.n_updates)
 
 
 def test_traced_and_static_settings_are_declared_once_in_the_config():
     import dataclasses
 
-    from tbjax.agent.hparams import HPARAM_DOCS, HParams
-    from tbjax.config import keys_of_kind
-    from tbjax.env.market import EnvParams
+    from tbjax import config_rules
+    from tbjax.agent.hparams import TrainerSpec
+    from tbjax.config import PPOConfig, keys_of_kind
+    from tbjax.env.market import STATIC_SETTINGS
+    from tbjax.run.assembly import make_env_params, make_hparams
 
     traced_ppo, traced_env = keys_of_kind("traced", "ppo"), keys_of_kind("traced", "env")
     # every traced ppo.* key is an HParams leaf, every traced env.* key an EnvParams leaf, and nothing else
-    assert [f.name for f in dataclasses.fields(HParams) if f.name != "env"] == list(traced_ppo)
-    assert set(HPARAM_DOCS) == set(traced_ppo)
-    env_leaves = {f.name for f in dataclasses.fields(EnvParams) if f.metadata.get("pytree_node", True)}
-    assert env_leaves - {"liquidity_multipliers"} == set(traced_env)
-    env_static = {f.name for f in dataclasses.fields(EnvParams) if not f.metadata.get("pytree_node", True)}
-    assert env_static - {"role"} == set(keys_of_kind("static", "env")) | {"position_levels"}
+    assert set(make_hparams().traced) - {"env"} == set(traced_ppo)
+    env = make_env_params()
+    assert set(env.traced) - {"liquidity_multipliers"} == set(traced_env)
+    assert set(env.static) - {"role"} == set(keys_of_kind("static", "env")) == set(STATIC_SETTINGS)
+    # every traced float has its rule: the env requires exactly the ENV_FLOATS keys besides the shaping
+    # weights, which share one rule (config_rules.SHAPING_WEIGHT); the learner's are checked
+    shaping = keys_of_kind("shaping", "env")
+    assert shaping and set(shaping) <= set(traced_env) and not set(shaping) & set(config_rules.ENV_FLOATS)
+    assert set(config_rules.ENV_FLOATS) | set(shaping) == set(traced_env)
+    assert set(traced_ppo) <= set(config_rules.PPO_FLOATS)
+    # every traced ppo.* key says why it exists, where its default is declared
+    undocumented = [f.name for f in dataclasses.fields(PPOConfig) if f.metadata.get("kind") == "traced"
+                    and not f.metadata.get("doc")]
+    assert not undocumented, f"traced ppo.* keys without a doc: {undocumented}"
+    # TrainerSpec's config fields are exactly the static ppo.* and train.* keys
+    spec_fields = {f.name for f in dataclasses.fields(TrainerSpec)}
+    config_static = set(keys_of_kind("static", "ppo")) | set(keys_of_kind("static", "train"))
+    assert config_static <= spec_fields
+    assert spec_fields - config_static == {"total_updates", "popart_sigma_min", "holdout_size", "n_groups"}
+
+
+def test_agent_and_env_never_read_the_config():
+    """Issue 26: the layers below the assembly receive values; none imports tbjax.config."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "tbjax"
+    readers = []
+    for path in [*(package / "agent").rglob("*.py"), *(package / "env").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if isinstance(node, ast.ImportFrom)
+                     else [])
+            readers += [f"{path.relative_to(package.parent)}:{node.lineno}" for n in names if n == "tbjax.config"]
+    assert not readers, f"agent/env modules importing tbjax.config: {readers}"
 
 
 def test_cvar_alpha_below_one_quantile_is_refused_when_it_matters():

@@ -13,14 +13,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tbjax"
 # lowest first; a module may import its own layer and any layer before it
 LAYERS = [
     # the package root runs first on every `import tbjax.<anything>`, so it sits in the lowest layer
-    ("tbjax.errors", "tbjax.config", "tbjax.config_rules", "tbjax.atomic", "tbjax.xla_flags", "tbjax"),
+    ("tbjax.errors", "tbjax.config", "tbjax.config_rules", "tbjax.atomic", "tbjax.xla_flags", "tbjax.settings_tree",
+     "tbjax"),
     ("tbjax.data",),
     ("tbjax.env",),
     ("tbjax.agent",),
     ("tbjax.learner",),
     ("tbjax.evaluation",),
     ("tbjax.run",),
-    ("tbjax.hpo",),
+    ("tbjax.hpo", "tbjax.walkforward"),  # the drivers beside each other, on the run layer
     ("tbjax.cli", "tbjax.api"),
 ]
 MAX_MODULE_LINES = 400
@@ -30,7 +31,7 @@ def layer_of(module: str) -> int | None:
     for i, prefixes in enumerate(LAYERS):
         if any(module == p or (p != "tbjax" and module.startswith(p + ".")) for p in prefixes):
             return i
-    return None  # the `python -m tbjax.<command>` shims (tbjax/train.py, hpo/__main__.py) sit above every layer
+    return None  # the `python -m tbjax.<command>` shims (tbjax/train.py, hpo/__main__.py, ...) sit above every layer
 
 
 def module_name(path: Path) -> str:

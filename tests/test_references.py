@@ -1,10 +1,10 @@
 """No stale reference: every file path and dotted name that the README, docs/*.md and the package's
 own docstrings and comments cite points at something that exists.
 
-Checked forms: ``tbjax/run/setup.py`` (also ``tests/...py``, ``benchmarks/...py``); the same path
-relative to the package, ``run/setup.py``, as docs/DESIGN.md writes it; ``tbjax.run.setup.split_roles``
+Checked forms: ``tbjax/run/experiment.py`` (also ``tests/...py``, ``benchmarks/...py``); the same path
+relative to the package, ``run/experiment.py``, as docs/DESIGN.md writes it; ``tbjax.run.experiment.split_roles``
 (module, then attribute, then an attribute of a class); and the DESIGN.md short form
-``run/setup.split_roles``. Names are resolved by reading the source (``ast``), never by importing it:
+``run/experiment.split_roles``. Names are resolved by reading the source (``ast``), never by importing it:
 the test is fast, runs no JAX and cannot be fooled by an import side effect. A name a module only
 re-exports (``from x import y``) counts as defined there, as it is importable from there.
 """
@@ -140,13 +140,13 @@ def test_every_cited_path_and_name_exists():
 @pytest.mark.parametrize("name, ok", [
     ("tbjax.run.rundir.resolve_run_paths", True),  # a function
     ("tbjax.learner.context.Learner.initial_hidden", True),  # a method
-    ("tbjax.env.market.EnvParams.min_position", True),  # a dataclass field
-    ("tbjax.learner.trainer.make_hparams", True),  # re-exported
+    ("tbjax.agent.hparams.TrainerSpec.n_envs", True),  # a dataclass field
+    ("tbjax.learner.trainer.TrainerSpec", True),  # re-exported
     ("tbjax.load_policy", True),  # served by the package's __getattr__
     ("tbjax.hpo", True),  # a package
     ("tbjax.run.session.resolve_run_paths", False),
     ("tbjax.distributed", False),
-    ("tbjax.env.market.EnvParams.nothing", False),
+    ("tbjax.agent.hparams.TrainerSpec.nothing", False),
 ])
 def test_the_resolver_tells_names_apart(name, ok):
     assert resolves(name) is ok

@@ -28,18 +28,18 @@ def message(fn, *args, **kwargs) -> str:
 
 
 def env_params(**kw):
-    from tbjax.env.market import make_env_params
+    from tbjax.run.assembly import make_env_params
     return make_env_params(**kw)
 
 
 def hparams(**kw):
-    from tbjax.agent.hparams import make_hparams
+    from tbjax.run.assembly import make_hparams
     return make_hparams(None, **kw)
 
 
 def spec(**kw):
-    from tbjax.agent.hparams import TrainerSpec
-    return TrainerSpec(**kw).validate()
+    from tbjax.run.assembly import make_spec
+    return make_spec(**kw).validate()
 
 
 def pipeline(**kw):
@@ -64,6 +64,8 @@ SAME_RULE = [
     (["env.action_mode=box"], lambda: action_mode("box"), "env.action_mode must be one of"),
     (["env.symbol_sampling=volume"], lambda: env_params(symbol_sampling="volume"), "env.symbol_sampling"),
     (["env.fee_bps=-1"], lambda: env_params(fee_bps=-1.0), "env.fee_bps must be >= 0, got -1.0"),
+    # every reward-shaping weight by the one rule config_rules.SHAPING_WEIGHT
+    (["env.turnover_penalty=-1"], lambda: env_params(turnover_penalty=-1.0), "env.turnover_penalty must be >= 0"),
     (["env.equity_floor=1"], lambda: env_params(equity_floor=1.0), "env.equity_floor must lie in [0, 1)"),
     (["env.capital=0"], lambda: env_params(capital=0.0), "env.capital must be > 0"),
     (["env.episode_len=0"], lambda: env_params(episode_len=0), "env.episode_len must be an integer >= 1"),

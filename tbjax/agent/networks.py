@@ -44,7 +44,8 @@ from tbjax.agent.policy import (  # re-exported: the trainer imports the policy 
     policy_mode,
     policy_sample,
 )
-from tbjax.agent.recurrent import CELLS, cell_step, input_gates, join_state, sequence, split_state
+from tbjax.agent.recurrent import (CELLS, STATE_BIAS, STATE_PARTS, cell_step, input_gates, join_state, sequence,
+                                   split_state)
 from tbjax.config_rules import POLICIES  # the ppo.policy rule: "mlp" and every CELLS core
 
 __all__ = [
@@ -122,7 +123,7 @@ class _Step(nn.Module):
 
     @nn.compact
     def __call__(self):
-        return _Weights(CELLS[self.cell] * self.size, self.cell == "gru", name="state")(self.size)
+        return _Weights(CELLS[self.cell] * self.size, self.cell in STATE_BIAS, name="state")(self.size)
 
 
 class RecurrentCore(nn.Module):
@@ -159,7 +160,7 @@ def state_size(policy: str, rnn_size: int, shared_torso: bool) -> int:
     """Width of the recurrent state array (0 for the MLP policy)."""
     if policy == "mlp":
         return 0
-    return (1 if shared_torso else 2) * (2 if policy == "lstm" else 1) * rnn_size
+    return (1 if shared_torso else 2) * STATE_PARTS[policy] * rnn_size
 
 
 def init_params(network: ActorCritic, key: jax.Array, obs_dim: int):

@@ -29,7 +29,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+# Everything the networks need to know of a cell, so a new cell is written in this module alone
+# (and named in tbjax.config_rules.POLICIES): its gates, the arrays its state holds, whether its
+# state matmul has a bias; its equations are cell_step and _cell_backward below.
 CELLS = {"gru": 3, "lstm": 4}  # cell -> number of gates
+STATE_PARTS = {"gru": 1, "lstm": 2}  # cell -> arrays in its state: h (GRU), (c, h) (LSTM)
+STATE_BIAS = frozenset({"gru"})  # cells whose state matmul has a bias (the GRU's b_h, scaled by r)
 
 
 def matmul(dtype, x, kernel, bias=None):
@@ -43,11 +48,12 @@ def matmul(dtype, x, kernel, bias=None):
 
 def split_state(cell: str, state):
     """The state array [..., state] as the loop carries it: h (GRU) or (c, h) (LSTM)."""
-    return state if cell == "gru" else tuple(jnp.split(state, 2, axis=-1))
+    parts = STATE_PARTS[cell]
+    return state if parts == 1 else tuple(jnp.split(state, parts, axis=-1))
 
 
 def join_state(cell: str, carry):
-    return carry if cell == "gru" else jnp.concatenate(carry, axis=-1)
+    return carry if STATE_PARTS[cell] == 1 else jnp.concatenate(carry, axis=-1)
 
 
 def _reset(carry, reset):

@@ -27,6 +27,26 @@ class OneLineParser(argparse.ArgumentParser):
         raise InputError(message + self.see_help.format(prog=self.prog))
 
 
+def add_training_flags(ap: OneLineParser, *, set_help: str, resume_help: str) -> None:
+    """The flags every command that trains (train, frontier) shares, declared once here; their values
+    reach the job as one :class:`tbjax.run.job.RunOptions` (``RunOptions.of(args)``), so a new
+    shared flag is a line here and a field there. :func:`parse_training_args` checks them."""
+    ap.add_argument("--set", action="append", default=[], metavar="A.B=C", help=set_help)
+    ap.add_argument("--run-dir", default=None, help="run directory (default runs/<run_name or timestamp>)")
+    ap.add_argument("--resume", action="store_true", help=resume_help)
+    ap.add_argument("--max-chunks", type=int, default=None,
+                    help="stop (resumably) after this many chunks in this invocation")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar; one log line per evaluation")
+
+
+def parse_training_args(ap: OneLineParser, argv):
+    """``ap.parse_args(argv)`` with the shared training flags checked (one line, exit 2)."""
+    args = ap.parse_args(argv)
+    if args.max_chunks is not None and args.max_chunks < 1:
+        ap.error(f"--max-chunks must be >= 1, got {args.max_chunks}")
+    return args
+
+
 @contextlib.contextmanager
 def one_line_warnings():
     """Show warnings as one ``warning: ...`` line each (no file path, no source line) in the block:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import sys
 
-from tbjax.cli.common import OneLineParser, training_main
+from tbjax.cli.common import OneLineParser, add_training_flags, parse_training_args, training_main
 from tbjax.run.interrupts import interrupt_means
 from tbjax.run.resume import DEFAULT_CONFIG, RESUMABLE_KEYS, continue_command
 
@@ -44,17 +44,9 @@ def parse_args(argv):
     ap = OneLineParser(prog="python -m tbjax.train", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None,
                     help=f"YAML config (default {DEFAULT_CONFIG}; with --resume: the run's own config.yaml)")
-    ap.add_argument("--set", action="append", default=[], metavar="A.B=C",
-                    help="override a config key (with --resume only " + ", ".join(RESUMABLE_KEYS) + ")")
-    ap.add_argument("--run-dir", default=None, help="run directory (default runs/<run_name or timestamp>)")
-    ap.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar; one log line per evaluation")
-    ap.add_argument("--max-chunks", type=int, default=None,
-                    help="stop (resumably) after this many chunks in this invocation")
-    args = ap.parse_args(argv)
-    if args.max_chunks is not None and args.max_chunks < 1:
-        ap.error(f"--max-chunks must be >= 1, got {args.max_chunks}")
-    return args
+    add_training_flags(ap, set_help="override a config key (with --resume only " + ", ".join(RESUMABLE_KEYS) + ")",
+                       resume_help="continue from the run directory's latest checkpoint")
+    return parse_training_args(ap, argv)
 
 
 def main(argv=None) -> int:
@@ -67,15 +59,15 @@ def _note(text: str) -> None:
 
 def run(args) -> int:
     from tbjax.run.compile_cache import use_compilation_cache
-    from tbjax.run.job import NOTHING_WRITTEN, train_job
+    from tbjax.run.job import NOTHING_WRITTEN, RunOptions, train_job
     from tbjax.run.resume import plan_fresh, plan_resume
 
     use_compilation_cache()
 
     with interrupt_means(NOTHING_WRITTEN):
         plan = (plan_resume if args.resume else plan_fresh)(args.config, args.set, args.run_dir)
-    result = train_job(plan, command=["python", "-m", "tbjax.train", *args.argv], quiet=args.quiet,
-                       max_chunks=args.max_chunks, note=_note)
+    result = train_job(plan, command=["python", "-m", "tbjax.train", *args.argv], options=RunOptions.of(args),
+                       note=_note)
     if not result.finished:
         print(f"stopped after update {result.update}; continue with: {continue_command(result.run_dir, args.quiet)}",
               file=sys.stderr)

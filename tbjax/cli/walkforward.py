@@ -1,6 +1,6 @@
 """``python -m tbjax.walkforward --config C [--folds K] [--run-dir R] [--set a.b=c] [--sequential]``.
 
-Trains K walk-forward folds (tbjax.run.folds) as one vmapped program (``--sequential``: one by
+Trains K walk-forward folds (tbjax.walkforward.folds) as one vmapped program (``--sequential``: one by
 one, for comparison) and writes ``<run>/walkforward.json`` and ``report.md``. Bad input: one
 ``error:`` line, exit 2.
 """
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         validate(cfg)
         run_dir = Path(args.run_dir or Path(cfg.output.runs_dir) / time.strftime("walkforward-%Y%m%d-%H%M%S"))
         from tbjax.run.compile_cache import use_compilation_cache
-        from tbjax.run.walkforward import run_walkforward
+        from tbjax.walkforward.driver import run_walkforward
 
         use_compilation_cache()
 

@@ -34,6 +34,10 @@ on bar t's close with position p (fraction of equity held at close_t) and target
 Costs are charged pro rata from cash and holdings, so they scale equity and leave the held
 fraction unchanged (p_close is the position carried into bar t+1). Each growth factor is floored
 at GROWTH_FLOOR so a wipe-out cannot produce log(<=0); the equity floor ends such an episode.
+
+5. Reward shaping (:func:`shaping_penalty`): terms the agent is penalised by that the account never
+   pays, subtracted from log_return to give the reward:
+       reward = log_return - turnover_penalty * turnover
 """
 
 from __future__ import annotations
@@ -90,3 +94,15 @@ def settle_bar(position, target, equity, tradable_next, close_t, open_next, clos
     cost = trade_cost + borrow_cost - trade_cost * borrow_cost
     return BarOutcome(position_close, position_filled, position_open, equity_open, equity_next,
                       log_return, gross, cost, turnover)
+
+
+def shaping_penalty(bar: BarOutcome, params):
+    """The reward-shaping terms of one bar (step 5 of the module docstring): what the reward subtracts
+    from the bar's log return besides what the account paid. Every term is a traced env.* setting
+    (declared ``shaping=True`` in tbjax/config.py, so HPO may search it) times a value of ``bar``.
+
+    Written once for both envs: the JAX env (:func:`tbjax.env.market.market_step`) passes its float32
+    arrays, the NumPy twin (:class:`tbjax.env.gym.MarketGymEnv`) its float32 scalars, so a new term
+    is one line here and nowhere else.
+    """
+    return params.turnover_penalty * bar.turnover

@@ -4,7 +4,9 @@ Same rules, same MarketData arrays, same float32 arithmetic as :mod:`tbjax.env.m
 formulas are listed in :mod:`tbjax.env.costs`), written again in plain NumPy so the parity tests
 compare two independent implementations (except the feature z-score: the one shared float32
 :func:`tbjax.data.scaling.standardize`, applied once to the whole feature block at construction,
-as every compiled program of the env applies it once; elementwise, so bit-identical per window). Differences that
+as every compiled program of the env applies it once; elementwise, so bit-identical per window;
+and the reward shaping, :func:`tbjax.env.costs.shaping_penalty`, one formula over the bar's outcome
+that both envs evaluate, so a new shaping term is written once). Differences that
 are conventions of Gymnasium, not of the market: ``step`` does not auto-reset (call ``reset``),
 the start is sampled with the env's own ``np_random`` (seeded through ``reset(seed=...)``), and
 ``reset(options={"symbol": s, "bar": t})`` starts deterministically like
@@ -13,13 +15,15 @@ the start is sampled with the env's own ``np_random`` (seeded through ``reset(se
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
 from tbjax.data.market import MarketData
 from tbjax.data.scaling import standardize
-from tbjax.env.costs import BPS, GROWTH_FLOOR, MIN_QUOTE_VOLUME
+from tbjax.env.costs import BPS, GROWTH_FLOOR, MIN_QUOTE_VOLUME, BarOutcome, shaping_penalty
 from tbjax.env.market import EnvParams, check_data, n_actions, observation_size
 
 F32 = np.float32
@@ -46,9 +50,9 @@ class MarketGymEnv(gymnasium.Env):
         self.hour_of_week = np.asarray(data.hour_of_week, np.int64)
         self.role_start = np.asarray(data.role_start)[:, params.role].astype(np.int64)
         self.role_end = np.asarray(data.role_end)[:, params.role].astype(np.int64)
-        self.cost = {k: F32(np.asarray(getattr(params, k))) for k in (
-            "fee_bps", "half_spread_bps", "slippage_k", "impact_coef", "borrow_bps_per_bar",
-            "turnover_penalty", "min_position", "max_position", "equity_floor", "capital")}
+        # every traced float setting (costs, shaping, bounds) as a float32 scalar, by its env.* name
+        self.cost = SimpleNamespace(**{k: F32(np.asarray(v)) for k, v in params.traced.items()
+                                       if k != "liquidity_multipliers"})
         self.liquidity = np.asarray(params.liquidity_multipliers, F32)
         self.levels = np.asarray(params.position_levels, F32)
         size = observation_size(params, data)
@@ -99,7 +103,7 @@ class MarketGymEnv(gymnasium.Env):
         if self.params.action_mode == "discrete":
             return self.levels[int(np.clip(int(np.asarray(action).reshape(())), 0, len(self.levels) - 1))]
         a = F32(np.clip(F32(np.asarray(action, F32).reshape(())), -1.0, 1.0))
-        lo, hi = self.cost["min_position"], self.cost["max_position"]
+        lo, hi = self.cost.min_position, self.cost.max_position
         return F32(lo + (a + F32(1.0)) * F32(0.5) * (hi - lo))
 
     # --- one bar: gap -> fill -> intrabar -> borrow (tbjax.env.costs) ---------------------
@@ -117,22 +121,25 @@ class MarketGymEnv(gymnasium.Env):
         p_filled = self._target(action) if tradable else p_open
         turnover = abs(p_filled - p_open)
         quote_volume = max(self.volume[s, t + 1] * open_n, F32(MIN_QUOTE_VOLUME))
-        participation = turnover * equity_open * c["capital"] / quote_volume
+        participation = turnover * equity_open * c.capital / quote_volume
         mult = self.liquidity[self.hour_of_week[s, t + 1]]
-        cost_rate = (c["fee_bps"] * F32(BPS)
-                     + mult * (c["half_spread_bps"] * F32(BPS) + c["slippage_k"] * self.volatility[s, t])
-                     + c["impact_coef"] * np.sqrt(participation))
+        cost_rate = (c.fee_bps * F32(BPS)
+                     + mult * (c.half_spread_bps * F32(BPS) + c.slippage_k * self.volatility[s, t])
+                     + c.impact_coef * np.sqrt(participation))
         trade_cost = min(turnover * cost_rate, F32(1.0 - GROWTH_FLOOR))
 
         intrabar = (close_n - open_n) / open_n
         intrabar_move = max(p_filled * intrabar, floor)
         p_close = F32(p_filled * (F32(1.0) + intrabar) / (F32(1.0) + intrabar_move))
-        borrow = min(c["borrow_bps_per_bar"] * F32(BPS) * max(-p_close, F32(0.0)), F32(1.0 - GROWTH_FLOOR))
+        borrow = min(c.borrow_bps_per_bar * F32(BPS) * max(-p_close, F32(0.0)), F32(1.0 - GROWTH_FLOOR))
 
         new_equity = F32(equity * (F32(1.0) + gap_move) * (F32(1.0) - trade_cost)
                          * (F32(1.0) + intrabar_move) * (F32(1.0) - borrow))
         gross = np.log1p(gap_move) + np.log1p(intrabar_move)
-        reward = F32(gross + np.log1p(-trade_cost) + np.log1p(-borrow) - c["turnover_penalty"] * turnover)
+        log_return = gross + np.log1p(-trade_cost) + np.log1p(-borrow)
+        cost = F32(trade_cost + borrow - trade_cost * borrow)
+        bar = BarOutcome(p_close, p_filled, p_open, equity_open, new_equity, log_return, gross, cost, F32(turnover))
+        reward = F32(log_return - shaping_penalty(bar, c))
 
         flat = p_filled == 0.0
         new_entry = tradable and not flat and np.sign(p_filled) != np.sign(p_open)
@@ -148,12 +155,12 @@ class MarketGymEnv(gymnasium.Env):
         self.episode_return = F32(self.episode_return + reward)
         self.bar = t + 1
 
-        terminated = bool(new_equity < c["equity_floor"])
+        terminated = bool(new_equity < c.equity_floor)
         truncated = bool(self.episode_step >= self.params.episode_len or t + 3 > self.role_end[s]) and not terminated
         obs = self._observe()
         info = {
             "symbol": s, "bar": t, "gross_log_return": F32(gross),
-            "cost": F32(trade_cost + borrow - trade_cost * borrow), "turnover": F32(turnover),
+            "cost": cost, "turnover": F32(turnover),
             "tradable": tradable, "equity": new_equity, "terminated": terminated, "truncated": truncated,
             "episode_return": self.episode_return, "episode_length": self.episode_step,
             "final_equity": new_equity, "final_obs": obs,

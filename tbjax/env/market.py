@@ -2,8 +2,9 @@
 
 Rules (docs/DESIGN.md invariant 1): the action decided on bar t's close sees observation rows <= t; the
 new target position is filled at bar t+1's open with fees, spread, slippage and impact; equity is
-marked at bar t+1's close. Reward = log(equity_{t+1} / equity_t) - turnover_penalty * turnover,
-raw (never normalised). The bar arithmetic (gap -> fill -> intrabar -> borrow) is written out in
+marked at bar t+1's close. Reward = log(equity_{t+1} / equity_t) - the shaping penalty
+(:func:`tbjax.env.costs.shaping_penalty`: turnover_penalty * turnover), raw (never normalised).
+The bar arithmetic (gap -> fill -> intrabar -> borrow) is written out in
 :mod:`tbjax.env.costs`, the observation in :mod:`tbjax.env.observation`.
 
 Episodes: a symbol (uniform, or weighted by its row count in the role) and a first decision bar
@@ -29,49 +30,32 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tbjax.config import EnvConfig, keys_of_kind
 from tbjax.config_rules import (ACTION_MODES, ENV_FLOATS, SYMBOL_SAMPLINGS, Interval, check_choice, check_count,
-                                check_float, check_floats, check_position_levels, check_position_range)
+                                check_float, check_floats, check_position_levels, check_position_range,
+                                check_shaping)
 from tbjax.data.features import HOURS_PER_WEEK
 from tbjax.data.market import ROLE_NAMES, MarketData
-from tbjax.env.costs import settle_bar
+from tbjax.env.costs import settle_bar, shaping_penalty
 from tbjax.env.observation import (N_ACCOUNT_FEATURES, account_features, assemble_observation, market_window,
                                    scaled_window)
 from tbjax.errors import InputError
+from tbjax.settings_tree import SettingsTree
 
-# Traced float fields (units in the names; bps = 1e-4 of notional). Their defaults are env.* in
-# tbjax/config.py, the one place defaults live.
-FLOAT_FIELDS = keys_of_kind("traced", "env")
-_ENV_DEFAULTS = EnvConfig()
-FLOAT_DEFAULTS = {name: float(getattr(_ENV_DEFAULTS, name)) for name in FLOAT_FIELDS}
-
-
-def _f32(x: float) -> np.float32:
-    return np.float32(x)
+# The env's static settings (shapes and modes; a new value compiles a new program), each an env.*
+# key declared static() in tbjax/config.py. Its traced settings, float32 leaves by the same names:
+# every key of tbjax.config_rules.ENV_FLOATS (market and account floats, each with its rule; units
+# in the names, bps = 1e-4 of notional), the reward-shaping weights (env.* keys declared
+# shaping=True, read by tbjax.env.costs.shaping_penalty) and ``liquidity_multipliers``.
+STATIC_SETTINGS = ("window_size", "episode_len", "action_mode", "position_levels", "symbol_sampling")
 
 
-@struct.dataclass
-class EnvParams:
-    """Market env settings; build with :func:`make_env_params` (validates, converts to f32)."""
+class EnvParams(SettingsTree):
+    """Market env settings by their env.* names (``params.fee_bps``, ``params.window_size``) plus
+    ``liquidity_multipliers`` (traced, [168]) and ``role`` (static). Build with
+    :func:`checked_env_params` (validates, converts to f32); with the config's defaults:
+    :func:`tbjax.run.assembly.make_env_params`."""
 
-    fee_bps: jnp.ndarray = _f32(FLOAT_DEFAULTS["fee_bps"])
-    half_spread_bps: jnp.ndarray = _f32(FLOAT_DEFAULTS["half_spread_bps"])
-    slippage_k: jnp.ndarray = _f32(FLOAT_DEFAULTS["slippage_k"])
-    impact_coef: jnp.ndarray = _f32(FLOAT_DEFAULTS["impact_coef"])
-    borrow_bps_per_bar: jnp.ndarray = _f32(FLOAT_DEFAULTS["borrow_bps_per_bar"])
-    turnover_penalty: jnp.ndarray = _f32(FLOAT_DEFAULTS["turnover_penalty"])
-    min_position: jnp.ndarray = _f32(FLOAT_DEFAULTS["min_position"])
-    max_position: jnp.ndarray = _f32(FLOAT_DEFAULTS["max_position"])
-    equity_floor: jnp.ndarray = _f32(FLOAT_DEFAULTS["equity_floor"])
-    capital: jnp.ndarray = _f32(FLOAT_DEFAULTS["capital"])
-    liquidity_multipliers: jnp.ndarray = struct.field(
-        default_factory=lambda: np.ones(HOURS_PER_WEEK, np.float32))
-    window_size: int = struct.field(pytree_node=False, default=_ENV_DEFAULTS.window_size)
-    episode_len: int = struct.field(pytree_node=False, default=_ENV_DEFAULTS.episode_len)
-    action_mode: str = struct.field(pytree_node=False, default=_ENV_DEFAULTS.action_mode)
-    position_levels: tuple = struct.field(pytree_node=False, default=tuple(_ENV_DEFAULTS.position_levels))
-    symbol_sampling: str = struct.field(pytree_node=False, default=_ENV_DEFAULTS.symbol_sampling)
-    role: int = struct.field(pytree_node=False, default=0)
+    __slots__ = ()
 
 
 def _check_multipliers(values, where: str) -> np.ndarray:
@@ -94,44 +78,46 @@ def _host_float(key: str, value) -> float:
         raise
 
 
-def make_env_params(**kwargs) -> EnvParams:
-    """Validate user settings and build EnvParams with float32 array leaves.
+def checked_env_params(*, shaping: dict, **settings) -> EnvParams:
+    """Validate settings and build EnvParams with float32 array leaves.
 
-    Raises InputError (naming the key and the fix) for unknown keys and for any value the env.*
-    rules of :mod:`tbjax.config_rules` refuse (the same rules and messages a config gets), or a bad
-    liquidity curve. env.window_size >= SLOWEST_INDICATOR_WINDOW is the config's rule, not the env's (any
-    window >= 1 works here).
+    Every key of :data:`STATIC_SETTINGS` and of ``tbjax.config_rules.ENV_FLOATS`` must be given
+    (``role`` and ``liquidity_multipliers`` are optional: train role, a flat curve), and
+    ``shaping``, the reward-shaping weights by name; the defaults and which keys are shaping
+    weights are the config's, filled in by :func:`tbjax.run.assembly.make_env_params`. Raises InputError
+    (naming the key and the fix) for an unknown or missing key and for any value the env.* rules of
+    :mod:`tbjax.config_rules` refuse (the same rules and messages a config gets), or a bad
+    liquidity curve. env.window_size >= SLOWEST_INDICATOR_WINDOW is the config's rule, not the env's
+    (any window >= 1 works here).
     """
-    static = {"window_size", "episode_len", "action_mode", "position_levels", "symbol_sampling", "role"}
-    known = static | set(FLOAT_DEFAULTS) | {"liquidity_multipliers"}
-    unknown = sorted(set(kwargs) - known)
+    required = set(STATIC_SETTINGS) | set(ENV_FLOATS)
+    known = required | {"role", "liquidity_multipliers"}
+    unknown, missing = sorted(set(settings) - known), sorted(required - set(settings))
     if unknown:
         raise InputError(f"unknown env setting(s) {unknown}; known settings: {sorted(known)}")
-    action_mode = kwargs.get("action_mode", _ENV_DEFAULTS.action_mode)
-    check_choice("env.action_mode", action_mode, ACTION_MODES)
-    sampling = kwargs.get("symbol_sampling", _ENV_DEFAULTS.symbol_sampling)
-    check_choice("env.symbol_sampling", sampling, SYMBOL_SAMPLINGS)
-    role = kwargs.get("role", 0)
+    if missing:
+        raise InputError(f"env settings {missing} are missing; tbjax.run.assembly.make_env_params fills in the "
+                         "config's defaults")
+    check_choice("env.action_mode", settings["action_mode"], ACTION_MODES)
+    check_choice("env.symbol_sampling", settings["symbol_sampling"], SYMBOL_SAMPLINGS)
+    role = settings.get("role", 0)
     check_choice("role", role, (0, 1, 2))  # ROLE_TRAIN / ROLE_VAL / ROLE_TEST, set by the caller
-    levels = check_position_levels(kwargs.get("position_levels", tuple(_ENV_DEFAULTS.position_levels)))
+    levels = check_position_levels(settings["position_levels"])
     for name in ("window_size", "episode_len"):
-        check_count(f"env.{name}", kwargs.get(name, getattr(_ENV_DEFAULTS, name)))
-    floats = {name: _host_float(f"env.{name}", kwargs.get(name, default)) for name, default in FLOAT_DEFAULTS.items()}
+        check_count(f"env.{name}", settings[name])
+    floats = {name: _host_float(f"env.{name}", settings[name]) for name in ENV_FLOATS}
     check_floats("env", floats, ENV_FLOATS)
+    weights = {name: _host_float(f"env.{name}", value) for name, value in shaping.items()}
+    check_shaping(weights)
     check_position_range(floats["min_position"], floats["max_position"])
-    mult = kwargs.get("liquidity_multipliers")
+    mult = settings.get("liquidity_multipliers")
     mult = (np.ones(HOURS_PER_WEEK, np.float32) if mult is None
             else _check_multipliers(mult, "env.liquidity_multipliers"))
-    return EnvParams(
-        **{k: jnp.asarray(v, jnp.float32) for k, v in floats.items()},
-        liquidity_multipliers=jnp.asarray(mult, jnp.float32),
-        window_size=int(kwargs.get("window_size", _ENV_DEFAULTS.window_size)),
-        episode_len=int(kwargs.get("episode_len", _ENV_DEFAULTS.episode_len)),
-        action_mode=action_mode,
-        position_levels=levels,
-        symbol_sampling=sampling,
-        role=int(role),
-    )
+    traced = {k: jnp.asarray(v, jnp.float32) for k, v in {**floats, **weights}.items()}
+    static = {"window_size": int(settings["window_size"]), "episode_len": int(settings["episode_len"]),
+              "action_mode": settings["action_mode"], "position_levels": levels,
+              "symbol_sampling": settings["symbol_sampling"], "role": int(role)}
+    return EnvParams({**traced, "liquidity_multipliers": jnp.asarray(mult, jnp.float32)}, static)
 
 
 def load_liquidity_multipliers(path) -> np.ndarray:
@@ -296,7 +282,7 @@ def market_step(state: EnvState, action, params: EnvParams, data: MarketData):
                      at(data.open, 1), at(data.close, 1), at(data.volatility, 0), at(data.volume, 1),
                      params.liquidity_multipliers.at[at(data.hour_of_week, 1)].get(mode="clip"), params)
 
-    reward = bar.log_return - params.turnover_penalty * bar.turnover
+    reward = bar.log_return - shaping_penalty(bar, params)
     flat = bar.position_filled == 0.0
     new_entry = tradable & ~flat & (jnp.sign(bar.position_filled) != jnp.sign(bar.position_open))
     entry_equity = jnp.where(flat, bar.equity, jnp.where(new_entry, bar.equity_open, state.entry_equity))

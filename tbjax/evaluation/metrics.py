@@ -36,12 +36,23 @@ STD_FLOOR = 1e-12  # a per-bar std below this is treated as zero (float rounding
 SORTINO_FALLBACK_MIN_NEGATIVE = 20  # the seed system used Sharpe with fewer negative bars
 TAIL_LEVEL = 0.05
 
-METRIC_KEYS = (
-    "n_bars", "total_return", "cagr", "volatility", "sharpe", "sortino", "sortino_fallback",
-    "calmar", "max_drawdown", "max_drawdown_duration", "var_5", "cvar_5", "turnover",
-    "turnover_total", "exposure", "n_trades", "n_round_trips", "win_rate", "profit_factor",
-    "avg_trade_return",
-)
+# Every metric of risk_metrics, registered ONCE with how a report shows it: (label, format), the
+# format one of percent, count, ratio (2 decimals), flag (yes / no) or number (4 significant
+# digits); tbjax.evaluation.report reads this table, so a new metric is its formula below plus
+# one entry here.
+METRICS: dict[str, tuple[str, str]] = {
+    "n_bars": ("bars", "count"), "total_return": ("total return", "percent"), "cagr": ("CAGR", "percent"),
+    "volatility": ("volatility (ann.)", "percent"), "sharpe": ("Sharpe", "ratio"), "sortino": ("Sortino", "ratio"),
+    "sortino_fallback": ("Sortino < 20 neg. bars", "flag"), "calmar": ("Calmar", "ratio"),
+    "max_drawdown": ("max drawdown", "percent"), "max_drawdown_duration": ("max DD duration (bars)", "count"),
+    "var_5": ("VaR 5% (per bar)", "percent"), "cvar_5": ("CVaR 5% (per bar)", "percent"),
+    "turnover": ("turnover per bar", "number"), "turnover_total": ("turnover total", "ratio"),
+    "exposure": ("exposure", "percent"), "n_trades": ("position changes", "count"),
+    "n_round_trips": ("round trips", "count"), "win_rate": ("win rate", "percent"),
+    "profit_factor": ("profit factor", "ratio"), "avg_trade_return": ("avg trip return", "percent"),
+}
+METRIC_KEYS = tuple(METRICS)
+SHOWN_METRICS = {**METRICS, "n_symbols": ("symbols", "count")}  # pooled_metrics adds n_symbols
 
 
 def infer_bars_per_year(open_time_ms: np.ndarray) -> float:

@@ -2,7 +2,7 @@
 
 objective = w_val·Sortino(val) + w_choppy·Sortino(CHOPPY_FLAT) + w_trend·Sortino(STRONG_TREND)
 (config keys eval.w_val / eval.w_choppy / eval.w_trend; docs/ALGORITHMS.md, "Regime objective").
-Defined here once; ``tbjax.run.setup.objective_of`` feeds it for training, HPO and evaluate.
+Defined here once; ``tbjax.evaluation.scoring.objective_of`` feeds it for training, HPO and evaluate.
 """
 
 from __future__ import annotations

@@ -61,8 +61,11 @@ def population_section(run_dir: Path, evals: dict) -> list[str]:
     rule = f"the {pop['top_k']} best on val" if pop.get("top_k") else "every member that beats flat on val"
     if pop.get("rule") not in (None, "top_k", "beat flat on val"):  # e.g. no member had a finite val objective
         rule = str(pop["rule"])
+    seeds = [m.get("seed") for m in pop["members"]]
+    who = ("seeds differ" if len(set(seeds)) == len(seeds) else
+           "a frontier's grid: each point's members repeat the same seeds, their risk settings differ")
     lines = ["## Population", "",
-             f"{pop['size']} members (seeds differ) trained as one program; the ensemble uses {rule} "
+             f"{pop['size']} members ({who}) trained as one program; the ensemble uses {rule} "
              f"(members {', '.join(str(i) for i in pop['selected'])}), each with its own frozen statistics. "
              "Members are chosen on validation only; their test rows are shown so the spread is visible.", "",
              "| member | seed | in ensemble | best update | val objective | val Sortino | test Sortino | test return "

@@ -27,7 +27,7 @@ from tbjax.evaluation.deployment import deployment_lines
 from tbjax.evaluation.population_report import population_section
 from tbjax.atomic import write_atomic, write_with  # noqa: E402
 from tbjax.errors import InputError  # noqa: E402
-from tbjax.evaluation.metrics import METRIC_KEYS, drawdown_curve, var_cvar  # noqa: E402
+from tbjax.evaluation.metrics import SHOWN_METRICS, drawdown_curve, var_cvar  # noqa: E402
 
 MAX_SYMBOLS_PLOTTED = 8  # beyond this a per-symbol panel grid stops being readable
 SERIES_KEYS = ("time_ms", "equity", "buy_and_hold_equity", "position", "returns")
@@ -35,21 +35,7 @@ HISTORY_KEYS = (
     "episode/return_mean", "ev/weighted", "ev/raw", "cvar/pred", "loss/policy", "loss/value",
     "loss/entropy", "approx_kl", "val/sortino", "val/objective",
 )
-PERCENT_KEYS = frozenset({"total_return", "cagr", "volatility", "max_drawdown", "var_5", "cvar_5",
-                          "exposure", "win_rate", "avg_trade_return"})
-COUNT_KEYS = frozenset({"n_bars", "n_trades", "n_round_trips", "max_drawdown_duration",
-                        "n_symbols"})
-RATIO_KEYS = frozenset({"sharpe", "sortino", "calmar", "profit_factor", "turnover_total"})
-METRIC_LABELS = {
-    "n_bars": "bars", "total_return": "total return", "cagr": "CAGR",
-    "volatility": "volatility (ann.)", "sharpe": "Sharpe", "sortino": "Sortino",
-    "sortino_fallback": "Sortino < 20 neg. bars", "calmar": "Calmar",
-    "max_drawdown": "max drawdown", "max_drawdown_duration": "max DD duration (bars)",
-    "var_5": "VaR 5% (per bar)", "cvar_5": "CVaR 5% (per bar)", "turnover": "turnover per bar",
-    "turnover_total": "turnover total", "exposure": "exposure", "n_trades": "position changes",
-    "n_round_trips": "round trips", "win_rate": "win rate", "profit_factor": "profit factor",
-    "avg_trade_return": "avg trip return", "n_symbols": "symbols",
-}
+METRIC_LABELS = {k: label for k, (label, _) in SHOWN_METRICS.items()}  # labels and formats: evaluation/metrics.py
 PER_SYMBOL_COLUMNS = ("n_bars", "total_return", "sharpe", "sortino", "max_drawdown", "cvar_5",
                       "turnover", "exposure", "n_trades", "win_rate")
 DEFAULT_OBJECTIVE_WEIGHTS = {"w_val": 0.5, "w_choppy": 0.3, "w_trend": 0.2}
@@ -74,13 +60,14 @@ def format_metric(key: str, value: Any) -> str:
     v = float(value)
     if not math.isfinite(v):
         return "n/a"
-    if key == "sortino_fallback":
+    kind = SHOWN_METRICS.get(key, ("", "number"))[1]
+    if kind == "flag":
         return "yes" if v else "no"
-    if key in PERCENT_KEYS:
+    if kind == "percent":
         return f"{100.0 * v:.2f}%"
-    if key in COUNT_KEYS:
+    if kind == "count":
         return f"{int(round(v))}"
-    if key in RATIO_KEYS:
+    if kind == "ratio":
         return f"{v:.2f}"
     return f"{v:.4g}"
 
@@ -233,7 +220,7 @@ def _split_section(split: str, ev: dict, plot_names: list[str]) -> list[str]:
     pooled = ev.get("pooled") or {}
     baselines = ev.get("baselines") or {}
     bh, flat = _pooled_of(baselines.get("buy_and_hold")), _pooled_of(baselines.get("flat"))
-    keys = [k for k in (*METRIC_KEYS, "n_symbols") if k in pooled or k in bh or k in flat]
+    keys = [k for k in SHOWN_METRICS if k in pooled or k in bh or k in flat]
     if "objective" in ev:
         lines += [f"**Objective:** {format_metric('objective', ev['objective'])}", ""]
     if keys:
@@ -337,11 +324,12 @@ def _summary(run_dir: Path, splits: list[str], evals: dict, series: dict,
     return lines + [""]
 
 
-SELECTION_FILE = "selection_bias.json"  # written by tbjax.hpo into the best trial's run directory
+SELECTION_FILE = "selection_bias.json"  # written by tbjax.hpo into best/ and each pareto/ member's run directory
 
 
 def _selection_section(run_dir: Path) -> list[str]:
-    """How this run was selected, when it is an HPO study's best trial (Deflated Sharpe, PBO)."""
+    """How this run was selected, when it is an HPO study's best trial or a Pareto-front member
+    (``chosen`` in the file; Deflated Sharpe, PBO)."""
     import json
 
     path = run_dir / SELECTION_FILE
@@ -349,8 +337,8 @@ def _selection_section(run_dir: Path) -> list[str]:
         return []
     bias = json.loads(path.read_text())
     return ["## Chosen among trials", "",
-            f"This run is the best of {bias.get('n_trials')} hyperparameter trials on the validation split; "
-            f"Deflated Sharpe Ratio {format_metric('dsr', bias.get('dsr'))}, probability of backtest "
+            f"This run is {bias.get('chosen', 'the best')} of {bias.get('n_trials')} hyperparameter trials on the "
+            f"validation split; Deflated Sharpe Ratio {format_metric('dsr', bias.get('dsr'))}, probability of backtest "
             f"overfitting {format_metric('pbo', bias.get('pbo'))} (docs/ALGORITHMS.md, \"Significance\").", "",
             f"Reading: {bias.get('reading')}", ""]
 

@@ -13,7 +13,7 @@ The chunk loop is training's (:func:`tbjax.run.chunks.run_chunks`: schedule, met
 guard per member, update count); :class:`_TrialChunks` is what a group of trials does at its hooks.
 
 Scores: one definition with training. Every backtest and objective comes from
-:mod:`tbjax.run.setup` (``evaluate_split``, ``regime_sortinos``, ``objective_of``) on a per-trial
+:mod:`tbjax.evaluation.scoring` (``evaluate_split``, ``regime_sortinos``, ``objective_of``) on a per-trial
 view of the Experiment whose config is the trial's: a trial's reports, value, ``val_metrics`` and
 ``test_metrics`` are what ``tbjax.train`` / ``tbjax.evaluate`` compute for that config and checkpoint.
 
@@ -30,6 +30,7 @@ trial's value is below their median, it is pruned (the MedianPruner rule of Optu
 objective stream). The trial's value is its best objective, kept with its carry by the trial's
 member book (:class:`tbjax.run.member_book.MemberBook`); that checkpoint is what it saves. With no
 new best for ``train.patience`` objectives a trial stops, COMPLETE (user attr ``stopped_early``).
+Other ``hpo.objectives`` keep this checkpoint and tell its values (:mod:`tbjax.hpo.objectives`).
 
 Failures. A skipped non-finite update (``raise_if_nonfinite``) prunes the trial with the reason
 in ``pruned_reason``. Sampled values that break a config or data rule fail the trial at once; an
@@ -66,12 +67,11 @@ from tbjax.data.market import ROLE_TEST, ROLE_VAL
 from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
-from tbjax.evaluation.metrics import pooled_returns
-from tbjax.evaluation.objective import finite_or_zero
-from tbjax.evaluation.metrics import json_safe
+from tbjax.evaluation.metrics import json_safe, pooled_returns
 from tbjax.hpo import liveness as _liveness
 from tbjax.hpo.liveness import Liveness, counted_trials
-from tbjax.hpo.program import Program, program_for, stack_trees
+from tbjax.hpo.objectives import Goals
+from tbjax.hpo.program import Program, program_for
 from tbjax.hpo.selection import INFEASIBLE_ATTR, val_candidate
 from tbjax.hpo.space import SearchSpace
 from tbjax.learner.trainer import Trainer
@@ -79,7 +79,8 @@ from tbjax.run.assembly import Assembly, assemble
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.chunks import Chunk, ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.member_book import MemberBook
-from tbjax.run.setup import Experiment, evaluate_split, objective_of, regime_sortinos
+from tbjax.evaluation.scoring import evaluate_split, objective_of, regime_sortinos
+from tbjax.run.experiment import Experiment
 
 OBJECTIVE_PRUNE_STARTUP = 3
 
@@ -128,6 +129,7 @@ class TrialRunner:
         self.programs: dict[tuple, Program] = {}
         self.trainers: dict[Any, Trainer] = {}
         self.liveness: Liveness | None = None
+        self.goals = Goals.of(base_cfg)  # hpo.objectives: what Optuna is told and whether it prunes
 
     # ------------------------------------------------------------------ programs
     @staticmethod
@@ -167,13 +169,13 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, m: Member, trainer: Trainer, carry, role: int) -> tuple[dict, dict]:
-        """The shared backtest of ``role`` (tbjax.run.setup.evaluate_split) for the trial's config."""
+        """The shared backtest of ``role`` (tbjax.evaluation.scoring.evaluate_split) for the trial's config."""
         return evaluate_split(m.exp, trainer.policy_apply, carry.params, carry.obs_stats, m.env_params, role)
 
     def objective(self, m: Member, trainer: Trainer, carry, val_eval: dict) -> float:
         """The regime objective from the val backtest plus the synthetic regime markets.
 
-        Composed of the same pieces as ``tbjax.run.setup.evaluate_with_objective`` (training's
+        Composed of the same pieces as ``tbjax.evaluation.scoring.evaluate_with_objective`` (training's
         best checkpoint); split here because the val backtest runs at every evaluation (pruner
         report) and the regime markets only every ``hpo.objective_every`` evaluations.
         """
@@ -202,8 +204,8 @@ class TrialRunner:
             self.liveness.discard(trial)
         trial.study.tell(trial, state=TrialState.FAIL)
 
-    def _save_trial(self, member: Member, trainer: Trainer) -> None:
-        """Metrics of the best checkpoint (the shared backtest) and the trial's folder.
+    def _save_trial(self, member: Member, trainer: Trainer):
+        """Metrics of the best checkpoint (the shared backtest) and the trial's folder; returns what Optuna is told.
 
         The folder is a run directory: ``python -m tbjax.evaluate --run-dir trials/<n>`` re-scores
         the checkpoint and writes the same ``val_metrics`` / ``test_metrics`` into eval/.
@@ -217,6 +219,7 @@ class TrialRunner:
         trial.set_user_attr("val_metrics", json_safe({k: val["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("test_metrics", json_safe({k: test["pooled"][k] for k in CORE_BASELINE_KEYS}))
         trial.set_user_attr("best_update", update)
+        told = self.goals.told(trial, objective, val["pooled"])
         trial_dir = self.run_dir / "trials" / str(trial.number)
         with atomic_folder(trial_dir) as staging:  # a worker killed while saving leaves no half folder
             write_atomic(staging / "config.yaml", dump_config(cfg))
@@ -228,6 +231,7 @@ class TrialRunner:
             finally:
                 ckpt.close()
         trial.set_user_attr("run_dir", str(trial_dir))
+        return told
 
     def _finish(self, member: Member, trainer: Trainer, state: TrialState, reason: str | None = None) -> None:
         """Write the trial's directory and attrs, then tell Optuna (PRUNED or COMPLETE)."""
@@ -237,12 +241,11 @@ class TrialRunner:
         trial.set_user_attr("objective_series", json_safe(member.objective_series))
         if reason:
             trial.set_user_attr("pruned_reason", reason)
-        if member.book.best(0) is not None:
-            self._save_trial(member, trainer)
+        told = self._save_trial(member, trainer) if member.book.best(0) is not None else None
         if self.liveness is not None:
             self.liveness.discard(trial)
         if state == TrialState.COMPLETE:
-            trial.study.tell(trial, member.book.objective[0])
+            trial.study.tell(trial, told)
         else:
             trial.study.tell(trial, state=TrialState.PRUNED)
         member.told = True
@@ -254,22 +257,18 @@ class TrialRunner:
         program = self.program(members[0], n_members)
         market = self.exp.market
         key = jax.random.PRNGKey(cfg.train.seed)  # common random numbers: every trial sees one stream
-        if n_members == 1:
-            (member,) = members
-            hps = member.hparams
-        else:
-            first = members[0]
-            members = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[], lr_applied=[],
-                                                     val_candidates=[], book=MemberBook(1))
-                                 for _ in range(n_members - len(members))]
-            hps = stack_trees([m.hparams for m in members])
+        first = members[0]  # a short group is padded with dead copies of its first trial
+        members = members + [dataclasses.replace(first, alive=False, pad=True, objective_series=[], lr_applied=[],
+                                                 val_candidates=[], book=MemberBook(1))
+                             for _ in range(n_members - len(members))]
+        hps = program.members([m.hparams for m in members])
         carry = program.start(key, hps, market)
         run_chunks(lambda c, alive: program.advance(c, hps, alive, market), carry, ChunkSchedule.of(cfg),
-                   _TrialChunks(self, members, program.trainer), n_members=program.stacked)
+                   _TrialChunks(self, members, program.trainer), n_members=program.stacked_members)
 
     def _evaluate(self, m: Member, trainer, carry, update: int, is_last: bool) -> None:
         val, val_series = self.evaluate(m, trainer, carry, ROLE_VAL)
-        m.trial.report(finite_or_zero(val["pooled"]["sortino"]), step=update)
+        self.goals.report(m.trial, val["pooled"], update)
         m.n_evals += 1
         reason = None
         if m.n_evals % m.cfg.hpo.objective_every == 0 or is_last:
@@ -281,10 +280,10 @@ class TrialRunner:
             if m.book.offer(0, value, update, carry).stopped and not is_last:  # keeps an owning host copy
                 m.trial.set_user_attr("stopped_early", {"update": update, "patience": m.cfg.train.patience})
                 return self._finish(m, trainer, TrialState.COMPLETE)  # train.patience, as training stops
-            if m.cfg.hpo.pruner != "none" and not is_last:
+            if m.cfg.hpo.pruner != "none" and not is_last and self.goals.median_rule:
                 reason = self._objective_prunes(m.trial.study, update, value)
-        if not is_last and reason is None and m.trial.should_prune():
-            reason = f"pruner ({m.cfg.hpo.pruner}) at update {update}: val Sortino below its rung"
+        if not is_last and reason is None and self.goals.should_prune(m.trial):
+            reason = f"pruner ({m.cfg.hpo.pruner}) at update {update}: {self.goals.reported_name} below its rung"
         if reason is not None:
             self._finish(m, trainer, TrialState.PRUNED, reason)
 

@@ -6,11 +6,11 @@ Each entry names a config key and a distribution::
     ppo.n_steps:       {type: int, low: 16, high: 64, step: 16}
     ppo.hidden_sizes:  {type: categorical, choices: [[64, 64], [128, 128]]}
 
-Two kinds of keys are searchable. Continuous learner settings (``ppo.<HParams field>`` and the
-reward-shaping ``env.turnover_penalty``) become traced HParams leaves, so a new trial reuses the
-compiled trainer (docs/DESIGN.md invariant 4). Shape and structure settings (``ppo.n_envs``,
-``ppo.hidden_sizes``, ...) change the static TrainerSpec: trials are grouped per signature and
-each signature compiles once. Market costs (fees, spread, slippage, ...) describe the market,
+Two kinds of keys are searchable. Continuous learner settings (every traced ``ppo.*`` key and the
+reward-shaping ``env.*`` weights such as ``env.turnover_penalty``) become traced HParams leaves, so
+a new trial reuses the compiled trainer (docs/DESIGN.md invariant 4). Shape and structure
+settings (``ppo.n_envs``, ``ppo.hidden_sizes``, ...) change the static TrainerSpec: trials are
+grouped per signature and each signature compiles once. Market costs (fees, spread, slippage, ...) describe the market,
 not the agent, and are not searchable: tuning them would fit the costs away.
 
 "Set by the user" means present in the YAML file or in ``--set`` (not a default): such a key is
@@ -49,10 +49,11 @@ from tbjax.errors import InputError
 from tbjax.hpo.space_check import check_combinations
 
 # What a search may vary, read from the config's traced/static declarations: every traced ppo.*
-# key and the reward shaping (no recompile), and the learner's static shapes plus the episode
-# length (one program per shape signature). Env costs and the action space describe the market
-# and the account, not the learner, so they are not searched.
-TRACED_KEYS = tuple(f"ppo.{k}" for k in keys_of_kind("traced", "ppo")) + ("env.turnover_penalty",)
+# key and the reward shaping (env.* keys declared shaping=True; no recompile), and the learner's
+# static shapes plus the episode length (one program per shape signature). Env costs and the action
+# space describe the market and the account, not the learner, so they are not searched.
+TRACED_KEYS = tuple(f"ppo.{k}" for k in keys_of_kind("traced", "ppo")) + tuple(
+    f"env.{k}" for k in keys_of_kind("shaping", "env"))
 STATIC_KEYS = tuple(f"ppo.{k}" for k in keys_of_kind("static", "ppo")) + ("env.episode_len",)
 SEARCHABLE_KEYS = TRACED_KEYS + STATIC_KEYS
 CVAR_ALPHA_KEY, NUM_QUANTILES_KEY = "ppo.cvar_alpha", "ppo.num_quantiles"

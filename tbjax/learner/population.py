@@ -1,5 +1,5 @@
-"""Populations: P trainer carries on one leading axis, trained by ONE compiled program, and the
-ensemble policy that acts for several of them.
+"""Populations: the carries of ``n_members`` learners on one leading axis (the member axis), trained
+by ONE compiled program, and the ensemble policy that acts for several of them.
 
 One mechanism for every population tbjax trains:
 
@@ -26,6 +26,13 @@ batched init's compile and run). A
 member that is pruned or diverges stops learning at once: when members are stepped one by one a
 ``lax.cond`` skips its chunk altogether (a pruned HPO trial stops costing compute); when they are
 batched, the ``alive`` mask selects its old carry after every chunk.
+
+One member is not stacked: :func:`population_program` of one member is the trainer's own jitted
+``init`` / ``train_chunk`` on its own carry (no member axis). That carry is the format of every lone
+run's, HPO trial's and walk-forward fold's checkpoint, which ``tbjax.evaluate`` and
+``tbjax.load_policy`` read, and the trainer's own program is what a lone run has always compiled
+(the same numbers). :class:`Program` is the one place that knows it: callers hand it per-member
+values as a list (:meth:`Program.members`) and read ``stacked_members``, and never test the count.
 """
 
 from __future__ import annotations
@@ -56,45 +63,53 @@ def stack_trees(trees: list) -> Any:
     return jax.tree_util.tree_map(stack, *trees)
 
 
-def member_keys(seed: int, size: int) -> jax.Array:
+def member_keys(seed: int, n_members: int) -> jax.Array:
     """Member i's key is ``PRNGKey(seed + i)``: member i of a population trains exactly as a lone
     run with ``train.seed = seed + i``, and member 0 as the run without a population."""
-    return jnp.stack([jax.random.PRNGKey(seed + i) for i in range(size)])
+    return jnp.stack([jax.random.PRNGKey(seed + i) for i in range(n_members)])
 
 
 @dataclass
 class Program:
-    """The compiled functions of one static signature (size 1: the trainer's own, unstacked)."""
+    """The compiled functions of one static signature over ``n_members`` members (one member: the
+    trainer's own, unstacked; module docstring)."""
 
     trainer: Trainer
     init: Callable
     chunk: Callable
-    batch: int
+    n_members: int
 
     @property
-    def stacked(self) -> int | None:
-        """Members on the carry's leading axis (``run_chunks``' ``batch``); None for size 1."""
-        return None if self.batch == 1 else self.batch
+    def stacked_members(self) -> int | None:
+        """Members on the carry's leading axis (``run_chunks``' ``n_members``); None when unstacked."""
+        return None if self.n_members == 1 else self.n_members
+
+    def members(self, trees: list, stacked: Any = None) -> Any:
+        """Per-member values (keys, HParams, data: one per member, in member order) as this program
+        takes them: stacked on the member axis (``stacked`` when the caller stacked them by its own
+        rule, e.g. walk-forward folds' shared arrays once), or the lone member's own value."""
+        if self.n_members == 1:
+            return trees[0]
+        return stack_trees(trees) if stacked is None else stacked
 
     def start(self, key, hparams, data):
         """The initial carry: one key for every member (common random numbers) unless ``key`` is
-        already stacked (one row per member)."""
-        if self.batch > 1 and jnp.ndim(key) == 1:
-            key = jnp.stack([key] * self.batch)
+        already one row per member (:meth:`members`)."""
+        if self.n_members > 1 and jnp.ndim(key) == 1:
+            key = jnp.stack([key] * self.n_members)
         return self.init(key, hparams, data)
+
+    def _args(self, alive) -> tuple:
+        """The ``alive`` mask, which only the stacked chunk takes (the trainer's own has no member to skip)."""
+        return () if self.n_members == 1 else (jnp.asarray(alive),)
 
     def compile(self, carry, hparams, data) -> None:
         """Compile the chunk for these arguments now (jit's cache keeps it for the first call)."""
-        if self.batch == 1:
-            self.chunk.lower(carry, hparams, data).compile()
-        else:
-            self.chunk.lower(carry, hparams, jnp.ones(self.batch, bool), data).compile()
+        self.chunk.lower(carry, hparams, *self._args(np.ones(self.n_members, bool)), data).compile()
 
     def advance(self, carry, hparams, alive, data):
         """One chunk for every member; a dead member (``alive`` False) keeps its carry."""
-        if self.batch == 1:
-            return self.chunk(carry, hparams, data)
-        return self.chunk(carry, hparams, jnp.asarray(alive), data)
+        return self.chunk(carry, hparams, *self._args(alive), data)
 
 
 _PROGRAMS: dict = {}
@@ -129,10 +144,10 @@ def _axes_key(axes):
     return tuple(leaves), treedef
 
 
-def default_member_batch(size: int) -> int:
+def default_member_batch(n_members: int) -> int:
     """Members stepped together: all of them on an accelerator, one at a time on a CPU (module
     docstring)."""
-    return 1 if jax.default_backend() == "cpu" else size
+    return 1 if jax.default_backend() == "cpu" else n_members
 
 
 def _split_data(data: Any, axes):
@@ -174,28 +189,29 @@ def _skip_dead(trainer: Trainer, rebuild: Callable) -> Callable:
     return one
 
 
-def population_program(trainer: Trainer, size: int, data_axis=None, member_batch: int | None = None) -> Program:
-    """A jitted ``init`` and ``train_chunk`` over ``size`` members, carry donated.
+def population_program(trainer: Trainer, n_members: int, data_axis=None, member_batch: int | None = None) -> Program:
+    """A jitted ``init`` and ``train_chunk`` over ``n_members`` members, carry donated.
 
     ``data_axis`` None: the MarketData is shared; 0: stacked, one per member; a pytree prefix of
     the data (``jax.vmap``'s ``in_axes``): per leaf. ``member_batch``: members stepped together
-    (``size``: one vmap; 1: ``lax.map`` one by one; None: :func:`default_member_batch`). Size 1
-    returns the trainer's own jitted functions. Programs are cached per signature, so a second
-    population with the same one never recompiles.
+    (``n_members``: one vmap; 1: ``lax.map`` one by one; None: :func:`default_member_batch`). One
+    member: the trainer's own jitted functions, unstacked (module docstring). Programs are cached
+    per signature, so a second population with the same one never recompiles.
     """
-    if size == 1:
+    if n_members == 1:  # the lone learner's own program and carry format (module docstring)
         return Program(trainer, trainer.init, trainer.train_chunk, 1)
-    member_batch = min(size, member_batch or default_member_batch(size))
-    key = (trainer, size, _axes_key(data_axis), member_batch)
+    member_batch = min(n_members, member_batch or default_member_batch(n_members))
+    key = (trainer, n_members, _axes_key(data_axis), member_batch)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
 
     def init(keys, hps, data):
-        members = [trainer.init(*take_member((keys, hps), i), member_data(data, data_axis, i)) for i in range(size)]
+        members = [trainer.init(*take_member((keys, hps), i), member_data(data, data_axis, i))
+                   for i in range(n_members)]
         return _stack(members)
 
     def chunk(carry, hps, alive, data):
-        if member_batch == size:
+        if member_batch == n_members:
             new, metrics = jax.vmap(trainer.train_chunk, in_axes=(0, 0, data_axis))(carry, hps, data)
         else:
             mapped, rebuild = _split_data(data, data_axis)
@@ -209,7 +225,7 @@ def population_program(trainer: Trainer, size: int, data_axis=None, member_batch
 
         return jax.tree_util.tree_map(keep, new, carry), metrics
 
-    _PROGRAMS[key] = Program(trainer, init, jax.jit(chunk, donate_argnums=0), size)
+    _PROGRAMS[key] = Program(trainer, init, jax.jit(chunk, donate_argnums=0), n_members)
     return _PROGRAMS[key]
 
 
@@ -272,10 +288,10 @@ class Ensemble:
     base: Callable
     action_mode: str
     position_levels: tuple
-    size: int
+    n_members: int
 
     def _keys(self, key):
-        return None if key is None else jax.random.split(key, self.size)
+        return None if key is None else jax.random.split(key, self.n_members)
 
     def __call__(self, params, obs_stats, obs, deterministic: bool = True, key=None):
         keys = self._keys(key)
@@ -299,21 +315,21 @@ class Ensemble:
 
     def initial_hidden(self, batch: tuple[int, ...]):
         h = self.base.initial_hidden(batch) if hasattr(self.base, "initial_hidden") else None
-        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (self.size, *x.shape)), h)
+        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (self.n_members, *x.shape)), h)
 
 
 @functools.lru_cache(maxsize=64)
-def _ensemble(policy_apply: Callable, action_mode: str, position_levels: tuple, size: int) -> Ensemble:
-    return Ensemble(policy_apply, action_mode, position_levels, size)
+def _ensemble(policy_apply: Callable, action_mode: str, position_levels: tuple, n_members: int) -> Ensemble:
+    return Ensemble(policy_apply, action_mode, position_levels, n_members)
 
 
-def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels, size: int) -> Ensemble:
-    """The acting function of ``size`` stacked members' (params, obs_stats): every member acts on
+def ensemble_apply(policy_apply: Callable, action_mode: str, position_levels, n_members: int) -> Ensemble:
+    """The acting function of ``n_members`` stacked members' (params, obs_stats): every member acts on
     the raw observation with ITS OWN frozen statistics (and its own recurrent state), then
     :func:`ensemble_action` combines them.
 
     Sampled (non-deterministic) evaluation gives each member its own stream of ``key``. One
-    object per (policy, action space, size): the compiled walk takes it as a static argument, so a
-    second evaluation of an ensemble never recompiles.
+    object per (policy, action space, member count): the compiled walk takes it as a static argument,
+    so a second evaluation of an ensemble never recompiles.
     """
-    return _ensemble(policy_apply, action_mode, tuple(float(v) for v in position_levels), int(size))
+    return _ensemble(policy_apply, action_mode, tuple(float(v) for v in position_levels), int(n_members))

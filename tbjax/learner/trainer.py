@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from tbjax.agent import ppo
 from tbjax.agent.diagnostics import explained_variance
-from tbjax.agent.hparams import HParams, TrainerSpec, make_hparams  # noqa: F401 (re-export)
+from tbjax.agent.hparams import HParams, TrainerSpec  # noqa: F401 (re-export)
 from tbjax.agent.networks import init_params, policy_mode, policy_sample
 from tbjax.agent.normalize import init_running_stats, normalize_obs
 from tbjax.agent.popart import denormalize_value, init_popart, popart_sigma

@@ -6,6 +6,12 @@ trainer comes from the process-wide cache :func:`trainer_for`, so two paths with
 signature share one set of compiled functions. The pieces (``env_params_from_config``,
 ``hparams_from_config``, ``spec_from_config``) stay public for callers that need EnvParams of
 another role or with overrides (evaluation walks, ``TradingPolicy.target_positions``).
+
+It is also the one adapter between the config and the layers below it, which never read the
+config: each piece copies the settings tbjax/config.py declares ``traced()`` / ``static()`` by
+that declaration (no field is listed here), and :func:`make_env_params`, :func:`make_hparams` and
+:func:`make_spec` give code that builds them by hand (tests, benchmarks, notebooks) the config's
+defaults.
 """
 
 from __future__ import annotations
@@ -13,47 +19,71 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tbjax.config import Config, EnvConfig, keys_of_kind
+from tbjax.agent.hparams import HParams, TrainerSpec, checked_hparams
+from tbjax.config import Config, default_config, keys_of_kind
 from tbjax.data.market import ROLE_TRAIN
 from tbjax.env import market as market_env
 from tbjax.env.market import EnvParams
-from tbjax.learner.trainer import HParams, Trainer, TrainerSpec, make_hparams
-
-# Every EnvParams field that has an env.* key of the same name: copied from the config as it is
-# (lists as tuples). ``role`` is the caller's; ``liquidity_multipliers`` is read from the file
-# that ``env.liquidity_seasonality`` names.
-_CONFIG_ENV_KEYS = {f.name for f in dataclasses.fields(EnvConfig)}
-ENV_KEYS = tuple(f.name for f in dataclasses.fields(EnvParams) if f.name in _CONFIG_ENV_KEYS)
+from tbjax.errors import InputError
+from tbjax.learner.trainer import Trainer
 
 
-def env_params_from_config(cfg: Config, role: int = ROLE_TRAIN, **static_overrides) -> EnvParams:
-    """EnvParams of ``role`` from ``cfg.env`` (every key of :data:`ENV_KEYS`), validated by
-    ``make_env_params``; ``static_overrides`` replace any of them."""
-    e = cfg.env
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k in ENV_KEYS for v in (getattr(e, k),)}
-    kwargs["role"] = role
-    if e.liquidity_seasonality:
-        kwargs["liquidity_multipliers"] = market_env.load_liquidity_multipliers(e.liquidity_seasonality)
-    kwargs.update(static_overrides)
-    return market_env.make_env_params(**kwargs)
+def declared(cfg: Config, section: str, kind: str) -> dict:
+    """``section``'s settings declared ``kind`` (traced / static) in tbjax/config.py, by name
+    (lists as tuples: static values are hashed)."""
+    values = getattr(cfg, section)
+    return {k: tuple(v) if isinstance(v, list) else v
+            for k in keys_of_kind(kind, section) for v in (getattr(values, k),)}
+
+
+def env_params_from_config(cfg: Config, role: int = ROLE_TRAIN, **overrides) -> EnvParams:
+    """EnvParams of ``role`` from every traced and static ``env.*`` key of ``cfg``, validated by
+    :func:`tbjax.env.market.checked_env_params` (the reward-shaping weights passed as such);
+    ``overrides`` replace any of them. ``liquidity_multipliers`` is read from the file that
+    ``env.liquidity_seasonality`` names."""
+    settings = {**declared(cfg, "env", "traced"), **declared(cfg, "env", "static"), "role": role}
+    if cfg.env.liquidity_seasonality:
+        settings["liquidity_multipliers"] = market_env.load_liquidity_multipliers(cfg.env.liquidity_seasonality)
+    settings.update(overrides)
+    shaping = {k: settings.pop(k) for k in keys_of_kind("shaping", "env")}
+    return market_env.checked_env_params(shaping=shaping, **settings)
+
+
+def make_env_params(**settings) -> EnvParams:
+    """EnvParams (train role unless ``role`` is given) with the config's ``env.*`` defaults,
+    ``settings`` replacing any of them."""
+    return env_params_from_config(default_config(), **settings)
 
 
 def spec_from_config(cfg: Config, n_groups: int) -> TrainerSpec:
-    p, t = cfg.ppo, cfg.train
-    return TrainerSpec(
-        n_envs=p.n_envs, n_steps=p.n_steps, n_epochs=p.n_epochs, n_minibatches=p.n_minibatches,
-        updates_per_chunk=t.updates_per_chunk, total_updates=cfg.n_updates,
-        hidden_sizes=tuple(p.hidden_sizes), num_quantiles=p.num_quantiles, non_crossing=p.non_crossing,
-        shared_torso=p.shared_torso, policy=p.policy, rnn_size=p.rnn_size, bar_features=p.bar_features, huber_kappa=p.huber_kappa, obs_clip=p.obs_clip,
-        lr_schedule=p.lr_schedule, precision=t.precision, n_groups=max(1, n_groups),
-    )
+    """The TrainerSpec of every static ``ppo.*`` and ``train.*`` key (TrainerSpec's fields of the same
+    names), the run's length in updates and the number of symbols."""
+    return TrainerSpec(**declared(cfg, "ppo", "static"), **declared(cfg, "train", "static"),
+                       total_updates=cfg.n_updates, n_groups=max(1, n_groups))
 
 
-HPARAM_FIELDS = keys_of_kind("traced", "ppo")
+def make_spec(**fields) -> TrainerSpec:
+    """TrainerSpec with the config's defaults, ``fields`` replacing any of them."""
+    return dataclasses.replace(spec_from_config(default_config(), n_groups=1), **fields)
 
 
 def hparams_from_config(cfg: Config, env_params) -> HParams:
-    return make_hparams(env_params, **{k: getattr(cfg.ppo, k) for k in HPARAM_FIELDS})
+    """HParams of every traced ``ppo.*`` key of ``cfg`` and ``env_params``."""
+    return checked_hparams(env_params, **declared(cfg, "ppo", "traced"))
+
+
+def make_hparams(env_params=None, **floats: float) -> HParams:
+    """HParams with the config's ``ppo.*`` defaults overridden by ``floats``.
+
+    Raises InputError for an unknown name, or (:func:`tbjax.agent.hparams.checked_hparams`) a value
+    outside its valid range, with the message a config gets.
+    """
+    defaults = declared(default_config(), "ppo", "traced")
+    unknown = sorted(set(floats) - set(defaults))
+    if unknown:
+        raise InputError(f"hyperparameters: unknown name(s) {', '.join(unknown)}; "
+                         f"valid names are {', '.join(defaults)}")
+    return checked_hparams(env_params, **{**defaults, **floats})
 
 
 _TRAINERS: dict = {}

@@ -2,7 +2,7 @@
 
 A training run (:meth:`tbjax.run.session.TrainingSession.train`: one member unstacked, or a seed
 population), a group of HPO trials (:meth:`tbjax.hpo.runner.TrialRunner.run_group`) and
-walk-forward folds (:mod:`tbjax.run.walkforward`) all call :func:`run_chunks`, several members
+walk-forward folds (:mod:`tbjax.walkforward.driver`) all call :func:`run_chunks`, several members
 stacked on the carry's leading axis. It owns what they must agree on:
 
 * the schedule (:class:`ChunkSchedule`): chunks of ``train.updates_per_chunk`` updates until

@@ -41,7 +41,7 @@ def _agent_evaluation(session, carry, meta: dict, which: str, splits) -> tuple[d
 def baseline_evaluation(session, hold, split: str) -> tuple[dict, dict]:
     """The baseline's (``hold``, a constant policy) eval dict and series on ``split``, traded
     through the env like the agent."""
-    from tbjax.run.setup import evaluate_with_objective
+    from tbjax.evaluation.scoring import evaluate_with_objective
 
     _, result, ser = evaluate_with_objective(session.exp, hold, None, None, session.env_params, ROLES[split])
     return result, ser

@@ -130,7 +130,7 @@ def host_copy(carry):
         return carry
     from jax.experimental import multihost_utils
 
-    from tbjax.run.carry_storage import storable
+    from tbjax.run.checkpoint.carry import storable
 
     return multihost_utils.process_allgather(storable(carry), tiled=True)
 

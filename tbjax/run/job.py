@@ -17,6 +17,7 @@ failed write leaves behind is decided here, the exit status and the printing are
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +32,21 @@ from tbjax.run.warmup import check_warmup
 NOTHING_WRITTEN = "before training started; nothing was written"
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How the command line asks a run to go, beside its config: the flags every training command
+    shares (:func:`tbjax.cli.common.add_training_flags`), each a field of the same name, copied by
+    :meth:`of`; a new flag is one line there and a field here."""
+
+    quiet: bool = False  # no progress bar; one log line per evaluation
+    max_chunks: int | None = None  # stop (resumably) after this many chunks in this invocation
+
+    @classmethod
+    def of(cls, args) -> RunOptions:
+        """The options of parsed arguments (an argparse namespace), field by field."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
 @dataclass
 class TrainResult:
     """How the invocation ended: ``finished`` (trained to the end and evaluated) or stopped resumably
@@ -41,8 +57,9 @@ class TrainResult:
     update: int
 
 
-def open_session(plan: Plan, quiet: bool):
-    """(session, carry) ready for the first chunk, compiled; nothing written."""
+def open_session(plan: Plan, options: RunOptions, make_session: Callable | None = None):
+    """(session, carry) ready for the first chunk, compiled; nothing written. ``make_session``:
+    ``(cfg, run_dir, **kwargs)`` → the session (default a TrainingSession; the frontier's own)."""
     from tbjax.run.distributed import is_primary, maybe_initialize_distributed
     from tbjax.run.session import TrainingSession
     from tbjax.run.rundir import check_same_data, resolve_run_paths
@@ -56,7 +73,8 @@ def open_session(plan: Plan, quiet: bool):
         from tbjax.data.pipeline import FeaturePipeline
 
         pipeline = FeaturePipeline.load(str(run_dir / "feature_pipeline.json"))
-    session = TrainingSession(cfg, run_dir, write=is_primary(), quiet=quiet, pipeline=pipeline)
+    session = (make_session or TrainingSession)(cfg, run_dir, write=is_primary(), quiet=options.quiet,
+                                                   pipeline=pipeline)
     if not plan.fresh:
         check_same_data(session.exp, run_dir)
     carry = session.start(resume=not plan.fresh, fix=lambda: resume_advice(run_dir))
@@ -70,9 +88,10 @@ def _run_info(command: list[str]) -> dict:
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def train_chunks(plan: Plan, session, carry, *, command: list[str], leftovers: list[str], quiet: bool,
-                 max_chunks: int | None, note: Callable[[str], None]) -> bool:
-    """Set up the run directory and train; True when training reached its end."""
+def train_chunks(plan: Plan, session, carry, *, command: list[str], leftovers: list[str], options: RunOptions,
+                 note: Callable[[str], None], continue_with: str | None = None) -> bool:
+    """Set up the run directory and train; True when training reached its end. ``continue_with``:
+    the command that continues the run (default :func:`~tbjax.run.resume.continue_command`'s)."""
     from tbjax.run.distributed import is_primary
     from tbjax.run.rundir import RunWriteError
 
@@ -87,13 +106,13 @@ def train_chunks(plan: Plan, session, carry, *, command: list[str], leftovers: l
             if plan.fresh and leftovers and leftovers != ["no checkpoint"]:
                 note(f"'{plan.run_dir}' held no usable checkpoint ({'; '.join(leftovers[:3])}); cleared it and "
                      "started afresh")
-            return session.train(resume=not plan.fresh, stop=stop, max_chunks=max_chunks, carry=carry)
+            return session.train(resume=not plan.fresh, stop=stop, max_chunks=options.max_chunks, carry=carry)
     except RunWriteError as exc:
         if session.saved_update is None:
             hint = "no checkpoint was saved: once fixed, run the same command again to start afresh"
         else:
             hint = (f"the newest complete checkpoint is update {session.saved_update}: once fixed, continue with: "
-                    f"{continue_command(plan.run_dir, quiet)}")
+                    f"{continue_with or continue_command(plan.run_dir, options.quiet)}")
         raise InputError(f"{exc}; {hint}") from None
 
 
@@ -110,15 +129,14 @@ def final_evaluation(session, run_dir: Path) -> None:
         raise InputError(f"{exc}; training is complete: once fixed, {evaluate_cmd} writes the evaluation") from None
 
 
-def train_job(plan: Plan, *, command: list[str], quiet: bool = False, max_chunks: int | None = None,
+def train_job(plan: Plan, *, command: list[str], options: RunOptions = RunOptions(),
               note: Callable[[str], None] = lambda text: None) -> TrainResult:
     """Run ``plan`` to its end (or a resumable stop). ``command`` is recorded in run_info.json;
     ``note`` receives the one line worth telling the user besides the result (cleared leftovers)."""
     with interrupt_means(NOTHING_WRITTEN):
         leftovers = check_fresh_run_dir(plan.run_dir) if plan.fresh else []
-        session, carry = open_session(plan, quiet)
-    finished = train_chunks(plan, session, carry, command=command, leftovers=leftovers, quiet=quiet,
-                            max_chunks=max_chunks, note=note)
+        session, carry = open_session(plan, options)
+    finished = train_chunks(plan, session, carry, command=command, leftovers=leftovers, options=options, note=note)
     if finished and session.write:  # several processes: process 0 evaluates and writes the report
         final_evaluation(session, plan.run_dir)
     return TrainResult(plan.run_dir, finished, session.update)

@@ -12,6 +12,17 @@ On disk a population run is a training run whose checkpoints hold the stacked ca
 the leading axis): "latest" the current carries, "best" every member's best carry, with the
 members' val objectives and the chosen members in its meta. ``tbjax.evaluate``,
 ``tbjax.load_policy`` and the report treat it as one policy and still list every member.
+
+A lone run (``train.population`` 1) builds its HParams, keys and carry through the same code
+(:func:`member_hparams`, :func:`initial_carry`: its program takes the lone member's own values,
+:meth:`tbjax.learner.population.Program.members`). Its OUTPUTS keep the lone format, and those are
+the only places that test the member count, each for that reason: its carry is unstacked
+(:func:`tbjax.learner.population.population_program`), its best checkpoint is written when it
+improves instead of kept in memory and its meta holds no member book
+(:mod:`tbjax.run.session_writes`, :meth:`tbjax.run.member_book.MemberBook.restore`), its evaluation
+has no ensemble section (:mod:`tbjax.run.deployed`) and ``load_policy`` reads it as one policy
+(:mod:`tbjax.api`). Every lone run, HPO trial and walk-forward fold folder on disk has that format,
+which ``tbjax.evaluate`` and ``load_policy`` read, and a lone run's numbers stay what they were.
 """
 
 from __future__ import annotations
@@ -30,8 +41,8 @@ from tbjax.run.chunks import take
 JITTERED = ("learning_rate", "ent_coef")
 
 
-def population_hparams(cfg: Config, hparams):
-    """The members' HParams stacked (``train.population`` of them); with ``train.population_jitter``
+def member_hparams(cfg: Config, hparams) -> list:
+    """Each member's HParams (``train.population`` of them); with ``train.population_jitter``
     = s > 0, member i > 0 scales ``ppo.learning_rate`` and ``ppo.ent_coef`` by exp(s·z), z ~ N(0, 1)
     drawn from ``train.seed`` (member 0 keeps the configured values)."""
     n_members, sigma = cfg.train.population, cfg.train.population_jitter
@@ -41,7 +52,12 @@ def population_hparams(cfg: Config, hparams):
         z = rng.standard_normal(len(JITTERED))
         members.append(hparams.replace(**{name: jnp.float32(float(getattr(hparams, name)) * math.exp(sigma * zi))
                                           for name, zi in zip(JITTERED, z)}))
-    return stack_trees(members)
+    return members
+
+
+def population_hparams(cfg: Config, hparams):
+    """The members' HParams (:func:`member_hparams`) stacked on the member axis."""
+    return stack_trees(member_hparams(cfg, hparams))
 
 
 def select_members(objectives: list[float], top_k: int | None) -> list[int]:
@@ -65,14 +81,13 @@ NO_VAL_EVIDENCE = "no member has a finite val objective (no val evidence): every
 
 
 def initial_carry(cfg: Config, trainer, hparams, market):
-    """A fresh carry from ``train.seed``: the trainer's own for one member; for several members stacked,
-    member i from ``train.seed + i`` with its (jittered) HParams. Training, evaluation and
-    ``load_policy`` (under ``jax.eval_shape``) all build their template here."""
-    n_members, seed = cfg.train.population, cfg.train.seed
-    if n_members == 1:
-        return trainer.init(jax.random.PRNGKey(seed), hparams, market)
-    return population_program(trainer, n_members).start(member_keys(seed, n_members), population_hparams(cfg, hparams),
-                                                        market)
+    """A fresh carry from ``train.seed``: member i from ``train.seed + i`` with its (jittered) HParams,
+    stacked (a lone member's own carry: :meth:`tbjax.learner.population.Program.members`). Training,
+    evaluation and ``load_policy`` (under ``jax.eval_shape``) all build their template here."""
+    n_members = cfg.train.population
+    program = population_program(trainer, n_members)
+    keys = program.members(list(member_keys(cfg.train.seed, n_members)))
+    return program.start(keys, program.members(member_hparams(cfg, hparams)), market)
 
 
 def chosen_members(cfg: Config, meta: dict) -> list[int]:
@@ -107,13 +122,15 @@ def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "
     """The ensemble's eval dict and series per split (what the agent's evaluation returns for one
     policy), each eval with a "population" entry: every member's metrics on that split, the
     members chosen on val and the rule that chose them."""
-    from tbjax.run.setup import evaluate_split, evaluate_with_objective
+    from tbjax.evaluation.scoring import evaluate_split, evaluate_with_objective
 
     selected = chosen_members(session.cfg, meta)
     apply, params, stats = ensemble_policy(session.cfg, session.trainer, carry, selected)
     n_members = session.cfg.train.population
     objectives = meta.get("member_objective") or [None] * n_members
     updates = meta.get("member_update") or [None] * n_members
+    # a frontier's members repeat its seeds point by point (tbjax.run.frontier): its checkpoints say so
+    seeds = meta.get("member_seeds") or [session.cfg.train.seed + i for i in range(n_members)]
     evals, series = {}, {}
     for split in splits:
         role = {"val": ROLE_VAL, "test": ROLE_TEST}[split]
@@ -123,7 +140,7 @@ def evaluate_population(session, carry, meta: dict, which: str, splits=("val", "
             one = take(carry, i)
             res, _ = evaluate_split(session.exp, session.trainer.policy_apply, one.params, one.obs_stats,
                                     session.env_params, role)
-            members.append({"member": i, "seed": session.cfg.train.seed + i, "selected": i in selected,
+            members.append({"member": i, "seed": seeds[i], "selected": i in selected,
                             "val_objective": objectives[i], "best_update": updates[i],
                             **{k: res["pooled"].get(k) for k in MEMBER_KEYS}})
         result["population"] = {"size": n_members, "selected": selected, "members": members,

@@ -147,7 +147,7 @@ def _split_checks(cfg, tables: dict) -> list[Check]:
 
 def _data_checks(cfg) -> tuple[list[Check], int | None, int]:
     """Processed data, rows per split, warm-up, splits; returns (checks, n_features, market bytes)."""
-    from tbjax.run.setup import load_processed
+    from tbjax.data.processed import load_processed
 
     try:
         tables, columns, _ = load_processed(cfg)

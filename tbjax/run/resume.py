@@ -115,8 +115,9 @@ def looks_like_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_ARTIFACTS)
 
 
-def check_fresh_run_dir(run_dir: Path) -> list[str]:
+def check_fresh_run_dir(run_dir: Path, continue_with: str | None = None) -> list[str]:
     """A fresh start may use ``run_dir``: new, empty, or an earlier attempt without a usable checkpoint.
+    ``continue_with``: the command that continues such a run (default :func:`continue_command`'s).
 
     Returns what of an earlier attempt will be cleared (for one note line); refuses a folder that
     holds a usable checkpoint (that is --resume's job) or that is not a run directory at all.
@@ -135,7 +136,7 @@ def check_fresh_run_dir(run_dir: Path) -> list[str]:
         if "latest" in usable:
             where = ", ".join(f"{kind} at update {update}" for kind, update in usable.items())
             raise InputError(f"run directory '{run_dir}' already holds checkpoints ({where}): continue it with "
-                             f"{continue_command(run_dir, quiet=False)}, or choose another --run-dir")
+                             f"{continue_with or continue_command(run_dir, quiet=False)}, or choose another --run-dir")
         if usable:
             raise InputError(f"run directory '{run_dir}' holds a usable best checkpoint (update {usable['best']}) "
                              f"but no usable latest one ({'; '.join(problems[:2]) or 'none saved'}): it cannot be "

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tbjax.agent import ppo
-from tbjax.agent.hparams import TrainerSpec, make_hparams
 from tbjax.errors import InputError
+from tbjax.run.assembly import make_hparams, make_spec
 
 
 def test_gae_hand_computed_with_termination_and_truncation():
@@ -116,11 +116,11 @@ def test_hparams_and_spec_validation():
     with pytest.raises(InputError, match="gamma"):
         make_hparams(None, gamma=1.5)
     with pytest.raises(InputError, match="n_minibatches"):
-        TrainerSpec(n_envs=10, n_steps=3, n_minibatches=4).validate()
+        make_spec(n_envs=10, n_steps=3, n_minibatches=4).validate()
     with pytest.raises(InputError, match="devices"):
-        TrainerSpec(n_envs=6, n_steps=4).validate(n_devices=4)
+        make_spec(n_envs=6, n_steps=4).validate(n_devices=4)
     with pytest.raises(InputError, match="lr_schedule"):
-        TrainerSpec(lr_schedule="cosine").validate()
+        make_spec(lr_schedule="cosine").validate()
 
 
 def test_adamw_step_matches_a_hand_written_reference():

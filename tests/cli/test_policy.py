@@ -18,7 +18,8 @@ from tbjax.config import config_to_dict, dump_config, load_config
 from tbjax.data.export import export_dataset
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN
 from tbjax.errors import InputError
-from tbjax.run.setup import build_experiment, env_params_from_config, hparams_from_config, spec_from_config
+from tbjax.run.assembly import env_params_from_config, hparams_from_config, spec_from_config
+from tbjax.run.experiment import build_experiment
 from tbjax.env.protocol import MarketEnv
 from tbjax.learner.trainer import make_trainer
 
@@ -247,7 +248,7 @@ def test_target_positions_refuse_nan_prices_features_and_unsorted_times(tiny_run
 def test_stochastic_evaluation_from_the_config_is_seeded_and_reproducible(tiny_run):
     import dataclasses
 
-    from tbjax.run.setup import evaluate_split
+    from tbjax.evaluation.scoring import evaluate_split
 
     cfg = load_config(None, tiny_config(tiny_run["cfg"].data.processed_dir) + ["eval.deterministic=false"])
     exp = dataclasses.replace(tiny_run["exp"], cfg=cfg)

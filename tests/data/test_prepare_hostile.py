@@ -283,7 +283,7 @@ def test_rerun_over_the_shipped_sample_keeps_it_byte_identical(tmp_path, capsys)
 
 def load(processed: Path, *overrides):
     from tbjax.config import load_config
-    from tbjax.run.setup import load_processed
+    from tbjax.data.processed import load_processed
 
     return load_processed(load_config(None, [f"data.processed_dir={processed}", *overrides]))
 

@@ -97,7 +97,8 @@ def test_role_ranges_rejects_split_blocks():
 
 def test_a_window_too_long_for_the_data_names_env_window_size_not_the_split():
     from tbjax.config import load_config
-    from tbjax.run.setup import load_processed, split_roles
+    from tbjax.data.processed import load_processed
+    from tbjax.run.experiment import split_roles
 
     # default embargo = warm-up of the window: the advice names env.window_size
     cfg = load_config("configs/base.yaml", ["env.window_size=3000"])

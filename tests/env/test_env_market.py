@@ -14,6 +14,7 @@ from env_fixtures import explicit_market, toy_market
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL
 from tbjax.env import market
 from tbjax.errors import InputError
+from tbjax.run.assembly import make_env_params
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_hand_computed_costs_buy_trim_flip_untradable_borrow():
     data = explicit_market(**HAND_BARS)
     mult = np.ones(168)
     mult[0] = 2.0  # every hand bar is hour-of-week 0: spread and slippage doubled
-    params = market.make_env_params(
+    params = make_env_params(
         window_size=1, episode_len=10, position_levels=(-1.0, 0.0, 0.5, 1.0), fee_bps=10.0,
         half_spread_bps=5.0, slippage_k=0.1, impact_coef=0.01, borrow_bps_per_bar=20.0,
         turnover_penalty=0.001, capital=1e4, equity_floor=0.1, liquidity_multipliers=mult)
@@ -116,8 +117,8 @@ def test_hand_computed_costs_buy_trim_flip_untradable_borrow():
 def test_equity_floor_terminates_not_truncates():
     data = explicit_market(open_=[100, 100, 60, 60], close=[100, 100, 60, 60], volatility=[0.0] * 4,
                            volume=[1e6] * 4, tradable=[True] * 4)
-    params = market.make_env_params(window_size=1, episode_len=10, fee_bps=0.0, half_spread_bps=0.0,
-                                    slippage_k=0.0, impact_coef=0.0, equity_floor=0.7)
+    params = make_env_params(window_size=1, episode_len=10, fee_bps=0.0, half_spread_bps=0.0,
+                             slippage_k=0.0, impact_coef=0.0, equity_floor=0.7)
     state = market.reset_at(params, data, 0, 0)
     state, _, terminated, truncated, _ = market.market_step(state, 2, params, data)  # long 1.0 at 100
     assert not bool(terminated) and not bool(truncated)
@@ -128,16 +129,16 @@ def test_equity_floor_terminates_not_truncates():
 
 
 def test_continuous_action_maps_linearly_and_clips():
-    params = market.make_env_params(action_mode="continuous", min_position=-0.5, max_position=1.5)
+    params = make_env_params(action_mode="continuous", min_position=-0.5, max_position=1.5)
     got = [float(market.target_position(jnp.float32(a), params)) for a in (-1.0, 0.0, 0.5, 1.0, 3.0, -7.0)]
     np.testing.assert_allclose(got, [-0.5, 0.5, 1.0, 1.5, 1.5, -0.5], rtol=1e-6)
-    assert market.n_actions(params) == 1 and market.n_actions(market.make_env_params()) == 3
+    assert market.n_actions(params) == 1 and market.n_actions(make_env_params()) == 3
 
 
 # ------------------------------------------------------------------ no lookahead
 def test_perturbing_bars_after_t_leaves_the_past_unchanged(data):
-    params = market.make_env_params(window_size=8, episode_len=64, position_levels=(-1.0, 0.0, 1.0),
-                                    borrow_bps_per_bar=5.0)
+    params = make_env_params(window_size=8, episode_len=64, position_levels=(-1.0, 0.0, 1.0),
+                             borrow_bps_per_bar=5.0)
     start, cut, n_steps = 50, 80, 40  # decisions at bars 50..89; rows > cut are perturbed
     actions = np.random.default_rng(0).integers(0, 3, n_steps)
 
@@ -176,8 +177,8 @@ def test_perturbing_bars_after_t_leaves_the_past_unchanged(data):
 @pytest.mark.parametrize("role", [ROLE_TRAIN, ROLE_VAL])
 def test_episodes_never_touch_rows_outside_their_role(data, role):
     window, n_envs, n_steps = 8, 512, 2000
-    params = market.make_env_params(window_size=window, episode_len=32, role=role, symbol_sampling="length",
-                                    position_levels=(-1.0, 0.0, 1.0), impact_coef=0.0, equity_floor=0.8)
+    params = make_env_params(window_size=window, episode_len=32, role=role, symbol_sampling="length",
+                             position_levels=(-1.0, 0.0, 1.0), impact_coef=0.0, equity_floor=0.8)
     market.check_data(params, data)
     vstep = jax.vmap(functools.partial(market.step, return_final_obs=False), in_axes=(0, 0, 0, None, None))
 
@@ -206,8 +207,8 @@ def test_episodes_never_touch_rows_outside_their_role(data, role):
 
 # ------------------------------------------------------------------ determinism, auto-reset
 def test_same_key_same_trajectory_and_vmap_equals_loop(data):
-    params = market.make_env_params(window_size=8, episode_len=16, action_mode="continuous",
-                                    min_position=-1.0, max_position=1.0, borrow_bps_per_bar=3.0)
+    params = make_env_params(window_size=8, episode_len=16, action_mode="continuous",
+                             min_position=-1.0, max_position=1.0, borrow_bps_per_bar=3.0)
     n_envs, n_steps = 4, 40
     keys = jax.random.split(jax.random.PRNGKey(3), n_steps * n_envs + n_envs).reshape(n_steps + 1, n_envs, 2)
     actions = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (n_steps, n_envs, 1)), jnp.float32)
@@ -238,8 +239,8 @@ def test_same_key_same_trajectory_and_vmap_equals_loop(data):
 
 def test_auto_reset_returns_fresh_state_and_final_obs(data):
     # no shaping: episode_return sums the rewards, which then equal the log equity changes
-    params = market.make_env_params(window_size=8, episode_len=3, fee_bps=5.0, slippage_k=0.05, impact_coef=0.01,
-                                    turnover_penalty=0.0)
+    params = make_env_params(window_size=8, episode_len=3, fee_bps=5.0, slippage_k=0.05, impact_coef=0.01,
+                             turnover_penalty=0.0)
     state = market.reset_at(params, data, 1, 100)
     key = jax.random.PRNGKey(9)
     for k in range(3):
@@ -258,7 +259,7 @@ def test_auto_reset_with_raw_per_env_keys_reaches_every_symbol(data):
     # A caller passing PRNGKey(i) per env (raw keys, words (0, i)) must get uniform auto-resets,
     # not symbol 0 for every env.
     n = 4000
-    params = market.make_env_params(window_size=8, episode_len=1)
+    params = make_env_params(window_size=8, episode_len=1)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n))
     states = jax.vmap(lambda s: market.reset_at(params, data, 0, 100 + s % 50))(jnp.arange(n))
     actions = jnp.zeros(n, jnp.int32)
@@ -272,7 +273,7 @@ def test_length_weighted_sampling_matches_row_counts(data):
     n = 20000
     keys = jax.random.split(jax.random.PRNGKey(0), n)
     for sampling, p0 in (("length", 240 / (240 + 180)), ("uniform", 0.5)):
-        params = market.make_env_params(window_size=8, episode_len=32, symbol_sampling=sampling)
+        params = make_env_params(window_size=8, episode_len=32, symbol_sampling=sampling)
         _, states = jax.jit(jax.vmap(market.reset, in_axes=(0, None, None)))(keys, params, data)
         share = float(np.mean(np.asarray(states.symbol) == 0))
         assert abs(share - p0) < 4 * math.sqrt(p0 * (1 - p0) / n), (sampling, share)
@@ -294,11 +295,11 @@ def test_length_weighted_sampling_matches_row_counts(data):
 ])
 def test_bad_settings_raise_input_error(kwargs, fragment):
     with pytest.raises(InputError, match=fragment):
-        market.make_env_params(**kwargs)
+        make_env_params(**kwargs)
 
 
 def test_short_role_names_symbol_and_role(data):
-    params = market.make_env_params(window_size=16, episode_len=60, role=ROLE_VAL)
+    params = make_env_params(window_size=16, episode_len=60, role=ROLE_VAL)
     with pytest.raises(InputError, match=r"symbol 'SYM1' has 60 rows in role 'val' .* 77 are needed"):
         market.check_data(params, data)
 

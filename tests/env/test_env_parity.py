@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from env_fixtures import toy_market
 from tbjax.env import market
 from tbjax.env.gym import MarketGymEnv
+from tbjax.run.assembly import make_env_params
 
 N_STEPS = 1200
 COSTS = dict(fee_bps=4.0, half_spread_bps=2.0, slippage_k=0.05, impact_coef=0.005, borrow_bps_per_bar=10.0,
@@ -62,13 +63,13 @@ def twin_rollout(env, first_start, actions, next_starts, dones):
 @pytest.mark.parametrize("mode", ["discrete", "continuous"])
 def test_jax_and_gym_twin_agree_step_by_step(data, mode):
     if mode == "discrete":
-        params = market.make_env_params(window_size=8, episode_len=64, position_levels=(-1.0, -0.5, 0.0, 0.5, 1.0),
-                                        liquidity_multipliers=liquidity_curve(), **COSTS)
+        params = make_env_params(window_size=8, episode_len=64, position_levels=(-1.0, -0.5, 0.0, 0.5, 1.0),
+                                 liquidity_multipliers=liquidity_curve(), **COSTS)
         actions = np.random.default_rng(1).integers(0, 5, N_STEPS).astype(np.int32)
     else:
-        params = market.make_env_params(window_size=8, episode_len=64, action_mode="continuous",
-                                        min_position=-1.0, max_position=1.5, symbol_sampling="length",
-                                        liquidity_multipliers=liquidity_curve(), **COSTS)
+        params = make_env_params(window_size=8, episode_len=64, action_mode="continuous",
+                                 min_position=-1.0, max_position=1.5, symbol_sampling="length",
+                                 liquidity_multipliers=liquidity_curve(), **COSTS)
         actions = np.random.default_rng(2).uniform(-1.3, 1.3, (N_STEPS, 1)).astype(np.float32)
     obs0, state0, (obs, reward, done, info, next_sym, next_bar) = jax_rollout(params, data, jnp.asarray(actions), 7)
 
@@ -97,7 +98,7 @@ def test_jax_and_gym_twin_agree_step_by_step(data, mode):
 
 
 def test_gym_twin_passes_gymnasium_checker_and_samples_inside_role(data):
-    params = market.make_env_params(window_size=8, episode_len=32, role=1)
+    params = make_env_params(window_size=8, episode_len=32, role=1)
     env = MarketGymEnv(data, params)
     check_env(env, skip_render_check=True)
     starts = np.asarray(data.role_start)[:, 1]

@@ -13,6 +13,7 @@ from tbjax.data.market import fold_view, scaled_once, stack_folds
 from tbjax.data.pipeline import FeaturePipeline
 from tbjax.env import market
 from tbjax.env.gym import MarketGymEnv
+from tbjax.run.assembly import make_env_params
 
 N, WINDOW, TRAIN = 120, 5, 60
 COLUMNS = ["trend", "gappy", "late"]
@@ -66,7 +67,7 @@ def test_env_twin_and_transform_see_the_same_float32_window(setup, role, bar):
     tabs, pipe, data = setup
     out = pipe.transform(tabs["ONE"])
     expected = np.stack([out[f"{c}_z"] for c in COLUMNS], 1)[bar - WINDOW + 1:bar + 1].reshape(-1)
-    params = market.make_env_params(window_size=WINDOW, episode_len=8, role=role)
+    params = make_env_params(window_size=WINDOW, episode_len=8, role=role)
     state = market.fresh_account(0, bar)
     env_obs = np.asarray(jax.jit(market.observe)(state, params, data))
     once = jax.jit(lambda s, p, d: market.observe(s, p, scaled_once(d)))(state, params, data)
@@ -85,7 +86,7 @@ def test_stacked_folds_observe_each_folds_scaling_on_one_copy(setup):
     views = [data, fold_view(data, other.scaling(), [[(0, 90), (90, 100), (100, N)]])]
     stacked, axes = stack_folds(views)
     assert stacked.features is data.features and stacked.scaling.shift.shape == (2, len(COLUMNS))
-    params = market.make_env_params(window_size=WINDOW, episode_len=8, role=2)
+    params = make_env_params(window_size=WINDOW, episode_len=8, role=2)
     state = market.fresh_account(0, 110)
     obs = jax.jit(jax.vmap(lambda d: market.observe(state, params, d), in_axes=(axes,)))(stacked)
     once = jax.jit(jax.vmap(lambda d: market.observe(state, params, scaled_once(d)), in_axes=(axes,)))(stacked)

@@ -12,7 +12,7 @@ from env_fixtures import explicit_market, toy_market
 from tbjax.evaluation.backtest import backtest
 from tbjax.learner.walk import walk
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN, ROLE_VAL
-from tbjax.env import market as market_env
+from tbjax.run.assembly import make_env_params
 
 OPEN = [100.0, 101.0, 103.0, 100.0, 97.0, 100.0, 104.0, 103.0]
 CLOSE = [100.0, 102.0, 101.0, 98.0, 99.0, 101.0, 103.0, 105.0]
@@ -34,8 +34,8 @@ def test_constant_half_position_reports_the_turnover_the_env_charged():
     n = len(CLOSE)
     data = explicit_market(OPEN, CLOSE, [0.01] * n, [1e9] * n, [True] * n,
                            role_ranges=[(0, 0), (0, n), (0, 0)])
-    params = market_env.make_env_params(window_size=2, episode_len=64, fee_bps=10.0, half_spread_bps=0.0,
-                                        slippage_k=0.0, impact_coef=0.0)
+    params = make_env_params(window_size=2, episode_len=64, fee_bps=10.0, half_spread_bps=0.0,
+                             slippage_k=0.0, impact_coef=0.0)
     result, series = backtest(half_position, None, None, data, params, ROLE_VAL, 252.0)
     # By hand: decisions on bars 1..6 (window 2, the last decision needs bar 7 to fill on).
     p, traded, equity = 0.0, [], 1.0
@@ -63,7 +63,7 @@ def toy():
 
 
 def test_stochastic_evaluation_is_seeded_and_reproducible(toy):
-    params = market_env.make_env_params(window_size=8, episode_len=32)
+    params = make_env_params(window_size=8, episode_len=32)
     det, _ = backtest(random_level, None, None, toy, params, ROLE_VAL, 252.0)
     assert det["pooled"]["exposure"] == 0.0  # level 0 = flat
     with pytest.raises(ValueError, match="needs a PRNG key"):
@@ -81,7 +81,7 @@ def test_every_split_shares_one_compiled_walk(toy):
     before = walk._cache_size()
     for role in (ROLE_TRAIN, ROLE_VAL, ROLE_TEST):
         for params_role in (ROLE_TRAIN, ROLE_VAL, ROLE_TEST):
-            params = market_env.make_env_params(window_size=8, episode_len=32, role=params_role)
+            params = make_env_params(window_size=8, episode_len=32, role=params_role)
             backtest(half_position, None, None, toy, params, role, 252.0)
     assert walk._cache_size() - before == 1
 
@@ -92,7 +92,7 @@ def test_buy_and_hold_per_symbol_is_reported_by_hand():
     n = len(CLOSE)
     data = explicit_market(OPEN, CLOSE, [0.01] * n, [1e9] * n, [True] * n,
                            role_ranges=[(0, 0), (0, n), (0, 0)])
-    params = market_env.make_env_params(window_size=2, episode_len=64)
+    params = make_env_params(window_size=2, episode_len=64)
     result, _ = backtest(half_position, None, None, data, params, ROLE_VAL, 252.0)
     # decisions on bars 1..6 mark returns on bars 2..7: buy-and-hold from close_1 to close_7
     bh = result["baselines"]["buy_and_hold"]["per_symbol"]["HAND"]["total_return"]
@@ -106,7 +106,7 @@ def test_backtest_says_whether_the_pooled_result_is_real(toy):
     from tbjax.evaluation.metrics import pooled_series
     from tbjax.evaluation.significance import is_it_real
 
-    params = market_env.make_env_params(window_size=8, episode_len=32)
+    params = make_env_params(window_size=8, episode_len=32)
     result, series = backtest(random_level, None, None, toy, params, ROLE_VAL, 8760.0,
                               deterministic=False, key=jax.random.PRNGKey(3))
     sig = result["is_it_real"]

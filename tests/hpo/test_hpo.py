@@ -24,7 +24,9 @@ from tiny_run_config import tiny_body, tiny_market
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.config import load_config
 from tbjax.data.market import ROLE_VAL
-from tbjax.run.setup import build_experiment, env_params_from_config, evaluate_split
+from tbjax.evaluation.scoring import evaluate_split
+from tbjax.run.assembly import env_params_from_config
+from tbjax.run.experiment import build_experiment
 from tbjax.errors import InputError
 from tbjax.cli.hpo import main as hpo_main
 from tbjax.hpo.storage import make_storage

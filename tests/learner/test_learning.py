@@ -27,7 +27,7 @@ from tbjax.evaluation.oracle import threshold_oracle
 from tbjax.evaluation.significance import probabilistic_sharpe_ratio
 from tbjax.run.population import ensemble_policy
 from tbjax.run.session import TrainingSession
-from tbjax.run.setup import evaluate_split
+from tbjax.evaluation.scoring import evaluate_split
 
 COST_BPS = 5.0  # fee 4 bp + half spread 1 bp per unit of traded notional
 LEVEL = 0.85  # measured here: 0.92 (the default population ensemble; one 256-env learner held 0.84)

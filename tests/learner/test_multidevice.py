@@ -19,15 +19,16 @@ SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from known_envs import PhaseCycleEnv, make_known_params
-from tbjax.learner.trainer import TrainerSpec, make_hparams, make_mesh, make_trainer
+from tbjax.learner.trainer import make_mesh, make_trainer
+from tbjax.run.assembly import make_hparams, make_spec
 
 assert len(jax.devices()) == 4, jax.devices()
 hp = make_hparams(make_known_params(), gamma=0.9, popart_beta=0.05, learning_rate=1e-3)
 out = {}
 for policy in ("mlp", "gru"):
-    spec = TrainerSpec(n_envs=16, n_steps=8, n_epochs=2, n_minibatches=2, updates_per_chunk=3,
-                       hidden_sizes=(16,), num_quantiles=8, holdout_size=32, lr_schedule="constant",
-                       policy=policy, rnn_size=8)
+    spec = make_spec(n_envs=16, n_steps=8, n_epochs=2, n_minibatches=2, updates_per_chunk=3,
+                     hidden_sizes=(16,), num_quantiles=8, holdout_size=32, lr_schedule="constant",
+                     policy=policy, rnn_size=8)
     for n_dev in (4, 1):
         trainer = make_trainer(spec, PhaseCycleEnv(4, 7), make_known_params(), mesh=make_mesh(jax.devices()[:n_dev]))
         carry = trainer.init(jax.random.PRNGKey(0), hp, None)

@@ -16,13 +16,13 @@ from tbjax.agent.normalize import init_running_stats, update_running_stats
 from tbjax.agent.popart import PopArtStats, denormalize_value
 from tbjax.config import load_config
 from tbjax.data.market import ROLE_VAL
-from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
 from tbjax.errors import InputError
 from tbjax.evaluation.backtest import backtest
 from tbjax.learner.rollout import rollout
-from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
+from tbjax.learner.trainer import make_trainer
 from tbjax.learner.update import ppo_batch
+from tbjax.run.assembly import make_env_params, make_hparams, make_spec
 
 
 @pytest.mark.parametrize("policy,shared", [("gru", False), ("lstm", False), ("gru", True)])
@@ -31,9 +31,9 @@ def test_replay_reproduces_the_rollouts_log_probs_and_values(policy, shared):
     non-zero stored state; the replay of the stored sequences from that state with resets at the episode starts
     gives the rollout's log-probs and values (float32 rounding apart) before any gradient step."""
     data = toy_market()
-    env_params = market.make_env_params(window_size=4, episode_len=5)
-    spec = TrainerSpec(n_envs=8, n_steps=12, n_minibatches=2, hidden_sizes=(16,), num_quantiles=8,
-                       holdout_size=16, policy=policy, rnn_size=8, shared_torso=shared)
+    env_params = make_env_params(window_size=4, episode_len=5)
+    spec = make_spec(n_envs=8, n_steps=12, n_minibatches=2, hidden_sizes=(16,), num_quantiles=8,
+                     holdout_size=16, policy=policy, rnn_size=8, shared_torso=shared)
     ctx = make_trainer(spec, MarketEnv(), env_params).context
     hp = make_hparams(env_params)
     params = init_params(ctx.network, jax.random.PRNGKey(0), 4 * 3 + 4)
@@ -67,9 +67,9 @@ SEEDS = (0, 1, 2)
 def _val_fractions_of_oracle(policy: str, seeds=SEEDS) -> list[float]:
     """Val Sharpe / the oracle's for one trainer (compiled once) trained on each seed's market."""
     env_params = memory_env_params()
-    spec = TrainerSpec(n_envs=64, n_steps=24, n_epochs=4, n_minibatches=4, updates_per_chunk=25, total_updates=50,
-                       hidden_sizes=(32,), num_quantiles=8, holdout_size=64, policy=policy, rnn_size=32,
-                       lr_schedule="constant")
+    spec = make_spec(n_envs=64, n_steps=24, n_epochs=4, n_minibatches=4, updates_per_chunk=25, total_updates=50,
+                     hidden_sizes=(32,), num_quantiles=8, holdout_size=64, policy=policy, rnn_size=32,
+                     lr_schedule="constant")
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params, learning_rate=1e-3, gamma=0.9)
     fractions = []
@@ -118,9 +118,9 @@ def test_hpo_batched_program_runs_a_gru_like_separate_trials():
     from tbjax.hpo.program import program_for, stack_trees
 
     data = toy_market()
-    env_params = market.make_env_params(window_size=4, episode_len=10)
-    spec = TrainerSpec(n_envs=8, n_steps=12, n_epochs=1, n_minibatches=2, updates_per_chunk=2, hidden_sizes=(16,),
-                       num_quantiles=8, holdout_size=16, policy="gru", rnn_size=8)
+    env_params = make_env_params(window_size=4, episode_len=10)
+    spec = make_spec(n_envs=8, n_steps=12, n_epochs=1, n_minibatches=2, updates_per_chunk=2, hidden_sizes=(16,),
+                     num_quantiles=8, holdout_size=16, policy="gru", rnn_size=8)
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hps = [make_hparams(env_params, learning_rate=lr) for lr in (1e-3, 3e-3)]
     program = program_for(trainer, 2)
@@ -142,9 +142,9 @@ def test_recurrent_holdout_ev_reads_the_current_networks_own_states():
     from tbjax.agent.diagnostics import explained_variance
 
     data = toy_market()
-    env_params = market.make_env_params(window_size=4, episode_len=5)
-    spec = TrainerSpec(n_envs=8, n_steps=12, n_epochs=2, n_minibatches=2, updates_per_chunk=4, hidden_sizes=(16,),
-                       num_quantiles=8, holdout_size=32, policy="gru", rnn_size=8, lr_schedule="constant")
+    env_params = make_env_params(window_size=4, episode_len=5)
+    spec = make_spec(n_envs=8, n_steps=12, n_epochs=2, n_minibatches=2, updates_per_chunk=4, hidden_sizes=(16,),
+                     num_quantiles=8, holdout_size=32, policy="gru", rnn_size=8, lr_schedule="constant")
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params, learning_rate=3e-2)
     carry0 = trainer.init(jax.random.PRNGKey(0), hp, data)

@@ -13,9 +13,10 @@ import pytest
 
 from known_envs import PhaseCycleEnv, RiskChoiceEnv, make_known_params, phase_cycle_values
 from tbjax.env.protocol import MarketEnv
-from tbjax.learner.trainer import NonFiniteUpdateError, TrainerSpec, make_hparams, make_trainer, raise_if_nonfinite
+from tbjax.learner.trainer import NonFiniteUpdateError, make_trainer, raise_if_nonfinite
+from tbjax.run.assembly import make_env_params, make_hparams, make_spec
 
-RISK_SPEC = TrainerSpec(
+RISK_SPEC = make_spec(
     n_envs=256, n_steps=4, n_epochs=4, n_minibatches=4, updates_per_chunk=50, total_updates=100,
     lr_schedule="linear", hidden_sizes=(16,), num_quantiles=16, holdout_size=64)
 N_CHUNKS = RISK_SPEC.total_updates // RISK_SPEC.updates_per_chunk
@@ -122,8 +123,8 @@ def test_absurd_learning_rate_trips_the_guard(risk):
 
 
 PHASES, GAMMA = 4, 0.9
-PHASE_SPEC = TrainerSpec(n_envs=32, n_steps=8, n_epochs=4, n_minibatches=4, updates_per_chunk=60,
-                         hidden_sizes=(32,), num_quantiles=8, holdout_size=64, lr_schedule="constant")
+PHASE_SPEC = make_spec(n_envs=32, n_steps=8, n_epochs=4, n_minibatches=4, updates_per_chunk=60,
+                       hidden_sizes=(32,), num_quantiles=8, holdout_size=64, lr_schedule="constant")
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +166,10 @@ def test_market_env_smoke_learning():
     from env_fixtures import toy_market
 
     data = toy_market(lengths=(400, 300), n_features=3, seed=0)
-    env_params = market.make_env_params(window_size=8, episode_len=16, fee_bps=5.0)
+    env_params = make_env_params(window_size=8, episode_len=16, fee_bps=5.0)
     market.check_data(env_params, data)
-    spec = TrainerSpec(n_envs=16, n_steps=16, n_epochs=2, n_minibatches=2, updates_per_chunk=4,
-                       hidden_sizes=(16,), num_quantiles=8, holdout_size=64, n_groups=2, lr_schedule="constant")
+    spec = make_spec(n_envs=16, n_steps=16, n_epochs=2, n_minibatches=2, updates_per_chunk=4,
+                     hidden_sizes=(16,), num_quantiles=8, holdout_size=64, n_groups=2, lr_schedule="constant")
     trainer = make_trainer(spec, MarketEnv(), env_params)
     hp = make_hparams(env_params)
     carry = trainer.init(jax.random.PRNGKey(1), hp, data)

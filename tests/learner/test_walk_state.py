@@ -14,18 +14,19 @@ from tbjax.data.market import ROLE_VAL, scaled_once
 from tbjax.env import market
 from tbjax.env.protocol import MarketEnv
 from tbjax.evaluation.backtest import split_walk
-from tbjax.learner.trainer import TrainerSpec, make_trainer
+from tbjax.learner.trainer import make_trainer
 from tbjax.learner.walk import WALK_ROLE, walk
+from tbjax.run.assembly import make_env_params, make_spec
 
 EPISODE = 8
 
 
 def _walked(policy: str, action_mode: str, data):
     """(trainer, params, stats, env params, start, n, walk outputs) of an untrained policy on val."""
-    env_params = market.make_env_params(window_size=4, episode_len=EPISODE, action_mode=action_mode).replace(
+    env_params = make_env_params(window_size=4, episode_len=EPISODE, action_mode=action_mode).replace(
         role=WALK_ROLE)
-    spec = TrainerSpec(n_envs=2, n_steps=8, n_minibatches=1, hidden_sizes=(8,), num_quantiles=4, holdout_size=8,
-                       policy=policy, rnn_size=4)
+    spec = make_spec(n_envs=2, n_steps=8, n_minibatches=1, hidden_sizes=(8,), num_quantiles=4, holdout_size=8,
+                     policy=policy, rnn_size=4)
     trainer = make_trainer(spec, MarketEnv(), env_params)
     obs_dim = 4 + 4 * data.n_features
     params = init_params(trainer.context.network, jax.random.PRNGKey(3), obs_dim)

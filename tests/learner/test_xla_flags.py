@@ -12,7 +12,8 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from tbjax.config import load_config
-    from tbjax.run.setup import build_experiment, trainer_for, spec_from_config, hparams_from_config, env_params_from_config
+    from tbjax.run.assembly import env_params_from_config, hparams_from_config, spec_from_config, trainer_for
+    from tbjax.run.experiment import build_experiment
     from tbjax.hpo.program import program_for, stack_trees
     cfg = load_config("configs/base.yaml", ["ppo.n_envs=16", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=4",
                       "ppo.hidden_sizes=[64, 64]", "ppo.num_quantiles=16", "env.episode_len=64",

@@ -12,13 +12,13 @@ import pytest
 
 from env_fixtures import toy_market
 from tbjax.run.checkpoint import RunCheckpoints
-from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.env.protocol import MarketEnv
-from tbjax.learner.trainer import TrainerSpec, make_hparams, make_trainer
+from tbjax.learner.trainer import make_trainer
+from tbjax.run.assembly import make_env_params, make_hparams, make_spec
 
-SPEC = TrainerSpec(n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2, updates_per_chunk=1, total_updates=1,
-                   hidden_sizes=(8,), num_quantiles=4, holdout_size=16)
+SPEC = make_spec(n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2, updates_per_chunk=1, total_updates=1,
+                 hidden_sizes=(8,), num_quantiles=4, holdout_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def carry_template():
     """The real TrainCarry structure (params, Adam state, PopArt, RunningStats, env states, rng,
     counters, holdout) of trainer.init on a toy market, as shapes only (traced, not compiled)."""
     data = toy_market(lengths=(200, 160), n_features=2)
-    env_params = market_env.make_env_params(window_size=8, episode_len=16)
+    env_params = make_env_params(window_size=8, episode_len=16)
     trainer = make_trainer(SPEC, MarketEnv(), env_params)
     return jax.eval_shape(trainer.init, jax.random.PRNGKey(0), make_hparams(env_params), data)
 
@@ -246,7 +246,7 @@ def test_unreadable_step_without_file_list_is_skipped_quietly(tmp_path, carry_te
 def test_structure_mismatch_names_the_leaves_only_one_side_has():
     """A checkpoint from a tbjax whose network layout differs (e.g. two per-bar encoders before they
     became one layer) must say which arrays differ, not only how many."""
-    from tbjax.run.carry_storage import describe_mismatch
+    from tbjax.run.checkpoint.carry import describe_mismatch
 
     saved = [[".params['actor_torso_bars']['kernel']", [19, 2], "float32"],
              [".params['critic_torso_bars']['kernel']", [19, 2], "float32"],

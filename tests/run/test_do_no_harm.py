@@ -18,7 +18,7 @@ import pytest
 from tbjax import load_policy
 from tbjax.cli import train as train_cli
 from tbjax.config import load_config
-from tbjax.run import walkforward as wfm
+from tbjax.walkforward import driver as wfm
 from tiny_run_config import tiny_market
 
 TINY = ["ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16]",

@@ -233,7 +233,7 @@ def test_an_ensemble_of_one_recurrent_policy_twice_acts_as_that_policy(processed
     walk (a state reset each bar would act differently)."""
     from tbjax.data.market import ROLE_TEST
     from tbjax.learner.population import stack_trees
-    from tbjax.run.setup import evaluate_split
+    from tbjax.evaluation.scoring import evaluate_split
 
     session = TrainingSession(config(processed, "ppo.policy=gru", "ppo.rnn_size=8"), tmp_path, write=False)
     carry = session.template()

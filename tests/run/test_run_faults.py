@@ -360,7 +360,7 @@ def test_evaluate_on_a_read_only_run_prints_metrics_and_says_they_were_not_saved
 # bytecode, which one long sleep(120) delays by 120 s (it did once, under a full parallel suite).
 IN_PHASE = """
 import pathlib, sys, time
-import tbjax.run.setup as experiment
+import tbjax.run.experiment as experiment
 from tbjax.run import session
 from tbjax.cli import train
 marker, phase = pathlib.Path(sys.argv[1]), sys.argv[2]

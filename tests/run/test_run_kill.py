@@ -8,7 +8,7 @@ lines before it arm one SIGKILL of the process itself at the chosen point of the
 
 * ``orbax-item``: inside orbax's save, the carry's arrays written, its meta item not;
 * ``orbax-commit``: inside orbax's save, both items written, the step not yet renamed into place;
-* ``file-list``: orbax's step committed, tbjax's own file list (checkpoint_files.FILE_LIST) not written;
+* ``file-list``: orbax's step committed, tbjax's own file list (tbjax.run.checkpoint.files.FILE_LIST) not written;
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ ARM = {
     "orbax-item": ORBAX.format(tail="latest/2.orbax-checkpoint-tmp/carry"),
     "orbax-commit": ORBAX.format(tail="latest/2"),
     "file-list": """
-        from tbjax.run import checkpoint
+        from tbjax.run.checkpoint import save as checkpoint
         real = checkpoint.write_atomic
         def write_atomic(path, *a, **k):
             if path.name == checkpoint.FILE_LIST and str(path.parent).endswith("latest/2"):

@@ -1,4 +1,4 @@
-"""Walk-forward: K folds (tbjax.run.folds) trained as ONE vmapped program, or one by one.
+"""Walk-forward: K folds (tbjax.walkforward.folds) trained as ONE vmapped program, or one by one.
 
 The market's arrays (prices, raw features, ...) are built ONCE and shared by every fold; a fold
 is a view of them (:func:`tbjax.data.market.fold_view`) with its own role ranges and the feature
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tbjax.config import Config, lone_learner
@@ -37,19 +36,14 @@ from tbjax.evaluation.backtest import split_walk
 from tbjax.evaluation.deployment import baseline_name, baseline_policy, decide
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics, union_mean
 from tbjax.evaluation.significance import is_it_real
-from tbjax.learner.population import population_program, stack_trees
-from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
-from tbjax.run.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
+from tbjax.learner.population import population_program
+from tbjax.data.processed import load_processed
+from tbjax.evaluation.scoring import backtest_as_configured, bar_times, objective_of, regime_sortinos
 from tbjax.run.assembly import assemble
+from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
+from tbjax.run.experiment import regime_market
 from tbjax.run.member_book import MemberBook
-from tbjax.run.setup import (
-    backtest_as_configured,
-    bar_times,
-    load_processed,
-    objective_of,
-    regime_market,
-    regime_sortinos,
-)
+from tbjax.walkforward.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
 
 
 @dataclass
@@ -191,19 +185,22 @@ def seed_keys(cfg: Config, k: int):
 
 
 def fold_program(wf: WalkForward):
-    """(the folds' population program, their data): shared arrays once, per-fold leaves stacked."""
-    datas, axes = stack_folds([fd.market for fd in wf.folds])
-    return population_program(wf.trainer, len(wf.folds), data_axis=axes), datas
+    """(the folds' population program, their data as it takes it): shared arrays once, per-fold
+    leaves stacked (one fold: its own market, as the lone learner's program takes it)."""
+    markets = [fd.market for fd in wf.folds]
+    datas, axes = stack_folds(markets)
+    program = population_program(wf.trainer, len(markets), data_axis=axes)
+    return program, program.members(markets, stacked=datas)
 
 
 def train_vmapped(wf: WalkForward, log=None) -> None:
     n_members = len(wf.folds)
     wf.start_training()
     program, datas = fold_program(wf)
-    hps = stack_trees([wf.hparams] * n_members)
-    carry = program.start(jnp.stack([seed_keys(wf.cfg, k) for k in range(n_members)]), hps, datas)
+    hps = program.members([wf.hparams] * n_members)
+    carry = program.start(program.members([seed_keys(wf.cfg, k) for k in range(n_members)]), hps, datas)
     run_chunks(lambda c, alive: program.advance(c, hps, alive, datas), carry, ChunkSchedule.of(wf.cfg),
-               BestByVal(wf, 0, log, n_members), n_members=program.stacked)
+               BestByVal(wf, 0, log, n_members), n_members=program.stacked_members)
 
 
 def train_sequential(wf: WalkForward, log=None) -> None:
@@ -282,7 +279,7 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
 
 
 def run_walkforward(cfg: Config, run_dir: Path, sequential: bool = False, log=None) -> dict:
-    from tbjax.run.walkforward_outputs import save_fold_runs, write_outputs
+    from tbjax.walkforward.outputs import save_fold_runs, write_outputs
 
     wf = build_folds(cfg)
     (train_sequential if sequential else train_vmapped)(wf, log)

@@ -1,4 +1,4 @@
-"""Walk-forward folds (tbjax.run.folds, tbjax.run.walkforward, python -m tbjax.walkforward), tiny budget.
+"""Walk-forward folds (tbjax.walkforward.folds, tbjax.walkforward.driver, python -m tbjax.walkforward), tiny budget.
 
 Checks: K folds vmapped equal K sequential runs; one compile of the vmapped chunk for K folds; each
 fold's feature statistics come from its own train rows only; the stitched out-of-sample series has no
@@ -19,11 +19,11 @@ from tbjax.cli import prepare as prepare_cli
 from tbjax.cli import synth as synth_cli
 from tbjax.cli import walkforward as wf_cli
 from tbjax.config import load_config
-from tbjax.run import walkforward as wfm
+from tbjax.data.processed import load_processed
 from tbjax.run.chunks import Chunk
-from tbjax.run.folds import union_times
 from tbjax.run.member_book import MemberBook
-from tbjax.run.setup import load_processed
+from tbjax.walkforward import driver as wfm
+from tbjax.walkforward.folds import union_times
 
 TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
@@ -176,7 +176,7 @@ def test_bad_plans_exit_2_with_one_message(processed, tmp_path, capsys, bad):
 
 
 def test_plan_tiles_the_end_and_rolling_keeps_train_length(processed):
-    from tbjax.run.folds import plan_folds
+    from tbjax.walkforward.folds import plan_folds
 
     cfg = config(processed, "walkforward.folds=3")
     folds = plan_folds(cfg, 2000)
@@ -204,7 +204,7 @@ def test_a_diverged_fold_stops_alone(trained):
 
 
 def test_spans_given_as_durations_are_bars_at_the_datas_rate(processed):
-    from tbjax.run.folds import bars_per_day, plan_folds
+    from tbjax.walkforward.folds import bars_per_day, plan_folds
 
     union = union_times(load_processed(config(processed))[0])
     per_day = bars_per_day(union)
@@ -233,7 +233,7 @@ def test_each_folds_saved_policy_trades_as_the_walkforward_did(run, request, tmp
     load_policy must carry the hidden state through each symbol's bars in order from its start, as
     the walk-forward's backtest did, or the positions drift apart after the first bar."""
     import tbjax
-    from tbjax.run.walkforward_outputs import save_fold_runs
+    from tbjax.walkforward.outputs import save_fold_runs
 
     wf, stitched = request.getfixturevalue(run)[0], request.getfixturevalue(run)[3]
     assert (wf.cfg.ppo.policy == "gru") == (run == "trained_gru")
@@ -283,7 +283,7 @@ def test_each_fold_folder_evaluates_its_own_val_and_test_as_the_walkforward_did(
 
     from tbjax.cli import evaluate as evaluate_cli
     from tbjax.run.reevaluate import evaluate_run
-    from tbjax.run.walkforward_outputs import save_fold_runs, write_outputs
+    from tbjax.walkforward.outputs import save_fold_runs, write_outputs
 
     wf, _, rows, stitched = trained
     user = dataclasses.replace(wf, cfg=dataclasses.replace(wf.cfg, data=dataclasses.replace(wf.cfg.data, **BASE_SPLIT)))

@@ -24,8 +24,8 @@ from tbjax.config import dump_config
 from tbjax.data.splits import format_ms
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.run.deployed import DEPLOYMENT_FILE
-from tbjax.run.folds import union_times
 from tbjax.run.rundir import run_write
+from tbjax.walkforward.folds import union_times
 
 
 def _jsonable(x):
@@ -125,7 +125,7 @@ def fold_config(wf, fd, union):
     """``wf.cfg`` (one learner's, :func:`build_folds`) with fold ``fd``'s split as ``data.*``.
 
     Each role's first and last union bar as inclusive times (so a symbol's rows in them are exactly
-    :func:`tbjax.run.folds.symbol_ranges`), ``embargo_bars: 0`` (the plan's embargo rows lie between
+    :func:`tbjax.walkforward.folds.symbol_ranges`), ``embargo_bars: 0`` (the plan's embargo rows lie between
     the roles already), the walk-forward's ``bars_per_year`` and its symbols: what
     ``tbjax.evaluate`` needs to score the fold's own val and test bars as the walk-forward did."""
     f = fd.fold

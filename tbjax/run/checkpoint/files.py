@@ -2,7 +2,7 @@
 
 Orbax writes a step into ``<n>.orbax-checkpoint-tmp-<time>``, writes :data:`COMMIT_FILE` and
 renames it into place, so a process killed mid-save leaves only a tmp folder that orbax does not
-list. After orbax commits, :mod:`tbjax.run.checkpoint` writes :data:`FILE_LIST`: the size and
+list. After orbax commits, :mod:`tbjax.run.checkpoint.save` writes :data:`FILE_LIST`: the size and
 SHA-256 of every file of the step (:func:`step_files`). :func:`step_damage` compares a step with
 its list before orbax reads anything, so no orbax read ever sees a damaged file of a step that has
 a file list. :func:`save_error` turns whatever a failed save raised into one user-facing message.
