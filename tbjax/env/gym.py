@@ -53,6 +53,9 @@ class MarketGymEnv(gymnasium.Env):
         # every traced float setting (costs, shaping, bounds) as a float32 scalar, by its env.* name
         self.cost = SimpleNamespace(**{k: F32(np.asarray(v)) for k, v in params.traced.items()
                                        if k != "liquidity_multipliers"})
+        # static settings read every step, as plain attributes (a SettingsTree lookup costs ~2 us)
+        self.window_size, self.episode_len = int(params.window_size), int(params.episode_len)
+        self.action_mode = params.action_mode
         self.liquidity = np.asarray(params.liquidity_multipliers, F32)
         self.levels = np.asarray(params.position_levels, F32)
         size = observation_size(params, data)
@@ -70,15 +73,15 @@ class MarketGymEnv(gymnasium.Env):
             symbol = int(self.np_random.choice(len(rows), p=rows / rows.sum()))
         else:
             symbol = int(self.np_random.integers(len(rows)))
-        lo = self.role_start[symbol] + self.params.window_size - 1
-        hi = self.role_end[symbol] - 1 - self.params.episode_len
+        lo = self.role_start[symbol] + self.window_size - 1
+        hi = self.role_end[symbol] - 1 - self.episode_len
         return symbol, int(self.np_random.integers(lo, max(hi, lo) + 1))
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         if options and "symbol" in options:
             symbol = int(options["symbol"])
-            lo = self.role_start[symbol] + self.params.window_size - 1
+            lo = self.role_start[symbol] + self.window_size - 1
             bar = int(np.clip(int(options["bar"]), lo, self.role_end[symbol] - 2))
         else:
             symbol, bar = self._sample_start()
@@ -89,18 +92,18 @@ class MarketGymEnv(gymnasium.Env):
         return self._observe(), {"symbol": symbol, "bar": bar}
 
     def _observe(self) -> np.ndarray:
-        w = self.params.window_size
+        w = self.window_size
         window = self.features[self.symbol, self.bar - w + 1:self.bar + 1].reshape(-1)
         account = np.array([
             self.position,
             np.log(self.equity / self.entry_equity),
-            F32(self.bars_in_position) / F32(self.params.episode_len),
+            F32(self.bars_in_position) / F32(self.episode_len),
             F32(1.0) - self.equity / self.peak_equity,
         ], dtype=F32)
         return np.concatenate([account, window]).astype(F32)
 
     def _target(self, action) -> np.float32:
-        if self.params.action_mode == "discrete":
+        if self.action_mode == "discrete":
             return self.levels[int(np.clip(int(np.asarray(action).reshape(())), 0, len(self.levels) - 1))]
         a = F32(np.clip(F32(np.asarray(action, F32).reshape(())), -1.0, 1.0))
         lo, hi = self.cost.min_position, self.cost.max_position
@@ -156,7 +159,7 @@ class MarketGymEnv(gymnasium.Env):
         self.bar = t + 1
 
         terminated = bool(new_equity < c.equity_floor)
-        truncated = bool(self.episode_step >= self.params.episode_len or t + 3 > self.role_end[s]) and not terminated
+        truncated = bool(self.episode_step >= self.episode_len or t + 3 > self.role_end[s]) and not terminated
         obs = self._observe()
         info = {
             "symbol": s, "bar": t, "gross_log_return": F32(gross),
