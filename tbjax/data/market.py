@@ -5,8 +5,9 @@ fit on the train rows). The features stay RAW; ``scaling`` holds the train stati
 compiled program that steps the env first calls :func:`scaled_once`, which z-scores the whole
 feature block ONCE (S x T x F values) so the env's per-step window read is a plain copy; scaling
 each window on every step instead cost 5.8x the env's throughput (docs/PERFORMANCE.md). Symbols of
-different length are padded to the longest one; ``lengths`` and the per-role row ranges say which rows are real. The env only ever
-reads rows inside one role's range, which is what keeps train episodes out of val/test rows.
+different length are padded to the longest one; ``lengths`` and the per-role row ranges say which
+rows are real. The env only ever reads rows inside one role's range, which is what keeps train
+episodes out of val/test rows.
 
 Walk-forward folds share one MarketData's big arrays: a fold differs only in its
 :data:`PER_FOLD_FIELDS` (role ranges and scaling), so :func:`stack_folds` stacks just those on a
