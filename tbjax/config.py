@@ -181,6 +181,7 @@ class WalkForwardConfig:
     test_bars: Any = None  # None: the data's bars // (folds + 4)
     step_bars: Any = None  # None: test_bars (test segments tile the end of the data)
     embargo_bars: Any = None  # None: the warm-up length
+    seeds: int = 1  # learners per fold (train.seed .. + seeds - 1); > 1: a fold deploys their val-chosen ensemble
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,13 @@ def lone_learner(cfg: Config) -> Config:
     population's carry for a lone learner's checkpoint."""
     train = dataclasses.replace(cfg.train, population=1, ensemble_top_k=None, population_jitter=0.0)
     return dataclasses.replace(cfg, train=train)
+
+
+def with_population(cfg: Config, n_members: int) -> Config:
+    """``cfg`` with ``train.population = n_members``: the config a group of seeds saves (a frontier's
+    point, a walk-forward fold with ``walkforward.seeds`` > 1), so ``tbjax.evaluate`` and
+    ``load_policy`` on its folder build that many members."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, population=n_members))
 
 
 def default_config() -> Config:

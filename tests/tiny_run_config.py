@@ -5,14 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tbjax.cli import prepare, synth
+from tbjax.data.prepare import prepare
+from tbjax.data.synthetic_dump import write_synthetic_dump
+
+
+def synthetic_market(root: Path, processed: str = "processed", **dump) -> Path:
+    """``write_synthetic_dump(root / "raw", **dump)`` then ``prepare`` into ``root / processed`` (what
+    ``python -m tbjax.synth`` and ``python -m tbjax.prepare`` do); returns the processed folder."""
+    write_synthetic_dump(root / "raw", **dump)
+    prepare(root / "raw", root / processed)
+    return root / processed
 
 
 def tiny_market(root: Path) -> Path:
     """Synthetic raw klines prepared under ``root``; returns the processed folder."""
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
-    return root / "processed"
+    return synthetic_market(root, symbols=2, bars=1500, seed=3)
 
 
 def tiny_body(processed: Path, total_env_steps: int) -> dict:

@@ -20,7 +20,7 @@ nothing is reported and nothing pruned: ``hpo.pruner`` is not used (said once on
 ``hpo_summary.json``). ``train.patience`` still ends a trial early (training's rule, not a pruner).
 A single objective other than the regime objective reports that metric of every val backtest to
 the pruner (the study's direction applied by Optuna); the regime objective's median rule
-(:meth:`tbjax.hpo.runner.TrialRunner._objective_prunes`) prunes the regime objective only.
+(:func:`tbjax.hpo.trial_scores.objective_prunes`) prunes the regime objective only.
 
 An undefined metric (a Sortino without a losing bar, a flat policy's Sharpe) counts as 0, as in
 the regime objective (:func:`tbjax.evaluation.objective.finite_or_zero`); Optuna would fail a trial

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tbjax.config import Config, validate
+from tbjax.config import Config, validate, with_population
 from tbjax.data.market import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.learner.population import member_keys
@@ -63,10 +63,6 @@ def with_settings(cfg: Config, settings: dict) -> Config:
         section, name = key.split(".")
         sections.setdefault(section, {})[name] = float(value)
     return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **kw) for s, kw in sections.items()})
-
-
-def with_population(cfg: Config, n_members: int) -> Config:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, population=n_members))
 
 
 def describe(settings: dict) -> str:
@@ -152,10 +148,14 @@ class FrontierSession(TrainingSession):
     def template(self):
         return self.program.start(self.grid.keys(), self.run_hparams, self.exp.market)
 
+    def member_name(self, i: int) -> str:
+        p = i // self.grid.seeds
+        return f"frontier point {p} ({describe(self.grid.points[p])}) seed {self.grid.seed_of(i)}"
+
     def _latest_meta(self, save: dict) -> dict:
         """A checkpoint's record, with every member's seed (point p's seed s is ``train.seed + s``)."""
         seeds = [self.grid.seed_of(m) for m in range(self.grid.n_members)]
-        return {**super()._latest_meta(save), "member_seeds": seeds}
+        return {**super()._latest_meta(save), "member_seeds": seeds, "frontier_points": len(self.grid.points)}
 
 
 def continue_command(run_dir: Path, quiet: bool) -> str:

@@ -13,6 +13,9 @@ failed write leaves behind is decided here, the exit status and the printing are
    command that continues from it.
 3. :func:`final_evaluation` restores the best checkpoint and writes eval/ and report.md; training is
    complete, so an interrupt or a failed write names ``python -m tbjax.evaluate`` as the way on.
+
+:func:`train_run` is the whole command as one library call (plan + :func:`train_job`), for notebooks
+and tests that need a finished run without going through argv.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from tbjax.errors import InputError
 from tbjax.run.interrupts import Interrupted, StopFlag, deferred_interrupts, interrupt_means
-from tbjax.run.resume import Plan, check_fresh_run_dir, continue_command, evaluate_command, resume_advice
+from tbjax.run.resume import (Plan, check_fresh_run_dir, continue_command, evaluate_command, plan_fresh,
+                              plan_resume, resume_advice)
 from tbjax.run.warmup import check_warmup
 
 NOTHING_WRITTEN = "before training started; nothing was written"
@@ -129,14 +133,46 @@ def final_evaluation(session, run_dir: Path) -> None:
         raise InputError(f"{exc}; training is complete: once fixed, {evaluate_cmd} writes the evaluation") from None
 
 
+def refuse_frontier(run_dir: Path) -> None:
+    """``tbjax.train --resume`` continues training runs only: a frontier's members train its grid's
+    settings (their own HParams), which a training session would silently replace by the config's."""
+    from tbjax.run.checkpoint import RunCheckpoints
+
+    with RunCheckpoints(run_dir) as ckpt:
+        meta = ckpt.meta("latest") or {}
+    if "frontier_points" in meta or (Path(run_dir) / "frontier.json").is_file():
+        raise InputError(f"'{run_dir}' is a frontier run (python -m tbjax.frontier): continue it with "
+                         f"python -m tbjax.frontier --run-dir {run_dir} --resume")
+
+
 def train_job(plan: Plan, *, command: list[str], options: RunOptions = RunOptions(),
               note: Callable[[str], None] = lambda text: None) -> TrainResult:
     """Run ``plan`` to its end (or a resumable stop). ``command`` is recorded in run_info.json;
     ``note`` receives the one line worth telling the user besides the result (cleared leftovers)."""
     with interrupt_means(NOTHING_WRITTEN):
+        if not plan.fresh:
+            refuse_frontier(plan.run_dir)
         leftovers = check_fresh_run_dir(plan.run_dir) if plan.fresh else []
         session, carry = open_session(plan, options)
     finished = train_chunks(plan, session, carry, command=command, leftovers=leftovers, options=options, note=note)
     if finished and session.write:  # several processes: process 0 evaluates and writes the report
         final_evaluation(session, plan.run_dir)
     return TrainResult(plan.run_dir, finished, session.update)
+
+
+def train_run(config: str | Path | None = None, overrides: Sequence[str] = (), run_dir: str | Path | None = None, *,
+              resume: bool = False, options: RunOptions = RunOptions(quiet=True),
+              note: Callable[[str], None] = lambda text: None) -> TrainResult:
+    """``python -m tbjax.train --config C --set K=V ... --run-dir R [--resume]`` as one call, without
+    parsing or printing (notebooks, tests): plan (:func:`~tbjax.run.resume.plan_fresh` or
+    :func:`~tbjax.run.resume.plan_resume`), then :func:`train_job`. run_info.json records that command,
+    the one that reproduces the run. Quiet unless ``options`` says otherwise; raises InputError."""
+    overrides = [str(o) for o in overrides]
+    with interrupt_means(NOTHING_WRITTEN):
+        plan = (plan_resume if resume else plan_fresh)(None if config is None else str(config), overrides, run_dir)
+    command = ["python", "-m", "tbjax.train", *([] if config is None else ["--config", str(config)]),
+               "--run-dir", str(plan.run_dir), *(["--resume"] if resume else []),
+               *(["--quiet"] if options.quiet else []),
+               *([] if options.max_chunks is None else ["--max-chunks", str(options.max_chunks)]),
+               *[arg for o in overrides for arg in ("--set", o)]]
+    return train_job(plan, command=command, options=options, note=note)

@@ -79,6 +79,10 @@ class TrainingSession(SessionWrites):
         """A fresh carry from ``train.seed`` (:func:`tbjax.run.population.initial_carry`)."""
         return initial_carry(self.cfg, self.trainer, self.hparams, self.exp.market)
 
+    def member_name(self, i: int) -> str:
+        """How the console names member ``i`` (a frontier names its point and seed)."""
+        return "training" if self.n_members == 1 else f"population member {i} (seed {self.cfg.train.seed + i})"
+
     def _new_book(self) -> MemberBook:
         """Every member's best, its patience and its val looks against the run's baseline."""
         return MemberBook(self.n_members, self.cfg.train.patience, baseline=baseline_name(self.cfg))

@@ -44,8 +44,7 @@ class TrainingChunks(ChunkHooks):
         """Member ``i``'s evaluation to the book (:class:`tbjax.run.member_book.MemberBook`)."""
         session = self.session
         if session.book.offer(i, value, chunk.update, carry, val_sortino, val_eval).stopped:
-            who = "training" if session.n_members == 1 else f"population member {i} (seed {session.cfg.train.seed + i})"
-            print(f"note: {who} stops at update {chunk.update} of {session.cfg.n_updates}: no new best val objective "
+            print(f"note: {session.member_name(i)} stops at update {chunk.update} of {session.cfg.n_updates}: no new best val objective "
                   f"in {session.book.patience.patience} evaluations (train.patience)", flush=True)
 
     def record(self, i: int, metrics: dict, chunk: Chunk) -> None:

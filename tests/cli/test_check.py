@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from tbjax.cli import check, prepare, synth
+from tbjax.cli import check
+from tbjax.data.prepare import prepare
+from tbjax.data.synthetic_dump import write_synthetic_dump
 from tbjax.run import preflight
 from tbjax.run.warmup import warmup_rule
 
@@ -26,8 +28,8 @@ def dataset(tmp_path_factory):
     if (SAMPLE / "manifest.json").is_file():
         return SAMPLE, []
     root = tmp_path_factory.mktemp("check")
-    synth.run(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--timeframe", "1h"])
-    prepare.prepare(root / "raw", root / "processed", window_size=32, log=lambda *_: None)
+    write_synthetic_dump(root / "raw", symbols=2, bars=1500, timeframe="1h")
+    prepare(root / "raw", root / "processed", window_size=32, log=lambda *_: None)
     return root / "processed", ["data.train_start=2020-01-01", "data.train_end=2020-01-31",
                                 "data.val_start=2020-02-01", "data.val_end=2020-02-20",
                                 "data.test_start=2020-02-21", "data.test_end=2020-03-31"]

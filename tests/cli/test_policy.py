@@ -11,11 +11,12 @@ import pytest
 import jax
 
 import tbjax
-from tbjax.cli import prepare, synth
 from tbjax.evaluation.backtest import backtest
 from tbjax.run.checkpoint import RunCheckpoints
 from tbjax.config import config_to_dict, dump_config, load_config
 from tbjax.data.export import export_dataset
+from tbjax.data.prepare import prepare
+from tbjax.data.synthetic_dump import write_synthetic_dump
 from tbjax.data.market import ROLE_TEST, ROLE_TRAIN
 from tbjax.errors import InputError
 from tbjax.run.assembly import env_params_from_config, hparams_from_config, spec_from_config
@@ -41,9 +42,8 @@ def tiny_config(processed_dir) -> list[str]:
 def _train_tiny_run(root, extra: tuple[str, ...] = ()):
     """Prepared synthetic data → experiment → 2 chunks of training → run directory with the best
     checkpoint after chunk 1 and the latest after chunk 2 (the files train.py writes)."""
-    synth.run(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1000", "--timeframe", "1h",
-               "--seed", "3", "--signal", "0.3"])
-    prepare.prepare(root / "raw", root / "processed", window_size=WINDOW, log=lambda *_: None)
+    write_synthetic_dump(root / "raw", symbols=2, bars=1000, timeframe="1h", seed=3, signal=0.3)
+    prepare(root / "raw", root / "processed", window_size=WINDOW, log=lambda *_: None)
     cfg = load_config(None, tiny_config(root / "processed") + list(extra))
     exp = build_experiment(cfg, with_regimes=False)
     run = root / "run"

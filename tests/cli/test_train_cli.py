@@ -88,6 +88,27 @@ def test_same_seed_gives_identical_metrics(finished_run, tmp_path):
     assert (tmp_path / "again" / "metrics.jsonl").read_bytes() == (finished_run / "metrics.jsonl").read_bytes()
 
 
+def test_library_train_run_is_the_command(finished_run, tmp_path):
+    """tbjax.run.job.train_run, the command as one call (what the other tests' fixtures use): the same
+    metrics and evaluation as ``python -m tbjax.train`` with the same settings, and run_info.json records
+    a command that parses back to those settings."""
+    from tbjax.run.job import train_run
+
+    run_dir = tmp_path / "library"
+    result = train_run("configs/base.yaml", TINY, run_dir)
+    assert result.finished and result.update == 4 and result.run_dir == run_dir
+    assert (run_dir / "metrics.jsonl").read_bytes() == (finished_run / "metrics.jsonl").read_bytes()
+    for split in ("val", "test"):
+        a = json.loads((run_dir / "eval" / f"{split}.json").read_text())
+        b = json.loads((finished_run / "eval" / f"{split}.json").read_text())
+        assert a["pooled"] == b["pooled"] and a["objective"] == b["objective"]
+    command = json.loads((run_dir / "run_info.json").read_text())["command"]
+    assert command[:3] == ["python", "-m", "tbjax.train"]
+    args = train_cli.parse_args(command[3:])
+    assert (args.config, args.run_dir, args.set, args.quiet, args.resume, args.max_chunks) == (
+        "configs/base.yaml", str(run_dir), TINY, True, False, None)
+
+
 def test_interrupted_then_resumed_run_matches(finished_run, tmp_path):
     run_dir = tmp_path / "resumed"
     assert run_train(run_dir, "--max-chunks", "1") == 0

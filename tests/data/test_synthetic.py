@@ -1,4 +1,5 @@
-"""Regime-switching synthetic market and the python -m tbjax.synth CLI."""
+"""Regime-switching synthetic market, its CSV dumps (tbjax.data.synthetic_dump) and the python -m
+tbjax.synth CLI."""
 
 import math
 
@@ -8,6 +9,7 @@ import pytest
 
 from tbjax.data.synthetic import (ANCHOR_ALPHA, REGIME_NAMES, REGIMES, SHOCK_PROBABILITY,
                                   SHOCK_SIZES, STAY_PROBABILITY, Crash, generate_klines)
+from tbjax.data.synthetic_dump import write_synthetic_dump
 from tbjax.errors import InputError
 from tbjax.cli.synth import main
 
@@ -115,10 +117,10 @@ def test_cli_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch):
 
 
 def test_cli_refuses_bars_beyond_memory_before_allocating(capsys, tmp_path, monkeypatch):
-    from tbjax.cli import synth
+    from tbjax.data import synthetic_dump
 
-    monkeypatch.setattr(synth, "available_memory_bytes", lambda: 8 * 2**30)
-    monkeypatch.setattr(synth, "generate_klines", lambda *a, **k: pytest.fail("allocated"))
+    monkeypatch.setattr(synthetic_dump, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(synthetic_dump, "generate_klines", lambda *a, **k: pytest.fail("allocated"))
     assert main(["--out", str(tmp_path / "X"), "--bars", str(10**12)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # 10**12 bars x 400 bytes = 4e14 bytes = 372,529.0 GiB; 8 GiB / 400 bytes = 21,474,836 bars
@@ -226,3 +228,37 @@ def test_cli_crash_flags(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --crash must lie in [0, 0.333333] (a probability times up to 3 levels), got 2.0",
                    "error: --crash-size must lie in [0, 1], got -1.0"]
+
+
+def test_library_dump_writes_each_stream_and_checks_before_writing(tmp_path):
+    """write_synthetic_dump: symbol k is stream k of the seed with every setting passed through, the
+    paths come back in order (and to ``on_written`` as each is done), and a bad setting is refused
+    before the folder exists."""
+    out = tmp_path / "raw"
+    seen = []
+    paths = write_synthetic_dump(out, symbols=2, bars=60, timeframe="15m", seed=9, signal=-0.4, regime="ILLIQUID",
+                                 crash=TAIL, on_written=seen.append)
+    assert paths == seen == [out / "SYN0.csv", out / "SYN1.csv"]
+    for k, path in enumerate(paths):
+        frame = pd.read_csv(path, header=None)
+        expected = generate_klines(60, 15 * 60_000, 9, -0.4, "ILLIQUID", stream=k, crash=TAIL)
+        np.testing.assert_array_equal(frame[0].to_numpy(), expected["open_time"])
+        for column, key in ((4, "close"), (5, "volume"), (9, "taker_buy_base")):
+            np.testing.assert_allclose(frame[column].to_numpy(), expected[key], rtol=1e-11)
+    assert not np.allclose(pd.read_csv(paths[0], header=None)[4], pd.read_csv(paths[1], header=None)[4])
+    with pytest.raises(InputError, match="--crash-size must lie in"):
+        write_synthetic_dump(tmp_path / "never", symbols=1, bars=10, crash=Crash(size=2.0))
+    with pytest.raises(InputError, match="--symbols must be >= 1, got 0"):
+        write_synthetic_dump(tmp_path / "never", symbols=0, bars=10)
+    assert not (tmp_path / "never").exists()
+
+
+def test_command_and_library_write_the_same_bytes(tmp_path, capsys):
+    """The flags reach write_synthetic_dump as the same settings: byte-identical files."""
+    assert main(["--out", str(tmp_path / "cli"), "--symbols", "2", "--bars", "200", "--timeframe", "4h", "--seed", "5",
+                 "--signal", "0.25", "--regime", "strong_trend", "--crash", "0.05", "--crash-size", "0.1",
+                 "--crash-premium", "0.006", "--crash-levels", "2"]) == 0
+    write_synthetic_dump(tmp_path / "lib", symbols=2, bars=200, timeframe="4h", seed=5, signal=0.25,
+                         regime="strong_trend", crash=Crash(prob=0.05, size=0.1, premium=0.006, levels=2))
+    for name in ("SYN0.csv", "SYN1.csv"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()

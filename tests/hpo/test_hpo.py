@@ -32,7 +32,8 @@ from tbjax.cli.hpo import main as hpo_main
 from tbjax.hpo.storage import make_storage
 from tbjax.hpo.study import open_study
 from tbjax.hpo.liveness import counted_trials
-from tbjax.hpo.runner import OBJECTIVE_PRUNE_STARTUP, TrialRunner
+from tbjax.hpo.runner import TrialRunner
+from tbjax.hpo.trial_scores import OBJECTIVE_PRUNE_STARTUP, objective_prunes
 from tbjax.hpo.space import build_search_space, user_set_keys
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -166,10 +167,9 @@ def test_objective_prune_rule_is_the_median_of_completed_trials(setup):
         study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=v,
                                                   user_attrs={"objective_series": [[2, v], [4, v]]}))
     assert OBJECTIVE_PRUNE_STARTUP == 3
-    runner = setup["runner"]
-    assert runner._objective_prunes(study, 2, 2.0) is None  # median of 1, 2, 4 is 2: not below
-    assert "below the median 2" in runner._objective_prunes(study, 2, 1.9)
-    assert runner._objective_prunes(study, 6, -100.0) is None  # no completed values at update 6
+    assert objective_prunes(study, 2, 2.0) is None  # median of 1, 2, 4 is 2: not below
+    assert "below the median 2" in objective_prunes(study, 2, 1.9)
+    assert objective_prunes(study, 6, -100.0) is None  # no completed values at update 6
 
 
 def _env(setup) -> dict:

@@ -3,8 +3,9 @@ single objective other than the regime objective.
 
 The Pareto front in ``hpo_summary.json`` is checked against a brute-force Pareto set written here
 from every completed trial's values, each value against the trial's own val metrics, and every
-``pareto/`` member against what ``python -m tbjax.evaluate`` computes for it. Every command runs in
-this process, so the tiny trainer compiles once.
+``pareto/`` member against what ``python -m tbjax.evaluate`` computes for it
+(:func:`tbjax.run.reevaluate.evaluate_run`, saved by :func:`tbjax.run.deployed.save_evaluation`).
+Everything runs in this process, so the tiny trainer compiles once.
 """
 
 import json
@@ -17,10 +18,11 @@ import yaml
 from optuna.trial import TrialState
 
 from tiny_run_config import tiny_body, tiny_market
-from tbjax.cli import evaluate
 from tbjax.cli.hpo import main as hpo_main
 from tbjax.config import load_config
 from tbjax.errors import InputError
+from tbjax.run.deployed import save_evaluation
+from tbjax.run.reevaluate import evaluate_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"ppo.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
@@ -132,7 +134,7 @@ def test_every_front_member_folder_is_an_evaluable_run(pareto_study):
     _, run_dir, summary = pareto_study
     for m in summary["pareto_front"]:
         folder = run_dir / m["run_dir"]
-        assert evaluate.main(["--run-dir", str(folder), "--split", "val"]) == 0
+        save_evaluation(folder, *evaluate_run(folder, "best", ("val",)))
         pooled = json.loads((folder / "eval" / "val.json").read_text())["pooled"]
         sortino = pooled["sortino"] if pooled["sortino"] is not None else 0.0
         assert sortino == pytest.approx(m["values"]["sortino"], rel=1e-6, abs=1e-9)

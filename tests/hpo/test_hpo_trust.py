@@ -9,7 +9,9 @@
 * A study where every trial fails, and a journal storage path that cannot hold a file, exit 2 with
   one message.
 
-Every command runs in this process (``main(argv)``), so the tiny trainer compiles once.
+Everything runs in this process, so the tiny trainer compiles once: the study through the command
+(``main(argv)``), training and evaluation through the library functions those commands call
+(:func:`tbjax.run.job.train_run`, :func:`tbjax.run.reevaluate.evaluate_run`).
 """
 
 import json
@@ -25,14 +27,18 @@ import yaml
 from optuna.trial import TrialState
 
 from tbjax.config import PPOConfig
-from tbjax.cli import evaluate, prepare, synth, train
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
 from tbjax.cli.hpo import main as hpo_main
 from tbjax.hpo.storage import make_storage
 from tbjax.config import load_config
+from tbjax.data.prepare import prepare
+from tbjax.data.synthetic_dump import write_synthetic_dump
 from tbjax.hpo.runner import TrialRunner
 from tbjax.hpo.liveness import HEARTBEAT_ATTR, Liveness, LivenessSettings, counted_trials, recover_stale
 from tbjax.run.chunks import ChunkSchedule
+from tbjax.run.deployed import save_evaluation
+from tbjax.run.job import train_run
+from tbjax.run.reevaluate import evaluate_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -63,10 +69,10 @@ def _config(processed: Path, space: dict, **sections) -> dict:
 def data(tmp_path_factory):
     """Two synthetic symbols; SYN1's first 100 bars are dropped, so bar i of each is a different time."""
     root = tmp_path_factory.mktemp("hpo_trust")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--seed", "3"]) == 0
+    write_synthetic_dump(root / "raw", symbols=2, bars=1500, seed=3)
     late = root / "raw" / "SYN1.csv"
     late.write_text("".join(late.read_text().splitlines(keepends=True)[100:]))
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
+    prepare(root / "raw", root / "processed")
 
     def write(name: str, body: dict) -> Path:
         path = root / name
@@ -85,8 +91,8 @@ def same_config_runs(data):
     config = data["write"]("fixed.yaml", _config(data["processed"], {
         "ppo.learning_rate": {"type": "categorical", "choices": [LR]}}))
     assert hpo_main(["--config", str(config), "--run-dir", str(root / "study")]) == 0
-    assert train.main(["--config", str(config), "--run-dir", str(root / "train"), "--quiet"]) == 0
-    assert evaluate.main(["--run-dir", str(root / "study" / "best"), "--split", "val"]) == 0
+    assert train_run(config, run_dir=root / "train").finished
+    save_evaluation(root / "study" / "best", *evaluate_run(root / "study" / "best", "best", ("val",)))
     study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{root / 'study' / 'study.db'}")
     return study, root
 
@@ -146,7 +152,7 @@ def test_train_and_hpo_evaluate_at_the_same_updates_with_the_same_values(data):
         train={"eval_every": 3, "total_env_steps": 768}))  # 128 steps per update: 6 updates
     assert ChunkSchedule.of(load_config(config)).eval_updates() == [4, 6]
     assert hpo_main(["--config", str(config), "--run-dir", str(root / "sparse_study")]) == 0
-    assert train.main(["--config", str(config), "--run-dir", str(root / "sparse_train"), "--quiet"]) == 0
+    assert train_run(config, run_dir=root / "sparse_train").finished
     study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{root / 'sparse_study' / 'study.db'}")
     (trial,) = study.get_trials()
     assert trial.state == TrialState.COMPLETE

@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tbjax.cli import prepare, synth
 from tbjax.config import load_config
 from tbjax.data.market import ROLE_TRAIN, ROLE_VAL
 from tbjax.evaluation.oracle import threshold_oracle
@@ -28,6 +27,7 @@ from tbjax.evaluation.significance import probabilistic_sharpe_ratio
 from tbjax.run.population import ensemble_policy
 from tbjax.run.session import TrainingSession
 from tbjax.evaluation.scoring import evaluate_split
+from tiny_run_config import synthetic_market
 
 COST_BPS = 5.0  # fee 4 bp + half spread 1 bp per unit of traded notional
 LEVEL = 0.85  # measured here: 0.92 (the default population ensemble; one 256-env learner held 0.84)
@@ -37,9 +37,7 @@ SPLITS = ["data.train_start=2020-01-01", "data.train_end=2022-12-31", "data.val_
 
 
 def _prepared(root, rho: float, bars: int):
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", str(bars), "--timeframe", "1h",
-                       "--seed", "3", "--signal", str(rho), "--regime", "NORMAL"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
+    synthetic_market(root, symbols=2, bars=bars, timeframe="1h", seed=3, signal=rho, regime="NORMAL")
     return root
 
 

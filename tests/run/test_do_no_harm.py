@@ -16,8 +16,8 @@ import pyarrow.feather as feather
 import pytest
 
 from tbjax import load_policy
-from tbjax.cli import train as train_cli
 from tbjax.config import load_config
+from tbjax.run.job import train_run
 from tbjax.walkforward import driver as wfm
 from tiny_run_config import tiny_market
 
@@ -35,12 +35,9 @@ def processed(tmp_path_factory):
 
 
 def train(run, processed, *extra: str) -> None:
-    """``python -m tbjax.train`` on the tiny no-signal market with TINY, DATES and ``extra``."""
-    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}"]
-    for s in TINY + DATES + list(extra):
-        argv += ["--set", s]
-    assert train_cli.main(argv) == 0
+    """A training run (:func:`tbjax.run.job.train_run`, what ``python -m tbjax.train`` does) on the
+    tiny no-signal market with TINY, DATES and ``extra``."""
+    assert train_run("configs/base.yaml", [f"data.processed_dir={processed}", *TINY, *DATES, *extra], run).finished
 
 
 def test_every_fold_abstains_on_a_no_signal_market_and_the_stitched_series_is_flat(processed):

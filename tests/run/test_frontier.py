@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from tbjax.cli import frontier as frontier_cli
-from tbjax.cli import prepare, synth
 from tbjax.cli import evaluate as evaluate_cli
 from tbjax.config import load_config
 from tbjax.evaluation.pareto import pareto_mask, tail_loss
@@ -24,6 +23,7 @@ from tbjax.run.chunks import take
 from tbjax.run.frontier import frontier_grid, run_config
 from tbjax.run.reevaluate import open_run
 from tbjax.run.session import TrainingSession
+from tiny_run_config import synthetic_market
 
 TINY = ["env.window_size=32", "env.episode_len=16", "env.position_levels=[-1.0, 0.0, 0.5, 1.0]",
         "data.train_start=2020-01-01", "data.train_end=2020-01-24", "data.val_start=2020-01-25",
@@ -38,9 +38,7 @@ TINY = ["env.window_size=32", "env.episode_len=16", "env.position_levels=[-1.0, 
 @pytest.fixture(scope="module")
 def frontier(tmp_path_factory):
     root = tmp_path_factory.mktemp("frontier")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1000", "--timeframe", "1h",
-                       "--seed", "3", "--signal", "0.3"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
+    synthetic_market(root, "proc", symbols=2, bars=1000, timeframe="1h", seed=3, signal=0.3)
     sets = TINY + [f"data.processed_dir={root / 'proc'}"]
     run_dir = root / "run"
     args = ["--config", "configs/base.yaml", "--run-dir", str(run_dir), "--quiet"]
@@ -172,6 +170,11 @@ def test_a_stopped_frontier_resumes_to_the_uninterrupted_one(frontier, tmp_path,
     assert not (run_dir / "frontier.json").exists() and len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
     assert frontier_cli.main(_frontier_args(frontier, run_dir)) == 2  # a fresh start would lose the checkpoint
     assert f"continue it with python -m tbjax.frontier --run-dir {run_dir} --resume" in capsys.readouterr().err
+    # tbjax.train --resume would train the config's settings in place of the grid's: refused
+    from tbjax.cli import train as train_cli
+    assert train_cli.main(["--run-dir", str(run_dir), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is a frontier run" in err and f"python -m tbjax.frontier --run-dir {run_dir} --resume" in err
     assert frontier_cli.main(["--run-dir", str(run_dir), "--resume", "--quiet"]) == 0
     assert (run_dir / "metrics.jsonl").read_bytes() == (frontier["run_dir"] / "metrics.jsonl").read_bytes()
     again = json.loads((run_dir / "frontier.json").read_text())

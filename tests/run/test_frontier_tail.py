@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from scipy.stats import spearmanr
 
-from tbjax.cli import prepare, synth
 from tbjax.config import load_config
+from tbjax.data.synthetic import Crash
 from tbjax.run.frontier import FrontierSession, evaluate_points, frontier_grid, run_config
+from tiny_run_config import synthetic_market
 
 WEIGHTS = [0.0, 0.05, 0.15, 0.4, 1.0]
-TAIL_MARKET = ["--symbols", "2", "--bars", "12000", "--timeframe", "1h", "--seed", "2", "--regime", "STRONG_TREND",
-               "--crash", "0.02"]
+TAIL_MARKET = {"symbols": 2, "bars": 12000, "timeframe": "1h", "seed": 2, "regime": "STRONG_TREND",
+               "crash": Crash(prob=0.02)}  # python -m tbjax.synth --crash 0.02 (the other crash settings default)
 # one year of train, three months of val; 100 updates of 16 envs x 32 steps per member, one evaluation
 TAIL_RUN = ["data.train_start=2020-01-01", "data.train_end=2020-12-31", "data.val_start=2021-01-01",
             "data.val_end=2021-04-10", "data.test_start=2021-04-15", "data.test_end=null", "env.episode_len=128",
@@ -37,9 +38,7 @@ TAIL_RUN = ["data.train_start=2020-01-01", "data.train_end=2020-12-31", "data.va
 
 def tail_market(root):
     """The planted-tail market, prepared under ``root``; returns the processed folder."""
-    assert synth.main(["--out", str(root / "raw"), *TAIL_MARKET]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
-    return root / "processed"
+    return synthetic_market(root, **TAIL_MARKET)
 
 
 def test_more_cvar_weight_buys_a_smaller_val_tail_at_a_cost_in_return(tmp_path):

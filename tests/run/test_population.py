@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import tbjax
-from tbjax.cli import prepare, synth
-from tbjax.cli import train as train_cli
 from tbjax.config import load_config
 from tbjax.learner.population import ensemble_action, ensemble_apply
 from tbjax.run.chunks import take
+from tbjax.run.job import RunOptions, train_run
 from tbjax.run.population import NO_VAL_EVIDENCE, chosen_members, select_members, selection_rule
 from tbjax.run.reevaluate import evaluate_run
 from tbjax.run.session import TrainingSession
+from tiny_run_config import synthetic_market
 
 WINDOW = 32
 TINY = [f"env.window_size={WINDOW}", "env.episode_len=16", "env.position_levels=[-1.0, 0.0, 0.5, 1.0]",
@@ -34,10 +34,7 @@ TINY = [f"env.window_size={WINDOW}", "env.episode_len=16", "env.position_levels=
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     root = tmp_path_factory.mktemp("population")
-    assert synth.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1000", "--timeframe", "1h",
-                       "--seed", "3", "--signal", "0.3"]) == 0
-    assert prepare.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
-    return root / "proc"
+    return synthetic_market(root, "proc", symbols=2, bars=1000, timeframe="1h", seed=3, signal=0.3)
 
 
 def config(processed, *extra):
@@ -177,13 +174,13 @@ def test_selection_uses_val_objectives_only():
 @pytest.fixture(scope="module")
 def population_run(processed, tmp_path_factory):
     run = tmp_path_factory.mktemp("poprun") / "run"
-    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}"]
-    for s in TINY:
-        argv += ["--set", s]
-    argv += ["--set", "train.population=3"]
-    assert train_cli.main(argv) == 0
+    assert train_run("configs/base.yaml", population_sets(processed), run).finished
     return run
+
+
+def population_sets(processed) -> list[str]:
+    """The population run's ``--set`` overrides: TINY with 3 members on ``processed``."""
+    return [f"data.processed_dir={processed}", *TINY, "train.population=3"]
 
 
 def test_population_run_is_one_policy_in_load_policy_evaluate_and_report(population_run, processed):
@@ -209,13 +206,9 @@ def test_a_resumed_population_ends_as_the_uninterrupted_one(population_run, proc
     """Stopped after 2 chunks (one member's best found before, the rest after) and resumed: the same
     member bests, the same chosen members and the same ensemble test metrics."""
     run = tmp_path / "split"
-    argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet", "--set",
-            f"data.processed_dir={processed}"]
-    for s in TINY:
-        argv += ["--set", s]
-    argv += ["--set", "train.population=3"]
-    assert train_cli.main(argv + ["--max-chunks", "2"]) == 0
-    assert train_cli.main(argv + ["--resume"]) == 0
+    sets = population_sets(processed)
+    assert not train_run("configs/base.yaml", sets, run, options=RunOptions(quiet=True, max_chunks=2)).finished
+    assert train_run("configs/base.yaml", sets, run, resume=True).finished
     for split in ("val", "test"):
         whole = json.loads((population_run / "eval" / f"{split}.json").read_text())
         again = json.loads((run / "eval" / f"{split}.json").read_text())

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tbjax.cli import prepare as prepare_cli
-from tbjax.cli import synth as synth_cli
 from tbjax.config import load_config
 from tbjax.walkforward import driver as wfm
+from tiny_run_config import synthetic_market
 
 TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
@@ -23,10 +22,8 @@ TINY = [
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf_one")
-    assert synth_cli.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--timeframe", "1h",
-                           "--seed", "0"]) == 0
-    assert prepare_cli.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
-    return load_config("configs/base.yaml", TINY + [f"data.processed_dir={root / 'proc'}"])
+    processed = synthetic_market(root, "proc", symbols=2, bars=1500, timeframe="1h", seed=0)
+    return load_config("configs/base.yaml", TINY + [f"data.processed_dir={processed}"])
 
 
 def test_one_fold_vmapped_equals_sequential(cfg):

@@ -15,8 +15,6 @@ import json
 import numpy as np
 import pytest
 
-from tbjax.cli import prepare as prepare_cli
-from tbjax.cli import synth as synth_cli
 from tbjax.cli import walkforward as wf_cli
 from tbjax.config import load_config
 from tbjax.data.processed import load_processed
@@ -24,6 +22,7 @@ from tbjax.run.chunks import Chunk
 from tbjax.run.member_book import MemberBook
 from tbjax.walkforward import driver as wfm
 from tbjax.walkforward.folds import union_times
+from tiny_run_config import synthetic_market
 
 TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
@@ -36,10 +35,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
-    assert synth_cli.main(["--out", str(root / "raw"), "--symbols", "2", "--bars", "1500", "--timeframe", "1h",
-                           "--seed", "0"]) == 0
-    assert prepare_cli.main(["--raw-dir", str(root / "raw"), "--out", str(root / "proc")]) == 0
-    return root / "proc"
+    return synthetic_market(root, "proc", symbols=2, bars=1500, timeframe="1h", seed=0)
 
 
 def config(processed, *extra):

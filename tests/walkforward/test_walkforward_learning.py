@@ -12,8 +12,9 @@ import json
 
 import pytest
 
-from tbjax.cli import prepare, synth
 from tbjax.cli import walkforward as wf_cli
+from tbjax.data.prepare import prepare
+from tbjax.data.synthetic_dump import write_synthetic_dump
 
 SETTINGS = [
     "env.position_levels=[-1, 0, 1]", "env.fee_bps=4", "env.half_spread_bps=1", "env.episode_len=128",
@@ -26,9 +27,8 @@ SETTINGS = [
 
 def stitched_psr(root, rho: str) -> float | None:
     raw, processed, run = root / f"raw{rho}", root / f"processed{rho}", root / f"run{rho}"
-    assert synth.main(["--out", str(raw), "--symbols", "2", "--bars", "12000", "--timeframe", "1h",
-                       "--seed", "3", "--signal", rho, "--regime", "NORMAL"]) == 0
-    assert prepare.main(["--raw-dir", str(raw), "--out", str(processed)]) == 0
+    write_synthetic_dump(raw, symbols=2, bars=12000, timeframe="1h", seed=3, signal=float(rho), regime="NORMAL")
+    prepare(raw, processed)
     argv = ["--config", "configs/base.yaml", "--run-dir", str(run), "--quiet",
             "--set", f"data.processed_dir={processed}"]
     for s in SETTINGS:
