@@ -231,6 +231,7 @@ def hpo_objectives(entries: Any) -> list[tuple[str, str]]:
 
 def _validate_walkforward(w) -> None:  # fit to the data: tbjax.walkforward.folds
     check_count("walkforward.folds", w.folds)
+    check_count("walkforward.seeds", w.seeds)
     check_choice("walkforward.train_mode", w.train_mode, TRAIN_MODES)
     for n in ("train_bars", "val_bars", "test_bars", "step_bars", "embargo_bars"):  # durations: tbjax.walkforward.folds
         v, least = getattr(w, n), int(n != "embargo_bars")

@@ -7,8 +7,9 @@ applies too) · splits non-empty, long enough and embargoed · devices seen by J
 the run directory (≥ 1 GB) · estimated training memory against available memory, with the largest
 power-of-two ``ppo.n_envs`` that fits when it does not.
 
-Memory estimate (bytes): ``UPDATE_FACTOR × n_envs × n_steps × observation_size × 4`` plus the
-MarketData arrays (``S × T × (F + 6) × 4``). The rollout keeps one float32 observation per
+Memory estimate (bytes): ``UPDATE_FACTOR × n_envs × n_steps × observation_size × 4`` for each
+population member stepped at once (``train.population`` on an accelerator, where the members are
+one vmap; one on a CPU, where they run one after another) plus the MarketData arrays (``S × T × (F + 6) × 4``). The rollout keeps one float32 observation per
 transition; UPDATE_FACTOR = 4 counts that buffer, the shuffled copy each PPO epoch makes, the
 normalised observations fed to the network, and as much again for activations, gradients and XLA
 temporaries. Available memory: the accelerator's ``bytes_limit - bytes_in_use`` when JAX reports
@@ -185,13 +186,19 @@ def _memory_check(cfg, n_features: int | None, market_bytes: int, n_devices: int
     if n_features is None:
         return Check(False, "memory", "not estimated: needs the processed data (see above)")
     obs_size = cfg.env.window_size * n_features + ACCOUNT_FEATURES
+    from tbjax.learner.population import default_member_batch
+
     p = cfg.ppo
-    need = estimate_memory_bytes(p.n_envs, p.n_steps, obs_size, market_bytes)
+    # a population's members step together on an accelerator (one vmap), one at a time on a CPU
+    together = default_member_batch(cfg.train.population)
+    need = together * estimate_memory_bytes(p.n_envs, p.n_steps, obs_size, 0) + market_bytes
     available, source = available_memory_bytes()
+    members = "" if together == 1 else f" × {together} population members stepped together"
     detail = (f"about {_gb(need)} for n_envs {p.n_envs} × n_steps {p.n_steps} × observation {obs_size} "
-              f"floats (×{UPDATE_FACTOR} for the update) + market data; {_gb(available)} available ({source})")
+              f"floats (×{UPDATE_FACTOR} for the update){members} + market data; {_gb(available)} available ({source})")
     if need > available:
-        fit = largest_fitting_n_envs(p.n_steps, p.n_minibatches, n_devices, obs_size, market_bytes, available)
+        fit = largest_fitting_n_envs(p.n_steps, p.n_minibatches, n_devices, obs_size, market_bytes // together,
+                                     available // together)
         detail += (f": does not fit, try --set ppo.n_envs={fit}" if fit else
                    ": does not fit even with one env; lower ppo.n_steps or env.window_size")
     return Check(need <= available, "memory", detail)

@@ -16,6 +16,13 @@ what that fold deploys: its best policy when the fold's VAL shows an edge over t
 (:mod:`tbjax.evaluation.deployment`), else the baseline (flat or buy-and-hold), so a fold without
 evidence does no harm. Its turnover is what the env charged on each of those bars (re-balancing a
 position the price drift moved included), as in every other evaluation.
+
+``walkforward.seeds`` = S > 1 trains S learners per fold (seeds ``train.seed`` .. ``+ S - 1``; member
+``k * S + s`` is fold k, seed s, and trains exactly as fold k of a walk-forward with ``train.seed + s``)
+in the same one program, and each fold deploys the ensemble of ITS seeds chosen on val as a
+population run chooses (:func:`tbjax.run.population.select_members`, ``train.ensemble_top_k``):
+what ``tbjax.train`` deploys with ``train.population``, measured out of sample. The deployment test
+then counts every val evaluation of the fold's seeds.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tbjax.config import Config, lone_learner
+from tbjax.config import Config, lone_learner, with_population
 from tbjax.data.bars import market_from_tables
 from tbjax.data.market import fold_view, stack_folds
 from tbjax.data.pipeline import FeaturePipeline
@@ -36,13 +43,14 @@ from tbjax.evaluation.backtest import split_walk
 from tbjax.evaluation.deployment import baseline_name, baseline_policy, decide
 from tbjax.evaluation.metrics import infer_bars_per_year, pooled_series, risk_metrics, union_mean
 from tbjax.evaluation.significance import is_it_real
-from tbjax.learner.population import population_program
+from tbjax.learner.population import population_program, stack_trees
 from tbjax.data.processed import load_processed
 from tbjax.evaluation.scoring import backtest_as_configured, bar_times, objective_of, regime_sortinos
 from tbjax.run.assembly import assemble
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.experiment import regime_market
 from tbjax.run.member_book import MemberBook
+from tbjax.run.population import ensemble_policy, member_hparams, select_members
 from tbjax.walkforward.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
 
 
@@ -67,17 +75,33 @@ class WalkForward:
     env_params: object = None
     hparams: object = None
     walk_steps: int = 0  # one scan length for every fold's val/test walk: ONE compiled walk for K folds
-    book: MemberBook | None = None  # every fold's best evaluation and patience, from training
-    diverged: dict = field(default_factory=dict)  # fold -> the NaN guard's message
+    seeds: int = 1  # learners per fold (walkforward.seeds): member m is fold m // seeds, seed m % seeds
+    book: MemberBook | None = None  # every member's best evaluation and patience, from training
+    diverged: dict = field(default_factory=dict)  # member -> the NaN guard's message
+
+    @property
+    def n_members(self) -> int:
+        return len(self.folds) * self.seeds
+
+    def members_of(self, k: int) -> list[int]:
+        return list(range(k * self.seeds, (k + 1) * self.seeds))
+
+    def fold_of(self, member: int) -> int:
+        return member // self.seeds
+
+    def name(self, member: int) -> str:
+        """How logs name a member: "fold k", or "fold k seed s" with several seeds per fold."""
+        k = self.fold_of(member)
+        return f"fold {k}" if self.seeds == 1 else f"fold {k} seed {self.cfg.train.seed + member % self.seeds}"
 
     @property
     def best(self) -> list:
-        """Per fold: (val objective, update, host carry, val Sortino), None before a first evaluation."""
-        return [] if self.book is None else [self.book.best(k) for k in range(self.book.n_members)]
+        """Per member: (val objective, update, host carry, val Sortino), None before a first evaluation."""
+        return [] if self.book is None else [self.book.best(m) for m in range(self.book.n_members)]
 
     def start_training(self) -> None:
-        """A fresh book (a fold's first evaluation is always kept: every fold deploys a carry)."""
-        self.book = MemberBook(len(self.folds), self.cfg.train.patience, keep_first=True,
+        """A fresh book (a member's first evaluation is always kept: every fold deploys a carry)."""
+        self.book = MemberBook(self.n_members, self.cfg.train.patience, keep_first=True,
                                baseline=baseline_name(self.cfg))
         self.diverged = {}
 
@@ -114,7 +138,13 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
         regimes = None if shared_regimes is None else fold_view(shared_regimes, pipe.scaling())
         out.append(FoldData(fold, pipe, market, ranges, regimes))
     bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
-    wf = WalkForward(lone_learner(cfg), tables, out, float(bpy))  # each fold is one learner
+    seeds, top_k = cfg.walkforward.seeds, cfg.train.ensemble_top_k
+    if seeds > 1 and top_k is not None and top_k > seeds:
+        raise InputError(f"train.ensemble_top_k = {top_k} exceeds walkforward.seeds = {seeds} (each fold's ensemble "
+                         "is chosen among its own seeds): lower train.ensemble_top_k or raise walkforward.seeds")
+    # each fold is one learner, or a population of walkforward.seeds (what its folder's config says)
+    fold_cfg = lone_learner(cfg) if seeds == 1 else with_population(cfg, seeds)
+    wf = WalkForward(fold_cfg, tables, out, float(bpy), seeds=seeds)
     built = assemble(cfg, len(tables))  # tbjax.run.assembly: the trainer from the shared cache
     wf.env_params = built.env_params
     from tbjax.env import market as market_env
@@ -136,80 +166,126 @@ def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int, policy_
                                   n_steps=wf.walk_steps)
 
 
-def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float) -> tuple[float, dict]:
+def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float,
+                   policy_apply=None) -> tuple[float, dict]:
     """Fold ``k``'s val objective and its regime Sortinos ({} when the regime weights are 0)."""
     fd = wf.folds[k]
     regime = {}
     if fd.regimes is not None:
-        regime = regime_sortinos(wf.cfg, fd.regimes, wf.bars_per_year, wf.trainer.policy_apply, params, obs_stats,
-                                 wf.env_params)
+        regime = regime_sortinos(wf.cfg, fd.regimes, wf.bars_per_year, policy_apply or wf.trainer.policy_apply,
+                                 params, obs_stats, wf.env_params)
     return objective_of(wf.cfg, val_sortino, regime), regime
 
 
 class BestByVal(ChunkHooks):
-    """Per fold: evaluate val and offer it to the folds' book (``wf.book``), which keeps the carry
-    with the best val objective and stops a fold by ``train.patience``. Members ``offset`` ..
-    ``offset + n_members - 1`` are the folds this program trains.
+    """Per member: evaluate its fold's val and offer it to the book (``wf.book``), which keeps the
+    carry with the best val objective and stops a member by ``train.patience``. Members ``offset`` ..
+    ``offset + n_members - 1`` are the ones this program trains.
 
-    A fold whose NaN guard fires stops being evaluated (its best carry so far stays); the other
-    folds of the vmapped program go on, since vmapped members do not interact.
+    A member whose NaN guard fires stops being evaluated (its best carry so far stays); the other
+    members of the program go on, since its members do not interact.
     """
 
     def __init__(self, wf: WalkForward, offset: int = 0, log=None, n_members: int = 1):
         self.wf, self.offset, self.log, self.n_members = wf, offset, log, n_members
 
     def alive(self):
-        return [k not in self.wf.diverged and not self.wf.book.patience.stopped(k)
-                for k in range(self.offset, self.offset + self.n_members)]
+        return [m not in self.wf.diverged and not self.wf.book.patience.stopped(m)
+                for m in range(self.offset, self.offset + self.n_members)]
 
     def diverged(self, i, error, chunk):
         self.wf.diverged[i + self.offset] = str(error)
         if self.log:
-            self.log(f"fold {i + self.offset} diverged at update {chunk.update}: {error}")
+            self.log(f"{self.wf.name(i + self.offset)} diverged at update {chunk.update}: {error}")
 
     def evaluate(self, i, carry, chunk):
-        k = i + self.offset
+        m = i + self.offset
+        k, who = self.wf.fold_of(m), self.wf.name(m)
         res, _ = evaluate_fold(self.wf, k, carry.params, carry.obs_stats, ROLE_VAL)
         sortino = float(res["pooled"]["sortino"])
         score, _ = fold_objective(self.wf, k, carry.params, carry.obs_stats, sortino)
         score = score if np.isfinite(score) else -np.inf
         if self.log:
-            self.log(f"fold {k} update {chunk.update}: val sortino {sortino:.3f}, objective {score:.3f}")
-        if self.wf.book.offer(k, score, chunk.update, carry, sortino, val_eval=res).stopped and self.log:
-            self.log(f"fold {k} stops at update {chunk.update}: no new best val objective in "
+            self.log(f"{who} update {chunk.update}: val sortino {sortino:.3f}, objective {score:.3f}")
+        if self.wf.book.offer(m, score, chunk.update, carry, sortino, val_eval=res).stopped and self.log:
+            self.log(f"{who} stops at update {chunk.update}: no new best val objective in "
                      f"{self.wf.book.patience.patience} evaluations (train.patience)")
 
 
-def seed_keys(cfg: Config, k: int):
-    return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
+def seed_keys(cfg: Config, k: int, s: int = 0):
+    """Fold ``k``'s key for seed ``s``: fold k of a walk-forward run with ``train.seed + s``."""
+    return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + s), k)
+
+
+def member_inputs(wf: WalkForward, members: list[int]) -> tuple[list, list]:
+    """(keys, HParams) of ``members``: seed s of a fold takes :func:`seed_keys` and the HParams a
+    population gives its member s (``train.population_jitter``)."""
+    per_seed = member_hparams(wf.cfg, wf.hparams)
+    return ([seed_keys(wf.cfg, wf.fold_of(m), m % wf.seeds) for m in members],
+            [per_seed[m % wf.seeds] for m in members])
 
 
 def fold_program(wf: WalkForward):
-    """(the folds' population program, their data as it takes it): shared arrays once, per-fold
-    leaves stacked (one fold: its own market, as the lone learner's program takes it)."""
-    markets = [fd.market for fd in wf.folds]
+    """(every member's population program, their data as it takes it): shared arrays once, per-fold
+    leaves stacked (one member: its own market, as the lone learner's program takes it)."""
+    markets = [wf.folds[wf.fold_of(m)].market for m in range(wf.n_members)]
     datas, axes = stack_folds(markets)
     program = population_program(wf.trainer, len(markets), data_axis=axes)
     return program, program.members(markets, stacked=datas)
 
 
 def train_vmapped(wf: WalkForward, log=None) -> None:
-    n_members = len(wf.folds)
     wf.start_training()
     program, datas = fold_program(wf)
-    hps = program.members([wf.hparams] * n_members)
-    carry = program.start(program.members([seed_keys(wf.cfg, k) for k in range(n_members)]), hps, datas)
+    keys, hps = member_inputs(wf, list(range(wf.n_members)))
+    hps = program.members(hps)
+    carry = program.start(program.members(keys), hps, datas)
     run_chunks(lambda c, alive: program.advance(c, hps, alive, datas), carry, ChunkSchedule.of(wf.cfg),
-               BestByVal(wf, 0, log, n_members), n_members=program.stacked_members)
+               BestByVal(wf, 0, log, wf.n_members), n_members=program.stacked_members)
 
 
 def train_sequential(wf: WalkForward, log=None) -> None:
+    """Fold by fold, each fold's seeds as one program (one seed: the lone trainer's own)."""
     wf.start_training()
-    t = wf.trainer
+    program = population_program(wf.trainer, wf.seeds)
     for k, fd in enumerate(wf.folds):
-        carry = t.init(seed_keys(wf.cfg, k), wf.hparams, fd.market)
-        run_chunks(lambda c, alive, m=fd.market: t.train_chunk(c, wf.hparams, m), carry, ChunkSchedule.of(wf.cfg),
-                   BestByVal(wf, k, log))
+        keys, hps = member_inputs(wf, wf.members_of(k))
+        hps = program.members(hps)
+        carry = program.start(program.members(keys), hps, fd.market)
+        run_chunks(lambda c, alive, m=fd.market, h=hps: program.advance(c, h, alive, m), carry,
+                   ChunkSchedule.of(wf.cfg), BestByVal(wf, k * wf.seeds, log, wf.seeds),
+                   n_members=program.stacked_members)
+
+
+@dataclass
+class FoldPolicy:
+    """What fold ``k`` offers for deployment: its lone learner's best carry, or the ensemble of the
+    seeds chosen on val (``chosen``: seed indices within the fold, best val objective first)."""
+
+    apply: object
+    params: object
+    obs_stats: object
+    carry: object  # the lone best carry, or every seed's best carry stacked (the fold folder's checkpoint)
+    chosen: list[int]
+    update: int  # the best update of the best chosen seed
+
+
+def fold_policy(wf: WalkForward, k: int) -> FoldPolicy:
+    """Fold ``k``'s policy from the book, chosen on val alone (module docstring)."""
+    members = wf.members_of(k)
+    best = [wf.book.best(m) for m in members]
+    kept = [i for i, b in enumerate(best) if b is not None]
+    if not kept:
+        raise InputError(f"walkforward fold {k} diverged before its first evaluation "
+                         f"({wf.diverged.get(members[0], 'no evaluation ran')}); lower ppo.learning_rate or "
+                         "evaluate earlier (train.eval_every)")
+    if wf.seeds == 1:  # the lone learner's own carry and acting function (its folder's lone format)
+        carry = best[0][2]
+        return FoldPolicy(wf.trainer.policy_apply, carry.params, carry.obs_stats, carry, [0], best[0][1])
+    chosen = select_members([wf.book.objective[m] for m in members], wf.cfg.train.ensemble_top_k) or kept
+    stacked = stack_trees([best[i][2] if best[i] is not None else best[kept[0]][2] for i in range(wf.seeds)])
+    apply, params, stats = ensemble_policy(wf.cfg, wf.trainer, stacked, chosen)
+    return FoldPolicy(apply, params, stats, stacked, chosen, best[chosen[0]][1])
 
 
 SUMMARY_KEYS = ("sortino", "sharpe", "total_return", "max_drawdown", "turnover", "n_bars")
@@ -241,30 +317,32 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
     rows, parts = [], []
     baseline, hold = baseline_policy(wf.cfg)
     for k, fd in enumerate(wf.folds):
-        if wf.book.best(k) is None:
-            raise InputError(f"walkforward fold {k} diverged before its first evaluation "
-                             f"({wf.diverged.get(k, 'no evaluation ran')}); lower ppo.learning_rate or "
-                             "evaluate earlier (train.eval_every)")
-        score, update, carry, _ = wf.book.best(k)
-        val, val_series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_VAL)
-        regime = fold_objective(wf, k, carry.params, carry.obs_stats, val["pooled"]["sortino"])[1]
-        # on this fold's VAL bars only, deflated for every val evaluation the fold compared
-        decision = decide(val, baseline, wf.cfg.eval.edge_confidence, wf.book.looks[k], wf.cfg.eval.edge_deflation)
-        agent_test, series = evaluate_fold(wf, k, carry.params, carry.obs_stats, ROLE_TEST)
+        pol = fold_policy(wf, k)
+        val, val_series = evaluate_fold(wf, k, pol.params, pol.obs_stats, ROLE_VAL, policy_apply=pol.apply)
+        score, regime = fold_objective(wf, k, pol.params, pol.obs_stats, val["pooled"]["sortino"], pol.apply)
+        # on this fold's VAL bars only, deflated for every val evaluation of the fold's seeds
+        looks = [x for m in wf.members_of(k) for x in wf.book.looks[m]]
+        decision = decide(val, baseline, wf.cfg.eval.edge_confidence, looks, wf.cfg.eval.edge_deflation)
+        agent_test, series = evaluate_fold(wf, k, pol.params, pol.obs_stats, ROLE_TEST, policy_apply=pol.apply)
         test, agent_val = agent_test, val
         if decision["policy"] == "baseline":  # no edge on val: the fold trades its baseline on test
             val, val_series = evaluate_fold(wf, k, None, None, ROLE_VAL, policy_apply=hold)
             test, series = evaluate_fold(wf, k, None, None, ROLE_TEST, policy_apply=hold)
         parts.append(_pooled_parts(series))
         val_times = _pooled_parts(val_series)[0][0]
-        rows.append({"fold": k, "best_update": update, "val_objective": score,
+        rows.append({"fold": k, "best_update": pol.update, "val_objective": score,
                      "val_sortino": val["pooled"]["sortino"], "regime_sortino": regime, "val": _summary(val),
                      "test": _summary(test), "test_start_ms": int(parts[-1][0][0][0]),
                      "test_end_ms": int(parts[-1][0][0][-1]), "val_start_ms": int(val_times[0]),
                      "val_end_ms": int(val_times[-1]), "pipeline_mean": fd.pipeline.mean.tolist(),
-                     "pipeline_std": fd.pipeline.std.tolist(), "diverged": wf.diverged.get(k),
+                     "pipeline_std": fd.pipeline.std.tolist(),
+                     "diverged": next((wf.diverged[m] for m in wf.members_of(k) if m in wf.diverged), None),
                      "deployed": decision["policy"], "deployment": decision,
                      "agent": {"val": _summary(agent_val), "test": _summary(agent_test)}})
+        if wf.seeds > 1:
+            rows[-1]["seeds"] = [{"seed": wf.cfg.train.seed + s, "val_objective": wf.book.objective[m],
+                                  "best_update": wf.book.update[m], "in_ensemble": s in pol.chosen,
+                                  "diverged": wf.diverged.get(m)} for s, m in enumerate(wf.members_of(k))]
     times, rets, pos = (np.concatenate([p[0][i] for p in parts]) for i in range(3))
     bh = np.concatenate([p[1] for p in parts])
     traded = np.concatenate([p[2] for p in parts])

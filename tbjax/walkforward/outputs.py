@@ -103,6 +103,10 @@ def report_lines(rows: list[dict], stitched: dict, mode: str) -> list[str]:
     lines.append(f"| stitched | all | | | | | {_cell(m, 'sortino', 3)} | {_cell(m, 'total_return', 4)} | "
                  f"{_cell(m, 'max_drawdown', 4)} | {_cell(b, 'sortino', 3)} |")
     lines += [""] + [f"fold {r['fold']}: {r['deployment']['reason']}" for r in rows if r.get("deployment")]
+    lines += [f"fold {r['fold']}: the agent is the ensemble of seeds "
+              f"{', '.join(str(s['seed']) for s in r['seeds'] if s['in_ensemble'])} of "
+              f"{', '.join(str(s['seed']) for s in r['seeds'])} (chosen on val, walkforward.seeds)"
+              for r in rows if r.get("seeds")]
     lines += ["", (f"buy-and-hold over the same bars: Sortino {_cell(b, 'sortino', 3)}, "
                    f"return {_cell(b, 'total_return', 4)}; flat: return 0"), "",
               f"is it real: {stitched['is_it_real'].get('reading', '')}", "",
@@ -136,13 +140,33 @@ def fold_config(wf, fd, union):
     return dataclasses.replace(wf.cfg, data=data)
 
 
+def fold_checkpoint(wf, k: int) -> tuple[int, object, dict]:
+    """(update, carry, meta) of fold ``k``'s "best" checkpoint. One seed: its best carry, in the lone
+    format. Several (``walkforward.seeds``): every seed's best carry stacked, with the member book's
+    record (objectives, updates, the seeds chosen on val, every val look), the format of a population
+    run's "best", so ``tbjax.evaluate`` and ``load_policy`` on the folder deploy the fold's ensemble."""
+    from tbjax.walkforward.driver import fold_policy
+
+    pol, members = fold_policy(wf, k), wf.members_of(k)
+    book = wf.book
+    objective, update, _, val_sortino = book.best(members[pol.chosen[0]])
+    meta = {"update": update, "objective": float(objective), "fold": k, "val_sortino": float(val_sortino),
+            "member_looks": [book.looks[m] for m in members]}
+    if wf.seeds > 1:
+        meta.update({"member_objective": [o if np.isfinite(o) else None for o in (book.objective[m] for m in members)],
+                     "member_update": [book.update[m] for m in members],
+                     "member_val_sortino": [book.val_sortino[m] for m in members], "selected": pol.chosen,
+                     "member_seeds": [wf.cfg.train.seed + s for s in range(wf.seeds)]})
+    return update, pol.carry, meta
+
+
 def save_fold_runs(run_dir: Path, wf, rows: list[dict] | None = None) -> list[Path]:
     """``folds/fold_<k>``: config (the fold's split, :func:`fold_config`), the fold's pipeline, its best
-    carry, ``fold.json`` and (given the fold ``rows``) its deployment decision."""
+    carry (:func:`fold_checkpoint`), ``fold.json`` and (given the fold ``rows``) its deployment decision."""
     union = union_times(wf.tables)
     out = []
     for k, fd in enumerate(wf.folds):
-        score, update, carry, val_sortino = wf.best[k]
+        update, carry, meta = fold_checkpoint(wf, k)
         folder = run_dir / "folds" / f"fold_{k}"
         with run_write(folder):
             folder.mkdir(parents=True, exist_ok=True)
@@ -155,7 +179,6 @@ def save_fold_runs(run_dir: Path, wf, rows: list[dict] | None = None) -> list[Pa
             if decision:  # load_policy on the fold's folder deploys what the fold deployed
                 write_atomic(folder / DEPLOYMENT_FILE, json.dumps(_jsonable(decision), indent=1, sort_keys=True))
         with run_write(folder / "checkpoints" / "best"), RunCheckpoints(folder) as ckpt:
-            ckpt.save_best(update, carry, {"update": update, "objective": float(score), "fold": k,
-                                           "val_sortino": float(val_sortino), "member_looks": [wf.book.looks[k] if wf.book else []]})
+            ckpt.save_best(update, carry, meta)
         out.append(folder)
     return out

@@ -139,3 +139,26 @@ def test_window_longer_than_the_prepared_warmup_passes(capsys, dataset, tmp_path
     code, lines, out, _ = run_check(capsys, dataset, tmp_path, "env.window_size=64")
     assert lines["warm-up"].startswith("✓") and "env.window_size 64" in lines["warm-up"]
     assert warmup_rule(64, 52) == (True, lines["warm-up"].split("warm-up", 1)[1].strip())
+
+
+def test_population_members_stepped_together_multiply_the_rollout_memory(capsys, dataset, tmp_path, monkeypatch):
+    """On an accelerator the population's members are one vmap: P rollout buffers at once (on a CPU
+    they run one after another, so one). With 4 members stepped together, the n_envs that fits is
+    the largest power of two with 4 × per_env × n_envs + market <= available (hand computation)."""
+    from tbjax.learner import population
+
+    monkeypatch.setattr(population, "default_member_batch", lambda n_members: n_members)
+    available = 1_000_000_000
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: (available, "test"))
+    code, lines, _, _ = run_check(capsys, dataset, tmp_path, "ppo.n_envs=1048576", "train.population=4")
+    line = lines["memory"]
+    assert code == 2 and "4 population members stepped together" in line
+    processed = Path(dataset[0])
+    tables = [feather.read_table(p) for p in sorted(processed.glob("*.feather"))]
+    n_features = len(json.loads((processed / "manifest.json").read_text())["feature_names"])
+    per_env = 4 * 64 * (32 * n_features + 4) * 4
+    market = len(tables) * max(t.num_rows for t in tables) * (n_features + 6) * 4
+    fit = 1
+    while 4 * (2 * fit) * per_env + market <= available:
+        fit *= 2
+    assert f"try --set ppo.n_envs={fit}" in line
