@@ -55,8 +55,9 @@ from benchmarks import common  # noqa: E402
 RESULTS = common.RESULTS_DIR / "frontier.json"
 CONFIG = common.REPO_ROOT / "configs" / "base.yaml"
 # the market of tests/run/test_frontier_tail.py and its run (splits, costs, evaluation)
-TAIL_MARKET = ["--symbols", "2", "--bars", "12000", "--timeframe", "1h", "--seed", "2", "--regime", "STRONG_TREND",
-               "--crash", "0.02"]
+# markets: arguments of tbjax.data.synthetic_dump.write_synthetic_dump, each a python -m tbjax.synth flag
+# (crash: the --crash probability, the other Crash settings at their defaults)
+TAIL_MARKET = {"symbols": 2, "bars": 12000, "timeframe": "1h", "seed": 2, "regime": "STRONG_TREND", "crash": 0.02}
 TAIL_SPLITS = ["data.train_start=2020-01-01", "data.train_end=2020-12-31", "data.val_start=2021-01-01",
                "data.val_end=2021-04-10", "data.test_start=2021-04-15", "data.test_end=null"]
 TAIL_WEIGHTS = [0.0, 0.05, 0.15, 0.4, 1.0]
@@ -67,7 +68,7 @@ TAIL_RUN = TAIL_SPLITS + [
     f"frontier.cvar_weight={TAIL_WEIGHTS}", "frontier.seeds=2"]
 TINY = ["env.episode_len=32", "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=1", "ppo.n_minibatches=2",
         "ppo.hidden_sizes=[16]", "ppo.num_quantiles=8", "ppo.cvar_alpha=0.25", "eval.regime_bars=200"]
-QUICK_MARKET = ["--symbols", "2", "--bars", "1500", "--seed", "3", "--crash", "0.02"]
+QUICK_MARKET = {"symbols": 2, "bars": 1500, "seed": 3, "crash": 0.02}
 QUICK_SPLITS = ["data.train_start=2020-01-01", "data.train_end=2020-02-09", "data.val_start=2020-02-10",
                 "data.val_end=2020-02-22", "data.test_start=2020-02-23", "data.test_end=null"]
 POINT_KEYS = ("total_return", "sortino", "cvar_5", "max_drawdown", "exposure", "turnover")
@@ -86,12 +87,22 @@ def fresh_caches() -> None:
     assembly._TRAINERS.clear()
 
 
-def prepared(root: Path, synth_args: list[str]) -> Path:
-    from tbjax.cli import prepare as prepare_cli
-    from tbjax.cli import synth as synth_cli
+def synth_command(market: dict) -> str:
+    """The ``python -m tbjax.synth`` command that writes ``market``'s raw files."""
+    return "python -m tbjax.synth " + " ".join(f"--{key} {value}" for key, value in market.items())
 
-    assert synth_cli.main(["--out", str(root / "raw"), *synth_args]) == 0
-    assert prepare_cli.main(["--raw-dir", str(root / "raw"), "--out", str(root / "processed")]) == 0
+
+def prepared(root: Path, market: dict) -> Path:
+    """``market``'s raw files, then prepared: what ``python -m tbjax.synth`` and ``python -m
+    tbjax.prepare`` run; the processed folder."""
+    from tbjax.data.prepare import prepare
+    from tbjax.data.synthetic import Crash
+    from tbjax.data.synthetic_dump import write_synthetic_dump
+
+    settings = dict(market)
+    crash = settings.pop("crash", None)
+    write_synthetic_dump(root / "raw", crash=None if crash is None else Crash(prob=crash), **settings)
+    prepare(root / "raw", root / "processed")
     return root / "processed"
 
 
@@ -255,7 +266,7 @@ def main(argv=None) -> int:
                 result["sample"]["runs"].append({"train_seed": seed, **frontier_points(sets, root / f"sample{seed}")})
                 show_points(f"shipped sample, default frontier, train.seed {seed}", result["sample"]["runs"][-1])
             tail_sets = with_budget([f"data.processed_dir={tail}", *tail_run], tail_steps, 4)
-            result["tail"] = {"market": "python -m tbjax.synth " + " ".join(market),
+            result["tail"] = {"market": synth_command(market),
                               "env_steps_per_member": speed["env_steps_per_member"] if quick else tail_steps,
                               **frontier_points(tail_sets, root / "tail_run", speed_summary if quick else None)}
             show_points("planted-tail market, the test's frontier", result["tail"])

@@ -44,8 +44,9 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from tbjax.cli import prepare, synth  # noqa: E402
 from tbjax.config import load_config  # noqa: E402
+from tbjax.data.prepare import prepare  # noqa: E402
+from tbjax.data.synthetic_dump import write_synthetic_dump  # noqa: E402
 from tbjax.run.experiment import build_experiment  # noqa: E402
 from tbjax.hpo.runner import TrialRunner  # noqa: E402
 from tbjax.hpo.space import build_search_space, user_set_keys  # noqa: E402
@@ -53,8 +54,8 @@ from tbjax.hpo.space import build_search_space, user_set_keys  # noqa: E402
 
 def make_config(folder: Path, quick: bool) -> Path:
     raw, processed = folder / "raw", folder / "processed"
-    synth.main(["--out", str(raw), "--symbols", "4", "--bars", "3000", "--seed", "7"])
-    prepare.main(["--raw-dir", str(raw), "--out", str(processed)])
+    write_synthetic_dump(raw, symbols=4, bars=3000, seed=7)  # python -m tbjax.synth
+    prepare(raw, processed)  # python -m tbjax.prepare
     n_envs, n_steps, updates = (16, 16, 4) if quick else (64, 64, 20)
     body = {
         "data": {"processed_dir": str(processed), "train_start": "2020-01-01", "train_end": "2020-03-20",

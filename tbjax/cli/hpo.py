@@ -25,28 +25,25 @@ set) so further workers and resumed runs skip XLA compilation. A study in which 
 (every trial failed or was pruned, and none is still running) exits 2 with one message quoting the
 first reasons.
 
-The study is opened by :mod:`tbjax.hpo.study` and its results written by :mod:`tbjax.hpo.results`;
-this module parses and prints.
+The job (plan, study, trials, results) is :mod:`tbjax.hpo.job`, whose :func:`~tbjax.hpo.job.hpo_run`
+is the command as one library call; this module parses and prints.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
 from pathlib import Path
 
 from tbjax.cli.common import OneLineParser, run_main
 from tbjax.errors import InputError
+from tbjax.hpo.job import DEFAULT_CONFIG, HPO_FLAG_KEYS, hpo_job, plan_hpo
 from tbjax.hpo.liveness_settings import LivenessSettings
-from tbjax.hpo.results import no_result_error, write_results
-from tbjax.hpo.storage import storage_shown
-from tbjax.hpo.study import open_study
+from tbjax.hpo.objectives import Goals
 
 
 def parse_args(argv):
     ap = OneLineParser(prog="python -m tbjax.hpo", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/hpo.yaml", help="YAML config with an hpo: section")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config with an hpo: section")
     ap.add_argument("--storage", help="SQLAlchemy URL or journal file (*.log); default <run-dir>/study.db")
     ap.add_argument("--study-name", help="study name (default hpo.study_name)")
     ap.add_argument("--n-trials", type=int, help="total trials of the study (default hpo.n_trials)")
@@ -76,72 +73,20 @@ def liveness_of(args) -> LivenessSettings:
     return LivenessSettings(args.heartbeat_interval, args.grace_period, args.max_retries)
 
 
-def _resolve(args):
-    from tbjax.config import load_config, validate
-
-    cfg = load_config(args.config, args.set)
-    hpo = {k: v for k, v in (("storage", args.storage), ("study_name", args.study_name), ("n_trials", args.n_trials),
-                              ("timeout", args.timeout), ("batch", args.batch)) if v is not None}
-    cfg = dataclasses.replace(cfg, hpo=dataclasses.replace(cfg.hpo, **hpo))
-    validate(cfg)  # the overrides above are config keys too: hpo.timeout, hpo.batch, ...
-    return cfg, Path(args.run_dir or os.path.join(cfg.output.runs_dir, cfg.output.run_name or f"hpo-{cfg.hpo.study_name}"))
+def _note(text: str) -> None:
+    print(f"hpo: note: {text}", file=sys.stderr)
 
 
 def run(argv=None) -> dict:
     args = parse_args(argv)
-    cfg, run_dir = _resolve(args)
-    from tbjax.hpo.space import build_search_space, user_set_keys
-
-    space = build_search_space(cfg, user_set_keys(args.config, args.set))  # every space error before any file
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"HPO run directory '{run_dir}' cannot be created ({exc.strerror}): choose another --run-dir") from None
-    from tbjax.run.compile_cache import use_compilation_cache
-
-    use_compilation_cache(run_dir / "jax_cache")
-    import optuna
-    from tqdm import tqdm
-
-    from tbjax.hpo.liveness import counted_trials
-    from tbjax.hpo.objectives import PRUNING_OFF, Goals
-    from tbjax.hpo.runner import TrialRunner
-    from tbjax.run.experiment import build_experiment
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for note in space.notes:
-        print(f"hpo: note: {note}", file=sys.stderr)
-    goals = Goals.of(cfg)
-    if goals.multi:
-        print(f"hpo: note: objectives {goals.label()}; pruning {PRUNING_OFF}", file=sys.stderr)
-    study = open_study(cfg, run_dir, liveness_of(args))
-    exp = build_experiment(cfg)
-    runner = TrialRunner(cfg, exp, space, run_dir)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-
-    def n_done() -> int:
-        return min(cfg.hpo.n_trials, sum(t.state in finished for t in counted_trials(study)))
-
-    # disable=None: a bar on a terminal only, so logs and CI output keep one line per notice
-    bar = tqdm(total=cfg.hpo.n_trials, unit="trial", dynamic_ncols=True, initial=n_done(), disable=None)
-
-    def progress():
-        bar.update(max(0, n_done() - bar.n))
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if complete:
-            bar.set_postfix(runner.goals.postfix(study, complete))
-
-    try:
-        runner.optimize(study, cfg.hpo.n_trials, cfg.hpo.batch, cfg.hpo.timeout, on_trial_done=progress)
-    finally:
-        bar.close()
-    summary = write_results(study, run_dir, space.fixed, space.notes)
-    shown = storage_shown(cfg.hpo.storage, run_dir)
-    print(f"storage: {shown} (study '{cfg.hpo.study_name}'; browse it with: optuna-dashboard {shown})")
-    error = no_result_error(study, run_dir)
-    if error is not None:
-        raise error
-    print(_outcome(cfg, summary, goals, run_dir))
+    plan = plan_hpo(args.config, args.set, args.run_dir,
+                    **{key: getattr(args, key) for key in HPO_FLAG_KEYS})
+    result = hpo_job(plan, liveness=liveness_of(args), quiet=False, note=_note)
+    cfg, summary = result.cfg, result.summary
+    print(f"storage: {result.storage} (study '{cfg.hpo.study_name}'; browse it with: optuna-dashboard {result.storage})")
+    if result.error is not None:
+        raise result.error
+    print(_outcome(cfg, summary, Goals.of(cfg), result.run_dir))
     return summary
 
 

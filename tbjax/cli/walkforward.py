@@ -2,21 +2,22 @@
 
 Trains K walk-forward folds (tbjax.walkforward.folds) as one vmapped program (``--sequential``: one by
 one, for comparison) and writes ``<run>/walkforward.json`` and ``report.md``. Bad input: one
-``error:`` line, exit 2.
+``error:`` line, exit 2. The command as one library call is
+:func:`tbjax.walkforward.job.walkforward_run`; this module parses and prints.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from tbjax.cli.common import OneLineParser, run_main
+from tbjax.run.resume import DEFAULT_CONFIG
 
 
 def parse_args(argv):
     ap = OneLineParser(prog="python -m tbjax.walkforward", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/base.yaml", help="YAML config")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config")
     ap.add_argument("--folds", type=int, default=None, help="number of folds (walkforward.folds)")
     ap.add_argument("--run-dir", default=None, help="output folder (default runs/walkforward-<time>)")
     ap.add_argument("--set", action="append", default=[], metavar="A.B=C", help="override a config key")
@@ -26,14 +27,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from tbjax.config import load_config, validate
-
     def body() -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        overrides = list(args.set) + ([f"walkforward.folds={args.folds}"] if args.folds is not None else [])
-        cfg = load_config(args.config, overrides)
-        validate(cfg)
-        run_dir = Path(args.run_dir or Path(cfg.output.runs_dir) / time.strftime("walkforward-%Y%m%d-%H%M%S"))
+        from tbjax.walkforward.job import plan_walkforward
+
+        cfg, run_dir = plan_walkforward(args.config, args.set, args.run_dir, folds=args.folds)
         from tbjax.run.compile_cache import use_compilation_cache
         from tbjax.walkforward.driver import run_walkforward
 

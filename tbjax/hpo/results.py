@@ -1,6 +1,6 @@
 """What an HPO run leaves in its folder: ``best/`` (a copy of the best trial's folder with how it was
 chosen), ``hpo_summary.json`` and ``plots/*.png``, written from the study as it stands; and the
-error of a study in which no trial completed. The command is :mod:`tbjax.cli.hpo`.
+error of a study in which no trial completed. The job that writes them is :mod:`tbjax.hpo.job`.
 
 A multi-objective study (``hpo.objectives``) has no best trial: ``pareto/<trial>/`` holds a copy of
 each Pareto-front member instead, and the summary its ``pareto_front`` (:mod:`tbjax.hpo.pareto_front`).

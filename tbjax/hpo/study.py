@@ -1,6 +1,6 @@
 """The Optuna study of an HPO run: opened (or loaded) from its storage with a seeded sampler and the
 configured pruner. Storages are :mod:`tbjax.hpo.storage`; trials are run by :mod:`tbjax.hpo.runner`;
-the command is :mod:`tbjax.cli.hpo`."""
+the job that opens it is :mod:`tbjax.hpo.job` (the command: :mod:`tbjax.cli.hpo`)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ The Pareto front in ``hpo_summary.json`` is checked against a brute-force Pareto
 from every completed trial's values, each value against the trial's own val metrics, and every
 ``pareto/`` member against what ``python -m tbjax.evaluate`` computes for it
 (:func:`tbjax.run.reevaluate.evaluate_run`, saved by :func:`tbjax.run.deployed.save_evaluation`).
-Everything runs in this process, so the tiny trainer compiles once.
+Everything runs in this process, so the tiny trainer compiles once: the studies through
+:func:`tbjax.hpo.job.hpo_run` (the library call of ``python -m tbjax.hpo``), the exit-2 messages
+through the command itself.
 """
 
 import json
@@ -21,6 +23,8 @@ from tiny_run_config import tiny_body, tiny_market
 from tbjax.cli.hpo import main as hpo_main
 from tbjax.config import load_config
 from tbjax.errors import InputError
+from tbjax.evaluation.metrics import json_safe
+from tbjax.hpo.job import hpo_run
 from tbjax.run.deployed import save_evaluation
 from tbjax.run.reevaluate import evaluate_run
 
@@ -71,9 +75,12 @@ def study_run(tmp_path_factory):
         body["hpo"] = {"n_trials": n_trials, "pruner": pruner, "objectives": objectives, "space": SPACE}
         (root / f"{name}.yaml").write_text(yaml.safe_dump(body))
         run_dir = root / name
-        assert hpo_main(["--config", str(root / f"{name}.yaml"), "--run-dir", str(run_dir)]) == 0
-        study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{run_dir / 'study.db'}")
-        return study, run_dir, json.loads((run_dir / "hpo_summary.json").read_text())
+        result = hpo_run(root / f"{name}.yaml", run_dir=run_dir)
+        assert result.storage == f"sqlite:///{(run_dir / 'study.db').resolve()}"
+        study = optuna.load_study(study_name="tbjax", storage=result.storage)
+        summary = json.loads((run_dir / "hpo_summary.json").read_text())
+        assert summary == json.loads(json.dumps(json_safe(result.summary)))  # the call returns what it wrote
+        return study, run_dir, summary
 
     return root, run
 

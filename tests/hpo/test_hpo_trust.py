@@ -9,9 +9,10 @@
 * A study where every trial fails, and a journal storage path that cannot hold a file, exit 2 with
   one message.
 
-Everything runs in this process, so the tiny trainer compiles once: the study through the command
-(``main(argv)``), training and evaluation through the library functions those commands call
-(:func:`tbjax.run.job.train_run`, :func:`tbjax.run.reevaluate.evaluate_run`).
+Everything runs in this process, so the tiny trainer compiles once: the study, training and
+evaluation through the library functions the commands call (:func:`tbjax.hpo.job.hpo_run`,
+:func:`tbjax.run.job.train_run`, :func:`tbjax.run.reevaluate.evaluate_run`); the exit-2 messages
+through the command itself (``main(argv)``).
 """
 
 import json
@@ -29,6 +30,7 @@ from optuna.trial import TrialState
 from tbjax.config import PPOConfig
 from tbjax.evaluation.backtest import CORE_BASELINE_KEYS
 from tbjax.cli.hpo import main as hpo_main
+from tbjax.hpo.job import hpo_run
 from tbjax.hpo.storage import make_storage
 from tbjax.config import load_config
 from tbjax.data.prepare import prepare
@@ -90,7 +92,7 @@ def same_config_runs(data):
     root = data["root"]
     config = data["write"]("fixed.yaml", _config(data["processed"], {
         "ppo.learning_rate": {"type": "categorical", "choices": [LR]}}))
-    assert hpo_main(["--config", str(config), "--run-dir", str(root / "study")]) == 0
+    assert hpo_run(config, run_dir=root / "study").summary["best_trial"] == 0
     assert train_run(config, run_dir=root / "train").finished
     save_evaluation(root / "study" / "best", *evaluate_run(root / "study" / "best", "best", ("val",)))
     study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{root / 'study' / 'study.db'}")
@@ -151,7 +153,7 @@ def test_train_and_hpo_evaluate_at_the_same_updates_with_the_same_values(data):
         "ppo.learning_rate": {"type": "categorical", "choices": [LR]}},
         train={"eval_every": 3, "total_env_steps": 768}))  # 128 steps per update: 6 updates
     assert ChunkSchedule.of(load_config(config)).eval_updates() == [4, 6]
-    assert hpo_main(["--config", str(config), "--run-dir", str(root / "sparse_study")]) == 0
+    hpo_run(config, run_dir=root / "sparse_study")  # raises where the command exits 2
     assert train_run(config, run_dir=root / "sparse_train").finished
     study = optuna.load_study(study_name="tbjax", storage=f"sqlite:///{root / 'sparse_study' / 'study.db'}")
     (trial,) = study.get_trials()
@@ -184,7 +186,7 @@ def test_stale_trial_is_reported_failed_and_retried(data, capsys):
     with sqlite3.connect(run_dir / "study.db") as db:  # the worker died two hours ago
         db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-2 hours')")
 
-    assert hpo_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
+    hpo_run(config, run_dir=run_dir)  # raises where the command exits 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "stale" in ln]
     assert len(lines) == 1 and "stale trial 0 marked FAIL" in lines[0] and "queued again as trial 1" in lines[0]
 
