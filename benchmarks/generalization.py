@@ -107,18 +107,20 @@ def parse_args(argv):
 
 
 def make_market(folder: Path, rho: float, regime: str | None, symbols: int, bars: int, seed: int) -> Path:
-    """``python -m tbjax.synth`` then ``python -m tbjax.prepare`` into ``folder``; the processed folder."""
-    from tbjax.cli import prepare as prepare_cli
-    from tbjax.cli import synth as synth_cli
+    """What ``python -m tbjax.synth`` then ``python -m tbjax.prepare`` run
+    (:func:`tbjax.data.synthetic_dump.write_synthetic_dump`, :func:`tbjax.data.prepare.prepare`) into
+    ``folder``; the processed folder."""
+    from tbjax.data.prepare import prepare
+    from tbjax.data.synthetic_dump import write_synthetic_dump
+    from tbjax.errors import InputError
 
     raw, processed = folder / "raw", folder / "processed"
-    quiet = contextlib.redirect_stdout(io.StringIO())  # their per-file lines would bury the table
-    synth = ["--out", str(raw), "--symbols", str(symbols), "--bars", str(bars), "--timeframe", "1h",
-             "--seed", str(seed), "--signal", str(rho)] + (["--regime", regime] if regime else [])
-    with quiet:
-        ok = synth_cli.main(synth) == 0 and prepare_cli.main(["--raw-dir", str(raw), "--out", str(processed)]) == 0
-    if not ok:
-        raise SystemExit(f"could not build the synthetic market in {folder}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # prepare's per-symbol lines would bury the table
+            write_synthetic_dump(raw, int(symbols), int(bars), "1h", int(seed), float(rho), regime)
+            prepare(raw, processed)
+    except InputError as exc:
+        raise SystemExit(f"could not build the synthetic market in {folder}: {exc}") from None
     return processed
 
 
@@ -167,7 +169,10 @@ def summarise(name: str, doc: dict, cfg, seconds: float, data_s: float) -> dict:
                       # the trained policy's own test figures where the file keeps them apart from the deployed
                       "agent_test_sharpe": (row.get("agent") or {}).get("test", {}).get("sharpe"),
                       "agent_test_sortino": (row.get("agent") or {}).get("test", {}).get("sortino"),
-                      "diverged": row.get("diverged")})
+                      "diverged": row.get("diverged"),
+                      # walkforward.seeds > 1: each seed's val objective and whether the fold's ensemble holds it
+                      "seeds": [{k: s.get(k) for k in ("seed", "val_objective", "best_update", "in_ensemble")}
+                                for s in row.get("seeds") or []]})
     flags = [f["abstained"] for f in folds]
     return {
         "market": name, "folds": len(folds), "updates_per_fold": cfg.n_updates,

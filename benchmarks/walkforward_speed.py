@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax
 
 from benchmarks import common
-from tbjax.cli import prepare as prepare_cli
-from tbjax.cli import synth as synth_cli
 from tbjax.config import load_config
+from tbjax.data.prepare import prepare
 from tbjax.data.processed import load_processed
+from tbjax.data.synthetic_dump import write_synthetic_dump
 from tbjax.learner import population
 from tbjax.run import assembly
 from tbjax.walkforward import driver as wfm
@@ -79,9 +79,8 @@ QUICK = {"symbols": 2, "bars": 1500, "n_envs": 8, "n_steps": 16, "n_epochs": 1, 
 
 def make_data(folder: Path, w: dict) -> Path:
     raw, processed = folder / "raw", folder / "processed"
-    assert synth_cli.main(["--out", str(raw), "--symbols", str(w["symbols"]), "--bars", str(w["bars"]),
-                           "--timeframe", "1h", "--seed", "0", "--signal", "0.2"]) == 0
-    assert prepare_cli.main(["--raw-dir", str(raw), "--out", str(processed)]) == 0
+    write_synthetic_dump(raw, w["symbols"], w["bars"], "1h", seed=0, signal=0.2)  # python -m tbjax.synth
+    prepare(raw, processed)  # python -m tbjax.prepare
     return processed
 
 
@@ -89,6 +88,7 @@ def make_config(processed: Path, w: dict, folds: int):
     n_envs, n_steps = w["n_envs"], w["n_steps"]
     overrides = [
         f"data.processed_dir={processed}", f"walkforward.folds={folds}",
+        "walkforward.seeds=1",  # K lone folds: the program over folds against one fold at a time
         f"ppo.n_envs={n_envs}", f"ppo.n_steps={n_steps}", f"ppo.n_epochs={w['n_epochs']}",
         f"ppo.n_minibatches={w['n_minibatches']}", f"ppo.hidden_sizes=[{w['hidden']}, {w['hidden']}]",
         f"ppo.num_quantiles={w['quantiles']}", f"env.episode_len={w['episode_len']}",

@@ -181,7 +181,7 @@ class WalkForwardConfig:
     test_bars: Any = None  # None: the data's bars // (folds + 4)
     step_bars: Any = None  # None: test_bars (test segments tile the end of the data)
     embargo_bars: Any = None  # None: the warm-up length
-    seeds: int = 1  # learners per fold (train.seed .. + seeds - 1); > 1: a fold deploys their val-chosen ensemble
+    seeds: Optional[int] = None  # learners per fold (train.seed .. + seeds - 1); None: train.population
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,8 @@ def hpo_objectives(entries: Any) -> list[tuple[str, str]]:
 
 def _validate_walkforward(w) -> None:  # fit to the data: tbjax.walkforward.folds
     check_count("walkforward.folds", w.folds)
-    check_count("walkforward.seeds", w.seeds)
+    check(w.seeds is None or (isinstance(w.seeds, int) and not isinstance(w.seeds, bool) and w.seeds >= 1),
+          f"walkforward.seeds must be null (train.population) or an integer >= 1, got {w.seeds!r}")
     check_choice("walkforward.train_mode", w.train_mode, TRAIN_MODES)
     for n in ("train_bars", "val_bars", "test_bars", "step_bars", "embargo_bars"):  # durations: tbjax.walkforward.folds
         v, least = getattr(w, n), int(n != "embargo_bars")

@@ -17,7 +17,7 @@ what that fold deploys: its best policy when the fold's VAL shows an edge over t
 evidence does no harm. Its turnover is what the env charged on each of those bars (re-balancing a
 position the price drift moved included), as in every other evaluation.
 
-``walkforward.seeds`` = S > 1 trains S learners per fold (seeds ``train.seed`` .. ``+ S - 1``; member
+``walkforward.seeds`` = S > 1 (null: ``train.population``, 4 by default) trains S learners per fold (seeds ``train.seed`` .. ``+ S - 1``; member
 ``k * S + s`` is fold k, seed s, and trains exactly as fold k of a walk-forward with ``train.seed + s``)
 in the same one program, and each fold deploys the ensemble of ITS seeds chosen on val as a
 population run chooses (:func:`tbjax.run.population.select_members`, ``train.ensemble_top_k``):
@@ -138,7 +138,7 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
         regimes = None if shared_regimes is None else fold_view(shared_regimes, pipe.scaling())
         out.append(FoldData(fold, pipe, market, ranges, regimes))
     bpy = cfg.data.bars_per_year or infer_bars_per_year(union)
-    seeds, top_k = cfg.walkforward.seeds, cfg.train.ensemble_top_k
+    seeds, top_k = cfg.walkforward.seeds or cfg.train.population, cfg.train.ensemble_top_k
     if seeds > 1 and top_k is not None and top_k > seeds:
         raise InputError(f"train.ensemble_top_k = {top_k} exceeds walkforward.seeds = {seeds} (each fold's ensemble "
                          "is chosen among its own seeds): lower train.ensemble_top_k or raise walkforward.seeds")

@@ -95,6 +95,15 @@ def test_embargo_shorter_than_warmup_fails(capsys, dataset, tmp_path):
     assert lines["splits"].startswith("✗") and "data.embargo_bars >= 52" in lines["splits"]
 
 
+def hand_estimate(dataset) -> tuple[int, int]:
+    """Hand computation of the documented estimate: (bytes per env: 4 rollout-sized float32 buffers
+    of n_steps 64 × (window 32 × F + 4) floats, the S × T × (F + 6) float32 market arrays)."""
+    processed = Path(dataset[0])
+    tables = [feather.read_table(p) for p in sorted(processed.glob("*.feather"))]
+    n_features = len(json.loads((processed / "manifest.json").read_text())["feature_names"])
+    return 4 * 64 * (32 * n_features + 4) * 4, len(tables) * max(t.num_rows for t in tables) * (n_features + 6) * 4
+
+
 def test_absurd_n_envs_warns_with_a_power_of_two_that_fits(capsys, dataset, tmp_path, monkeypatch):
     available = 1_000_000_000
     monkeypatch.setattr(preflight, "available_memory_bytes", lambda: (available, "test"))
@@ -102,13 +111,7 @@ def test_absurd_n_envs_warns_with_a_power_of_two_that_fits(capsys, dataset, tmp_
     assert code == 2
     line = lines["memory"]
     assert line.startswith("✗") and "does not fit" in line
-    # Hand computation of the documented estimate: 4 rollout-sized float32 buffers per env of
-    # n_steps 64 × (window 32 × F + 4) floats, plus S × T × (F + 6) float32 market arrays.
-    processed = Path(dataset[0])
-    tables = [feather.read_table(p) for p in sorted(processed.glob("*.feather"))]
-    n_features = len(json.loads((processed / "manifest.json").read_text())["feature_names"])
-    per_env = 4 * 64 * (32 * n_features + 4) * 4
-    market = len(tables) * max(t.num_rows for t in tables) * (n_features + 6) * 4
+    per_env, market = hand_estimate(dataset)
     fit = 1
     while (2 * fit) * per_env + market <= available:
         fit *= 2
@@ -153,11 +156,7 @@ def test_population_members_stepped_together_multiply_the_rollout_memory(capsys,
     code, lines, _, _ = run_check(capsys, dataset, tmp_path, "ppo.n_envs=1048576", "train.population=4")
     line = lines["memory"]
     assert code == 2 and "4 population members stepped together" in line
-    processed = Path(dataset[0])
-    tables = [feather.read_table(p) for p in sorted(processed.glob("*.feather"))]
-    n_features = len(json.loads((processed / "manifest.json").read_text())["feature_names"])
-    per_env = 4 * 64 * (32 * n_features + 4) * 4
-    market = len(tables) * max(t.num_rows for t in tables) * (n_features + 6) * 4
+    per_env, market = hand_estimate(dataset)
     fit = 1
     while 4 * (2 * fit) * per_env + market <= available:
         fit *= 2

@@ -52,7 +52,7 @@ def test_seed_s_of_a_fold_trains_as_the_lone_walkforward_with_seed_plus_s(two_se
     wf = two_seeds[0]
     assert wf.n_members == 4 and wf.cfg.train.population == 2
     for s in (0, 1):
-        lone = wfm.build_folds(config(processed, f"train.seed={s}"))
+        lone = wfm.build_folds(config(processed, f"train.seed={s}", "walkforward.seeds=1"))
         wfm.train_vmapped(lone)
         for k in (0, 1):
             objective, update, *_ = wf.best[k * 2 + s]

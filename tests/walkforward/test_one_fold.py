@@ -15,7 +15,7 @@ from tiny_run_config import synthetic_market
 TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
     "ppo.num_quantiles=8", "env.episode_len=64", "train.total_env_steps=512", "train.updates_per_chunk=2",
-    "train.eval_every=2", "walkforward.folds=1", "eval.edge_confidence=0", "train.patience=0",
+    "train.eval_every=2", "walkforward.seeds=1", "walkforward.folds=1", "eval.edge_confidence=0", "train.patience=0",
 ]
 
 

@@ -27,7 +27,7 @@ from tiny_run_config import synthetic_market
 TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
     "ppo.num_quantiles=8", "env.episode_len=64", "train.total_env_steps=512", "train.updates_per_chunk=2",
-    "train.eval_every=2", "walkforward.folds=2",
+    "train.eval_every=2", "walkforward.seeds=1", "walkforward.folds=2",
     "eval.edge_confidence=0", "train.patience=0",  # the folds' agents (abstention: tests/run/test_do_no_harm.py)
 ]
 
@@ -251,17 +251,22 @@ def test_each_folds_saved_policy_trades_as_the_walkforward_did(run, request, tmp
         assert meta["time_ms"]["segment"][0] == union_times(wf.tables)[fd.fold.segment[0]]
 
 
-def test_folds_are_lone_learners_even_when_the_config_asks_for_a_population(processed):
-    """A config with train.population 4 (for `tbjax.train`) still trains ONE learner per fold: the
-    folds' config (saved as folds/fold_<k>/config.yaml) must say population 1, or evaluating a
-    fold's folder would build a population's carry for a lone learner's checkpoint."""
+def test_walkforward_seeds_1_trains_lone_folds_and_null_follows_train_population(processed):
+    """``walkforward.seeds: 1`` trains ONE learner per fold whatever train.population says: the folds'
+    config (saved as folds/fold_<k>/config.yaml) must say population 1, or evaluating a fold's folder
+    would build a population's carry for a lone learner's checkpoint. ``null`` takes
+    train.population: each fold then trains that many seeds, as tbjax.train would."""
     from tbjax.config import dump_config, lone_learner
 
     cfg = config(processed, "train.population=4", "train.ensemble_top_k=2", "train.population_jitter=0.1")
     wf = wfm.build_folds(cfg)
+    assert wf.seeds == 1 and wf.n_members == len(wf.folds)
     assert (wf.cfg.train.population, wf.cfg.train.ensemble_top_k, wf.cfg.train.population_jitter) == (1, None, 0.0)
     assert wf.cfg.ppo == cfg.ppo and wf.cfg.data == cfg.data and wf.cfg.train.seed == cfg.train.seed
     assert dump_config(lone_learner(cfg)) == dump_config(wf.cfg)
+    follows = wfm.build_folds(config(processed, "train.population=3", "walkforward.seeds=null"))
+    assert follows.seeds == 3 and follows.n_members == 3 * len(follows.folds)
+    assert follows.cfg.train.population == 3  # each fold folder is a population run of 3
 
 
 # a base split over the synthetic bars (2020-01-01 .. 2020-03-03), as a user's config for tbjax.train would
