@@ -45,7 +45,7 @@ from tbjax.data.market import ROLE_TEST, ROLE_VAL
 from tbjax.errors import InputError
 from tbjax.learner.population import member_keys
 from tbjax.run.assembly import assemble, env_params_from_config
-from tbjax.run.population import NO_VAL_EVIDENCE, ensemble_policy, population_hparams, select_members
+from tbjax.run.population import NO_VAL_EVIDENCE, SeedGroups, ensemble_policy, population_hparams, select_members
 from tbjax.run.session import TrainingSession
 
 # (frontier.* list, the config key it sets)
@@ -70,7 +70,7 @@ def describe(settings: dict) -> str:
 
 
 @dataclass(frozen=True)
-class FrontierGrid:
+class FrontierGrid(SeedGroups):
     """The grid's points (settings and the config of each, ``train.population = seeds``) and how
     they map to the population's members: member ``p * seeds + s`` is point p, seed s."""
 
@@ -80,14 +80,12 @@ class FrontierGrid:
     seed: int
 
     @property
-    def n_members(self) -> int:
-        return len(self.points) * self.seeds
+    def n_groups(self) -> int:
+        return len(self.points)
 
-    def members_of(self, p: int) -> list[int]:
-        return list(range(p * self.seeds, (p + 1) * self.seeds))
-
-    def seed_of(self, member: int) -> int:
-        return self.seed + member % self.seeds
+    @property
+    def first_seed(self) -> int:
+        return self.seed
 
     def keys(self) -> jax.Array:
         """Every member's key: point p's seed s gets ``PRNGKey(train.seed + s)`` (module docstring)."""

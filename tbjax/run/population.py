@@ -41,6 +41,29 @@ from tbjax.run.chunks import take
 JITTERED = ("learning_rate", "ent_coef")
 
 
+class SeedGroups:
+    """Groups of seeds on one member axis: member ``g * seeds + s`` is group g (a frontier's point, a
+    walk-forward fold), seed ``first_seed + s``. Each group chooses its own ensemble among its seeds.
+    A subclass gives ``n_groups``, ``seeds`` and ``first_seed``."""
+
+    n_groups: int
+    seeds: int
+    first_seed: int
+
+    @property
+    def n_members(self) -> int:
+        return self.n_groups * self.seeds
+
+    def members_of(self, g: int) -> list[int]:
+        return list(range(g * self.seeds, (g + 1) * self.seeds))
+
+    def group_of(self, member: int) -> int:
+        return member // self.seeds
+
+    def seed_of(self, member: int) -> int:
+        return self.first_seed + member % self.seeds
+
+
 def member_hparams(cfg: Config, hparams) -> list:
     """Each member's HParams (``train.population`` of them); with ``train.population_jitter``
     = s > 0, member i > 0 scales ``ppo.learning_rate`` and ``ppo.ent_coef`` by exp(s·z), z ~ N(0, 1)

@@ -50,7 +50,7 @@ from tbjax.run.assembly import assemble
 from tbjax.run.chunks import ChunkHooks, ChunkSchedule, run_chunks
 from tbjax.run.experiment import regime_market
 from tbjax.run.member_book import MemberBook
-from tbjax.run.population import ensemble_policy, member_hparams, select_members
+from tbjax.run.population import SeedGroups, ensemble_policy, member_hparams, select_members
 from tbjax.walkforward.folds import Fold, bars_per_day, check_ranges, plan_folds, symbol_ranges, union_times
 
 
@@ -64,7 +64,7 @@ class FoldData:
 
 
 @dataclass
-class WalkForward:
+class WalkForward(SeedGroups):
     """Everything the drivers need; built on the host before any compile."""
 
     cfg: Config
@@ -80,19 +80,20 @@ class WalkForward:
     diverged: dict = field(default_factory=dict)  # member -> the NaN guard's message
 
     @property
-    def n_members(self) -> int:
-        return len(self.folds) * self.seeds
+    def n_groups(self) -> int:
+        return len(self.folds)
 
-    def members_of(self, k: int) -> list[int]:
-        return list(range(k * self.seeds, (k + 1) * self.seeds))
+    @property
+    def first_seed(self) -> int:
+        return self.cfg.train.seed
 
     def fold_of(self, member: int) -> int:
-        return member // self.seeds
+        return self.group_of(member)
 
     def name(self, member: int) -> str:
         """How logs name a member: "fold k", or "fold k seed s" with several seeds per fold."""
         k = self.fold_of(member)
-        return f"fold {k}" if self.seeds == 1 else f"fold {k} seed {self.cfg.train.seed + member % self.seeds}"
+        return f"fold {k}" if self.seeds == 1 else f"fold {k} seed {self.seed_of(member)}"
 
     @property
     def best(self) -> list:
