@@ -213,16 +213,11 @@ class BestByVal(ChunkHooks):
                      f"{self.wf.book.patience.patience} evaluations (train.patience)")
 
 
-def seed_keys(cfg: Config, k: int, s: int = 0):
-    """Fold ``k``'s key for seed ``s``: fold k of a walk-forward run with ``train.seed + s``."""
-    return jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + s), k)
-
-
 def member_inputs(wf: WalkForward, members: list[int]) -> tuple[list, list]:
-    """(keys, HParams) of ``members``: seed s of a fold takes :func:`seed_keys` and the HParams a
-    population gives its member s (``train.population_jitter``)."""
+    """(keys, HParams) of ``members``: fold k's seed s takes the key of fold k in a walk-forward run
+    with ``train.seed + s`` and the HParams a population gives its member s (``train.population_jitter``)."""
     per_seed = member_hparams(wf.cfg, wf.hparams)
-    return ([seed_keys(wf.cfg, wf.fold_of(m), m % wf.seeds) for m in members],
+    return ([jax.random.fold_in(jax.random.PRNGKey(wf.seed_of(m)), wf.fold_of(m)) for m in members],
             [per_seed[m % wf.seeds] for m in members])
 
 
@@ -341,7 +336,7 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
                      "deployed": decision["policy"], "deployment": decision,
                      "agent": {"val": _summary(agent_val), "test": _summary(agent_test)}})
         if wf.seeds > 1:
-            rows[-1]["seeds"] = [{"seed": wf.cfg.train.seed + s, "val_objective": wf.book.objective[m],
+            rows[-1]["seeds"] = [{"seed": wf.seed_of(m), "val_objective": wf.book.objective[m],
                                   "best_update": wf.book.update[m], "in_ensemble": s in pol.chosen,
                                   "diverged": wf.diverged.get(m)} for s, m in enumerate(wf.members_of(k))]
     times, rets, pos = (np.concatenate([p[0][i] for p in parts]) for i in range(3))

@@ -156,7 +156,7 @@ def fold_checkpoint(wf, k: int) -> tuple[int, object, dict]:
         meta.update({"member_objective": [o if np.isfinite(o) else None for o in (book.objective[m] for m in members)],
                      "member_update": [book.update[m] for m in members],
                      "member_val_sortino": [book.val_sortino[m] for m in members], "selected": pol.chosen,
-                     "member_seeds": [wf.cfg.train.seed + s for s in range(wf.seeds)]})
+                     "member_seeds": [wf.seed_of(m) for m in members]})
     return update, pol.carry, meta
 
 
