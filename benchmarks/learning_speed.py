@@ -23,7 +23,13 @@ deterministic policy:
 Both then compute the SAME per-bar Sharpe (``common.per_bar_sharpe``: mean / std of the
 concatenated per-bar net returns, as the oracle does) and the same turnover (mean |traded| per bar).
 
-Each side trains for its whole budget (to show whether it HOLDS a level, not only reaches it).
+Each side trains for its whole budget (to show whether it HOLDS a level, not only reaches it), with
+the product's learning-rate schedule (``ppo.lr_schedule``, linear decay to ``ppo.lr_min`` by default)
+laid over that budget: the rate at a moment is ``tbjax.agent.ppo.learning_rate_at`` of the fraction of
+the budget's seconds spent (:func:`budget_learning_rate`), set between tbjax's chunks (a traced leaf:
+no recompile) and at each SB3 update (its ``lr_schedule``). A run of ``tbjax.train`` knows its end
+(``train.total_env_steps``) and decays over it; a wall-clock budget's end is its seconds
+(``--lr-schedule constant`` measures a constant rate, as this benchmark did until 2026-12).
 The clock counts training only, from the learner's construction: for tbjax the members' init
 (its compile and first rollout, ``setup_s``) and the first chunk's compile (a user waits for both;
 ``compile_and_first_chunk_s`` gives the latter alone), for SB3 the vec-env and model. A process
@@ -43,6 +49,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -105,6 +112,8 @@ def parse_args(argv):
     p.add_argument("--sb3-envs", type=int, default=8)
     p.add_argument("--sb3-eval-every", type=int, default=32_768, help="env steps between evaluations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-schedule", choices=("constant", "linear"), default=common.DEFAULT_PPO.lr_schedule,
+                   help="both learners' rate over the budget's seconds (ppo.lr_schedule; default the product's)")
     p.add_argument("--out", default=str(common.RESULTS_DIR / "learning_speed.json"))
     args = p.parse_args(argv)
     args.markets = [m.strip() for m in args.markets.split(",") if m.strip()]
@@ -124,6 +133,21 @@ def parse_args(argv):
         args.tbjax_population = min(args.tbjax_population, 2)
         args.budgets = {m: 1.0 for m in args.markets}
     return args
+
+
+def budget_learning_rate(seconds: float, budget: float, schedule: str) -> float:
+    """The rate ``ppo.lr_schedule`` gives after ``seconds`` of a ``budget``-second run: the product's own
+    schedule (:func:`tbjax.agent.ppo.learning_rate_at`, from ``ppo.learning_rate`` to ``ppo.lr_min``)
+    with the budget's seconds standing for its updates, so a time-budgeted learner decays as a run of
+    ``tbjax.train`` decays over its ``train.total_env_steps``."""
+    import jax.numpy as jnp
+
+    from tbjax.agent.ppo import learning_rate_at
+
+    steps = 10_000  # the budget in ten-thousandths
+    progress = jnp.asarray(round(steps * min(max(seconds / budget, 0.0), 1.0)), jnp.int32)
+    rates = types.SimpleNamespace(learning_rate=common.PPO_SETTINGS["learning_rate"], lr_min=common.DEFAULT_PPO.lr_min)
+    return float(learning_rate_at(rates, progress, steps, schedule))
 
 
 class Stopwatch:
@@ -166,8 +190,15 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     program, hps, carry = common.seed_population(trainer, size, args.seed, common.tbjax_hparams(params), pm.market)
     carry = jax.block_until_ready(carry)
     setup_s = clock.read()
+
+    def chunk_hparams(seconds: float):  # the schedule's rate for the next chunk (traced: never recompiles)
+        # ppo.learning_rate must be > 0: a chunk begun at the very end (a tiny budget) keeps a trace of it
+        lr = max(budget_learning_rate(seconds, budget, args.lr_schedule), 1e-3 * common.PPO_SETTINGS["learning_rate"])
+        return program.members([common.tbjax_hparams(params, learning_rate=lr)] * size)
+
     apply = ensemble_apply(trainer.policy_apply, "discrete", common.LONG_SHORT, size) if size > 1 else None
     steps, compile_s = 0, None
+    hps = chunk_hparams(clock.read())
     while True:
         t_chunk = time.perf_counter()
         carry, _ = jax.block_until_ready(program.advance(carry, hps, [True] * size, pm.market))
@@ -182,6 +213,7 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
               f"  turnover {history[-1]['val_turnover']:.3f}", flush=True)
         if seconds >= budget:
             break
+        hps = chunk_hparams(seconds)
         clock.resume()
     return {"env_steps": steps, "setup_s": setup_s, "compile_and_first_chunk_s": compile_s, "history": history,
             "n_envs": args.tbjax_envs, "population": size}, returns
@@ -230,6 +262,7 @@ def train_sb3(pm, args, budget: float) -> tuple[dict, np.ndarray]:
     clock, history, state = Stopwatch(), [], {"next": args.sb3_eval_every, "returns": None}
     venv = sb3_side.sb3_vec_env(pm.market, params, args.sb3_envs, "dummy", args.seed)
     model = sb3_side.sb3_ppo(venv, args.n_steps, args.epochs, args.minibatches, args.seed, window_size=pm.window_size)
+    model.lr_schedule = lambda _progress: budget_learning_rate(clock.read(), budget, args.lr_schedule)  # read each update
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
@@ -316,6 +349,7 @@ def main(argv=None) -> int:
                      "n_minibatches": args.minibatches, "seed": args.seed, "hidden": list(common.HIDDEN),
                      "tbjax_envs_per_member": args.tbjax_envs, "tbjax_population": args.tbjax_population,
                      "sb3_envs": args.sb3_envs, "turnover_penalty": args.turnover_penalty,
+                     "lr_schedule": args.lr_schedule, "lr_min": common.DEFAULT_PPO.lr_min,
                      "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS},
     }
     return common.finish(args.out, result, ("jax", "flax", "stable_baselines3", "torch"))

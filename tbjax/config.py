@@ -136,7 +136,7 @@ class TrainConfig:
     eval_every: int = 20  # updates between validation evaluations (rounded up to whole chunks)
     seed: int = 0
     precision: str = static("float32")
-    population: int = 4  # members trained as ONE compiled program, seeds seed .. seed+P-1; > 1: an ensemble policy
+    population: int = 8  # members trained as ONE compiled program, seeds seed .. seed+P-1; > 1: an ensemble policy
     ensemble_top_k: Optional[int] = None  # None: every member whose val objective beats flat's (0), at least the best
     population_jitter: float = 0.0  # sigma of log-normal jitter of ppo.learning_rate and ppo.ent_coef (member 0: none)
     patience: int = 4  # evaluations without a new best val objective before a member stops; 0 = never stop early

@@ -315,6 +315,17 @@ def test_learning_milestones_are_first_crossings():
     assert learning_speed.milestones(history, 0.1) == {"0.5": 2.0, "0.6": 2.0, "0.7": 2.0, "0.8": 4.0, "0.9": None}
 
 
+def test_budget_learning_rate_is_the_products_schedule_over_seconds():
+    """Both learners' rate in a time-budgeted run: ppo.lr_schedule with the budget's seconds as its updates."""
+    lr0, lr_min = common.PPO_SETTINGS["learning_rate"], common.DEFAULT_PPO.lr_min
+    rate = learning_speed.budget_learning_rate
+    assert rate(0.0, 60.0, "linear") == pytest.approx(lr0)
+    assert rate(15.0, 60.0, "linear") == pytest.approx(lr_min + 0.75 * (lr0 - lr_min))  # a quarter spent
+    assert rate(60.0, 60.0, "linear") == pytest.approx(lr_min)
+    assert rate(90.0, 60.0, "linear") == pytest.approx(lr_min)  # past the end: lr_min, as after total_updates
+    assert rate(15.0, 60.0, "constant") == pytest.approx(lr0)
+
+
 def test_sb3_bar_encoder_equals_tbjax_bar_encoder():
     """The peer benchmarks give SB3 tbjax's per-bar encoder: same weights in, same codes out."""
     pytest.importorskip("stable_baselines3")
