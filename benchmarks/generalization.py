@@ -41,7 +41,7 @@ warm-up rows prepare drops come off the front), 1,048 days of the sample.
 Per market (a row of ``results``): the stitched out-of-sample Sharpe and Sortino with their
 stationary-bootstrap intervals and PSR vs 0 and vs buy-and-hold (the "Is it real?" block of
 ``walkforward.json``, copied whole as ``is_it_real``), buy-and-hold's stitched Sharpe / Sortino on the
-same bars, stitched turnover (mean |change of the pooled position| per bar), per fold the best update
+same bars, stitched turnover (the mean traded fraction the env charged per bar), per fold the best update
 as a fraction of the fold's update budget (``cfg.n_updates``) with its val and test figures, the
 number of folds that abstained (``deployed`` = "baseline" in ``walkforward.json``; None for a file
 written before folds could abstain; the agent's own test Sharpe / Sortino per fold beside it), and the wall-clock seconds of the walk-forward call (setup,

@@ -17,7 +17,7 @@ what that fold deploys: its best policy when the fold's VAL shows an edge over t
 evidence does no harm. Its turnover is what the env charged on each of those bars (re-balancing a
 position the price drift moved included), as in every other evaluation.
 
-``walkforward.seeds`` = S > 1 (null: ``train.population``, 4 by default) trains S learners per fold (seeds ``train.seed`` .. ``+ S - 1``; member
+``walkforward.seeds`` = S > 1 (null: ``train.population``, 8 by default) trains S learners per fold (seeds ``train.seed`` .. ``+ S - 1``; member
 ``k * S + s`` is fold k, seed s, and trains exactly as fold k of a walk-forward with ``train.seed + s``)
 in the same one program, and each fold deploys the ensemble of ITS seeds chosen on val as a
 population run chooses (:func:`tbjax.run.population.select_members`, ``train.ensemble_top_k``):
