@@ -259,3 +259,39 @@ def test_structure_mismatch_names_the_leaves_only_one_side_has():
     same_paths = [[".params['head']['bias']", [4], "float32"]]
     assert describe_mismatch(same_paths, [[".params['head']['bias']", [3], "float32"]]) == \
         "leaf .params['head']['bias'] is float32(4,) there, float32(3,) now"
+
+
+def test_asyncio_echoes_of_a_failed_orbax_read_are_dropped_and_nothing_else():
+    """A restore that fails inside orbax leaves gathering futures whose errors asyncio logs at exit
+    ("_GatheringFuture exception was never retrieved", ~180 lines after the one-line message). Their
+    message names no coroutine, so the filter looks at where the exception was raised."""
+    import logging
+
+    from tbjax.run.checkpoint.quiet import _OrbaxTaskEcho
+
+    namespace: dict = {}
+    exec(compile("def read():\n    raise ValueError('OUT_OF_RANGE')\n", "/site-packages/orbax/checkpoint/read.py",
+                 "exec"), namespace)
+
+    def caught(fn):
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 - the exception itself is the test's input
+            return err
+
+    def wrapped():  # orbax re-raises the reader's error from its own frame: the chain is followed
+        try:
+            namespace["read"]()
+        except ValueError as err:
+            raise Exception("Encountered error while reading array index") from err
+
+    def record(message, exc):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                                 (type(exc), exc, exc.__traceback__) if exc else None)
+
+    echo = _OrbaxTaskEcho()
+    gathered = "_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished>"
+    assert not echo.filter(record(gathered, caught(wrapped)))
+    assert not echo.filter(record("Task exception was never retrieved: coro=<run at /x/orbax/y.py>", None))
+    assert echo.filter(record(gathered, caught(lambda: 1 / 0)))  # someone else's future: kept
+    assert echo.filter(record("a plain asyncio error", None))

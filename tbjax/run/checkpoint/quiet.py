@@ -29,11 +29,29 @@ def _is_orbax_echo(unraisable) -> bool:
     return code is not None and "orbax" in code.co_filename
 
 
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from passed through a frame of orbax's code."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class _OrbaxTaskEcho(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" about orbax tasks (see quiet_orbax)."""
+    """Drops asyncio's "... exception was never retrieved" about orbax's work (see quiet_orbax): a
+    Task names its orbax coroutine in the message; a gathering future only carries the exception,
+    whose traceback runs through orbax's reader."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "orbax" not in record.getMessage()
+        if "orbax" in record.getMessage():
+            return False
+        return not (record.exc_info and _raised_in_orbax(record.exc_info[1]))
 
 
 def _install_echo_filters() -> None:
