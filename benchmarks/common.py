@@ -29,6 +29,7 @@ from benchmarks.planted import (  # noqa: F401
     HOURLY_BARS_PER_YEAR,
     SIGNAL_COLUMN,
     PlantedMarket,
+    best_third,
     decision_bars,
     env_params,
     held,

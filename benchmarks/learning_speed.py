@@ -36,12 +36,16 @@ The clock counts training only, from the learner's construction: for tbjax the m
 compiles each program once: with several markets, the first one run pays tbjax's compiles.
 Evaluation time is excluded on both sides. Per market and side: seconds to
 50/60/70/80/90 % of the oracle (None if never), the final and peak fraction, the "held" fraction
-(mean over the last third of the evaluations) and the final val turnover. The top-level
+(mean over the last third of the evaluations), the best mean over any stretch of that length
+(``best_third_fraction``: held / best third is 1 when the curve has not decayed, while held / peak
+also counts the jitter between single evaluations) and the final val turnover. The top-level
 ``tbjax_seconds`` / ``sb3_seconds`` / ``ratio`` are the rho 0.2 market's time to 80 %; a side that
 misses reports its budget, so with one miss the ratio is a bound.
 
     python benchmarks/learning_speed.py [--quick] [--markets rho_0.2,rho_0]
         → benchmarks/results/learning_speed.json
+    python benchmarks/learning_speed.py --sides tbjax --markets rho_0.1 --tbjax-set ppo.clip_eps=0.1 --out X.json
+        (a candidate setting of the tbjax side on the same clock; ppo.learning_rate sets the schedule's start)
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def summarise(history: list[dict], oracle_sharpe: float, final_returns: np.ndarr
     frac = [h["val_sharpe_per_bar"] / oracle_sharpe for h in history]
     bh_sr = common.per_bar_sharpe([bh_returns])
     return {"milestones_s": milestones(history, oracle_sharpe), "final_fraction": frac[-1],
-            "peak_fraction": max(frac), "held_fraction": common.held(frac),
+            "peak_fraction": max(frac), "held_fraction": common.held(frac), "best_third_fraction": common.best_third(frac),
             "final_val_sharpe_per_bar": history[-1]["val_sharpe_per_bar"],
             "final_val_turnover": history[-1]["val_turnover"],
             "psr_vs_zero": probabilistic_sharpe_ratio(final_returns, 0.0),
@@ -114,6 +118,9 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr-schedule", choices=("constant", "linear"), default=common.DEFAULT_PPO.lr_schedule,
                    help="both learners' rate over the budget's seconds (ppo.lr_schedule; default the product's)")
+    p.add_argument("--tbjax-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a traced ppo.* setting of the tbjax side only (repeatable), e.g. ppo.bagging=1: probes "
+                        "a candidate against the defaults on the same clock")
     p.add_argument("--out", default=str(common.RESULTS_DIR / "learning_speed.json"))
     args = p.parse_args(argv)
     args.markets = [m.strip() for m in args.markets.split(",") if m.strip()]
@@ -124,6 +131,16 @@ def parse_args(argv):
     if unknown:
         p.error(f"--markets: unknown {', '.join(unknown)}; use names from {', '.join(MARKETS)}")
     args.budgets = {m: MARKETS[m][1] * args.budget_scale for m in args.markets}
+    args.tbjax_overrides = {}
+    for item in args.tbjax_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("ppo.") or key == "ppo.lr_min":
+            p.error(f"--tbjax-set {item}: use ppo.KEY=VALUE of a traced setting (ppo.learning_rate is the "
+                    "schedule's start; ppo.lr_min is the product's)")
+        try:
+            args.tbjax_overrides[key[len("ppo."):]] = float(value)
+        except ValueError:
+            p.error(f"--tbjax-set {item}: {value!r} is not a number")
     if args.quick:
         args.bars, args.sb3_eval_every = 8_000, 8_192
         args.budgets = {m: QUICK_BUDGETS[m] * args.budget_scale for m in args.markets}
@@ -135,7 +152,7 @@ def parse_args(argv):
     return args
 
 
-def budget_learning_rate(seconds: float, budget: float, schedule: str) -> float:
+def budget_learning_rate(seconds: float, budget: float, schedule: str, start: float | None = None) -> float:
     """The rate ``ppo.lr_schedule`` gives after ``seconds`` of a ``budget``-second run: the product's own
     schedule (:func:`tbjax.agent.ppo.learning_rate_at`, from ``ppo.learning_rate`` to ``ppo.lr_min``)
     with the budget's seconds standing for its updates, so a time-budgeted learner decays as a run of
@@ -146,7 +163,8 @@ def budget_learning_rate(seconds: float, budget: float, schedule: str) -> float:
 
     steps = 10_000  # the budget in ten-thousandths
     progress = jnp.asarray(round(steps * min(max(seconds / budget, 0.0), 1.0)), jnp.int32)
-    rates = types.SimpleNamespace(learning_rate=common.PPO_SETTINGS["learning_rate"], lr_min=common.DEFAULT_PPO.lr_min)
+    start = common.PPO_SETTINGS["learning_rate"] if start is None else start
+    rates = types.SimpleNamespace(learning_rate=start, lr_min=common.DEFAULT_PPO.lr_min)
     return float(learning_rate_at(rates, progress, steps, schedule))
 
 
@@ -187,15 +205,17 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
                                    args.tbjax_chunk, n_groups=len(pm.symbols), window_size=pm.window_size)
     size = args.tbjax_population
     clock, history = Stopwatch(), []  # from here: the members' init (compiled, one rollout each) counts too
-    program, hps, carry = common.seed_population(trainer, size, args.seed, common.tbjax_hparams(params), pm.market)
+    program, hps, carry = common.seed_population(trainer, size, args.seed,
+                                                 common.tbjax_hparams(params, **args.tbjax_overrides), pm.market)
     carry = jax.block_until_ready(carry)
     setup_s = clock.read()
 
     def chunk_hparams(seconds: float):  # the schedule's rate for the next chunk (traced: never recompiles)
         # ppo.learning_rate must be > 0: a chunk begun at the very end (a tiny budget) keeps a trace of it
-        lr = max(budget_learning_rate(seconds, budget, args.lr_schedule), 1e-3 * common.PPO_SETTINGS["learning_rate"])
-        return program.members([common.tbjax_hparams(params, learning_rate=lr)] * size)
+        lr = max(budget_learning_rate(seconds, budget, args.lr_schedule, start), 1e-3 * start)
+        return program.members([common.tbjax_hparams(params, **{**args.tbjax_overrides, "learning_rate": lr})] * size)
 
+    start = args.tbjax_overrides.get("learning_rate", common.PPO_SETTINGS["learning_rate"])
     apply = ensemble_apply(trainer.policy_apply, "discrete", common.LONG_SHORT, size) if size > 1 else None
     steps, compile_s = 0, None
     hps = chunk_hparams(clock.read())
@@ -350,7 +370,8 @@ def main(argv=None) -> int:
                      "tbjax_envs_per_member": args.tbjax_envs, "tbjax_population": args.tbjax_population,
                      "sb3_envs": args.sb3_envs, "turnover_penalty": args.turnover_penalty,
                      "lr_schedule": args.lr_schedule, "lr_min": common.DEFAULT_PPO.lr_min,
-                     "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS},
+                     "bar_features": common.DEFAULT_PPO.bar_features, **common.PPO_SETTINGS,
+                     "tbjax_overrides": {f"ppo.{k}": v for k, v in args.tbjax_overrides.items()}},
     }
     return common.finish(args.out, result, ("jax", "flax", "stable_baselines3", "torch"))
 

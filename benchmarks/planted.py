@@ -157,6 +157,17 @@ def held(curve: list[float]) -> float:
     return float(np.mean(curve[len(curve) - max(1, len(curve) // 3):]))
 
 
+def best_third(curve: list[float]) -> float:
+    """The best mean over any run of consecutive evaluations as long as :func:`held`'s last third.
+
+    ``held / best_third`` is 1 exactly when the last third is the curve's best stretch: the measure of
+    DECAY. ``held / peak`` also counts the jitter between single evaluations, since the peak is the
+    largest of many noisy draws: for a flat curve with jitter sigma it sits about 2 sigma above the mean
+    of 40 draws, so a curve that has stopped moving still scores held / peak < 1 (docs/TUNING.md)."""
+    k = max(1, len(curve) // 3)
+    return float(np.max(np.convolve(np.asarray(curve, float), np.ones(k) / k, mode="valid")))
+
+
 def val_score(trainer, carry, pm: PlantedMarket, val_params, policy_apply=None) -> tuple[float, float, np.ndarray]:
     """(per-bar Sharpe, turnover per bar, concatenated per-bar returns) of the deterministic policy on
     the val split (``tbjax.evaluation.backtest``, frozen observation statistics); ``policy_apply``:

@@ -166,6 +166,7 @@ def test_learning_speed_tiny(tmp_path):
             late = frac[len(frac) - max(1, len(frac) // 3):]
             assert run["final_fraction"] == pytest.approx(frac[-1]) and run["peak_fraction"] == pytest.approx(max(frac))
             assert run["held_fraction"] == pytest.approx(np.mean(late))
+            assert np.mean(late) <= run["best_third_fraction"] + 1e-9 <= max(frac) + 2e-9
             assert run["final_val_turnover"] == run["history"][-1]["val_turnover"] >= 0.0
     if not HAVE_SB3:
         assert head["sb3"] is None
@@ -315,6 +316,16 @@ def test_learning_milestones_are_first_crossings():
     assert learning_speed.milestones(history, 0.1) == {"0.5": 2.0, "0.6": 2.0, "0.7": 2.0, "0.8": 4.0, "0.9": None}
 
 
+def test_best_third_is_the_best_stretch_as_long_as_the_held_third():
+    # 9 evaluations: thirds of 3; windows 0.2, 0.4, 0.6, 0.7, 0.7, 0.6, 0.5 -> best 0.7, held (last 3) 0.5
+    curve = [0.0, 0.3, 0.3, 0.6, 0.9, 0.6, 0.6, 0.6, 0.3]
+    assert common.held(curve) == pytest.approx(0.5)
+    assert common.best_third(curve) == pytest.approx(0.7)
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert common.best_third(rising) == pytest.approx(common.held(rising))  # no decay: the last third is best
+    assert common.best_third([0.4]) == pytest.approx(0.4)
+
+
 def test_budget_learning_rate_is_the_products_schedule_over_seconds():
     """Both learners' rate in a time-budgeted run: ppo.lr_schedule with the budget's seconds as its updates."""
     lr0, lr_min = common.PPO_SETTINGS["learning_rate"], common.DEFAULT_PPO.lr_min
@@ -324,6 +335,7 @@ def test_budget_learning_rate_is_the_products_schedule_over_seconds():
     assert rate(60.0, 60.0, "linear") == pytest.approx(lr_min)
     assert rate(90.0, 60.0, "linear") == pytest.approx(lr_min)  # past the end: lr_min, as after total_updates
     assert rate(15.0, 60.0, "constant") == pytest.approx(lr0)
+    assert rate(15.0, 60.0, "linear", start=2 * lr0) == pytest.approx(lr_min + 0.75 * (2 * lr0 - lr_min))
 
 
 def test_sb3_bar_encoder_equals_tbjax_bar_encoder():
