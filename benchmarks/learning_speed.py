@@ -119,7 +119,7 @@ def parse_args(argv):
     p.add_argument("--lr-schedule", choices=("constant", "linear"), default=common.DEFAULT_PPO.lr_schedule,
                    help="both learners' rate over the budget's seconds (ppo.lr_schedule; default the product's)")
     p.add_argument("--tbjax-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a traced ppo.* setting of the tbjax side only (repeatable), e.g. ppo.bagging=1: probes "
+                   help="a traced ppo.* setting of the tbjax side only (repeatable), e.g. ppo.clip_eps=0.1: probes "
                         "a candidate against the defaults on the same clock")
     p.add_argument("--out", default=str(common.RESULTS_DIR / "learning_speed.json"))
     args = p.parse_args(argv)
@@ -209,13 +209,13 @@ def train_tbjax(pm, args, budget: float) -> tuple[dict, np.ndarray]:
                                                  common.tbjax_hparams(params, **args.tbjax_overrides), pm.market)
     carry = jax.block_until_ready(carry)
     setup_s = clock.read()
+    start = args.tbjax_overrides.get("learning_rate", common.PPO_SETTINGS["learning_rate"])  # the schedule's start
 
     def chunk_hparams(seconds: float):  # the schedule's rate for the next chunk (traced: never recompiles)
         # ppo.learning_rate must be > 0: a chunk begun at the very end (a tiny budget) keeps a trace of it
         lr = max(budget_learning_rate(seconds, budget, args.lr_schedule, start), 1e-3 * start)
         return program.members([common.tbjax_hparams(params, **{**args.tbjax_overrides, "learning_rate": lr})] * size)
 
-    start = args.tbjax_overrides.get("learning_rate", common.PPO_SETTINGS["learning_rate"])
     apply = ensemble_apply(trainer.policy_apply, "discrete", common.LONG_SHORT, size) if size > 1 else None
     steps, compile_s = 0, None
     hps = chunk_hparams(clock.read())
