@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 
-import jax
 import numpy as np
 import pytest
 from tiny_run_config import synthetic_market
@@ -32,29 +30,6 @@ TINY = [
     "train.eval_every=2", "walkforward.seeds=1", "walkforward.folds=2",
     "eval.edge_confidence=0", "train.patience=0",  # the folds' agents (abstention: tests/run/test_do_no_harm.py)
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_persistent_cache_write():
-    """This module's programs skip the persistent compilation cache's WRITE (reads are unchanged).
-
-    In 2 of about 8 CI runs an xdist worker died (segfault, then abort) inside JAX's
-    ``compilation_cache.put_executable_and_time``, in ``executable.serialize()`` of the vmapped
-    walk-forward program this module's ``trained`` fixture compiles first. These programs are only
-    ever run in this process, so nothing is lost by not writing them. This removes that crash site
-    only: one later run crashed inside XLA's CPU compile itself (``backend_compile_and_load``) of
-    the GRU walk-forward program of this module, a crash not yet explained.
-    """
-    name, never = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1e9"  # no program compiles this long
-    old_config, old_env = jax.config.jax_persistent_cache_min_compile_time_secs, os.environ.get(name)
-    os.environ[name] = never  # the CLI run in-process here (tbjax.run.compile_cache) keeps an explicit value
-    jax.config.update(name.lower(), float(never))
-    yield
-    jax.config.update(name.lower(), old_config)
-    if old_env is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = old_env
 
 
 @pytest.fixture(scope="module")
