@@ -3,7 +3,9 @@
 A careful reader must see the spread before the headline: every member's val objective and test
 metrics, which members the ensemble uses (chosen on val only), a spread plot of the members' test
 Sortino (min / median / max) beside the ensemble's and buy-and-hold's, then the ensemble's row
-against buy-and-hold.
+against buy-and-hold. When validation found no edge the run deploys its baseline: the ensemble's
+row then shows the ensemble's own figures, marked not deployed, and a row of its own shows what the
+run trades.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ def _baseline(ev: dict) -> dict:
     return bh.get("pooled", bh)
 
 
+def _agent(ev: dict) -> dict:
+    """The ensemble's own figures on a split: ``ev["agent"]`` when the run deployed its baseline
+    (the split's top-level figures then score the baseline, tbjax.evaluation.deployment), else ``ev``."""
+    return ev.get("agent") or ev
+
+
+def _deployed_baseline(evals: dict) -> str | None:
+    """The baseline's name when the run deployed it instead of the ensemble, else None."""
+    decision = next((ev["deployed"] for ev in evals.values() if (ev or {}).get("deployed")), None)
+    return decision["baseline"] if decision and decision["policy"] == "baseline" else None
+
+
 def plot_spread(path: Path, test: dict) -> None:
     """Members' test Sortino as points with min / median / max marks, the ensemble's and
     buy-and-hold's beside them (atomic write)."""
@@ -41,7 +55,7 @@ def plot_spread(path: Path, test: dict) -> None:
             for q, name in ((finite.min(), "min"), (np.median(finite), "median"), (finite.max(), "max")):
                 ax.hlines(q, -0.2, 0.2, colors="grey", lw=1)
                 ax.annotate(name, (0.22, q), fontsize=8, va="center")
-        ax.scatter([1], [test["pooled"].get("sortino", np.nan)], marker="*", s=150, label="ensemble")
+        ax.scatter([1], [_agent(test)["pooled"].get("sortino", np.nan)], marker="*", s=150, label="ensemble")
         ax.scatter([2], [_baseline(test).get("sortino", np.nan)], marker="s", label="buy and hold")
         ax.set_xticks([0, 1, 2], ["members", "ensemble", "buy & hold"])
         ax.set_ylabel("test Sortino")
@@ -75,10 +89,19 @@ def population_section(run_dir: Path, evals: dict) -> list[str]:
         lines.append(f"| {m['member']} | {m['seed']} | {'yes' if m['selected'] else 'no'} | {m.get('best_update')} | "
                      f"{_num(m.get('val_objective'))} | {_num(v.get('sortino'))} | {_num(m.get('sortino'))} | "
                      f"{_num(m.get('total_return'), 4)} | {_num(m.get('max_drawdown'), 4)} | {_num(m.get('turnover'))} |")
+    baseline = _deployed_baseline(evals)
+    agent_val, agent_test = (_agent(val).get("pooled") or {}), (_agent(test).get("pooled") or {})
+    label = "**ensemble**" if baseline is None else "ensemble (not deployed: no edge on val)"
+    lines.append(f"| {label} | | | | {_num(_agent(val).get('objective'))} | {_num(agent_val.get('sortino'))} "
+                 f"| {_num(agent_test.get('sortino'))} | {_num(agent_test.get('total_return'), 4)} "
+                 f"| {_num(agent_test.get('max_drawdown'), 4)} | {_num(agent_test.get('turnover'))} |")
+    if baseline is not None:  # the split's top-level figures score what the run trades: the baseline
+        deployed = test.get("pooled") or {}
+        lines.append(f"| **deployed: {baseline.replace('_', ' ')}** | | | | {_num(val.get('objective'))} "
+                     f"| {_num((val.get('pooled') or {}).get('sortino'))} | {_num(deployed.get('sortino'))} "
+                     f"| {_num(deployed.get('total_return'), 4)} | {_num(deployed.get('max_drawdown'), 4)} "
+                     f"| {_num(deployed.get('turnover'))} |")
     bh = _baseline(test)
-    lines.append(f"| **ensemble** | | | | {_num(val.get('objective'))} | {_num((val.get('pooled') or {}).get('sortino'))} "
-                 f"| {_num(test.get('pooled', {}).get('sortino'))} | {_num(test.get('pooled', {}).get('total_return'), 4)} "
-                 f"| {_num(test.get('pooled', {}).get('max_drawdown'), 4)} | {_num(test.get('pooled', {}).get('turnover'))} |")
     lines.append(f"| buy and hold | | | | | | {_num(bh.get('sortino'))} | {_num(bh.get('total_return'), 4)} | "
                  f"{_num(bh.get('max_drawdown'), 4)} | |")
     if test.get("population"):

@@ -154,6 +154,34 @@ def test_top_k_never_chooses_a_member_without_a_finite_objective(tmp_path):
     assert f"the ensemble uses {NO_VAL_EVIDENCE} (members 0, 1, 2)" in text
 
 
+def test_population_report_never_labels_a_deployed_baseline_as_the_ensemble(tmp_path):
+    """When val found no edge the split's top-level figures score the baseline the run trades
+    (tbjax.run.deployed); the ensemble's row must show the ensemble's own figures, from "agent"."""
+    from tbjax.evaluation.population_report import population_section
+
+    decision = {"policy": "baseline", "baseline": "buy_and_hold"}
+    members = [{"member": 0, "seed": 0, "selected": True, "sortino": 0.5}]
+    pop = {"size": 1, "selected": [0], "members": members, "rule": "beat flat on val"}
+    hold = {"sortino": 1.1, "total_return": 0.15, "max_drawdown": 0.15, "turnover": 0.003}
+    agent = {"sortino": 0.94, "total_return": 0.095, "max_drawdown": 0.094, "turnover": 0.397}
+    evals = {"val": {"population": pop, "objective": 0.9, "pooled": {"sortino": 1.3}, "deployed": decision,
+                     "agent": {"objective": 0.83, "pooled": {"sortino": 1.2}}},
+             "test": {"population": pop, "pooled": hold, "deployed": decision, "agent": {"pooled": agent},
+                      "baselines": {"buy_and_hold": {"pooled": hold}}}}
+    rows = {line.split(" | ")[0]: line for line in population_section(tmp_path, evals) if line.startswith("| ")}
+    assert rows["| ensemble (not deployed: no edge on val)"].endswith(
+        "| 0.830 | 1.200 | 0.940 | 0.0950 | 0.0940 | 0.397 |")
+    assert rows["| **deployed: buy and hold**"].endswith("| 0.900 | 1.300 | 1.100 | 0.1500 | 0.1500 | 0.003 |")
+    assert "| **ensemble**" not in rows
+    evals["test"]["deployed"] = evals["val"]["deployed"] = {"policy": "agent", "baseline": "buy_and_hold"}
+    evals["test"]["pooled"], evals["val"]["objective"] = agent, 0.83
+    for ev in evals.values():
+        del ev["agent"]
+    rows = {line.split(" | ")[0]: line for line in population_section(tmp_path, evals) if line.startswith("| ")}
+    assert rows["| **ensemble**"].endswith("| 0.830 | 1.300 | 0.940 | 0.0950 | 0.0940 | 0.397 |")
+    assert not any(key.startswith("| **deployed") for key in rows)
+
+
 def test_each_member_acts_with_its_own_statistics():
     def policy_apply(params, obs_stats, obs, deterministic=True, key=None):
         return jnp.argmax(params * (obs - obs_stats), axis=-1)  # which feature is most above the member's mean
