@@ -21,8 +21,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-# Linux's default ceiling on one process's memory maps (/proc/sys/vm/max_map_count is 65530).
-MEMORY_MAP_CEILING = 65530
+def memory_map_ceiling() -> int:
+    """Linux's ceiling on one process's memory maps (``vm.max_map_count``; 65,530 by default)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as ceiling:
+            return int(ceiling.read())
+    except (OSError, ValueError):
+        return 65530
 
 
 def memory_maps() -> int | None:
@@ -40,16 +45,16 @@ def release_compiled_programs():
 
     XLA's CPU backend keeps every compiled program's machine code in its own small memory maps
     (about 3 per program), and JAX keeps every program it compiled for the life of the process. An
-    xdist worker compiles thousands of programs in one run and neared Linux's ceiling of 65,530
-    maps per process: past it the next mmap fails and XLA dies in a compile or a serialisation
-    (seen in CI as a segfault or an abort, always in a late, large walk-forward program).
+    xdist worker compiles thousands of programs in one run and reached Linux's ceiling on maps per
+    process (:func:`memory_map_ceiling`): past it the next mmap fails and XLA dies in a compile or a
+    serialisation (seen in CI as a segfault or an abort, always in a late, large walk-forward program).
     ``jax.clear_caches()`` frees those maps; later modules load what they need again from the
     session's persistent compilation cache. Clearing only past a third of the ceiling keeps the
     reloads few.
     """
     yield
     held = memory_maps()
-    if held is not None and held > MEMORY_MAP_CEILING // 3:
+    if held is not None and held > memory_map_ceiling() // 3:
         import jax
 
         jax.clear_caches()
