@@ -143,9 +143,15 @@ def _prob(p) -> str:
     return "undefined" if p is None or not math.isfinite(p) else f"{p:.2f}"
 
 
+def deployed_decision(evals: dict) -> dict | None:
+    """The deployment decision the splits' evaluations carry (every split holds the same one, made
+    on val); None for evaluations written before abstention existed."""
+    return next((ev["deployed"] for ev in evals.values() if ev and ev.get("deployed")), None)
+
+
 def deployment_lines(evals: dict) -> list[str]:
     """What the run deploys, in plain words, first on the page (tbjax.evaluation.deployment)."""
-    decision = next((ev["deployed"] for ev in evals.values() if ev.get("deployed")), None)
+    decision = deployed_decision(evals)
     if decision is None:
         return []
     who = "the trained agent" if decision["policy"] == "agent" else f"the baseline ({decision['baseline']})"

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tbjax.atomic import write_with  # noqa: E402
+from tbjax.evaluation.deployment import deployed_decision  # noqa: E402
 
 
 def _num(value, digits: int = 3) -> str:
@@ -36,10 +37,11 @@ def _agent(ev: dict) -> dict:
     return ev.get("agent") or ev
 
 
-def _deployed_baseline(evals: dict) -> str | None:
-    """The baseline's name when the run deployed it instead of the ensemble, else None."""
-    decision = next((ev["deployed"] for ev in evals.values() if (ev or {}).get("deployed")), None)
-    return decision["baseline"] if decision and decision["policy"] == "baseline" else None
+def _summary_row(label: str, val: dict, test: dict) -> str:
+    """One table row: the val objective and Sortino of ``val``, the test figures of ``test``."""
+    v, t = val.get("pooled") or {}, test.get("pooled") or {}
+    return (f"| {label} | | | | {_num(val.get('objective'))} | {_num(v.get('sortino'))} | {_num(t.get('sortino'))} "
+            f"| {_num(t.get('total_return'), 4)} | {_num(t.get('max_drawdown'), 4)} | {_num(t.get('turnover'))} |")
 
 
 def plot_spread(path: Path, test: dict) -> None:
@@ -89,18 +91,12 @@ def population_section(run_dir: Path, evals: dict) -> list[str]:
         lines.append(f"| {m['member']} | {m['seed']} | {'yes' if m['selected'] else 'no'} | {m.get('best_update')} | "
                      f"{_num(m.get('val_objective'))} | {_num(v.get('sortino'))} | {_num(m.get('sortino'))} | "
                      f"{_num(m.get('total_return'), 4)} | {_num(m.get('max_drawdown'), 4)} | {_num(m.get('turnover'))} |")
-    baseline = _deployed_baseline(evals)
-    agent_val, agent_test = (_agent(val).get("pooled") or {}), (_agent(test).get("pooled") or {})
-    label = "**ensemble**" if baseline is None else "ensemble (not deployed: no edge on val)"
-    lines.append(f"| {label} | | | | {_num(_agent(val).get('objective'))} | {_num(agent_val.get('sortino'))} "
-                 f"| {_num(agent_test.get('sortino'))} | {_num(agent_test.get('total_return'), 4)} "
-                 f"| {_num(agent_test.get('max_drawdown'), 4)} | {_num(agent_test.get('turnover'))} |")
-    if baseline is not None:  # the split's top-level figures score what the run trades: the baseline
-        deployed = test.get("pooled") or {}
-        lines.append(f"| **deployed: {baseline.replace('_', ' ')}** | | | | {_num(val.get('objective'))} "
-                     f"| {_num((val.get('pooled') or {}).get('sortino'))} | {_num(deployed.get('sortino'))} "
-                     f"| {_num(deployed.get('total_return'), 4)} | {_num(deployed.get('max_drawdown'), 4)} "
-                     f"| {_num(deployed.get('turnover'))} |")
+    decision = deployed_decision(evals) or {}
+    if decision.get("policy") == "baseline":  # the splits' top-level figures score what the run trades
+        lines.append(_summary_row("ensemble (not deployed: no edge on val)", _agent(val), _agent(test)))
+        lines.append(_summary_row(f"**deployed: {decision['baseline'].replace('_', ' ')}**", val, test))
+    else:
+        lines.append(_summary_row("**ensemble**", val, test))
     bh = _baseline(test)
     lines.append(f"| buy and hold | | | | | | {_num(bh.get('sortino'))} | {_num(bh.get('total_return'), 4)} | "
                  f"{_num(bh.get('max_drawdown'), 4)} | |")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tbjax.atomic import write_atomic
 from tbjax.data.market import ROLE_TEST, ROLE_VAL
-from tbjax.evaluation.deployment import baseline_policy, decide
+from tbjax.evaluation.deployment import baseline_policy, decide, deployed_decision
 from tbjax.evaluation.metrics import json_safe
 from tbjax.run.rundir import read_metrics_lines, run_write
 
@@ -98,7 +98,7 @@ def save_evaluation(run_dir: Path, evals: dict, series: dict) -> None:
         (run_dir / "eval").mkdir(exist_ok=True)
         for split, result in evals.items():
             write_atomic(run_dir / "eval" / f"{split}.json", json.dumps(json_safe(result), indent=2, sort_keys=True))
-    decision = next((ev["deployed"] for ev in evals.values() if "deployed" in ev), None)
+    decision = deployed_decision(evals)
     if decision is not None:
         with run_write(run_dir / DEPLOYMENT_FILE):
             write_atomic(run_dir / DEPLOYMENT_FILE, json.dumps(json_safe(decision), indent=2, sort_keys=True))

@@ -14,7 +14,6 @@ import json
 
 import numpy as np
 import pytest
-from tiny_run_config import synthetic_market
 
 from tbjax.cli import walkforward as wf_cli
 from tbjax.config import load_config
@@ -23,6 +22,7 @@ from tbjax.run.chunks import Chunk
 from tbjax.run.member_book import MemberBook
 from tbjax.walkforward import driver as wfm
 from tbjax.walkforward.folds import union_times
+from tiny_run_config import synthetic_market
 
 TINY = [
     "ppo.n_envs=8", "ppo.n_steps=16", "ppo.n_epochs=2", "ppo.n_minibatches=2", "ppo.hidden_sizes=[16, 16]",
