@@ -47,7 +47,7 @@ def split_walk(market: MarketData, role: int, window_size: int) -> tuple[np.ndar
 def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, role: int,
              bars_per_year: float, time_ms: dict[str, np.ndarray] | None = None,
              deterministic: bool = True, key=None, significance: bool = True,
-             n_steps: int | None = None) -> tuple[dict, dict]:
+             n_steps: int | None = None, position0: np.ndarray | None = None) -> tuple[dict, dict]:
     """Evaluate a policy on one split of every symbol; returns (eval dict, series for the report).
 
     ``time_ms[symbol]`` gives the bar open times (for the report's dates and pooling); without it
@@ -57,6 +57,10 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
     ``n_steps``: the walk's scan length (static: one compiled walk per value); default the longest
     split of ``market``, so its val and test share one program. Walk-forward folds pass one length
     for all folds, since their train splits (never walked) differ in length.
+    ``position0[s]``: the position symbol s holds before the split's first decision (default flat);
+    a walk that continues an earlier one (walk-forward's stitch) passes that walk's last positions,
+    so rolling from one policy to the next trades only the difference. Each series carries its
+    ``last_position``.
     """
     if not deterministic and key is None:
         raise ValueError("backtest: deterministic=False needs a PRNG key (key=...)")
@@ -73,9 +77,10 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
                          f"({int(n_valid.max())} decisions)")
     # episode_len stays as in training (it scales the bars-in-position feature); the walk ignores
     # the time-limit flag and only stops at the end of the split
+    held0 = jnp.zeros(market.n_symbols, jnp.float32) if position0 is None else jnp.asarray(position0, jnp.float32)
     params_eval = env_params.replace(role=WALK_ROLE, equity_floor=jnp.float32(0.0))
     outs = walk(policy_apply, params, obs_stats, params_eval, market, jnp.asarray(start), jnp.asarray(n_valid),
-                jnp.zeros(market.n_symbols, jnp.float32), key, n_steps, deterministic)
+                held0, key, n_steps, deterministic)
     outs = jax.tree_util.tree_map(np.asarray, outs)
     close = np.asarray(market.close)
     per_symbol, series, pooled_in, bh_in, traded = {}, {}, {}, {}, {}
@@ -83,14 +88,15 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
         n = int(n_valid[s])
         equity = np.concatenate([[1.0], outs["equity"][s, :n].astype(np.float64)])
         returns = equity[1:] / equity[:-1] - 1.0
-        positions = held_positions(outs["target"][s, :n], outs["tradable"][s, :n])
+        positions = held_positions(outs["target"][s, :n], outs["tradable"][s, :n], initial=float(held0[s]))
         traded[sym] = outs["turnover"][s, :n].astype(np.float64)
         bars = np.arange(start[s] + 1, start[s] + 1 + n)  # the bar each return is marked on
         bh = buy_and_hold_returns(close[s, start[s]: start[s] + n + 1].astype(np.float64))
         times = time_ms[sym][bars] if time_ms is not None else bars.astype(np.int64)
         per_symbol[sym] = risk_metrics(returns, positions, bars_per_year, traded=traded[sym])
         series[sym] = {"time_ms": times, "equity": equity[1:], "buy_and_hold_equity": np.cumprod(1 + bh),
-                       "position": positions, "returns": returns, "turnover": traded[sym]}
+                       "position": positions, "returns": returns, "turnover": traded[sym],
+                       "last_position": float(outs["last_position"][s])}
         pooled_in[sym] = (times, returns, positions)
         bh_in[sym] = (times, bh, np.ones_like(bh))
     flat_in = {k: (t, np.zeros_like(r), np.zeros_like(r)) for k, (t, r, _) in pooled_in.items()}

@@ -36,19 +36,21 @@ def eval_key(cfg: Config, role: int):
 
 def backtest_as_configured(cfg: Config, market: MarketData, bars_per_year: float, policy_apply, params, obs_stats,
                            env_params, role: int, time_ms=None, stream: int | None = None, significance: bool = True,
-                           n_steps: int | None = None):
+                           n_steps: int | None = None, position0=None):
     """Backtest ``role`` of ``market`` with FROZEN statistics and the config's determinism and key.
 
     ``stream`` picks the stochastic-evaluation key (default: the role); every evaluation of a run
     (its splits, the regime markets, walk-forward folds) goes through here. ``n_steps``: the walk's
-    scan length (:func:`tbjax.evaluation.backtest.backtest`).
+    scan length and ``position0`` the positions held before the first decision
+    (:func:`tbjax.evaluation.backtest.backtest`).
     """
     from tbjax.evaluation.backtest import backtest
 
     det = cfg.eval.deterministic
     key = None if det else eval_key(cfg, role if stream is None else stream)
     return backtest(policy_apply, params, obs_stats, market, env_params, role, bars_per_year, time_ms=time_ms,
-                    deterministic=det, key=key, significance=significance, n_steps=n_steps)
+                    deterministic=det, key=key, significance=significance, n_steps=n_steps,
+                    position0=position0)
 
 
 def bar_times(tables: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

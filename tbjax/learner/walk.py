@@ -77,7 +77,9 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
 
     Returns per [symbol, step]: equity, target (the position the action asks for), turnover (the
     fraction of equity the env traded, drift rebalancing included), tradable (the fill bar was
-    tradable and the step valid) and valid.
+    tradable and the step valid) and valid; and per symbol ``last_position``, the position the
+    account holds after its last valid decision (drifted with the price), which a walk of the
+    bars that follow starts from when it continues this one (walk-forward's stitch).
     """
 
     step, hidden0 = _stepper(policy_apply)
@@ -109,8 +111,8 @@ def walk(policy_apply, params, obs_stats, env_params, market, start, n_valid, po
                        valid=valid)
             return state, out
 
-        _, outs = jax.lax.scan(body, state, jnp.arange(n_steps))
-        return outs
+        (account, _), outs = jax.lax.scan(body, state, jnp.arange(n_steps))
+        return {**outs, "last_position": account.position}
 
     return jax.vmap(one_symbol)(jnp.arange(market.n_symbols), start, n_valid, position0)
 

@@ -157,14 +157,15 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     return wf
 
 
-def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int, policy_apply=None):
+def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int, policy_apply=None, position0=None):
     """Backtest ``role`` of fold ``k``'s view of the market with frozen statistics, as ``evaluate_split``
     does; every fold walks ``wf.walk_steps`` bars, so all folds share one compiled walk.
-    ``policy_apply``: another acting function (the baseline's) instead of the trainer's."""
+    ``policy_apply``: another acting function (the baseline's) instead of the trainer's;
+    ``position0``: the positions held before the first decision (default flat)."""
     return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year,
                                   policy_apply or wf.trainer.policy_apply, params,
                                   obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables),
-                                  n_steps=wf.walk_steps)
+                                  n_steps=wf.walk_steps, position0=position0)
 
 
 def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float,
@@ -308,10 +309,26 @@ def _pooled_parts(series: dict) -> tuple:
     return pooled, pooled_series(bh)[1], traded
 
 
+def carried_positions(symbols, series: dict, held: np.ndarray) -> np.ndarray:
+    """The positions a walk of the next fold's test starts from: each symbol's last position in this
+    fold's deployed test ``series``, or what it ``held`` before when this fold walked none of its bars."""
+    return np.array([series[s]["last_position"] if len(series[s]["returns"]) else h for s, h in zip(symbols, held)],
+                    np.float32)
+
+
 def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
-    """Per-fold val/test metrics of the best carry and the stitched out-of-sample series."""
+    """Per-fold val/test metrics of the best carry and the stitched out-of-sample series.
+
+    The stitched series is ONE account rolled from each fold's deployed policy to the next: fold k's
+    test bars are walked from the positions fold k-1's walk ended with (fold 0 from flat), so a fold
+    that keeps the previous fold's position pays nothing to "re-enter" it, and folds that all deploy
+    buy-and-hold stitch to buy-and-hold with one entry. Each fold's own val and test figures (its
+    row) are walked from flat, as ``python -m tbjax.evaluate`` on its folder walks them.
+    """
     rows, parts = [], []
     baseline, hold = baseline_policy(wf.cfg)
+    symbols = wf.folds[0].market.symbols
+    held = np.zeros(len(symbols), np.float32)
     for k, fd in enumerate(wf.folds):
         pol = fold_policy(wf, k)
         val, val_series = evaluate_fold(wf, k, pol.params, pol.obs_stats, ROLE_VAL, policy_apply=pol.apply)
@@ -320,10 +337,15 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
         looks = [x for m in wf.members_of(k) for x in wf.book.looks[m]]
         decision = decide(val, baseline, wf.cfg.eval.edge_confidence, looks, wf.cfg.eval.edge_deflation)
         agent_test, series = evaluate_fold(wf, k, pol.params, pol.obs_stats, ROLE_TEST, policy_apply=pol.apply)
-        test, agent_val = agent_test, val
+        test, agent_val, deployed = agent_test, val, (pol.params, pol.obs_stats, pol.apply)
         if decision["policy"] == "baseline":  # no edge on val: the fold trades its baseline on test
             val, val_series = evaluate_fold(wf, k, None, None, ROLE_VAL, policy_apply=hold)
             test, series = evaluate_fold(wf, k, None, None, ROLE_TEST, policy_apply=hold)
+            deployed = (None, None, hold)
+        if held.any():  # the account arrives holding something: walk the fold's test again from there
+            series = evaluate_fold(wf, k, deployed[0], deployed[1], ROLE_TEST, policy_apply=deployed[2],
+                                   position0=held)[1]
+        held = carried_positions(symbols, series, held)
         parts.append(_pooled_parts(series))
         val_times = _pooled_parts(val_series)[0][0]
         rows.append({"fold": k, "best_update": pol.update, "val_objective": score,

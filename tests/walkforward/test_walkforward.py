@@ -315,9 +315,13 @@ def test_each_fold_folder_evaluates_its_own_val_and_test_as_the_walkforward_did(
 def test_stitched_turnover_is_what_the_env_charged(trained):
     """Issue 27 item 5: a fold holding a constant 0.5 long trades every bar (the env rebalances the
     fraction the price drift moved), though its target position never changes. The stitched turnover
-    must be the env's: per symbol 0.5 on a fold's first bar (from flat), then
+    must be the env's: per symbol 0.5 on fold 0's first bar (from flat), then
     0.5 - p_open with p_open = 0.5 (1 + R) / (1 + 0.5 R), R = open_{t+1} / open_t - 1 (costs scale
-    equity pro rata and leave the fraction alone; tbjax/env/costs.py), averaged over the symbols."""
+    equity pro rata and leave the fraction alone; tbjax/env/costs.py), averaged over the symbols.
+    The stitched series is one account rolled through the folds, so a later fold's first bar is no
+    entry from flat but the same drift rebalance (its account arrives holding the drifted 0.5); each
+    fold's own row is walked from flat and pays the 0.5 entry.
+    """
     import dataclasses
     from types import SimpleNamespace
 
@@ -327,25 +331,56 @@ def test_stitched_turnover_is_what_the_env_charged(trained):
     assert list(wf.cfg.env.position_levels) == [0.0, 0.5, 1.0] and wf.cfg.eval.edge_confidence == 0
     half = dataclasses.replace(wf, trainer=SimpleNamespace(policy_apply=ConstantPolicy("discrete", 1)))
     rows, stitched = wfm.fold_results(half)
-    window, expected = wf.cfg.env.window_size, []
-    for fd in wf.folds:
+    window, expected, ends = wf.cfg.env.window_size, [], {}
+    for k, fd in enumerate(wf.folds):
         per_symbol = []
         for sym, table in wf.tables.items():
             o = np.asarray(table["open"], np.float64)
             lo, hi = fd.ranges[sym][2]
             start, n = lo + window - 1, hi - 1 - (lo + window - 1)
             assert np.all(np.asarray(table["tradable"])[start + 1:start + n + 1])
-            growth = o[start + 2:start + n + 1] / o[start + 1:start + n]  # 1 + R, for every decision after the first
-            per_symbol.append(np.concatenate([[0.5], 0.5 - 0.5 * growth / (1.0 + 0.5 * (growth - 1.0))]))
+            assert k == 0 or start == ends[sym]  # this fold's first fill bar follows the previous fold's last
+            ends[sym] = start + n
+            # 1 + R for every decision; a later fold's first fill follows the previous fold's last one
+            growth = o[start + 1:start + n + 1] / o[start:start + n]
+            rebalance = 0.5 - 0.5 * growth / (1.0 + 0.5 * (growth - 1.0))
+            per_symbol.append(np.concatenate([[0.5], rebalance[1:]]) if k == 0 else rebalance)
         expected.append(np.mean(np.abs(per_symbol), axis=0))  # the synthetic symbols share their bar times
+    firsts = sum(e[0] for e in expected[1:])  # later folds' first bars in the rolled account
     expected = np.concatenate(expected)
     assert np.all(stitched["position"] == 0.5)  # |delta position| would be 0.5 once, then 0
     m = stitched["metrics"]
     assert m["turnover_total"] == pytest.approx(expected.sum(), rel=1e-4)
     assert m["turnover"] == pytest.approx(expected.mean(), rel=1e-4)
     np.testing.assert_allclose(stitched["turnover"], expected, rtol=2e-3, atol=2e-7)
-    # the folds' own (env-charged) test turnovers add up to the stitched ones
+    # the folds' own test turnovers (each from flat) add up to the stitched ones plus one 0.5 entry
+    # for every later fold, less the drift rebalance its first bar has in the rolled account
     per_fold = sum(r["test"]["turnover"] * r["test"]["n_bars"] for r in rows)
-    assert m["turnover_total"] == pytest.approx(per_fold, rel=1e-9)
+    assert m["turnover_total"] == pytest.approx(per_fold - 0.5 * (len(wf.folds) - 1) + firsts, rel=1e-6, abs=1e-5)
     delta = np.abs(np.diff(np.concatenate([[0.0], stitched["position"]]))).sum()
-    assert delta == 0.5 and m["turnover_total"] > 4 * delta  # the |delta position| fallback saw one trade
+    # the |delta position| fallback would see one trade; the env charged it plus every drift rebalance
+    assert delta == 0.5 and m["turnover_total"] - delta == pytest.approx(expected[1:].sum(), rel=1e-4)
+    assert expected[1:].sum() > 2 * delta
+
+
+def test_folds_holding_buy_and_hold_stitch_to_buy_and_hold_with_one_entry(trained):
+    """Folds that all hold 1.0 long (what a long-only run deploys when val finds no edge) are one
+    buy-and-hold account: the stitched series enters once, on fold 0's first bar, and from then on
+    earns exactly buy-and-hold's close-to-close return on every bar, fold boundaries included (at a
+    position of 1 the price drift leaves the fraction at 1, so nothing is traded again). Each fold's
+    own row is walked from flat and pays its own entry."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tbjax.evaluation.deployment import ConstantPolicy
+
+    wf = trained[0]
+    assert list(wf.cfg.env.position_levels)[2] == 1.0 and len(wf.folds) >= 2
+    held = dataclasses.replace(wf, trainer=SimpleNamespace(policy_apply=ConstantPolicy("discrete", 2)))
+    rows, stitched = wfm.fold_results(held)
+    assert np.all(stitched["position"] == 1.0)
+    np.testing.assert_allclose(stitched["returns"][1:], stitched["buy_and_hold_returns"][1:], rtol=1e-4, atol=1e-7)
+    assert stitched["turnover"][0] == pytest.approx(1.0) and np.all(np.abs(stitched["turnover"][1:]) < 1e-6)
+    assert stitched["returns"][0] < stitched["buy_and_hold_returns"][0]  # the one entry: no gap, a fee
+    for r in rows:
+        assert r["test"]["turnover"] * r["test"]["n_bars"] == pytest.approx(1.0, abs=1e-5)
