@@ -85,7 +85,8 @@ PPO_FLOATS = {
     "vf_coef": _AT_LEAST_0, "max_grad_norm": _ABOVE_0, "cvar_alpha": Interval(0.0, 1.0, True, True),
     "cvar_weight": _AT_LEAST_0, "popart_beta": Interval(0.0, 1.0, low_open=True),
     "weight_decay": Interval(0.0, note=" (0 = plain Adam)"), "obs_noise": Interval(0.0, note=" (0 = off)"),
-    "obs_scale": Interval(0.0, note=" (0 = off)"), "huber_kappa": _ABOVE_0, "obs_clip": _ABOVE_0,
+    "obs_scale": Interval(0.0, note=" (0 = off)"), "mirror": Interval(0.0, 1.0, note=" (a probability; 0 = off)"),
+    "huber_kappa": _ABOVE_0, "obs_clip": _ABOVE_0,
 }
 # The market's and the account's env.* floats. Reward-shaping weights (env.* keys declared
 # shaping=True) are not listed: they share ONE rule, SHAPING_WEIGHT (>= 0: the reward subtracts
@@ -175,6 +176,26 @@ def check_position_levels(levels: Any) -> tuple[float, ...]:
     check(all(a < b for a, b in zip(values, values[1:])), f"env.position_levels = {list(values)} must be "
           f"sorted, distinct target positions (ascending, no repeats), e.g. {sorted(set(values))}")
     return values
+
+
+def mirrored_levels(action_mode: str, levels, min_position: float, max_position: float) -> bool:
+    """True when every target position's negation is a target too: what training in the mirrored
+    market (``ppo.mirror``, tbjax.learner.mirror) trades for a level chosen there."""
+    if action_mode == "discrete":
+        values = [float(v) for v in levels]
+        return all(abs(a + b) <= 1e-9 for a, b in zip(values, reversed(values)))
+    return abs(float(min_position) + float(max_position)) <= 1e-9
+
+
+def check_mirror_levels(mirror: float, e) -> None:
+    """``ppo.mirror`` > 0 needs levels with a mirror image; ``e`` is the env section (or EnvParams)."""
+    if not mirror > 0 or mirrored_levels(e.action_mode, e.position_levels, e.min_position, e.max_position):
+        return
+    where = (f"env.position_levels = {list(e.position_levels)}" if e.action_mode == "discrete"
+             else f"env.min_position = {e.min_position} and env.max_position = {e.max_position}")
+    raise InputError(f"ppo.mirror = {mirror} trades each level chosen in the mirrored market negated, but {where} "
+                     "has no mirror image (a long-only account cannot short): use levels symmetric around 0, "
+                     "e.g. [-1.0, 0.0, 1.0], or set ppo.mirror: 0")
 
 
 def cvar_floor(num_quantiles: int) -> float:
@@ -279,6 +300,7 @@ def validate(cfg) -> None:
     check_learning_rates(p.learning_rate, p.lr_min)
     check_cvar_alpha(p.cvar_alpha, p.cvar_weight, p.num_quantiles)
     _validate_env(cfg.env)
+    check_mirror_levels(p.mirror, cfg.env)
     check_floats("features", vars(cfg.features), FEATURE_FLOATS)
 
     for name in ("total_env_steps", "updates_per_chunk", "eval_every", "population"):

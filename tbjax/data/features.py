@@ -68,6 +68,24 @@ def warmup_bars(window_size: int) -> int:
     return max(2 * SLOWEST_INDICATOR_WINDOW, int(window_size))
 
 
+# How each feature answers the MIRRORED market (every price p -> K/p, taker buyers <-> sellers; the
+# training augmentation ``ppo.mirror``, tbjax.learner.mirror): -1 where it changes sign around its
+# typical value (log returns exactly; trend and momentum, RSI around 50 and the taker-buy share around
+# one half to first order), +1 where it keeps its value (volatility, volume, the clock, scheduled
+# events). ``fear_greed`` (tbjax.data.sidedata) is sentiment about direction: -1.
+MIRROR_PARITY = {
+    **dict.fromkeys(["logret_1", "logret_5", "logret_20", "ma20_ratio", "macd", "macd_signal", "macd_hist",
+                     "rsi14", "taker_buy_ratio", "taker_buy_ratio_mom5", "fear_greed"], -1.0),
+    **dict.fromkeys(["atr14_rel", "parkinson_vol20", "garman_klass_vol20", "realized_vol20", "volume_z20",
+                     *_CALENDAR_NAMES, "bars_since_event", "bars_until_event"], 1.0),
+}
+
+
+def feature_parity(names) -> np.ndarray:
+    """float32 [F]: :data:`MIRROR_PARITY` of each feature column (a MarketData name may end in "_z")."""
+    return np.asarray([MIRROR_PARITY[n.removesuffix("_z")] for n in names], np.float32)
+
+
 def feature_names(has_taker: bool) -> list[str]:
     """Feature column names in their fixed order; taker-flow columns only when the data has them."""
     return _BASE_NAMES + (_TAKER_NAMES if has_taker else []) + _CALENDAR_NAMES

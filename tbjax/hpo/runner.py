@@ -57,6 +57,7 @@ from tbjax.hpo.space import SearchSpace
 from tbjax.hpo.trial_group import TrialGroup
 from tbjax.hpo.trial_member import Member
 from tbjax.hpo.trial_teller import TrialTeller
+from tbjax.learner.mirror import check_mirror_features
 from tbjax.learner.trainer import Trainer
 from tbjax.run.assembly import assemble
 from tbjax.run.chunks import ChunkSchedule, run_chunks
@@ -114,6 +115,7 @@ class TrialRunner:
             cfg, adjusted = self.space.resolve(lone_learner(self.base_cfg), values)  # a trial is ONE learner
             built = assemble(cfg, len(self.exp.symbols))
             market_env.check_data(built.env_params, self.exp.market)
+            check_mirror_features(cfg.ppo.mirror, self.exp.market.feature_names)
         except InputError as exc:
             trial.set_user_attr(INFEASIBLE_ATTR, True)  # never run: not a configuration tried
             self.teller.fail(trial, f"sampled values break a config rule: {exc}")

@@ -30,6 +30,7 @@ from tbjax.env import market as market_env
 from tbjax.errors import InputError
 from tbjax.evaluation.metrics import infer_bars_per_year
 from tbjax.evaluation.scoring import REGIME_MARKETS
+from tbjax.learner.mirror import check_mirror_features
 from tbjax.run.assembly import env_params_from_config
 
 
@@ -118,4 +119,5 @@ def build_experiment(cfg: Config, with_regimes: bool = True, pipeline: FeaturePi
     exp = Experiment(cfg, syms, tables, roles, bounds, pipeline, market, regimes, float(bpy), timeframe_ms,
                      columns, hashes)
     market_env.check_data(env_params_from_config(cfg, ROLE_TRAIN), market)
+    check_mirror_features(cfg.ppo.mirror, market.feature_names)
     return exp

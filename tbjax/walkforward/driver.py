@@ -149,8 +149,10 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     built = assemble(cfg, len(tables))  # tbjax.run.assembly: the trainer from the shared cache
     wf.env_params = built.env_params
     from tbjax.env import market as market_env
+    from tbjax.learner.mirror import check_mirror_features
     for fd in out:
         market_env.check_data(wf.env_params, fd.market)
+        check_mirror_features(cfg.ppo.mirror, fd.market.feature_names)
     wf.walk_steps = max(int(split_walk(fd.market, r, cfg.env.window_size)[1].max())
                         for fd in out for r in (ROLE_VAL, ROLE_TEST))
     wf.trainer, wf.hparams = built.trainer, built.hparams
