@@ -48,6 +48,14 @@ BOOTSTRAP_LEVEL = 0.90
 BOOTSTRAP_SEED = 0
 CHUNK_ELEMENTS = 2_000_000  # resamples × bars held in memory at once (16 MB per float64 array)
 MIN_BARS = 3
+# The paired test needs bars where the strategy and its benchmark really differ. Below MATERIAL_ACTIVE
+# (a hundredth of a basis point of equity per bar) two accounts holding the same position differ by
+# float32 rounding only; with fewer than MIN_ACTIVE_BARS material differences the active return's
+# skew and kurtosis are not estimable (one differing bar gives a kurtosis of about T) and the PSR's
+# normal approximation says nothing. A strategy that is its benchmark but for a few bars (a
+# walk-forward of folds that all hold buy-and-hold, entered once) has no testable edge either way.
+MATERIAL_ACTIVE = 1e-6
+MIN_ACTIVE_BARS = 30
 
 
 def sharpe_moments(returns: np.ndarray) -> tuple[float, float, float, int]:
@@ -61,6 +69,17 @@ def sharpe_moments(returns: np.ndarray) -> tuple[float, float, float, int]:
     if math.sqrt(m2) <= STD_FLOOR:
         return math.nan, math.nan, math.nan, t
     return float(r.mean()) / math.sqrt(m2), float(np.mean(d ** 3)) / m2 ** 1.5, float(np.mean(d ** 4)) / m2 ** 2, t
+
+
+def active_moments(strategy: np.ndarray, benchmark: np.ndarray) -> tuple[tuple[float, float, float, int], int]:
+    """(:func:`sharpe_moments` of the active return r_t − b_t, the number of bars where it is
+    material): the moments are NaN when fewer than MIN_ACTIVE_BARS bars differ by MATERIAL_ACTIVE
+    or more (see there)."""
+    a = np.asarray(strategy, np.float64).ravel() - np.asarray(benchmark, np.float64).ravel()
+    n_active = int(np.sum(np.abs(a) >= MATERIAL_ACTIVE))
+    if n_active < MIN_ACTIVE_BARS:
+        return (math.nan, math.nan, math.nan, int(a.size)), n_active
+    return sharpe_moments(a), n_active
 
 
 def _sr_variance_factor(sr: float, skew: float, kurt: float) -> float:
@@ -269,7 +288,8 @@ def _prob(p: float, confidence: float) -> str:
     return text if (float(text) >= confidence) == (p >= confidence) else f"{p:.4f}"
 
 
-def _reading(psr: float, psr_bh: float, mintrl: float, bars_per_year: float, confidence: float) -> str:
+def _reading(psr: float, psr_bh: float, mintrl: float, bars_per_year: float, confidence: float,
+             n_active: int | None = None) -> str:
     """The one-sentence plain reading of ``is_it_real``."""
     pct = f"{100 * confidence:g} %"
     if not math.isfinite(psr):
@@ -285,6 +305,9 @@ def _reading(psr: float, psr_bh: float, mintrl: float, bars_per_year: float, con
         verdict = "beats" if psr_bh >= confidence else "does not reliably beat"
         head += (f"; paired test on the same bars, PSR {_prob(psr_bh, confidence)} that its mean return "
                  f"exceeds buy-and-hold's: {verdict} buy-and-hold")
+    elif n_active is not None and n_active < MIN_ACTIVE_BARS:
+        head += (f"; its return differs from buy-and-hold's on {n_active} bar{'' if n_active == 1 else 's'} only, "
+                 "too few for a paired test: it is buy-and-hold")
     return head + "."
 
 
@@ -300,7 +323,8 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
     active return r_t − b_t (:func:`paired_edge`; the benchmark's own noise and its correlation
     with the strategy are in it, nothing is treated as known); ``min_track_record_bars`` /
     ``_years`` for PSR(0) ≥ ``confidence`` and ``min_track_record_bars_vs_benchmark`` (of the
-    active return); ``significant`` (PSR(0) ≥ confidence);
+    active return; NaN with fewer than MIN_ACTIVE_BARS material differences, whose count is
+    ``active_bars_vs_benchmark``); ``significant`` (PSR(0) ≥ confidence);
     ``sharpe_ci``, ``sortino_ci``, ``max_drawdown_ci`` = [low, high] stationary-bootstrap
     intervals at ``level`` (a Sortino end may be +inf: unbounded) and ``sortino_no_loss_share``,
     the share of resamples without a losing bar; ``bootstrap`` (its settings); ``reading``, one
@@ -309,8 +333,7 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
     sr, skew, kurt, t = sharpe_moments(returns)
     sr_bh = sharpe_moments(benchmark_returns)[0] if benchmark_returns is not None else math.nan
     paired = (np.size(benchmark_returns) == np.size(returns)) if benchmark_returns is not None else False
-    active = sharpe_moments(np.asarray(returns, np.float64).ravel() - np.asarray(benchmark_returns, np.float64).ravel()
-                            ) if paired else (math.nan,) * 3 + (t,)
+    active, n_active = active_moments(returns, benchmark_returns) if paired else ((math.nan,) * 3 + (t,), None)
     psr0 = psr_from_moments(sr, skew, kurt, t, 0.0)
     psr_bh = psr_from_moments(*active, 0.0)
     mintrl = mintrl_from_moments(sr, skew, kurt, 0.0, confidence)
@@ -323,12 +346,13 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
         "psr": psr0, "benchmark_sharpe": sr_bh * root_n, "psr_vs_benchmark": psr_bh,
         "min_track_record_bars": mintrl, "min_track_record_years": mintrl / bars_per_year,
         "min_track_record_bars_vs_benchmark": mintrl_from_moments(*active[:3], 0.0, confidence),
+        "active_bars_vs_benchmark": n_active,
         "significant": bool(math.isfinite(psr0) and psr0 >= confidence),
         "sharpe_ci": list(ci["sharpe"]), "sortino_ci": list(ci["sortino"]),
         "sortino_no_loss_share": ci["sortino_no_loss_share"], "max_drawdown_ci": list(ci["max_drawdown"]),
         "bootstrap": {"method": "stationary (Politis & Romano 1994), percentile", "level": level,
                       "n_resamples": n_resamples, "mean_block": block, "seed": seed},
-        "reading": _reading(psr0, psr_bh, mintrl, bars_per_year, confidence),
+        "reading": _reading(psr0, psr_bh, mintrl, bars_per_year, confidence, n_active),
     }
 
 
@@ -339,13 +363,15 @@ def paired_edge(strategy: np.ndarray, benchmark: np.ndarray) -> dict:
     and their correlation, so its PSR against 0 (Bailey & López de Prado 2012, with a_t's own skew
     and kurtosis) is the probability that the strategy's true mean return exceeds the benchmark's:
     unlike comparing two Sharpe ratios, nothing about the benchmark is treated as known. A
-    strategy identical to its benchmark has no active return (PSR NaN: no evidence of an edge).
+    strategy identical to its benchmark, or different on fewer than MIN_ACTIVE_BARS bars
+    (:func:`active_moments`), has no testable active return (PSR NaN: no evidence of an edge).
 
     Returns {"psr", "active_sharpe" (per bar), "active_skew", "active_kurtosis", "mean_active_return"
-    (per bar), "n_bars"}: the moments let a caller take the PSR against another threshold (the
-    deflated deployment test, tbjax.evaluation.deployment).
+    (per bar), "n_bars", "active_bars"}: the moments let a caller take the PSR against another
+    threshold (the deflated deployment test, tbjax.evaluation.deployment).
     """
     a = np.asarray(strategy, np.float64).ravel() - np.asarray(benchmark, np.float64).ravel()
-    sr, skew, kurt, t = sharpe_moments(a)
+    (sr, skew, kurt, t), n_active = active_moments(strategy, benchmark)
     return {"psr": psr_from_moments(sr, skew, kurt, t, 0.0), "active_sharpe": sr, "active_skew": skew,
-            "active_kurtosis": kurt, "mean_active_return": float(a.mean()) if a.size else math.nan, "n_bars": int(a.size)}
+            "active_kurtosis": kurt, "mean_active_return": float(a.mean()) if a.size else math.nan, "n_bars": int(a.size),
+            "active_bars": n_active}

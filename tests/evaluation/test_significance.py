@@ -17,12 +17,14 @@ from scipy.stats import norm
 from tbjax.evaluation.metrics import json_safe
 from tbjax.evaluation.report import write_report
 from tbjax.evaluation.significance import (
+    MIN_ACTIVE_BARS,
     _prob,
     bootstrap_intervals,
     deflated_sharpe_ratio,
     expected_max_sharpe,
     is_it_real,
     min_track_record_length,
+    paired_edge,
     percentiles,
     probabilistic_sharpe_ratio,
     probability_of_backtest_overfitting,
@@ -190,6 +192,25 @@ def test_beating_buy_and_hold_is_a_paired_test_of_the_difference():
     assert 0.3 < unpaired < 0.8
     assert "paired test on the same bars" in out["reading"] and "beats buy-and-hold" in out["reading"]
     assert math.isfinite(out["min_track_record_bars_vs_benchmark"]) and out["min_track_record_bars_vs_benchmark"] < 2000
+
+
+def test_a_strategy_that_is_its_benchmark_but_for_a_few_bars_has_no_paired_test():
+    """Folds that all hold buy-and-hold, entered once, stitch to buy-and-hold but for the entry bar, and
+    the two series differ elsewhere only by float32 rounding (1e-8 here). One bar says nothing either
+    way: no PSR (NaN, not a "beats" or a "does not beat" that the rounding would decide), and the
+    reading says why. With MIN_ACTIVE_BARS real differences the paired test is back."""
+    rng = np.random.default_rng(3)
+    bh = rng.normal(0.0005, 0.01, 1000)
+    strat = bh + rng.normal(0.0, 1e-8, 1000)
+    strat[0] += 0.002  # the one real difference
+    out, edge = is_it_real(strat, 252, bh), paired_edge(strat, bh)
+    assert math.isnan(out["psr_vs_benchmark"]) and math.isnan(edge["psr"])
+    assert out["active_bars_vs_benchmark"] == edge["active_bars"] == 1
+    assert "differs from buy-and-hold's on 1 bar only, too few for a paired test" in out["reading"]
+    strat[1:MIN_ACTIVE_BARS] += 0.002
+    out = is_it_real(strat, 252, bh)
+    assert out["active_bars_vs_benchmark"] == MIN_ACTIVE_BARS and math.isfinite(out["psr_vs_benchmark"])
+    assert "paired test on the same bars" in out["reading"]
 
 
 def test_report_shows_the_is_it_real_table(tmp_path):
