@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
+from tbjax.data.features import feature_names
 from tbjax.data.market import market_data_from_arrays, scaled_once
 from tbjax.env import market
 from tbjax.env.gym import MarketGymEnv
@@ -36,7 +37,8 @@ RESULTS = Path(__file__).parent / "results" / "env_throughput.json"
 
 
 def synthetic_market(n_symbols: int, n_bars: int, n_features: int, seed: int = 0):
-    """Random-walk prices with 1 % bars, random z-features, 1 % untradable bars, 70/15/15 splits."""
+    """Random-walk prices with 1 % bars, random z-features (named as the product's), 1 % untradable bars,
+    70/15/15 splits."""
     rng = np.random.default_rng(seed)
     cols = {k: [] for k in ("features", "open", "close", "volatility", "volume", "tradable", "hour_of_week")}
     for _ in range(n_symbols):
@@ -53,7 +55,14 @@ def synthetic_market(n_symbols: int, n_bars: int, n_features: int, seed: int = 0
     return market_data_from_arrays(
         symbols=[f"SYN{i}" for i in range(n_symbols)], open_=cols.pop("open"),
         role_ranges=[[(0, a), (a, b), (b, n_bars)]] * n_symbols,
-        feature_names=[f"f{i}_z" for i in range(n_features)], **cols)
+        feature_names=_feature_names(n_features), **cols)
+
+
+def _feature_names(n_features: int) -> list[str]:
+    """The product's feature names for the first columns (so a program that reads them, the training
+    rollout's mirror plan, is the product's), then generic ones."""
+    names = feature_names(has_taker=True)
+    return [f"{names[i] if i < len(names) else f'f{i}'}_z" for i in range(n_features)]
 
 
 def jax_steps_per_s(params, data, n_envs: int, steps: int, repeats: int, return_final_obs: bool) -> float:

@@ -1,29 +1,26 @@
-"""Training in the mirrored market (``ppo.mirror``): the learner cannot keep what a bar taught it by rote.
+"""Training in the mirrored market (``ppo.mirror``): a direction-neutral prior for long-short learners.
 
-The learner memorises its training bars (docs/TUNING.md, "Do no harm out of sample"): a window of
-z-scored features identifies its bar, and a network that maps bars to their future returns fits
-noise, so with no signal it churns and with a weak one it drifts from the rule. The MIRROR of a
-market inverts every price (p -> K/p: a rise becomes a fall of the same log size) and swaps its
-takers (buyers <-> sellers). A rule that reads direction holds there as well ("buyers dominate,
-the next bar rises" is true of both), but a bar the learner memorised asks for the opposite
-position in its mirror. Each training episode is traded in the mirror with probability
-``ppo.mirror`` (:func:`episode_mirrors`), so a learner that memorises a bar's direction is wrong
-on the mirrored visits of that bar, while a rule keeps paying on both.
-On the suite's no-signal market it cut the ensemble's val churn from 0.063 to 0.017 without any
-turnover penalty, and on the planted rho 0.3 market it held 0.95 of the train-fit rule (docs/TUNING.md).
+The MIRROR of a market inverts every price (p -> K/p: a rise becomes a fall of the same log size)
+and swaps its takers (buyers <-> sellers). A rule that reads direction holds there as well ("buyers
+dominate, the next bar rises" is true of both), while the drift of the training bars is reversed.
+Each training episode is traded in the mirror with probability ``ppo.mirror``
+(:func:`episode_mirrors`), so at 0.5 the learner sees no preferred direction: what the training
+bars' drift teaches (be long because the market rose in train) cancels, and a symmetric rule keeps
+paying in both worlds. It does NOT stop a learner from memorising noise: a bar and its mirror are
+two inputs, and a network maps the one to "long" and the other to "short" as easily as it
+memorises one bar (docs/TUNING.md, "Training in the mirrored market", has the measurements).
 
 No bar is added: the mirror is played on the real one. The agent sees its observation with every
 direction-odd value negated (the window's features of parity -1 in
 :data:`tbjax.data.features.MIRROR_PARITY`, z-scored with the train statistics, so each flips
 around its train mean; and the position it holds), and the level it chooses is traded negated (its
-long in the mirror is a short here). Its reward is the real account's: log returns negate exactly,
+long in the mirror is a short here). Its reward is the real account's, the mirrored market's to
+first order in the bar's return (a full position earns log(1 - r) here against -log(1 + r) there);
 costs are the same, and a short's borrow cost falls on the other side. The same sign flips are
 applied to the bootstrap observations (a truncated episode's last one, the rollout's next one),
 each in its own episode's world.
 
-Mirroring assumes a market with no preferred direction: it removes what the training bars' drift
-teaches (a market that rose in train fell in its mirror). It needs long-short levels that mirror
-onto each other (``env.position_levels`` symmetric around 0, or ``env.min_position`` =
+It needs long-short levels that mirror onto each other (``env.position_levels`` symmetric around 0, or ``env.min_position`` =
 -``env.max_position``) and a known parity for every feature (:func:`tbjax.config_rules.check_mirror_levels`,
 :func:`check_mirror_features`).
 Validation and test walks never mirror. At 0 the draw is all False and the rollout skips the
