@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tbjax.errors import InputError
-from tbjax.evaluation.significance import expected_max_sharpe, psr_from_moments
+from tbjax.evaluation.significance import MIN_ACTIVE_BARS, expected_max_sharpe, psr_from_moments
 
 BASELINE_POSITION = {"flat": 0.0, "buy_and_hold": 1.0}
 BASELINE_WORDS = {"flat": "holding flat", "buy_and_hold": "buying and holding"}
@@ -129,8 +129,12 @@ def decide(val_eval: dict, baseline: str, confidence: float, looks=(), deflate: 
     if n_looks > 1:
         shown += (f" (deflated for the {n_looks} val evaluations compared; undeflated {_prob(plain)})" if deflate else
                   f" ({_prob(psr_deflated)} once deflated for the {n_looks} val evaluations compared)")
+    few = edge.get("active_bars")
     if has_edge:
         reason = f"edge found on val: P(agent beats {words}) = {shown} >= {confidence:.2f}; deploying the agent"
+    elif few is not None and few < MIN_ACTIVE_BARS:
+        reason = (f"no edge found on val: the agent's returns differ from those of {words} on {few} val bar"
+                  f"{'' if few == 1 else 's'} only, too few to test (at least {MIN_ACTIVE_BARS}); {words} instead")
     else:
         reason = (f"no edge found on val: P(agent beats {words}) = {shown} < {confidence:.2f}; "
                   f"{words} instead")

@@ -41,6 +41,11 @@ def test_a_strategy_identical_to_its_baseline_has_no_evidence_of_an_edge():
     assert math.isnan(paired_edge(r, r)["psr"])
     decision = decide({"vs_baselines": {"flat": paired_edge(r, r)}}, "flat", 0.95)
     assert decision["policy"] == "baseline" and "no edge found on val" in decision["reason"]
+    assert "differ from those of holding flat on 0 val bars only, too few to test (at least 30)" in decision["reason"]
+    agent = r.copy()
+    agent[:5] += 0.003  # better than flat on five bars, the same elsewhere: nothing a test can read
+    decision = decide({"vs_baselines": {"flat": paired_edge(agent, r)}}, "flat", 0.95)
+    assert decision["policy"] == "baseline" and "on 5 val bars only" in decision["reason"]
 
 
 @pytest.mark.parametrize("psr,confidence,policy", [(0.97, 0.95, "agent"), (0.95, 0.95, "agent"), (0.94, 0.95, "baseline"),
