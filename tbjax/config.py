@@ -127,7 +127,7 @@ class PPOConfig:
                                    "(Um et al. 2017); never applied to val/test")
     obs_scale: float = traced(0.0, "training-rollout magnitude scaling: window x exp(U(-s, s)) per env and rollout "
                                    "(Um et al. 2017); never val/test")
-    mirror: float = traced(0.0, "training-rollout mirror: probability that an env's rollout trades the mirrored market "
+    mirror: float = traced(0.0, "training mirror: probability that a training episode trades the mirrored market "
                                 "(prices inverted, buyers and sellers swapped; tbjax.learner.mirror); long-short only, "
                                 "never val/test")
 

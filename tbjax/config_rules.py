@@ -178,12 +178,17 @@ def check_position_levels(levels: Any) -> tuple[float, ...]:
     return values
 
 
+def symmetric_levels(levels) -> bool:
+    """True when every discrete target position's negation is a target too."""
+    values = [float(v) for v in levels]
+    return all(abs(a + b) <= 1e-9 for a, b in zip(values, reversed(values)))
+
+
 def mirrored_levels(action_mode: str, levels, min_position: float, max_position: float) -> bool:
     """True when every target position's negation is a target too: what training in the mirrored
     market (``ppo.mirror``, tbjax.learner.mirror) trades for a level chosen there."""
     if action_mode == "discrete":
-        values = [float(v) for v in levels]
-        return all(abs(a + b) <= 1e-9 for a, b in zip(values, reversed(values)))
+        return symmetric_levels(levels)
     return abs(float(min_position) + float(max_position)) <= 1e-9
 
 

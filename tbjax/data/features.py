@@ -86,6 +86,11 @@ def feature_parity(names) -> np.ndarray:
     return np.asarray([MIRROR_PARITY[n.removesuffix("_z")] for n in names], np.float32)
 
 
+def unknown_parity(names) -> list[str]:
+    """The feature columns (without "_z") :data:`MIRROR_PARITY` does not know."""
+    return [n.removesuffix("_z") for n in names if n.removesuffix("_z") not in MIRROR_PARITY]
+
+
 def feature_names(has_taker: bool) -> list[str]:
     """Feature column names in their fixed order; taker-flow columns only when the data has them."""
     return _BASE_NAMES + (_TAKER_NAMES if has_taker else []) + _CALENDAR_NAMES

@@ -77,10 +77,10 @@ def backtest(policy_apply, params, obs_stats, market: MarketData, env_params, ro
                          f"({int(n_valid.max())} decisions)")
     # episode_len stays as in training (it scales the bars-in-position feature); the walk ignores
     # the time-limit flag and only stops at the end of the split
-    held0 = jnp.zeros(market.n_symbols, jnp.float32) if position0 is None else jnp.asarray(position0, jnp.float32)
+    held0 = np.zeros(market.n_symbols, np.float32) if position0 is None else np.asarray(position0, np.float32)
     params_eval = env_params.replace(role=WALK_ROLE, equity_floor=jnp.float32(0.0))
     outs = walk(policy_apply, params, obs_stats, params_eval, market, jnp.asarray(start), jnp.asarray(n_valid),
-                held0, key, n_steps, deterministic)
+                jnp.asarray(held0), key, n_steps, deterministic)
     outs = jax.tree_util.tree_map(np.asarray, outs)
     close = np.asarray(market.close)
     per_symbol, series, pooled_in, bh_in, traded = {}, {}, {}, {}, {}

@@ -71,11 +71,15 @@ def sharpe_moments(returns: np.ndarray) -> tuple[float, float, float, int]:
     return float(r.mean()) / math.sqrt(m2), float(np.mean(d ** 3)) / m2 ** 1.5, float(np.mean(d ** 4)) / m2 ** 2, t
 
 
-def active_moments(strategy: np.ndarray, benchmark: np.ndarray) -> tuple[tuple[float, float, float, int], int]:
-    """(:func:`sharpe_moments` of the active return r_t − b_t, the number of bars where it is
-    material): the moments are NaN when fewer than MIN_ACTIVE_BARS bars differ by MATERIAL_ACTIVE
-    or more (see there)."""
-    a = np.asarray(strategy, np.float64).ravel() - np.asarray(benchmark, np.float64).ravel()
+def active_return(strategy: np.ndarray, benchmark: np.ndarray) -> np.ndarray:
+    """a_t = r_t − b_t per bar, float64."""
+    return np.asarray(strategy, np.float64).ravel() - np.asarray(benchmark, np.float64).ravel()
+
+
+def active_moments(a: np.ndarray) -> tuple[tuple[float, float, float, int], int]:
+    """(:func:`sharpe_moments` of the active return ``a`` (:func:`active_return`), the number of bars
+    where it is material): the moments are NaN when fewer than MIN_ACTIVE_BARS bars differ by
+    MATERIAL_ACTIVE or more (see there)."""
     n_active = int(np.sum(np.abs(a) >= MATERIAL_ACTIVE))
     if n_active < MIN_ACTIVE_BARS:
         return (math.nan, math.nan, math.nan, int(a.size)), n_active
@@ -333,7 +337,8 @@ def is_it_real(returns: np.ndarray, bars_per_year: float, benchmark_returns: np.
     sr, skew, kurt, t = sharpe_moments(returns)
     sr_bh = sharpe_moments(benchmark_returns)[0] if benchmark_returns is not None else math.nan
     paired = (np.size(benchmark_returns) == np.size(returns)) if benchmark_returns is not None else False
-    active, n_active = active_moments(returns, benchmark_returns) if paired else ((math.nan,) * 3 + (t,), None)
+    active, n_active = (active_moments(active_return(returns, benchmark_returns)) if paired
+                        else ((math.nan,) * 3 + (t,), None))
     psr0 = psr_from_moments(sr, skew, kurt, t, 0.0)
     psr_bh = psr_from_moments(*active, 0.0)
     mintrl = mintrl_from_moments(sr, skew, kurt, 0.0, confidence)
@@ -370,8 +375,8 @@ def paired_edge(strategy: np.ndarray, benchmark: np.ndarray) -> dict:
     (per bar), "n_bars", "active_bars"}: the moments let a caller take the PSR against another
     threshold (the deflated deployment test, tbjax.evaluation.deployment).
     """
-    a = np.asarray(strategy, np.float64).ravel() - np.asarray(benchmark, np.float64).ravel()
-    (sr, skew, kurt, t), n_active = active_moments(strategy, benchmark)
+    a = active_return(strategy, benchmark)
+    (sr, skew, kurt, t), n_active = active_moments(a)
     return {"psr": psr_from_moments(sr, skew, kurt, t, 0.0), "active_sharpe": sr, "active_skew": skew,
             "active_kurtosis": kurt, "mean_active_return": float(a.mean()) if a.size else math.nan, "n_bars": int(a.size),
             "active_bars": n_active}

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tbjax.config_rules import mirrored_levels
-from tbjax.data.features import MIRROR_PARITY, feature_parity
+from tbjax.config_rules import symmetric_levels
+from tbjax.data.features import MIRROR_PARITY, feature_parity, unknown_parity
 from tbjax.env.observation import N_ACCOUNT_FEATURES, POSITION_INDEX
 from tbjax.errors import InputError
 
@@ -53,10 +53,10 @@ def mirror_plan(feature_names, window_size: int, env_params, action_mode: str) -
     window, levels that do not mirror, a feature of unknown parity): the config rules refuse a
     config that asks for ``ppo.mirror`` > 0 there, so None only ever meets ``ppo.mirror`` = 0."""
     names = tuple(feature_names or ())
-    if window_size <= 0 or not names or any(n.removesuffix("_z") not in MIRROR_PARITY for n in names):
+    if window_size <= 0 or not names or unknown_parity(names):
         return None
     # a continuous range is traced (its rule is the config's); discrete levels are static and checked here
-    if action_mode == "discrete" and not mirrored_levels(action_mode, env_params.position_levels, 0.0, 0.0):
+    if action_mode == "discrete" and not symmetric_levels(env_params.position_levels):
         return None
     account = np.ones(N_ACCOUNT_FEATURES, np.float32)
     account[POSITION_INDEX] = -1.0  # the position held is direction; PnL, time held and drawdown are not
@@ -102,7 +102,7 @@ def mirror_action(action, flags, plan: MirrorPlan | None):
 def check_mirror_features(mirror: float, feature_names) -> None:
     """Refuse ``ppo.mirror`` > 0 on a market with a feature of unknown parity, naming the key to change
     (the levels' rule is the config's: :func:`tbjax.config_rules.check_mirror_levels`)."""
-    unknown = [n.removesuffix("_z") for n in feature_names if n.removesuffix("_z") not in MIRROR_PARITY]
+    unknown = unknown_parity(feature_names)
     if mirror > 0 and unknown:
         raise InputError(f"ppo.mirror = {mirror} needs to know how each feature changes in the mirrored market, "
                          f"and {unknown[0]!r} is not one of tbjax's features ({', '.join(sorted(MIRROR_PARITY))}): "

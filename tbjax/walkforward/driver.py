@@ -159,15 +159,17 @@ def build_folds(cfg: Config, loaded: tuple | None = None) -> WalkForward:
     return wf
 
 
-def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int, policy_apply=None, position0=None):
+def evaluate_fold(wf: WalkForward, k: int, params, obs_stats, role: int, policy_apply=None, position0=None,
+                  significance: bool = True):
     """Backtest ``role`` of fold ``k``'s view of the market with frozen statistics, as ``evaluate_split``
     does; every fold walks ``wf.walk_steps`` bars, so all folds share one compiled walk.
     ``policy_apply``: another acting function (the baseline's) instead of the trainer's;
-    ``position0``: the positions held before the first decision (default flat)."""
+    ``position0``: the positions held before the first decision (default flat); ``significance=False``
+    skips the "is it real?" bootstrap for a caller that reads only the series."""
     return backtest_as_configured(wf.cfg, wf.folds[k].market, wf.bars_per_year,
                                   policy_apply or wf.trainer.policy_apply, params,
                                   obs_stats, wf.env_params, role, time_ms=bar_times(wf.tables),
-                                  n_steps=wf.walk_steps, position0=position0)
+                                  n_steps=wf.walk_steps, position0=position0, significance=significance)
 
 
 def fold_objective(wf: WalkForward, k: int, params, obs_stats, val_sortino: float,
@@ -346,7 +348,7 @@ def fold_results(wf: WalkForward) -> tuple[list[dict], dict]:
             deployed = (None, None, hold)
         if held.any():  # the account arrives holding something: walk the fold's test again from there
             series = evaluate_fold(wf, k, deployed[0], deployed[1], ROLE_TEST, policy_apply=deployed[2],
-                                   position0=held)[1]
+                                   position0=held, significance=False)[1]
         held = carried_positions(symbols, series, held)
         parts.append(_pooled_parts(series))
         val_times = _pooled_parts(val_series)[0][0]
